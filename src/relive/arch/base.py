@@ -1,0 +1,104 @@
+"""What the rest of relive may know about an instruction set: this interface.
+
+Each ``arch/<isa>/`` package provides one :class:`Arch`; nothing outside
+``arch/`` knows an encoding, a relocation formula or a register name.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+
+class Need(enum.Enum):
+    """What the linker must provide before a relocation can be computed."""
+
+    NOTHING = "nothing"
+    #: ``S`` is a call target: if it is out of reach, the linker routes it through a stub.
+    CALL = "call"
+    #: ``G`` is the address of a GOT slot holding ``S``.
+    GOT_SLOT = "got slot"
+    #: ``GOT`` is the base of the linker's own GOT.
+    GOT_BASE = "got base"
+    #: ``T`` is the symbol's offset from the thread pointer (static TLS).
+    TPOFF = "tpoff"
+    #: ``G`` is the address of a GOT slot holding the symbol's thread-pointer offset.
+    GOT_TPOFF = "got tpoff"
+    #: ``G`` is the address of a GOT pair (module id, offset) for ``__tls_get_addr``.
+    GOT_TLS_PAIR = "got tls pair"
+    #: ``G`` is the address of a GOT pair (module id, 0) for local-dynamic TLS.
+    GOT_TLS_MODULE = "got tls module"
+    #: ``D`` is the symbol's offset inside its module's TLS block.
+    DTPOFF = "dtpoff"
+
+
+@dataclass(frozen=True)
+class Operands:
+    """The named values of the psABI formulas for one relocation."""
+
+    S: int = 0  # symbol (or call target / stub) address
+    A: int = 0  # addend
+    P: int = 0  # address of the place being relocated
+    G: int = 0  # address of the GOT slot (or pair) this relocation uses
+    GOT: int = 0  # base of the GOT
+    T: int = 0  # thread-pointer offset of a TLS symbol
+    D: int = 0  # offset of a TLS symbol inside its module's block
+    Z: int = 0  # symbol size
+
+
+class Range(enum.Enum):
+    """How a computed value must fit its field: checked, never truncated."""
+
+    SIGNED = "signed"
+    UNSIGNED = "unsigned"
+    ANY = "any"  # the field is as wide as an address: everything fits
+
+
+@dataclass(frozen=True)
+class RelocationType:
+    """One relocation type: its field and its formula (see the handler's docstring)."""
+
+    number: int
+    name: str
+    width: int  # bytes written at P
+    range: Range
+    need: Need
+    compute: Callable[[Operands], int]
+    #: The stored value is relative to the place (decoding adds P back).
+    pc_relative: bool = False
+
+    @property
+    def formula(self) -> str:
+        """The ABI formula, taken from the handler's docstring."""
+        return (self.compute.__doc__ or "").strip()
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Everything ISA-specific the linker and patcher use."""
+
+    name: str
+    elf_machine: int
+    relocations: Mapping[int, RelocationType]
+    #: Bytes of the short entry jump (reach: ``jump_reach`` either way).
+    entry_jump_size: int
+    jump_reach: int
+    encode_entry_jump: Callable[[int, int], bytes]
+    #: A stub that jumps anywhere, clobbering no argument register.
+    far_stub_size: int
+    encode_far_stub: Callable[[int, int], bytes]
+    #: How many leading bytes of a function to keep (a landing pad such as endbr64).
+    find_landing_pad_size: Callable[[bytes], int]
+    #: Code addresses that branches inside ``code`` (at ``address``) target.
+    iter_branch_targets: Callable[[bytes, int], frozenset[int]]
+
+
+def fits(value: int, width: int, kind: Range) -> bool:
+    """Whether ``value`` can be stored in a ``width``-byte field of the given kind."""
+    bits = width * 8
+    if kind is Range.SIGNED:
+        return -(1 << (bits - 1)) <= value < (1 << (bits - 1))
+    if kind is Range.UNSIGNED:
+        return 0 <= value < (1 << bits)
+    return -(1 << (bits - 1)) <= value < (1 << bits)

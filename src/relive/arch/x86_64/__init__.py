@@ -1,0 +1,30 @@
+"""The x86-64 instruction set: relocations, entry jumps, stubs, disassembly."""
+
+from __future__ import annotations
+
+from relive.arch.base import Arch
+from relive.arch.x86_64.disasm import iter_branch_targets
+from relive.arch.x86_64.relocations import RELOCATIONS
+from relive.arch.x86_64.trampoline import (
+    FAR_STUB_SIZE,
+    JMP_REL32_SIZE,
+    REL32_REACH,
+    encode_far_stub,
+    encode_jmp_rel32,
+    find_landing_pad_size,
+)
+
+EM_X86_64 = 62
+
+ARCH = Arch(
+    name="x86-64",
+    elf_machine=EM_X86_64,
+    relocations=RELOCATIONS,
+    entry_jump_size=JMP_REL32_SIZE,
+    jump_reach=REL32_REACH,
+    encode_entry_jump=encode_jmp_rel32,
+    far_stub_size=FAR_STUB_SIZE,
+    encode_far_stub=encode_far_stub,
+    find_landing_pad_size=find_landing_pad_size,
+    iter_branch_targets=iter_branch_targets,
+)

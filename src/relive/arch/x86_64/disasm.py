@@ -1,0 +1,34 @@
+"""Instruction-level facts about x86-64 code, from capstone."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import capstone
+from capstone import x86 as cs_x86
+
+
+@cache
+def _disassembler() -> Any:
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    md.detail = True
+    return md
+
+
+def iter_branch_targets(code: bytes, address: int) -> frozenset[int]:
+    """Targets of direct jumps inside ``code`` that land within ``code`` itself.
+
+    A loop head at entry+k (k < jump size) would be overwritten by an entry
+    jump; a thread inside the function jumping back there would execute half an
+    instruction.  The patcher uses this to refuse while such a thread exists.
+    """
+    end = address + len(code)
+    targets: set[int] = set()
+    for insn in _disassembler().disasm(code, address):
+        if not insn.group(capstone.CS_GRP_JUMP):
+            continue
+        for op in insn.operands:
+            if op.type == cs_x86.X86_OP_IMM and address <= op.imm < end:
+                targets.add(op.imm)
+    return frozenset(targets)

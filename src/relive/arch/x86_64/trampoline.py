@@ -1,0 +1,35 @@
+"""x86-64 entry jumps and far stubs."""
+
+from __future__ import annotations
+
+import struct
+
+#: ``endbr64``: the landing pad -fcf-protection puts at function entries.  It is
+#: kept in place so indirect calls (function pointers) still land on it.
+ENDBR64 = b"\xf3\x0f\x1e\xfa"
+
+JMP_REL32_SIZE = 5
+#: ``jmp *0(%rip)`` followed by the 8-byte target: reaches anywhere and, unlike
+#: ``movabs %rax; jmp *%rax``, clobbers no register (AL carries the vector
+#: count of variadic calls).
+FAR_STUB_SIZE = 14
+REL32_REACH = 1 << 31
+
+
+def encode_jmp_rel32(source: int, target: int) -> bytes:
+    """``e9 rel32``: rel32 = target - (source + 5).  Raises if out of reach."""
+    rel = target - (source + JMP_REL32_SIZE)
+    if not -REL32_REACH <= rel < REL32_REACH:
+        raise ValueError(f"jump from {source:#x} to {target:#x} is out of rel32 reach")
+    return b"\xe9" + struct.pack("<i", rel)
+
+
+def encode_far_stub(source: int, target: int) -> bytes:
+    """``ff 25 00000000`` (jmp *0(%rip)) then the absolute target; position independent."""
+    del source  # the stub is position independent
+    return b"\xff\x25\x00\x00\x00\x00" + struct.pack("<Q", target)
+
+
+def find_landing_pad_size(code: bytes) -> int:
+    """Bytes to keep at a function entry: 4 for endbr64, else 0."""
+    return len(ENDBR64) if code.startswith(ENDBR64) else 0

@@ -1,0 +1,575 @@
+"""A relocatable ELF object (``ET_REL``) as relive's linker needs it.
+
+Everything is read with :mod:`struct` from the raw bytes rather than through
+pyelftools: a translation unit built with ``-ffunction-sections`` has thousands
+of sections and symbols, and pyelftools' per-entry parsing costs tens of
+microseconds each, which would show up in every reload.
+
+The low-level helpers (:func:`parse_elf_header`, :func:`parse_section_headers`,
+:func:`read_cstr`) are shared with :mod:`relive.elf.image`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from relive.errors import BadObject
+
+# e_type
+ET_REL = 1
+ET_EXEC = 2
+ET_DYN = 3
+ET_CORE = 4
+
+# e_machine
+EM_386 = 3
+EM_ARM = 40
+EM_X86_64 = 62
+EM_AARCH64 = 183
+EM_RISCV = 243
+
+# sh_type
+SHT_NULL = 0
+SHT_PROGBITS = 1
+SHT_SYMTAB = 2
+SHT_STRTAB = 3
+SHT_RELA = 4
+SHT_HASH = 5
+SHT_DYNAMIC = 6
+SHT_NOTE = 7
+SHT_NOBITS = 8
+SHT_REL = 9
+SHT_DYNSYM = 11
+SHT_INIT_ARRAY = 14
+SHT_FINI_ARRAY = 15
+SHT_PREINIT_ARRAY = 16
+SHT_GROUP = 17
+SHT_SYMTAB_SHNDX = 18
+SHT_GNU_HASH = 0x6FFFFFF6
+SHT_GNU_VERSYM = 0x6FFFFFFF
+
+# sh_flags
+SHF_WRITE = 0x1
+SHF_ALLOC = 0x2
+SHF_EXECINSTR = 0x4
+SHF_MERGE = 0x10
+SHF_STRINGS = 0x20
+SHF_INFO_LINK = 0x40
+SHF_GROUP = 0x200
+SHF_TLS = 0x400
+
+# Special section indices
+SHN_UNDEF = 0
+SHN_LORESERVE = 0xFF00
+SHN_ABS = 0xFFF1
+SHN_COMMON = 0xFFF2
+SHN_XINDEX = 0xFFFF
+
+# Symbol types (low nibble of st_info)
+STT_NOTYPE = 0
+STT_OBJECT = 1
+STT_FUNC = 2
+STT_SECTION = 3
+STT_FILE = 4
+STT_COMMON = 5
+STT_TLS = 6
+STT_GNU_IFUNC = 10
+
+# Symbol bindings (high nibble of st_info)
+STB_LOCAL = 0
+STB_GLOBAL = 1
+STB_WEAK = 2
+STB_GNU_UNIQUE = 10
+
+# Symbol visibility (low two bits of st_other)
+STV_DEFAULT = 0
+STV_INTERNAL = 1
+STV_HIDDEN = 2
+STV_PROTECTED = 3
+
+#: What the header helpers read from: a whole file in memory, or a mapping of it.
+Buffer = bytes | mmap.mmap
+
+_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+_SHDR = struct.Struct("<IIQQQQIIQQ")
+#: One Elf64_Sym: st_name, st_info, st_other, st_shndx, st_value, st_size.
+SYM_FORMAT = "<IBBHQQ"
+SYM_SIZE = 24
+_RELA_FORMAT = "<QQq"
+_RELA_SIZE = 24
+
+_MACHINE_NAMES = {
+    EM_386: "i386",
+    EM_ARM: "ARM",
+    EM_X86_64: "x86-64",
+    EM_AARCH64: "AArch64",
+    EM_RISCV: "RISC-V",
+}
+
+
+_TYPE_NAMES = {
+    ET_EXEC: "an executable",
+    ET_DYN: "a shared library or PIE executable",
+    ET_CORE: "a core dump",
+}
+
+
+def machine_name(machine: int) -> str:
+    """A human name for an ``e_machine`` value, for messages."""
+    return _MACHINE_NAMES.get(machine, f"machine {machine}")
+
+
+def _with_article(noun: str) -> str:
+    # "an x86-64", "an AArch64", "a RISC-V": go by the spoken first letter.
+    return f"an {noun}" if noun[:1].lower() in "aeiox" else f"a {noun}"
+
+
+class ElfHeader(NamedTuple):
+    """The fields of an ELF64 file header that relive uses."""
+
+    e_type: int
+    machine: int
+    entry: int
+    phoff: int
+    shoff: int
+    phentsize: int
+    phnum: int
+    shentsize: int
+    shnum: int
+    shstrndx: int
+
+
+class SectionHeader(NamedTuple):
+    """One raw ``Elf64_Shdr``."""
+
+    name: int
+    type: int
+    flags: int
+    addr: int
+    offset: int
+    size: int
+    link: int
+    info: int
+    addralign: int
+    entsize: int
+
+
+def parse_elf_header(path: str, data: Buffer, what: str = "object") -> ElfHeader:
+    """Check the identification bytes and decode the ELF64 header.
+
+    ``what`` names the kind of file expected ("object", "executable or shared
+    library") so that refusals read naturally. Raises :class:`BadObject` for a
+    file that is not ELF, not 64-bit or not little-endian; the caller checks
+    machine and type.
+    """
+    if len(data) < _EHDR.size or bytes(data[:4]) != b"\x7fELF":
+        raise BadObject(
+            f"{path} is not an ELF {what} file",
+            "pass a .c source or a .o built by gcc/clang"
+            if what == "object"
+            else "pass the program or library file the process runs",
+        )
+    fields = _EHDR.unpack_from(data, 0)
+    ident, e_type, machine, entry, phoff, shoff = fields[:3] + fields[4:7]
+    phentsize, phnum, shentsize, shnum, shstrndx = fields[9:]
+    if ident[4] != 2:
+        raise BadObject(
+            f"{path} is a 32-bit {what}; relive targets 64-bit processes",
+            "rebuild without -m32",
+        )
+    if ident[5] != 1:
+        raise BadObject(
+            f"{path} is a big-endian {what}; relive targets little-endian processes",
+            "rebuild for the target's architecture",
+        )
+    return ElfHeader(
+        e_type, machine, entry, phoff, shoff, phentsize, phnum, shentsize, shnum, shstrndx
+    )
+
+
+def _truncated(path: str) -> BadObject:
+    return BadObject(
+        f"{path} is truncated or corrupt (a table points past the end of the file)",
+        "rebuild it; if a build is still writing it, wait for it to finish",
+    )
+
+
+def slice_checked(path: str, data: Buffer, offset: int, size: int) -> bytes:
+    """``data[offset:offset+size]`` as bytes, or BadObject if it runs past the end."""
+    if offset < 0 or size < 0 or offset + size > len(data):
+        raise _truncated(path)
+    return bytes(data[offset : offset + size])
+
+
+def parse_section_headers(
+    path: str, data: Buffer, header: ElfHeader
+) -> list[SectionHeader]:
+    """All section headers, with the extended numbering of ELF for >= 0xff00 sections.
+
+    When a file has that many sections, ``e_shnum`` is 0 and the real count is
+    in section 0's ``sh_size``; ``e_shstrndx`` is ``SHN_XINDEX`` and the real
+    index is in section 0's ``sh_link``. (The name-table index is applied by
+    :func:`section_names`.)
+    """
+    if header.shoff == 0:
+        return []
+    if header.shentsize != _SHDR.size:
+        raise _truncated(path)
+    first = SectionHeader(*_SHDR.unpack(slice_checked(path, data, header.shoff, _SHDR.size)))
+    count = header.shnum or first.size
+    table = slice_checked(path, data, header.shoff, count * _SHDR.size)
+    return [SectionHeader(*fields) for fields in _SHDR.iter_unpack(table)]
+
+
+def shstrndx(header: ElfHeader, sections: list[SectionHeader]) -> int:
+    """The index of the section-name string table, resolving ``SHN_XINDEX``."""
+    if header.shstrndx == SHN_XINDEX and sections:
+        return sections[0].link
+    return header.shstrndx
+
+
+def read_cstr(table: bytes, offset: int) -> str:
+    """The NUL-terminated string at ``offset`` in a string table."""
+    end = table.find(b"\0", offset)
+    if end < 0:
+        end = len(table)
+    return table[offset:end].decode("utf-8", "replace")
+
+
+def section_names(
+    path: str, data: Buffer, header: ElfHeader, sections: list[SectionHeader]
+) -> list[str]:
+    """The name of every section, in index order ("" when there is no name table)."""
+    index = shstrndx(header, sections)
+    if not 0 < index < len(sections):
+        return [""] * len(sections)
+    names = sections[index]
+    table = slice_checked(path, data, names.offset, names.size)
+    return [read_cstr(table, s.name) for s in sections]
+
+
+def resolve_xindex(shndx_table: bytes, shndx: int, symbol_index: int) -> int:
+    """The real section index of a symbol whose ``st_shndx`` may be ``SHN_XINDEX``."""
+    if shndx != SHN_XINDEX or not shndx_table:
+        return shndx
+    (real,) = struct.unpack_from("<I", shndx_table, symbol_index * 4)
+    return int(real)
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """One section of a relocatable object, with its contents."""
+
+    index: int
+    name: str
+    type: int
+    flags: int
+    size: int
+    align: int
+    #: The contents; ``b""`` for ``SHT_NOBITS`` (``.bss``), whose ``size`` still counts.
+    data: bytes
+    link: int
+    info: int
+    entsize: int
+
+    @property
+    def is_alloc(self) -> bool:
+        """The section occupies memory in the running program."""
+        return bool(self.flags & SHF_ALLOC)
+
+    @property
+    def is_exec(self) -> bool:
+        """The section holds code."""
+        return bool(self.flags & SHF_EXECINSTR)
+
+    @property
+    def is_write(self) -> bool:
+        """The section is writable at run time."""
+        return bool(self.flags & SHF_WRITE)
+
+    @property
+    def is_nobits(self) -> bool:
+        """The section has no file contents (zero-initialised, like ``.bss``)."""
+        return self.type == SHT_NOBITS
+
+    @property
+    def is_tls(self) -> bool:
+        """The section is a thread-local template (``.tdata``/``.tbss``)."""
+        return bool(self.flags & SHF_TLS)
+
+
+@dataclass(frozen=True, slots=True)
+class ObjSymbol:
+    """One symbol-table entry of a relocatable object.
+
+    ``STT_SECTION`` symbols carry no name in the file; they are given the name of
+    their section so that messages and relocation dumps are readable.
+    """
+
+    index: int
+    name: str
+    value: int
+    size: int
+    type: int
+    bind: int
+    shndx: int
+    #: The ``STT_FILE`` name that precedes a local symbol; None for globals.
+    file: str | None
+    #: ``STV_*`` from ``st_other``.
+    visibility: int = STV_DEFAULT
+
+    @property
+    def is_defined(self) -> bool:
+        """Defined in this object (in a section, absolute or common)."""
+        return self.shndx != SHN_UNDEF
+
+    @property
+    def is_absolute(self) -> bool:
+        """Defined with an absolute value (``SHN_ABS``), not relative to a section."""
+        return self.shndx == SHN_ABS
+
+    @property
+    def is_common(self) -> bool:
+        """A tentative definition (``SHN_COMMON``) the linker must allocate."""
+        return self.shndx == SHN_COMMON
+
+    @property
+    def is_function(self) -> bool:
+        """A function, including GNU indirect functions."""
+        return self.type in (STT_FUNC, STT_GNU_IFUNC)
+
+    @property
+    def is_local(self) -> bool:
+        """Bound locally (``static``): invisible outside its file."""
+        return self.bind == STB_LOCAL
+
+    @property
+    def is_section(self) -> bool:
+        """A section symbol, which relocations use to address anonymous data."""
+        return self.type == STT_SECTION
+
+
+@dataclass(frozen=True, slots=True)
+class Relocation:
+    """One ``Elf64_Rela`` entry, with its symbol resolved."""
+
+    #: Offset within the section the relocation applies to.
+    offset: int
+    #: ``R_<arch>_*`` number; meaning depends on the machine.
+    type: int
+    symbol: ObjSymbol
+    addend: int
+
+
+class ObjectFile:
+    """A parsed relocatable object: sections, symbols and relocations.
+
+    Build one with :meth:`open` or :meth:`from_bytes`.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        machine: int,
+        sections: list[Section],
+        symbols: list[ObjSymbol],
+        relocations: Mapping[int, list[Relocation]],
+    ) -> None:
+        self.path = path
+        self.machine = machine
+        #: Indexed by section index (index 0 is the null section).
+        self.sections = sections
+        #: Indexed by symbol index (index 0 is the null symbol).
+        self.symbols = symbols
+        #: Relocations keyed by the index of the section they patch (from each
+        #: ``SHT_RELA`` section's ``sh_info``); a section without any is absent.
+        #: Read-only: each list is decoded when first looked up.
+        self.relocations = relocations
+        self.source_name: str | None = next(
+            (s.name for s in symbols if s.type == STT_FILE), None
+        )
+        self._by_section: dict[int, list[ObjSymbol]] | None = None
+        self._by_name: dict[str, ObjSymbol] | None = None
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], expected_machines: Collection[int] = (EM_X86_64,)
+    ) -> ObjectFile:
+        """Read and parse the object file at ``path``.
+
+        Raises :class:`BadObject` for anything that is not a 64-bit little-endian
+        relocatable object for one of ``expected_machines``.
+        """
+        name = os.fspath(path)
+        try:
+            with open(name, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise BadObject(f"cannot read {name}: {e.strerror}", "check the path") from e
+        return cls.from_bytes(data, name, expected_machines)
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, path: str, expected_machines: Collection[int] = (EM_X86_64,)
+    ) -> ObjectFile:
+        """Parse an object held in memory; ``path`` is only used in messages."""
+        header = parse_elf_header(path, data)
+        if header.machine not in expected_machines:
+            wanted = " or ".join(machine_name(m) for m in expected_machines)
+            raise BadObject(
+                f"{path} is {_with_article(machine_name(header.machine))} object "
+                f"but the target is {wanted}",
+                "compile with a compiler for the target's architecture",
+            )
+        if header.e_type != ET_REL:
+            kind = _TYPE_NAMES.get(header.e_type, f"of ELF type {header.e_type}")
+            raise BadObject(f"{path} is {kind}, not a relocatable object", "compile with -c")
+        shdrs = parse_section_headers(path, data, header)
+        sections = _build_sections(path, data, header, shdrs)
+        symbols = _read_symbols(path, sections)
+        relocations = _LazyRelocations(path, sections, symbols)
+        return cls(path, header.machine, sections, symbols, relocations)
+
+    def iter_functions(self) -> Iterator[ObjSymbol]:
+        """Functions defined in this object (``STT_FUNC`` and ``STT_GNU_IFUNC``)."""
+        return (s for s in self.symbols if s.is_function and s.is_defined)
+
+    def find_symbol(self, name: str) -> ObjSymbol | None:
+        """The symbol called ``name``, preferring a global over a local; None if absent.
+
+        Section and file symbols are not considered.
+        """
+        if self._by_name is None:
+            by_name: dict[str, ObjSymbol] = {}
+            for sym in self.symbols:
+                if sym.type in (STT_SECTION, STT_FILE) or not sym.name:
+                    continue
+                seen = by_name.get(sym.name)
+                if seen is None or (seen.is_local and not sym.is_local):
+                    by_name[sym.name] = sym
+            self._by_name = by_name
+        return self._by_name.get(name)
+
+    def iter_section_symbols(self, section_index: int) -> Iterator[ObjSymbol]:
+        """Symbols defined in section ``section_index``, excluding ``STT_SECTION``."""
+        if self._by_section is None:
+            by_section: dict[int, list[ObjSymbol]] = {}
+            for sym in self.symbols:
+                if sym.shndx != SHN_UNDEF and sym.type != STT_SECTION:
+                    by_section.setdefault(sym.shndx, []).append(sym)
+            self._by_section = by_section
+        return iter(self._by_section.get(section_index, ()))
+
+    def __repr__(self) -> str:
+        return (
+            f"<ObjectFile {self.path!r} {machine_name(self.machine)} "
+            f"{len(self.sections)} sections {len(self.symbols)} symbols>"
+        )
+
+
+def _build_sections(
+    path: str, data: bytes, header: ElfHeader, shdrs: list[SectionHeader]
+) -> list[Section]:
+    names = section_names(path, data, header, shdrs)
+    sections = []
+    for index, (sh, name) in enumerate(zip(shdrs, names, strict=True)):
+        if sh.type in (SHT_NOBITS, SHT_NULL):
+            contents = b""
+        else:
+            contents = slice_checked(path, data, sh.offset, sh.size)
+        sections.append(
+            Section(
+                index, name, sh.type, sh.flags, sh.size, sh.addralign, contents,
+                sh.link, sh.info, sh.entsize,
+            )
+        )
+    return sections
+
+
+def _read_symbols(path: str, sections: list[Section]) -> list[ObjSymbol]:
+    symtab = next((s for s in sections if s.type == SHT_SYMTAB), None)
+    if symtab is None:
+        raise BadObject(
+            f"{path} has no symbol table (it was stripped)",
+            "rebuild it; do not strip objects relive should load",
+        )
+    if not 0 < symtab.link < len(sections):
+        raise _truncated(path)
+    strtab = sections[symtab.link].data
+    shndx_table = next(
+        (s.data for s in sections if s.type == SHT_SYMTAB_SHNDX and s.link == symtab.index), b""
+    )
+    usable = len(symtab.data) - len(symtab.data) % SYM_SIZE
+    symbols: list[ObjSymbol] = []
+    current_file: str | None = None
+    for index, (st_name, info, other, shndx, value, size) in enumerate(
+        struct.iter_unpack(SYM_FORMAT, symtab.data[:usable])
+    ):
+        shndx = resolve_xindex(shndx_table, shndx, index)
+        st_type, bind = info & 0xF, info >> 4
+        if st_type == STT_SECTION and shndx < len(sections):
+            name = sections[shndx].name
+        else:
+            name = read_cstr(strtab, st_name)
+        if st_type == STT_FILE:
+            current_file = name
+        file = current_file if bind == STB_LOCAL else None
+        symbols.append(
+            ObjSymbol(index, name, value, size, st_type, bind, shndx, file, other & 3)
+        )
+    return symbols
+
+
+class _LazyRelocations(Mapping[int, list[Relocation]]):
+    """Relocations keyed by target section, each list decoded on first access.
+
+    A ``-g`` object carries far more relocations for its ``.debug_*`` sections
+    than for its code, and the linker reads only those of the sections it loads.
+    """
+
+    def __init__(self, path: str, sections: list[Section], symbols: list[ObjSymbol]) -> None:
+        self._symbols = symbols
+        self._path = path
+        self._sources: dict[int, list[Section]] = {}
+        for sec in sections:
+            if sec.type == SHT_REL:
+                raise BadObject(
+                    f"{path} uses REL relocations (section {sec.name}), "
+                    "which relive cannot apply",
+                    "build it with gcc or clang for x86-64, which emit RELA relocations",
+                )
+            if sec.type == SHT_RELA:
+                self._sources.setdefault(sec.info, []).append(sec)
+        self._decoded: dict[int, list[Relocation]] = {}
+
+    def __getitem__(self, section_index: int) -> list[Relocation]:
+        found = self._decoded.get(section_index)
+        if found is None:
+            found = []
+            for sec in self._sources[section_index]:
+                found.extend(self._decode(sec))
+            self._decoded[section_index] = found
+        return found
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._sources)
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._sources
+
+    def _decode(self, sec: Section) -> Iterator[Relocation]:
+        symbols = self._symbols
+        usable = len(sec.data) - len(sec.data) % _RELA_SIZE
+        for offset, info, addend in struct.iter_unpack(_RELA_FORMAT, sec.data[:usable]):
+            sym_index = info >> 32
+            if sym_index >= len(symbols):
+                raise _truncated(self._path)
+            yield Relocation(offset, info & 0xFFFFFFFF, symbols[sym_index], addend)

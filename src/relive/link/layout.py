@@ -1,0 +1,97 @@
+"""Place the loaded sections, GOT slots and stubs of a new block, as a linker would."""
+
+from __future__ import annotations
+
+from relive.arch.base import Need
+from relive.elf.objfile import ObjectFile, ObjSymbol
+from relive.errors import LinkError
+from relive.link.model import GotKey, Layout, LinkRequest
+
+_GOT_KIND = {
+    Need.GOT_SLOT: ("address", 8),
+    Need.GOT_TPOFF: ("tpoff", 8),
+    Need.GOT_TLS_PAIR: ("tls pair", 16),
+    Need.GOT_TLS_MODULE: ("tls module", 16),
+}
+
+
+def _align(value: int, alignment: int) -> int:
+    alignment = max(alignment, 1)
+    return (value + alignment - 1) // alignment * alignment
+
+
+def plan_layout(request: LinkRequest) -> Layout:
+    """Lay out code sections, then far stubs, then data sections, then the GOT.
+
+    Every call target outside the block gets a stub slot up front: whether it is
+    in reach of a 32-bit displacement is only known once the block has an
+    address, and 14 bytes per target is cheap.
+    """
+    obj = request.obj
+    for index in request.load:
+        if obj.sections[index].is_tls:
+            raise LinkError(
+                f"{obj.path}: new thread-local variable in {obj.sections[index].name}",
+                hint="relive cannot grow the static TLS block of a running process; "
+                "keep the __thread variables the program started with",
+            )
+    code = sorted(i for i in request.load if obj.sections[i].is_exec)
+    data = sorted(i for i in request.load if not obj.sections[i].is_exec)
+    offsets: dict[int, int] = {}
+    cursor = _place(obj, code, offsets, 0)
+    stubs, got_needs = _collect_needs(request)
+    stub_offsets: dict[int, int] = {}
+    for symbol_index in sorted(stubs):
+        cursor = _align(cursor, 16)
+        stub_offsets[symbol_index] = cursor
+        cursor += request.arch.far_stub_size
+    code_size = cursor
+    cursor = _place(obj, data, offsets, _align(cursor, 64))
+    got_base = _align(cursor, 16)
+    got_offsets: dict[GotKey, int] = {}
+    cursor = got_base
+    for key, size in sorted(got_needs.items(), key=lambda kv: (kv[0].kind, kv[0].symbol_index)):
+        got_offsets[key] = cursor
+        cursor += size
+    return Layout(
+        request=request,
+        section_offsets=offsets,
+        got_offsets=got_offsets,
+        got_base=got_base,
+        stub_offsets=stub_offsets,
+        size=max(cursor, 1),
+        code_size=code_size,
+    )
+
+
+def _place(obj: ObjectFile, indices: list[int], offsets: dict[int, int], cursor: int) -> int:
+    """Append sections at their alignment; return the end offset."""
+    for index in indices:
+        section = obj.sections[index]
+        cursor = _align(cursor, section.align)
+        offsets[index] = cursor
+        cursor += section.size
+    return cursor
+
+
+def _collect_needs(request: LinkRequest) -> tuple[set[int], dict[GotKey, int]]:
+    """Which symbols need a far stub, and which GOT entries the relocations use."""
+    obj = request.obj
+    stubs: set[int] = set()
+    got: dict[GotKey, int] = {}
+    for index in request.load:
+        for reloc in obj.relocations.get(index, ()):
+            rtype = request.arch.relocations.get(reloc.type)
+            if rtype is None:
+                continue  # reported with full context when relocating
+            if rtype.need is Need.CALL and not _is_loaded(request, reloc.symbol):
+                stubs.add(reloc.symbol.index)
+            if rtype.need in _GOT_KIND:
+                kind, size = _GOT_KIND[rtype.need]
+                symbol_index = 0 if rtype.need is Need.GOT_TLS_MODULE else reloc.symbol.index
+                got[GotKey(kind, symbol_index)] = size
+    return stubs, got
+
+
+def _is_loaded(request: LinkRequest, symbol: ObjSymbol) -> bool:
+    return symbol.is_defined and not symbol.is_absolute and symbol.shndx in request.load

@@ -1,0 +1,184 @@
+"""Relocate a laid-out block at its final address.  Pure: bytes in, bytes out."""
+
+from __future__ import annotations
+
+import struct
+
+from relive.arch.base import Need, Operands, RelocationType, fits
+from relive.elf.objfile import ObjSymbol, Relocation, Section
+from relive.errors import LinkError
+from relive.link.model import Bound, GotKey, Layout, LinkedImage
+
+_TLS_NEEDS = (Need.TPOFF, Need.DTPOFF, Need.GOT_TPOFF, Need.GOT_TLS_PAIR)
+
+
+def link(layout: Layout, base: int) -> LinkedImage:
+    """Copy every loaded section to its offset, apply its relocations, fill GOT and stubs."""
+    linker = _Linker(layout, base)
+    return LinkedImage(base=base, data=linker.run(), layout=layout)
+
+
+class _Linker:
+    def __init__(self, layout: Layout, base: int) -> None:
+        self.layout = layout
+        self.request = layout.request
+        self.obj = layout.request.obj
+        self.base = base
+        self.image = bytearray(layout.size)
+        self.got_values: dict[GotKey, bytes] = {}
+
+    def run(self) -> bytes:
+        for index, offset in self.layout.section_offsets.items():
+            section = self.obj.sections[index]
+            if not section.is_nobits:
+                self.image[offset : offset + section.size] = section.data
+            for reloc in self.obj.relocations.get(index, ()):
+                self._apply(section, offset, reloc)
+        self._write_stubs()
+        for key, offset in self.layout.got_offsets.items():
+            value = self.got_values.get(key)
+            if value is not None:
+                self.image[offset : offset + len(value)] = value
+        return bytes(self.image)
+
+    # -- one relocation -------------------------------------------------------
+
+    def _apply(self, section: Section, section_offset: int, reloc: Relocation) -> None:
+        if reloc.type == 0:  # R_*_NONE
+            return
+        rtype = self.request.arch.relocations.get(reloc.type)
+        if rtype is None:
+            raise LinkError(
+                f"unsupported relocation type {reloc.type} against "
+                f"{_describe(self.obj.sections, reloc.symbol)} in {section.name}",
+                hint="relive handles what gcc and clang emit for -O0..-O3, PIE and -fPIC; "
+                "please report this object",
+            )
+        place = self.base + section_offset + reloc.offset
+        operands = self._operands(rtype, reloc, place)
+        value = rtype.compute(operands)
+        if not fits(value, rtype.width, rtype.range):
+            raise LinkError(
+                f"{rtype.name} against {_describe(self.obj.sections, reloc.symbol)} in "
+                f"{section.name}: value {value:#x} does not fit {rtype.width * 8} bits",
+                hint="the new code is too far from what it references; "
+                "rebuild the program as PIE or with -mcmodel=large",
+            )
+        field = section_offset + reloc.offset
+        self.image[field : field + rtype.width] = _encode(value, rtype.width)
+
+    def _operands(self, rtype: RelocationType, reloc: Relocation, place: int) -> Operands:
+        symbol, need = reloc.symbol, rtype.need
+        got_base = self.base + self.layout.got_base
+        if need in _TLS_NEEDS or need is Need.GOT_TLS_MODULE:
+            return self._tls_operands(rtype, reloc, place, got_base)
+        target = self._symbol_address(symbol)
+        if need is Need.CALL and not fits(target + reloc.addend - place, rtype.width, rtype.range):
+            target = self.base + self.layout.stub_offsets[symbol.index]
+        slot = 0
+        if need is Need.GOT_SLOT:
+            slot = self._got_slot(GotKey("address", symbol.index), struct.pack("<Q", target))
+        return Operands(S=target, A=reloc.addend, P=place, G=slot, GOT=got_base, Z=symbol.size)
+
+    def _tls_operands(
+        self, rtype: RelocationType, reloc: Relocation, place: int, got_base: int
+    ) -> Operands:
+        symbol, need = reloc.symbol, rtype.need
+        bound = self._tls_binding(symbol, rtype)
+        offset = 0 if symbol.is_section or not symbol.is_defined else symbol.value
+        tpoff = None if bound.tpoff is None else bound.tpoff + offset
+        dtpoff = None if bound.tls_offset is None else bound.tls_offset + offset
+        slot = 0
+        if need is Need.GOT_TPOFF:
+            value = _require(tpoff, rtype, symbol, "its thread-pointer offset")
+            slot = self._got_slot(GotKey("tpoff", symbol.index), struct.pack("<q", value))
+        elif need is Need.GOT_TLS_PAIR:
+            module = _require(bound.tls_module_id, rtype, symbol, "its TLS module id")
+            value = _require(dtpoff, rtype, symbol, "its offset in the TLS block")
+            slot = self._got_slot(GotKey("tls pair", symbol.index), struct.pack("<Qq", module, value))
+        elif need is Need.GOT_TLS_MODULE:
+            module = _require(bound.tls_module_id, rtype, symbol, "its TLS module id")
+            slot = self._got_slot(GotKey("tls module", 0), struct.pack("<QQ", module, 0))
+        return Operands(
+            A=reloc.addend,
+            P=place,
+            G=slot,
+            GOT=got_base,
+            T=_require(tpoff, rtype, symbol, "its thread-pointer offset")
+            if need is Need.TPOFF
+            else 0,
+            D=_require(dtpoff, rtype, symbol, "its offset in the TLS block")
+            if need is Need.DTPOFF
+            else 0,
+        )
+
+    def _got_slot(self, key: GotKey, value: bytes) -> int:
+        self.got_values[key] = value
+        return self.base + self.layout.got_offsets[key]
+
+    # -- symbols ---------------------------------------------------------------
+
+    def _symbol_address(self, symbol: ObjSymbol) -> int:
+        if symbol.is_absolute:
+            return symbol.value
+        if not symbol.is_defined or symbol.is_common:
+            return self._external(symbol).address or 0
+        offset = self.layout.section_offsets.get(symbol.shndx)
+        if offset is not None:
+            return self.base + offset + symbol.value
+        bound = self.request.bound_sections.get(symbol.shndx)
+        if bound is not None and bound.address is not None:
+            return bound.address + symbol.value
+        raise LinkError(
+            f"{_describe(self.obj.sections, symbol)} is neither loaded nor bound to the program",
+            hint="this is a relive bug: please report it with the object file",
+        )
+
+    def _external(self, symbol: ObjSymbol) -> Bound:
+        bound = self.request.externals.get(symbol.name)
+        if bound is None:
+            raise LinkError(
+                f"undefined symbol {symbol.name}: the new code needs it but the process has no "
+                "definition of it",
+                hint="define it in the reloaded file, or link the library that provides it "
+                "into the program and restart it",
+            )
+        return bound
+
+    def _tls_binding(self, symbol: ObjSymbol, rtype: RelocationType) -> Bound:
+        if not symbol.is_defined or symbol.is_common:
+            return self._external(symbol)
+        bound = self.request.bound_sections.get(symbol.shndx)
+        if bound is None:
+            raise LinkError(
+                f"{rtype.name} against {_describe(self.obj.sections, symbol)}: a thread-local "
+                "variable the running program does not have",
+                hint="relive cannot add __thread variables to a running process",
+            )
+        return bound
+
+    def _write_stubs(self) -> None:
+        for symbol_index, offset in self.layout.stub_offsets.items():
+            target = self._symbol_address(self.obj.symbols[symbol_index])
+            stub = self.request.arch.encode_far_stub(self.base + offset, target)
+            self.image[offset : offset + len(stub)] = stub
+
+
+def _require(value: int | None, rtype: RelocationType, symbol: ObjSymbol, what: str) -> int:
+    if value is None:
+        raise LinkError(
+            f"{rtype.name} against {symbol.name or 'a TLS section'}: relive cannot find {what} "
+            "in the running process",
+            hint="access the variable from code of the module that defines it",
+        )
+    return value
+
+
+def _encode(value: int, width: int) -> bytes:
+    return (value & ((1 << (width * 8)) - 1)).to_bytes(width, "little")
+
+
+def _describe(sections: list[Section], symbol: ObjSymbol) -> str:
+    if symbol.is_section and 0 < symbol.shndx < len(sections):
+        return f"section {sections[symbol.shndx].name}"
+    return symbol.name or f"symbol #{symbol.index}"

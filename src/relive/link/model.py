@@ -1,0 +1,84 @@
+"""What the linker is given and what it produces.  Pure data, no process access."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from relive.arch.base import Arch
+from relive.elf.objfile import ObjectFile, ObjSymbol
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Where an existing definition lives in the running process.
+
+    A section or symbol of the new object that is *bound* is not loaded: every
+    reference to it resolves to the old storage, so its value is kept.
+    """
+
+    address: int | None = None  # runtime address (None for thread-local storage)
+    size: int | None = None
+    tpoff: int | None = None  # TLS: offset from the thread pointer (static TLS)
+    tls_offset: int | None = None  # TLS: offset inside the module's TLS block
+    tls_module_id: int | None = None  # TLS: the module id __tls_get_addr takes
+
+
+@dataclass(frozen=True)
+class LinkRequest:
+    """An object file and the decisions that bind it to a running program.
+
+    ``load`` are the section indices placed in new memory (changed and new
+    functions, new variables, constants and strings).  ``bound_sections`` map
+    sections that already exist in the process to their storage.  ``externals``
+    map undefined (and common) symbol names to their running definitions.
+    """
+
+    obj: ObjectFile
+    arch: Arch
+    load: frozenset[int]
+    bound_sections: Mapping[int, Bound] = field(default_factory=dict)
+    externals: Mapping[str, Bound] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GotKey:
+    """One GOT entry the new code needs: what it holds, for which symbol."""
+
+    kind: str  # "address", "tpoff", "tls pair", "tls module"
+    symbol_index: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Offsets of everything inside the new block, decided before its address is known."""
+
+    request: LinkRequest
+    section_offsets: Mapping[int, int]
+    got_offsets: Mapping[GotKey, int]
+    got_base: int
+    stub_offsets: Mapping[int, int]  # symbol index of a call target -> its far stub
+    size: int
+    #: Bytes [0, code_size) hold code and stubs; the rest is data.
+    code_size: int
+
+
+@dataclass(frozen=True)
+class LinkedImage:
+    """The relocated bytes of the new block and where its symbols ended up."""
+
+    base: int
+    data: bytes
+    layout: Layout
+
+    def find_section_address(self, index: int) -> int | None:
+        """The runtime address of a loaded section, or None if it was not loaded."""
+        offset = self.layout.section_offsets.get(index)
+        return None if offset is None else self.base + offset
+
+    def get_symbol_address(self, symbol: ObjSymbol) -> int:
+        """The runtime address of a symbol defined in a loaded section."""
+        section = self.find_section_address(symbol.shndx)
+        if section is None:
+            raise KeyError(symbol.name)
+        return section + symbol.value

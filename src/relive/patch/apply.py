@@ -1,0 +1,160 @@
+"""The transaction: allocate, write the new code, stop, check, write entry jumps, resume.
+
+Nothing the program can reach is written until everything is resolved, linked
+and checked.  The new code is written while the program runs (nothing jumps
+to it yet); threads are held only to check where they are and to write the
+entry jumps.  relive's own SIGINT/SIGTERM are held back meanwhile, so an
+interrupted relive finishes the transaction before it exits.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from relive.arch.base import Arch
+from relive.errors import LinkError, ReliveError, UnsafePatch
+from relive.link import LinkedImage, link
+from relive.patch.placement import iter_candidate_addresses, page_round
+from relive.patch.plan import ReloadPlan
+from relive.process.memory import ProcessMemory
+from relive.process.procfs import read_maps
+from relive.process.remote import (
+    MAP_ANONYMOUS,
+    MAP_PRIVATE,
+    PROT_EXEC,
+    PROT_READ,
+    PROT_WRITE,
+    remote_munmap,
+    try_remote_mmap_at,
+)
+from relive.process.threads import StoppedProcess, stop_all
+
+#: Attempts to find every thread outside the bytes being replaced.
+MAX_ATTEMPTS = 12
+
+
+@dataclass(frozen=True)
+class EntryWrite:
+    """One entry jump: where, what is there now, what goes there."""
+
+    name: str
+    address: int  # first byte overwritten (after a kept landing pad)
+    expected: bytes  # what must be there now
+    new: bytes
+    #: Threads anywhere in [guard_start, guard_end) block the write; normally the
+    #: window itself, the whole function when a branch inside it targets the window.
+    guard_start: int
+    guard_end: int
+
+    def blocks(self, pc: int) -> bool:
+        """Whether a thread at ``pc`` would be hurt by this write."""
+        if self.address < pc < self.address + len(self.new):
+            return True
+        return self.guard_start <= pc < self.guard_end
+
+
+@contextmanager
+def held_signals() -> Iterator[None]:
+    """Defer SIGINT/SIGTERM/SIGHUP to relive until the transaction is over."""
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def allocate_and_link(pid: int, plan: ReloadPlan, arch: Arch) -> LinkedImage:
+    """Link the plan at a reachable free address and map that memory in the target."""
+    size = page_round(plan.layout.size)
+    low_memory = not plan.module.image.is_pie_or_shared
+    last_error: LinkError | None = None
+    maps = read_maps(pid)
+    for address in iter_candidate_addresses(maps, plan.module, size, arch.jump_reach, low_memory):
+        try:
+            image = link(plan.layout, address)
+        except LinkError as error:
+            last_error = error
+            continue
+        with stop_all(pid) as stopped:
+            mapped = try_remote_mmap_at(
+                stopped, address, size, PROT_READ | PROT_WRITE | PROT_EXEC,
+                MAP_PRIVATE | MAP_ANONYMOUS,
+            )
+        if mapped is not None:
+            return image
+    if last_error is not None:
+        raise last_error
+    raise ReliveError(
+        f"no free address within reach of {plan.module.name} for {size} bytes of new code",
+        hint="the address space near the module is full; restart the program",
+    )
+
+
+def write_block(memory: ProcessMemory, image: LinkedImage) -> None:
+    """Write the new code and data (the program cannot reach it yet)."""
+    memory.write(image.base, image.data)
+
+
+def release_block(pid: int, image: LinkedImage) -> None:
+    """Give back a block that will not be used (best effort, after a failure)."""
+    try:
+        with stop_all(pid) as stopped:
+            remote_munmap(stopped, image.base, page_round(len(image.data)))
+    except ReliveError:
+        pass
+
+
+def write_entries(pid: int, writes: list[EntryWrite]) -> float:
+    """Stop every thread, wait until none is in the way, write all jumps, resume.
+
+    Returns how long the threads were held (seconds, summed over attempts).
+    """
+    held = 0.0
+    with stop_all(pid) as stopped:
+        for attempt in range(MAX_ATTEMPTS):
+            blockers = _find_blockers(stopped, writes)
+            if not blockers:
+                break
+            if attempt == MAX_ATTEMPTS - 1:
+                tid, name = blockers[0]
+                raise UnsafePatch(
+                    f"thread {tid} keeps executing the first bytes of {name}; "
+                    f"tried {MAX_ATTEMPTS} times",
+                    hint="reload again, or reload when the program is less busy",
+                )
+            held += stopped.stopped_seconds
+            stopped.resume_briefly(0.0005 * (2**attempt))
+        memory = ProcessMemory(pid, poke_tid=pid)
+        try:
+            _check_expected(memory, writes)
+            for write in writes:
+                memory.write(write.address, write.new)
+        finally:
+            memory.close()
+        held += stopped.stopped_seconds
+    return held
+
+
+def _find_blockers(stopped: StoppedProcess, writes: list[EntryWrite]) -> list[tuple[int, str]]:
+    return [(tid, w.name) for tid, pc in stopped.iter_pcs() for w in writes if w.blocks(pc)]
+
+
+def _check_expected(memory: ProcessMemory, writes: list[EntryWrite]) -> None:
+    for write in writes:
+        current = memory.read(write.address, len(write.expected))
+        if current != write.expected:
+            raise ReliveError(
+                f"the entry of {write.name} at {write.address:#x} holds unexpected bytes "
+                f"({current.hex()}, expected {write.expected.hex()})",
+                hint="another tool patched it; undo that first, or restart the program",
+            )
+
+
+def now() -> float:
+    """Monotonic seconds, for phase timings."""
+    return time.perf_counter()

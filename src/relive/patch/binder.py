@@ -1,0 +1,251 @@
+"""Bind a new object to the running program: what exists already, and where.
+
+Rules (the C programmer's expectation of "state is kept"):
+
+* a writable variable of the new object that exists in the process (global,
+  file static, function-local static) binds to the existing storage;
+* read-only data (string literals, constants) and new variables go to new
+  memory, initialised from the object;
+* an undefined symbol resolves in the reloaded module first (hidden symbols
+  of a library), then in the executable, then in the other libraries in load
+  order; an IFUNC resolves to the implementation the process already uses.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from relive.elf.image import ImageSymbol
+from relive.elf.objfile import STT_GNU_IFUNC, STT_TLS, ObjectFile, ObjSymbol, Section
+from relive.errors import LayoutChanged, LinkError
+from relive.link import Bound
+from relive.patch.journal import SourceRecord
+from relive.patch.modules import RunningModule
+
+MemoryReader = Callable[[int, int], bytes]
+
+#: gcc names a function-local static ``name.N``; clang names it ``function.name``.
+_GCC_STATIC_SUFFIX = re.compile(r"\.\d+$")
+_SKIPPED_SECTIONS = (".eh_frame", ".note", ".comment", ".debug", ".init_array", ".fini_array",
+                     ".ctors", ".dtors", ".group", ".stack")
+
+
+@dataclass(frozen=True)
+class OldDefinition:
+    """A definition that exists in the running process."""
+
+    name: str
+    address: int  # runtime address (TLS: runtime address is meaningless; see tls_offset)
+    size: int
+    is_function: bool
+    tls_offset: int | None = None
+    from_journal: bool = False
+
+
+def is_skipped_section(section: Section) -> bool:
+    """Sections never loaded: unwind tables, notes, constructors, debug info."""
+    return not section.is_alloc or section.name.startswith(_SKIPPED_SECTIONS)
+
+
+class Binder:
+    """Finds old definitions for the symbols of one new object."""
+
+    def __init__(
+        self,
+        obj: ObjectFile,
+        module: RunningModule,
+        modules: list[RunningModule],
+        record: SourceRecord | None,
+        read_memory: MemoryReader,
+    ) -> None:
+        self.obj = obj
+        self.module = module
+        self.modules = modules
+        self.record = record
+        self.read_memory = read_memory
+        self._externals: dict[str, Bound | None] = {}
+
+    # -- definitions of the reloaded file ---------------------------------------
+
+    def find_old(self, symbol: ObjSymbol) -> OldDefinition | None:
+        """The running definition a defined symbol of the new object replaces, if any."""
+        if self.record is not None:
+            found = self.record.definitions.get(symbol.name)
+            if found is not None and (found.file or None) == (symbol.file if symbol.is_local else None):
+                return OldDefinition(found.name, found.address, found.size,
+                                     found.kind == "function", from_journal=True)
+        image_symbol = self._find_image_symbol(symbol)
+        if image_symbol is None:
+            return None
+        tls = image_symbol.type == STT_TLS
+        return OldDefinition(
+            name=image_symbol.name,
+            address=0 if tls else self.module.runtime(image_symbol.value),
+            size=image_symbol.size,
+            is_function=image_symbol.is_function,
+            tls_offset=image_symbol.value if tls else None,
+        )
+
+    def _find_image_symbol(self, symbol: ObjSymbol) -> ImageSymbol | None:
+        image = self.module.image
+        if not symbol.is_local:
+            return image.find_global(symbol.name)
+        file = symbol.file or self.obj.source_name or ""
+        exact = [s for s in image.find_file_local(symbol.name, file) if s.type == symbol.type]
+        if len(exact) == 1:
+            return exact[0]
+        base = _GCC_STATIC_SUFFIX.sub("", symbol.name)
+        candidates = exact or [
+            s for s in image.iter_file_locals(file)
+            if s.type == symbol.type and _GCC_STATIC_SUFFIX.sub("", s.name) == base
+        ]
+        if len(candidates) > 1 and len({s.value for s in candidates}) > 1:
+            names = ", ".join(sorted(s.name for s in candidates))
+            raise LinkError(
+                f"static {symbol.name} of {file} cannot be matched unambiguously "
+                f"(the running program has {names})",
+                hint="give the statics distinct names, or reload with --function to leave "
+                "their functions alone",
+            )
+        return candidates[0] if candidates else None
+
+    # -- data sections ------------------------------------------------------------
+
+    def bind_data_section(self, index: int) -> Bound | None:
+        """The existing storage of a writable or TLS section, or None if it is new.
+
+        A section binds as a whole when every named symbol in it exists in the
+        process at the same relative offset; then references through the
+        section symbol (gas turns references to statics into ``section+off``)
+        land on the old storage too.
+        """
+        section = self.obj.sections[index]
+        symbols = [s for s in self.obj.iter_section_symbols(index) if s.name]
+        if not symbols or not (section.is_write or section.is_tls):
+            return None
+        olds = [(s, self.find_old(s)) for s in symbols]
+        found = [(s, o) for s, o in olds if o is not None]
+        if not found:
+            return None
+        missing = [s.name for s, o in olds if o is None]
+        starts = {_section_start(s, o) for s, o in found}
+        if missing or len(starts) != 1:
+            raise LinkError(
+                f"section {section.name} of {self.obj.path} mixes existing and new variables "
+                f"({', '.join(missing) or 'moved variables'})",
+                hint="compile with -fdata-sections so each variable has its own section",
+            )
+        for s, o in found:
+            _check_size(s, o)
+        start = starts.pop()
+        if section.is_tls:
+            return self._tls_bound(start)
+        return Bound(address=start, size=section.size)
+
+    def _tls_bound(self, block_offset: int) -> Bound:
+        module_tls = self.module_tls_offset()
+        return Bound(
+            tpoff=None if module_tls is None else block_offset - module_tls,
+            tls_offset=block_offset,
+            tls_module_id=self.module_tls_id(),
+        )
+
+    def module_tls_offset(self) -> int | None:
+        """Where the module's TLS block sits below the thread pointer (executables only).
+
+        glibc places the executable's block first (TLS variant II):
+        offset = roundup(memsz - firstbyte, align) + firstbyte, with
+        firstbyte = -p_vaddr mod align; tpoff(sym) = sym - offset.
+        """
+        tls = self.module.image.tls_segment
+        if tls is None or not self.module.is_main:
+            return None
+        align = max(tls.align, 1)
+        firstbyte = (-tls.vaddr) & (align - 1)
+        return -(-(tls.memsz - firstbyte) // align) * align + firstbyte
+
+    def module_tls_id(self) -> int | None:
+        """The TLS module id: 1 for the executable, else read from a DTPMOD64 slot."""
+        return 1 if self.module.is_main else _read_module_id(self.module, self.read_memory)
+
+    # -- external symbols -----------------------------------------------------------
+
+    def resolve_external(self, name: str) -> Bound | None:
+        """The running definition of an undefined symbol, or None if there is none."""
+        if name not in self._externals:
+            self._externals[name] = self._resolve(name)
+        return self._externals[name]
+
+    def _resolve(self, name: str) -> Bound | None:
+        order = [self.module] + [m for m in self.modules if m is not self.module]
+        for module in order:
+            symbol = module.image.find_global(name)
+            if symbol is None:
+                continue
+            if symbol.type == STT_TLS:
+                return self._external_tls(module, symbol)
+            if symbol.type == STT_GNU_IFUNC:
+                return Bound(address=self._resolve_ifunc(module, symbol), size=symbol.size)
+            return Bound(address=module.runtime(symbol.value), size=symbol.size)
+        return None
+
+    def _external_tls(self, module: RunningModule, symbol: ImageSymbol) -> Bound:
+        if module is self.module:
+            return self._tls_bound(symbol.value)
+        tpoff_slot = self.module.image.find_tls_got_slot(symbol.name, "TPOFF64")
+        tpoff = None
+        if tpoff_slot is not None:
+            tpoff = struct.unpack("<q", self.read_memory(self.module.runtime(tpoff_slot), 8))[0]
+        module_id = 1 if module.is_main else _read_module_id(module, self.read_memory)
+        return Bound(tpoff=tpoff, tls_offset=symbol.value, tls_module_id=module_id)
+
+    def _resolve_ifunc(self, module: RunningModule, symbol: ImageSymbol) -> int:
+        """The implementation the process chose for an IFUNC, never its resolver.
+
+        glibc resolves IRELATIVE slots at start-up; a slot whose addend is the
+        resolver holds the chosen implementation.  Failing that, a GOT slot of
+        any module that imports the symbol does.
+        """
+        slot = module.image.find_irelative_slot(symbol.value)
+        if slot is not None:
+            return _read_pointer(self.read_memory, module.runtime(slot))
+        for other in self.modules:
+            got = other.image.find_got_slot(symbol.name)
+            if got is None:
+                continue
+            value = _read_pointer(self.read_memory, other.runtime(got))
+            if module.start <= value < module.end:
+                return value
+        raise LinkError(
+            f"cannot tell which implementation of {symbol.name} (an IFUNC in {module.name}) "
+            "the process uses",
+            hint=f"call {symbol.name} somewhere in the original program, or avoid it",
+        )
+
+
+def _section_start(symbol: ObjSymbol, old: OldDefinition) -> int:
+    return (old.tls_offset if old.tls_offset is not None else old.address) - symbol.value
+
+
+def _check_size(symbol: ObjSymbol, old: OldDefinition) -> None:
+    if old.size and symbol.size and old.size != symbol.size:
+        raise LayoutChanged(
+            f"{symbol.name} changed size from {old.size} to {symbol.size} bytes: the running "
+            "program's storage cannot hold the new layout",
+            hint="restart the program to change a variable's type, or keep its size",
+        )
+
+
+def _read_pointer(read_memory: MemoryReader, address: int) -> int:
+    value: int = struct.unpack("<Q", read_memory(address, 8))[0]
+    return value
+
+
+def _read_module_id(module: RunningModule, read_memory: MemoryReader) -> int | None:
+    for reloc in module.image.dynamic_relocations:
+        if reloc.type == 16:  # R_X86_64_DTPMOD64: the dynamic linker stored the module id
+            return _read_pointer(read_memory, module.runtime(reloc.offset))
+    return None

@@ -1,0 +1,65 @@
+"""Plan the jump written at one function's entry, and check it is safe."""
+
+from __future__ import annotations
+
+from relive.arch.base import Arch
+from relive.errors import UnsafePatch
+from relive.patch.apply import EntryWrite
+from relive.patch.journal import Journal
+from relive.patch.modules import RunningModule
+from relive.patch.plan import FunctionDecision
+from relive.process.memory import ProcessMemory
+
+_HEAD = 16
+
+
+def plan_entry_write(
+    decision: FunctionDecision,
+    target: int,
+    module: RunningModule,
+    journal: Journal,
+    memory: ProcessMemory,
+    arch: Arch,
+) -> EntryWrite:
+    """The jump from the function's running entry to ``target``.
+
+    A landing pad (endbr64) is kept so indirect calls still land on it.  The
+    bytes we may overwrite are the function's own: its size, or up to the next
+    symbol (alignment padding), for functions of the original program.
+    """
+    old = decision.old
+    assert old is not None
+    entry = old.address
+    pad = arch.find_landing_pad_size(memory.read(entry, _HEAD))
+    address = entry + pad
+    need = pad + arch.entry_jump_size
+    available = old.size if old.from_journal else _available_bytes(module, entry, old.size)
+    if available < need:
+        raise UnsafePatch(
+            f"{decision.name} is {available} bytes long, too small for a {need}-byte entry jump",
+            hint="build it with -fpatchable-function-entry=8 (or make it noinline and larger), "
+            "or reload its callers with --function",
+        )
+    existing = journal.patches.get(Journal.patch_key(module.path, address))
+    current = memory.read(address, arch.entry_jump_size)
+    expected = bytes.fromhex(existing.written) if existing else current
+    original = bytes.fromhex(existing.original) if existing else current
+    code = bytearray(memory.read(entry, max(old.size, need)))
+    code[pad:need] = original
+    targets = arch.iter_branch_targets(bytes(code), entry)
+    loops_into_window = any(address < t < entry + need for t in targets)
+    return EntryWrite(
+        name=decision.name,
+        address=address,
+        expected=expected,
+        new=arch.encode_entry_jump(address, target),
+        guard_start=entry if loops_into_window else address,
+        guard_end=entry + max(old.size, need) if loops_into_window else address,
+    )
+
+
+def _available_bytes(module: RunningModule, entry: int, size: int) -> int:
+    following = module.image.find_next_symbol_address(entry - module.bias)
+    if following is None:
+        return size
+    return max(size, following + module.bias - entry)

@@ -1,0 +1,89 @@
+"""The ELF modules (executable and shared libraries) mapped in a running process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from relive.elf.image import ElfImage
+from relive.errors import BadObject, ReliveError
+from relive.process.procfs import Mapping, get_exe_path, read_maps
+
+_PAGE = 4096
+
+
+@dataclass(frozen=True)
+class RunningModule:
+    """One mapped ELF file: where it is on disk and where it is loaded."""
+
+    path: str  # as the kernel names it in /proc/PID/maps
+    image: ElfImage
+    bias: int  # runtime address = link-time vaddr + bias
+    start: int  # lowest mapped address
+    end: int  # highest mapped address
+    is_main: bool
+
+    @property
+    def name(self) -> str:
+        """The file name, for messages."""
+        return os.path.basename(self.path)
+
+    def runtime(self, vaddr: int) -> int:
+        """A link-time address of this module as an address in the process."""
+        return vaddr + self.bias
+
+
+def load_running_modules(pid: int, maps: list[Mapping] | None = None) -> list[RunningModule]:
+    """Every ELF file mapped in ``pid``, the executable first, then in load order.
+
+    Files are opened through ``/proc/PID/map_files`` so that a binary rebuilt on
+    disk since the process started is not mistaken for the one that runs.
+    """
+    maps = read_maps(pid) if maps is None else maps
+    exe = os.path.realpath(get_exe_path(pid))
+    groups: dict[str, list[Mapping]] = {}
+    for mapping in maps:
+        if mapping.path.startswith("/") and mapping.inode:
+            groups.setdefault(mapping.path, []).append(mapping)
+    modules: list[RunningModule] = []
+    for path, mappings in groups.items():
+        module = _find_module(pid, path, mappings, is_main=os.path.realpath(path) == exe)
+        if module is not None:
+            modules.append(module)
+    modules.sort(key=lambda m: (not m.is_main, m.start))
+    return modules
+
+
+def _find_module(pid: int, path: str, mappings: list[Mapping], is_main: bool) -> RunningModule | None:
+    first = min(mappings, key=lambda m: m.start)
+    if first.offset != 0:
+        return None
+    try:
+        image = ElfImage.open(_open_path(pid, first, path))
+    except (BadObject, OSError):
+        return None  # a data file mapped by the program, not code
+    bias = first.start - (image.first_load_vaddr & ~(_PAGE - 1))
+    return RunningModule(
+        path=path,
+        image=image,
+        bias=bias,
+        start=first.start,
+        end=max(m.end for m in mappings),
+        is_main=is_main,
+    )
+
+
+def _open_path(pid: int, mapping: Mapping, path: str) -> str:
+    alias = f"/proc/{pid}/map_files/{mapping.start:x}-{mapping.end:x}"
+    return alias if os.access(alias, os.R_OK) else path
+
+
+def get_main_module(modules: list[RunningModule]) -> RunningModule:
+    """The executable's module (raises if the process has none we can read)."""
+    for module in modules:
+        if module.is_main:
+            return module
+    raise ReliveError(
+        "cannot read the target's executable",
+        hint="check that /proc/PID/exe is readable and the binary is an ELF file",
+    )

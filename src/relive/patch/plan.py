@@ -1,0 +1,187 @@
+"""Decide what a reload does: which functions change, what is loaded, what is bound."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+from relive.arch.base import Arch
+from relive.elf.objfile import STB_WEAK, ObjectFile, ObjSymbol
+from relive.errors import LinkError
+from relive.link import Bound, Layout, LinkRequest, plan_layout
+from relive.patch.binder import Binder, OldDefinition, is_skipped_section
+from relive.patch.diff import FunctionComparer
+from relive.patch.modules import RunningModule
+
+
+@dataclass
+class FunctionDecision:
+    """What a reload does with one function of the new object."""
+
+    symbol: ObjSymbol
+    old: OldDefinition | None
+    status: str  # "changed", "new", "unchanged", "skipped"
+    fingerprint: str
+    reason: str = ""
+
+    @property
+    def name(self) -> str:
+        """The function's name."""
+        return self.symbol.name
+
+
+@dataclass
+class ReloadPlan:
+    """Everything decided about one object before any byte is written."""
+
+    source: str
+    module: RunningModule
+    obj: ObjectFile
+    decisions: list[FunctionDecision]
+    layout: Layout
+    new_data: list[ObjSymbol] = field(default_factory=list)
+
+    def iter_with_status(self, *statuses: str) -> list[FunctionDecision]:
+        """Decisions with one of the given statuses, in object order."""
+        return [d for d in self.decisions if d.status in statuses]
+
+
+def build_plan(
+    source: str,
+    obj: ObjectFile,
+    binder: Binder,
+    arch: Arch,
+    previous_fingerprints: dict[str, str] | None,
+    only: Collection[str] | None = None,
+) -> ReloadPlan:
+    """Classify functions, choose what to load and bind, and lay the block out."""
+    bound: dict[int, Bound] = {}
+    load: set[int] = set()
+    for index, section in enumerate(obj.sections):
+        if index == 0 or is_skipped_section(section) or section.is_exec:
+            continue
+        binding = binder.bind_data_section(index)
+        if binding is not None:
+            bound[index] = binding
+        elif section.size and not section.is_tls:
+            load.add(index)
+
+    def address_of(symbol: ObjSymbol) -> int | None:
+        return _address_in_process(obj, binder, bound, symbol)
+
+    comparer = FunctionComparer(
+        obj,
+        arch.relocations,
+        address_of,
+        binder.read_memory,
+        lambda name: _module_got_slot(binder.module, name),
+    )
+    decisions = [
+        _decide(symbol, binder, comparer, previous_fingerprints, only)
+        for symbol in obj.iter_functions()
+        if obj.sections[symbol.shndx].is_exec
+    ]
+    for decision in decisions:
+        if decision.status in ("changed", "new"):
+            load.add(decision.symbol.shndx)
+    for decision in decisions:
+        index = decision.symbol.shndx
+        if index not in load and decision.old is not None:
+            bound[index] = Bound(address=decision.old.address - decision.symbol.value)
+    request = LinkRequest(
+        obj=obj,
+        arch=arch,
+        load=frozenset(load),
+        bound_sections=bound,
+        externals=_resolve_externals(obj, binder, load),
+    )
+    new_data = [s for i in load if not obj.sections[i].is_exec
+                for s in obj.iter_section_symbols(i) if s.name]
+    return ReloadPlan(source, binder.module, obj, decisions, plan_layout(request), new_data)
+
+
+def _decide(
+    symbol: ObjSymbol,
+    binder: Binder,
+    comparer: FunctionComparer,
+    previous: dict[str, str] | None,
+    only: Collection[str] | None,
+) -> FunctionDecision:
+    fingerprint = comparer.fingerprint(symbol)
+    old = binder.find_old(symbol)
+    if old is None:
+        return FunctionDecision(symbol, None, "new", fingerprint)
+    if only is not None and symbol.name not in only:
+        return FunctionDecision(symbol, old, "skipped", fingerprint, "not selected by --function")
+    if previous is not None and symbol.name in previous:
+        same = previous[symbol.name] == fingerprint
+    else:
+        same = comparer.matches_running(symbol, old.address, old.size)
+    return FunctionDecision(symbol, old, "unchanged" if same else "changed", fingerprint)
+
+
+def _address_in_process(
+    obj: ObjectFile, binder: Binder, bound: dict[int, Bound], symbol: ObjSymbol
+) -> int | None:
+    """Where a referenced symbol lives in the process now (None: new memory)."""
+    if symbol.is_absolute:
+        return symbol.value
+    if not symbol.is_defined or symbol.is_common:
+        found = binder.resolve_external(symbol.name)
+        return None if found is None else found.address
+    section = obj.sections[symbol.shndx]
+    if section.is_exec:
+        if symbol.is_section:
+            first = next((s for s in obj.iter_section_symbols(symbol.shndx)
+                          if s.is_function and s.value == 0), None)
+            old = None if first is None else binder.find_old(first)
+        else:
+            old = binder.find_old(symbol)
+        return None if old is None else old.address
+    binding = bound.get(symbol.shndx)
+    if binding is None or binding.address is None:
+        return None
+    return binding.address + (0 if symbol.is_section else symbol.value)
+
+
+def _resolve_externals(obj: ObjectFile, binder: Binder, load: set[int]) -> dict[str, Bound]:
+    externals: dict[str, Bound] = {}
+    missing: list[str] = []
+    for index in load:
+        for reloc in obj.relocations.get(index, ()):
+            symbol = reloc.symbol
+            if symbol.is_defined and not symbol.is_common:
+                continue
+            if symbol.name in externals or symbol.name in missing:
+                continue
+            found = binder.resolve_external(symbol.name)
+            if found is None and symbol.is_common:
+                found = _common_as_old(binder, symbol)
+            if found is not None:
+                externals[symbol.name] = found
+            elif symbol.bind == STB_WEAK:
+                externals[symbol.name] = Bound(address=0)  # ABI: an undefined weak is 0
+            else:
+                missing.append(symbol.name)
+    if missing:
+        raise LinkError(
+            f"the new code needs {', '.join(sorted(missing))}, which the process does not define",
+            hint="define it in the reloaded file, or link the library that provides it and "
+            "restart the program",
+        )
+    return externals
+
+
+def _common_as_old(binder: Binder, symbol: ObjSymbol) -> Bound | None:
+    old = binder.find_old(symbol)
+    if old is None:
+        raise LinkError(
+            f"{symbol.name} is a new tentative (common) definition",
+            hint="initialise it or compile with -fno-common",
+        )
+    return Bound(address=old.address, size=old.size)
+
+
+def _module_got_slot(module: RunningModule, name: str) -> int | None:
+    slot = module.image.find_got_slot(name)
+    return None if slot is None else module.runtime(slot)

@@ -1,0 +1,422 @@
+"""Stop the world: hold every thread of a process in a ptrace-stop, then let go.
+
+Threads are taken with PTRACE_SEIZE + PTRACE_INTERRUPT (never PTRACE_ATTACH):
+no SIGSTOP is queued, so neither the program nor a parent waiting with
+WUNTRACED sees a stop.  Signals are never lost:
+
+* A signal that arrives while a thread is held stays pending in the kernel and
+  is delivered after the detach.
+* A thread may report a signal-delivery-stop (the kernel already dequeued the
+  signal) instead of the interrupt's event-stop.  That counts as stopped; the
+  signal is handed back on release with PTRACE_DETACH(data=signo), which
+  delivers it with its original siginfo.
+* While single-stepping, every signal that can be blocked is blocked
+  (PTRACE_SETSIGMASK), so none is dequeued under our feet.  A signal the
+  thread had already dequeued is passed back to the kernel on the first step;
+  because it is blocked, the kernel re-queues it with its siginfo.
+
+All ptrace requests must come from the OS thread that called ``stop_all``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from relive.arch.x86_64.registers import UserRegs, get_pc
+from relive.errors import ProcessGone, ReliveError
+from relive.process import permissions, procfs, ptrace
+
+#: How long release() waits for a thread that had not reported its stop yet.
+_RELEASE_GRACE_S = 1.0
+#: How long one single step may take (it may run a syscall such as munmap).
+_STEP_TIMEOUT_S = 10.0
+
+# Signals left unblocked while single-stepping.  The kernel forces synchronous
+# signals (the step's own SIGTRAP, faults, seccomp's SIGSYS) through a blocked
+# mask by resetting the program's handler to SIG_DFL, which must not happen.
+_SYNCHRONOUS = (
+    signal.SIGTRAP, signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGSYS
+)  # fmt: skip
+_STEP_SIGMASK = ((1 << 64) - 1) & ~sum(1 << (s - 1) for s in _SYNCHRONOUS)
+
+
+@dataclass
+class _Thread:
+    """Bookkeeping for one held thread."""
+
+    tid: int
+    #: We consumed its stop with waitpid; ptrace requests are valid.
+    stopped: bool = False
+    #: The current stop is a signal-delivery-stop, so PTRACE_DETACH honours a signal.
+    in_signal_stop: bool = False
+    #: The signal of the current signal-delivery-stop, not yet decided on.
+    current: ptrace.SigInfo | None = None
+    #: Signals taken out of the kernel that the thread is still owed.
+    owed: list[ptrace.SigInfo] = field(default_factory=list)
+
+    def record_stop(self, status: ptrace.WaitStatus) -> None:
+        """Note a ptrace-stop reported by waitpid."""
+        self.stopped = True
+        self.in_signal_stop = status.is_signal_stop
+        self.current = ptrace.get_siginfo(self.tid) if status.is_signal_stop else None
+
+    def iter_undelivered(self) -> Iterator[ptrace.SigInfo]:
+        """Signals to deliver on release: the current stop's first, then owed ones."""
+        if self.current is not None:
+            yield self.current
+        yield from self.owed
+
+
+class StoppedProcess:
+    """Every thread of a process held in a ptrace-stop; a context manager.
+
+    Create it with :meth:`stop_all`.  Leaving the ``with`` block (also on an
+    exception) calls :meth:`release`, which detaches every thread.
+    """
+
+    def __init__(self, pid: int, timeout: float = 2.0) -> None:
+        self.pid = pid
+        self.timeout = timeout
+        self._threads: dict[int, _Thread] = {}
+        self._owner = threading.get_ident()
+        self._held_since: float | None = None
+        self._held_total = 0.0
+
+    @classmethod
+    def stop_all(cls, pid: int, timeout: float = 2.0) -> StoppedProcess:
+        """Seize and stop every thread of ``pid`` within ``timeout`` seconds."""
+        stopped = cls(pid, timeout)
+        stopped._stop_world()
+        return stopped
+
+    def __enter__(self) -> StoppedProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    # -- public API -------------------------------------------------------
+
+    @property
+    def tids(self) -> tuple[int, ...]:
+        """Ids of the held threads, ascending."""
+        return tuple(sorted(self._threads))
+
+    @property
+    def stopped_seconds(self) -> float:
+        """Total time threads were held (including the current hold, if any)."""
+        current = 0.0 if self._held_since is None else time.monotonic() - self._held_since
+        return self._held_total + current
+
+    def get_regs(self, tid: int) -> UserRegs:
+        """The registers of held thread ``tid``."""
+        self._get_thread(tid)
+        try:
+            return ptrace.get_regs(tid)
+        except OSError as exc:
+            raise self._thread_error(tid, exc) from exc
+
+    def set_regs(self, tid: int, regs: UserRegs) -> None:
+        """Replace the registers of held thread ``tid``."""
+        self._get_thread(tid)
+        try:
+            ptrace.set_regs(tid, regs)
+        except OSError as exc:
+            raise self._thread_error(tid, exc) from exc
+
+    def iter_pcs(self) -> Iterator[tuple[int, int]]:
+        """``(tid, pc)`` for every held thread."""
+        for tid in self.tids:
+            yield tid, get_pc(self.get_regs(tid))
+
+    def single_step(self, tid: int) -> None:
+        """Execute one instruction on held thread ``tid`` and stop it again.
+
+        Signals that arrive meanwhile stay queued or are owed to the thread;
+        a fault raised by the instruction itself raises ReliveError.
+        """
+        thread = self._get_thread(tid)
+        try:
+            saved_mask = ptrace.get_sigmask(tid)
+            ptrace.set_sigmask(tid, _STEP_SIGMASK)
+        except OSError as exc:
+            raise self._thread_error(tid, exc) from exc
+        try:
+            self._step_until_trap(thread)
+        finally:
+            self._restore_sigmask(tid, saved_mask)
+
+    def _restore_sigmask(self, tid: int, mask: int) -> None:
+        try:
+            ptrace.set_sigmask(tid, mask)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:  # ESRCH: it died, nothing to restore
+                raise
+
+    def resume_briefly(self, duration_s: float) -> None:
+        """Let every thread run for about ``duration_s`` seconds, then stop them all again.
+
+        New threads created meanwhile are stopped too; exited ones are dropped.
+        """
+        self.release()
+        time.sleep(duration_s)  # a mechanism, not a wait for some condition
+        self._stop_world()
+
+    def release(self) -> None:
+        """Detach every thread, handing back owed signals.  Idempotent."""
+        if self._held_since is None:
+            return
+        self._check_owner()
+        failures: list[OSError] = []
+        for thread in list(self._threads.values()):
+            try:
+                self._release_thread(thread)
+            except OSError as exc:  # keep going: never leave a thread stopped
+                failures.append(exc)
+        self._threads.clear()
+        self._held_total += time.monotonic() - self._held_since
+        self._held_since = None
+        if failures:
+            raise ReliveError(f"could not detach from process {self.pid}: {failures[0]}")
+
+    # -- stopping ---------------------------------------------------------
+
+    def _stop_world(self) -> None:
+        self._check_owner()
+        procfs.check_alive(self.pid)
+        self._held_since = time.monotonic()
+        try:
+            self._seize_until_stable(self._held_since + self.timeout)
+        except BaseException:
+            self.release()
+            raise
+
+    def _seize_until_stable(self, deadline: float) -> None:
+        """Seize + interrupt new threads and wait for their stops, until no new one appears.
+
+        A thread can be created while we attach; once every known thread is
+        stopped, a rescan that finds nothing new proves the world is stopped.
+        """
+        skipped: set[int] = set()
+        while True:
+            new = [t for t in self._scan_threads() if t not in self._threads and t not in skipped]
+            if not new:
+                break
+            for tid in new:
+                if self._seize(tid):
+                    self._threads[tid] = _Thread(tid)
+                else:
+                    skipped.add(tid)
+            for tid in new:
+                if tid in self._threads:
+                    self._wait_first_stop(self._threads[tid], deadline)
+        if not self._threads:
+            raise self._exited()
+
+    def _scan_threads(self) -> list[int]:
+        try:
+            return list(procfs.iter_thread_ids(self.pid))
+        except ProcessGone:
+            if self._threads:
+                raise self._exited() from None
+            raise
+
+    def _seize(self, tid: int) -> bool:
+        """Seize and interrupt one thread; False if it vanished or is a zombie."""
+        try:
+            ptrace.seize(tid)
+        except OSError as exc:
+            if exc.errno == errno.ESRCH or procfs.find_thread_state(self.pid, tid) in (
+                None, "Z", "X"
+            ):  # fmt: skip
+                return False
+            raise permissions.diagnose_trace_failure(self.pid, exc) from exc
+        try:
+            ptrace.interrupt(tid)
+        except OSError as exc:
+            # It died right after the seize; its exit is still ours to reap.
+            if exc.errno != errno.ESRCH:
+                raise
+        return True
+
+    def _wait_first_stop(self, thread: _Thread, deadline: float) -> None:
+        status = self._wait(thread.tid, deadline)
+        if status is None or status.exited:
+            del self._threads[thread.tid]
+            return
+        try:
+            thread.record_stop(status)
+        except OSError as exc:  # killed while stopped (SIGKILL wakes a tracee)
+            if exc.errno != errno.ESRCH:
+                raise
+            self._reap(thread.tid)
+            del self._threads[thread.tid]
+
+    def _wait(self, tid: int, deadline: float) -> ptrace.WaitStatus | None:
+        """The next waitpid status of ``tid``; None if it is no longer our tracee.
+
+        Polls with WNOHANG so that a thread that never stops (uninterruptible
+        sleep, vfork) cannot hang relive.
+        """
+        delay = 50e-6
+        while True:
+            try:
+                status = ptrace.waitpid(tid, ptrace.WNOHANG)
+            except ChildProcessError:
+                return None
+            if status is not None:
+                return status
+            if time.monotonic() > deadline:
+                raise ReliveError(
+                    f"thread {tid} of process {self.pid} did not stop within "
+                    f"{self.timeout:g} s",
+                    hint="it may be in uninterruptible sleep (state D) or in vfork(); retry",
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.002)
+
+    # -- single-stepping --------------------------------------------------
+
+    def _step_until_trap(self, thread: _Thread) -> None:
+        tid = thread.tid
+        signo = self._hand_back_current(thread)
+        deadline = time.monotonic() + _STEP_TIMEOUT_S
+        while True:
+            try:
+                ptrace.singlestep(tid, signo)
+                signo = 0
+                status = self._wait(tid, deadline)
+                if status is None or status.exited:
+                    del self._threads[tid]
+                    raise self._exited_during_step(tid)
+                thread.record_stop(status)
+            except OSError as exc:
+                raise self._thread_error(tid, exc) from exc
+            if self._is_step_done(thread):
+                return
+
+    @staticmethod
+    def _hand_back_current(thread: _Thread) -> int:
+        """The signal to pass to the first PTRACE_SINGLESTEP.
+
+        If the thread sits in a signal-delivery-stop, its signal is passed back:
+        blocked by the step mask, the kernel re-queues it with its siginfo.
+        Signals the mask cannot block are owed instead and delivered on release.
+        """
+        info, thread.current = thread.current, None
+        if info is None:
+            return 0
+        if _STEP_SIGMASK >> (info.signo - 1) & 1:
+            return info.signo
+        thread.owed.append(info)
+        return 0
+
+    def _is_step_done(self, thread: _Thread) -> bool:
+        """Classify the stop after a step; True when it is the step's own trap."""
+        info = thread.current
+        if info is None:  # the pending PTRACE_INTERRUPT (or a group-stop) fired first
+            return False
+        thread.current = None
+        if info.signo == signal.SIGTRAP and not info.is_user_sent:
+            return True
+        if info.is_user_sent:  # e.g. kill -TRAP or SIGSTOP: deliver it later
+            thread.owed.append(info)
+            return False
+        pc = get_pc(ptrace.get_regs(thread.tid))
+        raise ReliveError(
+            f"single step of thread {thread.tid} in process {self.pid} raised "
+            f"{signal.Signals(info.signo).name} at {pc:#x}"
+        )
+
+    # -- releasing --------------------------------------------------------
+
+    def _release_thread(self, thread: _Thread) -> None:
+        deadline = time.monotonic() + _RELEASE_GRACE_S
+        # A stop we have not collected yet may be a signal-delivery-stop whose
+        # signal a blind detach would drop: collect it first.
+        if not thread.stopped and not self._settle(thread, deadline):
+            return
+        while True:
+            try:
+                self._detach(thread)
+                return
+            except OSError as exc:
+                if exc.errno != errno.ESRCH:
+                    raise
+            # Not in a ptrace-stop: it died, or its stop is still on the way.
+            if not self._settle(thread, deadline):
+                return
+
+    def _settle(self, thread: _Thread, deadline: float) -> bool:
+        """Collect the thread's next stop; False if it exited (or never stops)."""
+        try:
+            status = self._wait(thread.tid, deadline)
+        except ReliveError:
+            return False  # stuck (state D); the kernel detaches when relive exits
+        if status is None or status.exited:
+            return False
+        thread.record_stop(status)
+        return True
+
+    def _detach(self, thread: _Thread) -> None:
+        """PTRACE_DETACH, delivering the first owed signal if the stop allows it."""
+        pending = list(thread.iter_undelivered())
+        if thread.stopped and thread.in_signal_stop and pending:
+            first = pending.pop(0)
+            ptrace.set_siginfo(thread.tid, first)
+            ptrace.detach(thread.tid, first.signo)
+        else:
+            ptrace.detach(thread.tid, 0)
+        for info in pending:
+            # Rare (two unblockable signals during one step): re-send; the
+            # signal arrives, though its siginfo now names relive as the sender.
+            ptrace.tgkill(self.pid, thread.tid, info.signo)
+
+    def _reap(self, tid: int) -> None:
+        """Collect the exit of a traced thread that was killed while stopped."""
+        with contextlib.suppress(ReliveError):
+            self._wait(tid, time.monotonic() + _RELEASE_GRACE_S)
+
+    # -- helpers ----------------------------------------------------------
+
+    def _get_thread(self, tid: int) -> _Thread:
+        self._check_owner()
+        thread = self._threads.get(tid)
+        if thread is None or self._held_since is None:
+            raise ReliveError(f"thread {tid} of process {self.pid} is not stopped by relive")
+        return thread
+
+    def _check_owner(self) -> None:
+        # ptrace binds a tracee to the tracing OS thread; any other thread gets ESRCH.
+        if threading.get_ident() != self._owner:
+            raise ReliveError("a StoppedProcess must be used from the thread that created it")
+
+    def _exited(self) -> ProcessGone:
+        return ProcessGone(f"process {self.pid} exited during the reload")
+
+    def _exited_during_step(self, tid: int) -> ReliveError:
+        if not procfs.is_alive(self.pid):
+            return self._exited()
+        return ReliveError(f"thread {tid} of process {self.pid} exited while single-stepping")
+
+    def _thread_error(self, tid: int, exc: OSError) -> ReliveError:
+        if not procfs.is_alive(self.pid):
+            return self._exited()
+        return ReliveError(f"ptrace on thread {tid} of process {self.pid} failed: {exc}")
+
+
+def stop_all(pid: int, timeout: float = 2.0) -> StoppedProcess:
+    """Seize and stop every thread of ``pid``; see :class:`StoppedProcess`."""
+    return StoppedProcess.stop_all(pid, timeout)

@@ -1,0 +1,360 @@
+"""The façade: attach to a process, reload sources, undo, report status.
+
+This is the Python API the CLI uses::
+
+    import relive
+    session = relive.attach(pid)
+    session.reload(["demo.c"])
+    session.status()
+    session.undo()
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from relive.arch import get_arch
+from relive.build.compiler import compile_object
+from relive.build.flags import get_compile_command
+from relive.elf.dwarf import find_compile_unit
+from relive.elf.objfile import ObjectFile
+from relive.errors import ReliveError, UsageError
+from relive.events import (
+    Compiled,
+    EventSink,
+    FunctionAdded,
+    FunctionRedirected,
+    FunctionRestored,
+    FunctionSkipped,
+    FunctionUnchanged,
+    Notice,
+    ReloadFinished,
+    Timings,
+    ignore_event,
+)
+from relive.link import LinkedImage
+from relive.patch.apply import (
+    EntryWrite,
+    allocate_and_link,
+    held_signals,
+    release_block,
+    write_block,
+    write_entries,
+)
+from relive.patch.binder import Binder
+from relive.patch.entries import plan_entry_write
+from relive.patch.journal import Definition, EntryPatch, Journal, load_journal, save_journal
+from relive.patch.modules import RunningModule, get_main_module, load_running_modules
+from relive.patch.plan import ReloadPlan, build_plan
+from relive.process.memory import ProcessMemory
+from relive.process.procfs import check_alive
+
+
+@dataclass(frozen=True)
+class PatchStatus:
+    """One patched function as ``status`` reports it."""
+
+    name: str
+    source: str
+    address: int
+    target: int
+    count: int
+    updated: float
+    active: bool  # the jump is really in memory
+
+
+@dataclass
+class ReloadResult:
+    """What a reload did, per function."""
+
+    redirected: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    stopped_us: float = 0.0
+    phases_ms: dict[str, float] = field(default_factory=dict)
+
+
+def attach(pid: int, on_event: EventSink | None = None) -> Session:
+    """A session on a running process (raises ProcessGone if there is none)."""
+    check_alive(pid)
+    return Session(pid, on_event or ignore_event)
+
+
+class Session:
+    """Reload, undo and inspect patches of one process."""
+
+    def __init__(self, pid: int, on_event: EventSink) -> None:
+        self.pid = pid
+        self.emit = on_event
+
+    # -- reload ------------------------------------------------------------------
+
+    def reload(
+        self,
+        paths: Sequence[str | Path],
+        functions: Collection[str] | None = None,
+        dry_run: bool = False,
+        cflags: Sequence[str] | None = None,
+        compdb: Path | None = None,
+    ) -> ReloadResult:
+        """Compile (``.c``) or take (``.o``) each path and redirect its changed functions."""
+        if not paths:
+            raise UsageError("nothing to reload", hint="name at least one .c or .o file")
+        result = ReloadResult()
+        phases = result.phases_ms
+        started = time.perf_counter()
+        journal = load_journal(self.pid)
+        modules = load_running_modules(self.pid)
+        arch = get_arch(get_main_module(modules).image.machine)
+        _lap(phases, "attach", started)
+        with ProcessMemory(self.pid) as memory, tempfile.TemporaryDirectory(
+            prefix="relive-"
+        ) as scratch:
+            plans = [
+                self._plan(Path(p), i, Path(scratch), modules, journal, memory, functions,
+                           cflags, compdb, phases)
+                for i, p in enumerate(paths)
+            ]
+            mark = time.perf_counter()
+            if dry_run:
+                self._report(plans, None, result)
+                self.emit(ReloadFinished(self.pid, len(result.redirected), len(result.added),
+                                         len(result.unchanged), True))
+                return result
+            self._apply(plans, journal, memory, result, arch)
+            _lap(phases, "patch", mark)
+        save_journal(journal)
+        self.emit(Timings(dict(phases), result.stopped_us))
+        self.emit(ReloadFinished(self.pid, len(result.redirected), len(result.added),
+                                 len(result.unchanged), False))
+        return result
+
+    def _plan(
+        self,
+        path: Path,
+        index: int,
+        scratch: Path,
+        modules: list[RunningModule],
+        journal: Journal,
+        memory: ProcessMemory,
+        functions: Collection[str] | None,
+        cflags: Sequence[str] | None,
+        compdb: Path | None,
+        phases: dict[str, float],
+    ) -> ReloadPlan:
+        mark = time.perf_counter()
+        if path.suffix == ".o":
+            obj_path, module = path, None
+        else:
+            obj_path, module = self._compile(path, scratch / str(index), modules, cflags, compdb)
+        _lap(phases, "compile", mark)
+        mark = time.perf_counter()
+        main = get_main_module(modules)
+        obj = ObjectFile.open(obj_path, expected_machines=(main.image.machine,))
+        if module is None:
+            module = _module_defining(obj, modules)
+        key = str(path.resolve())
+        record = journal.sources.get(key)
+        binder = Binder(obj, module, modules, record, memory.read)
+        plan = build_plan(key, obj, binder, get_arch(main.image.machine),
+                          record.fingerprints if record else None, functions)
+        _lap(phases, "link", mark)
+        return plan
+
+    def _compile(
+        self,
+        source: Path,
+        out_dir: Path,
+        modules: list[RunningModule],
+        cflags: Sequence[str] | None,
+        compdb: Path | None,
+    ) -> tuple[Path, RunningModule]:
+        module, unit = modules[0], None
+        for candidate in modules:
+            unit = find_compile_unit(candidate.image.path, source)
+            if unit is not None:
+                module = candidate
+                break
+        command = get_compile_command(source, cli_flags=cflags, compdb=compdb, compile_unit=unit)
+        for note in command.notes:
+            self.emit(Notice(note))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        compiled = compile_object(command, out_dir)
+        self.emit(Compiled(str(source), command.origin, compiled.command, compiled.milliseconds))
+        return compiled.object_path, module
+
+    def _apply(
+        self,
+        plans: list[ReloadPlan],
+        journal: Journal,
+        memory: ProcessMemory,
+        result: ReloadResult,
+        arch: object,
+    ) -> None:
+        from relive.arch.base import Arch
+
+        assert isinstance(arch, Arch)
+        images: list[LinkedImage] = []
+        with held_signals():
+            try:
+                writes: list[tuple[EntryWrite, str, str, str]] = []
+                for plan in plans:
+                    image = allocate_and_link(self.pid, plan, arch)
+                    images.append(image)
+                    writes.extend(self._entry_writes(plan, image, journal, memory, arch))
+                for image in images:
+                    write_block(memory, image)
+                if writes:
+                    held = write_entries(self.pid, [w for w, _, _, _ in writes])
+                    result.stopped_us = held * 1e6
+            except BaseException:
+                for image in images:
+                    release_block(self.pid, image)
+                raise
+            for plan, image in zip(plans, images, strict=True):
+                _record(journal, plan, image)
+            for write, name, source, module in writes:
+                _record_patch(journal, write, name, source, module)
+                journal.regions.extend((i.base, len(i.data)) for i in images[:0])
+            journal.regions.extend((i.base, len(i.data)) for i in images)
+        self._report(plans, images, result)
+
+    def _entry_writes(
+        self,
+        plan: ReloadPlan,
+        image: LinkedImage,
+        journal: Journal,
+        memory: ProcessMemory,
+        arch: object,
+    ) -> list[tuple[EntryWrite, str, str, str]]:
+        from relive.arch.base import Arch
+
+        assert isinstance(arch, Arch)
+        out = []
+        for decision in plan.iter_with_status("changed"):
+            assert decision.old is not None
+            write = plan_entry_write(
+                decision, image.get_symbol_address(decision.symbol), plan.module, journal,
+                memory, arch,
+            )
+            out.append((write, decision.name, plan.source, plan.module.path))
+        return out
+
+    def _report(
+        self, plans: list[ReloadPlan], images: list[LinkedImage] | None, result: ReloadResult
+    ) -> None:
+        for i, plan in enumerate(plans):
+            image = images[i] if images else None
+            for d in plan.decisions:
+                loaded = image is not None and d.status in ("changed", "new")
+                new = image.get_symbol_address(d.symbol) if loaded and image else 0
+                if d.status == "changed":
+                    assert d.old is not None
+                    result.redirected.append(d.name)
+                    self.emit(FunctionRedirected(d.name, d.old.address, new))
+                elif d.status == "new":
+                    result.added.append(d.name)
+                    self.emit(FunctionAdded(d.name, new))
+                elif d.status == "unchanged":
+                    result.unchanged.append(d.name)
+                    self.emit(FunctionUnchanged(d.name))
+                else:
+                    result.skipped.append(d.name)
+                    self.emit(FunctionSkipped(d.name, d.reason))
+
+    # -- undo and status ------------------------------------------------------------
+
+    def status(self) -> list[PatchStatus]:
+        """Every patch relive applied to this process, checked against memory."""
+        journal = load_journal(self.pid)
+        out = []
+        with ProcessMemory(self.pid) as memory:
+            for patch in journal.patches.values():
+                written = bytes.fromhex(patch.written)
+                active = memory.read(patch.entry, len(written)) == written
+                out.append(PatchStatus(patch.name, patch.source, patch.entry, patch.target,
+                                       patch.count, patch.updated, active))
+        return out
+
+    def undo(self, functions: Collection[str] | None = None) -> list[str]:
+        """Put back the original entry bytes of all (or the named) patched functions."""
+        journal = load_journal(self.pid)
+        chosen = {k: p for k, p in journal.patches.items()
+                  if functions is None or p.name in functions}
+        if functions is not None:
+            unknown = set(functions) - {p.name for p in chosen.values()}
+            if unknown:
+                raise ReliveError(
+                    f"not patched: {', '.join(sorted(unknown))}",
+                    hint="`relive status -p PID` lists what is patched",
+                )
+        writes = [
+            EntryWrite(p.name, p.entry, bytes.fromhex(p.written), bytes.fromhex(p.original),
+                       p.entry, p.entry)
+            for p in chosen.values()
+        ]
+        if writes:
+            with held_signals():
+                write_entries(self.pid, writes)
+                for key in chosen:
+                    del journal.patches[key]
+                save_journal(journal)
+        for p in chosen.values():
+            self.emit(FunctionRestored(p.name, p.entry))
+        return [p.name for p in chosen.values()]
+
+
+def _lap(phases: dict[str, float], name: str, since: float) -> None:
+    phases[name] = phases.get(name, 0.0) + (time.perf_counter() - since) * 1000
+
+
+def _module_defining(obj: ObjectFile, modules: list[RunningModule]) -> RunningModule:
+    """For a prebuilt .o: the module that defines most of its global functions."""
+    names = [s.name for s in obj.iter_functions() if not s.is_local]
+    best, best_count = modules[0], -1
+    for module in modules:
+        count = sum(1 for n in names if module.image.find_global(n) is not None)
+        if count > best_count:
+            best, best_count = module, count
+    return best
+
+
+def _record(journal: Journal, plan: ReloadPlan, image: LinkedImage) -> None:
+    from relive.patch.journal import SourceRecord
+
+    record = journal.sources.setdefault(plan.source, SourceRecord())
+    record.generations += 1
+    for d in plan.decisions:
+        if d.status != "skipped":
+            record.fingerprints[d.name] = d.fingerprint
+        if d.status == "new":
+            record.definitions[d.name] = Definition(
+                d.name, image.get_symbol_address(d.symbol), d.symbol.size, "function",
+                d.symbol.file if d.symbol.is_local else None, d.fingerprint)
+    for symbol in plan.new_data:
+        section = plan.obj.sections[symbol.shndx]
+        if section.is_write:
+            record.definitions[symbol.name] = Definition(
+                symbol.name, image.get_symbol_address(symbol), symbol.size, "data",
+                symbol.file if symbol.is_local else None)
+
+
+def _record_patch(journal: Journal, write: EntryWrite, name: str, source: str, module: str) -> None:
+    key = Journal.patch_key(module, write.address)
+    existing = journal.patches.get(key)
+    target = write.address + len(write.new) + int.from_bytes(write.new[1:5], "little", signed=True)
+    journal.patches[key] = EntryPatch(
+        name=name,
+        source=source,
+        module=module,
+        entry=write.address,
+        original=existing.original if existing else write.expected.hex(),
+        written=write.new.hex(),
+        target=target,
+        count=(existing.count + 1) if existing else 1,
+    )

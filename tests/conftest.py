@@ -1,0 +1,41 @@
+"""Fixtures shared by all tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+from support import Target
+
+
+class SpawnFactory(Protocol):
+    """The ``spawn`` fixture: start a target like ``Target.start``."""
+
+    def __call__(
+        self,
+        argv: Sequence[str | Path],
+        cwd: str | Path | None = None,
+        stdin_pipe: bool = False,
+    ) -> Target: ...
+
+
+@pytest.fixture
+def spawn() -> Iterator[SpawnFactory]:
+    """A factory like ``Target.start``; every target it started is killed at teardown."""
+    started: list[Target] = []
+
+    def factory(
+        argv: Sequence[str | Path],
+        cwd: str | Path | None = None,
+        stdin_pipe: bool = False,
+    ) -> Target:
+        target = Target.start(argv, cwd=cwd, stdin_pipe=stdin_pipe)
+        started.append(target)
+        return target
+
+    yield factory
+    for target in started:
+        target.stop()

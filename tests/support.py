@@ -1,0 +1,180 @@
+"""Shared test helpers: compile C programs at test time and drive them as targets.
+
+Targets run with stdout and stderr merged into one pipe that a daemon thread
+reads into ``Target.lines``.  Tests wait for output patterns with a timeout,
+never with fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+DEFAULT_TIMEOUT = 10.0
+
+
+class CompileFailed(RuntimeError):
+    """The compiler rejected a test program; the message holds its output."""
+
+
+def compile_c(
+    tmp_path: Path,
+    source: str,
+    name: str = "prog",
+    flags: Sequence[str] = ("-g", "-O0"),
+    compiler: str = "gcc",
+    extra_sources: Mapping[str, str] | None = None,
+    link_flags: Sequence[str] = (),
+) -> Path:
+    """Write ``name.c`` (and ``extra_sources``) into ``tmp_path``; build ``tmp_path/name``.
+
+    Extra files ending in ``.c`` are compiled and linked too; others (headers)
+    are only written.  Raises CompileFailed with the compiler's output.
+    """
+    main = tmp_path / f"{name}.c"
+    main.write_text(source)
+    units = [main]
+    for filename, text in (extra_sources or {}).items():
+        path = tmp_path / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        if filename.endswith(".c"):
+            units.append(path)
+    exe = tmp_path / name
+    cmd = [compiler, *flags, "-o", str(exe), *map(str, units), *link_flags]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise CompileFailed(f"{' '.join(cmd)} failed:\n{proc.stdout}{proc.stderr}")
+    return exe
+
+
+class Target:
+    """A running program whose merged output is collected line by line."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self._lines: list[str] = []
+        self._consumed = 0
+        self._eof = False
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read_output, daemon=True)
+        self._reader.start()
+
+    @classmethod
+    def start(
+        cls,
+        argv: Sequence[str | Path],
+        cwd: str | Path | None = None,
+        stdin_pipe: bool = False,
+    ) -> Target:
+        """Spawn ``argv`` with stdout+stderr merged into a pipe read in the background."""
+        proc = subprocess.Popen(
+            [str(a) for a in argv],
+            cwd=cwd,
+            stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        return cls(proc)
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        return self.proc.pid
+
+    @property
+    def lines(self) -> list[str]:
+        """A copy of every output line so far (without newlines)."""
+        with self._cond:
+            return list(self._lines)
+
+    def mark(self) -> int:
+        """The current number of lines, usable as ``wait_for(..., after=mark)``."""
+        with self._cond:
+            return len(self._lines)
+
+    def _read_output(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            with self._cond:
+                self._lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def wait_for(
+        self, pattern: str, timeout: float = DEFAULT_TIMEOUT, after: int | None = None
+    ) -> re.Match[str]:
+        """Wait for a line matching regex ``pattern`` and return the match.
+
+        Searches lines not yet consumed by an earlier ``wait_for`` (or, with
+        ``after``, lines from that index on).  The matching line and those
+        before it count as consumed.  Raises AssertionError with the last 20
+        lines on timeout or when the program's output ends first.
+        """
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            index = self._consumed if after is None else after
+            while True:
+                while index < len(self._lines):
+                    match = regex.search(self._lines[index])
+                    index += 1
+                    if match:
+                        self._consumed = max(self._consumed, index)
+                        return match
+                remaining = deadline - time.monotonic()
+                if self._eof or remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+        why = "output ended" if self._eof else f"timed out after {timeout:g} s"
+        tail = "\n".join(self.lines[-20:])
+        raise AssertionError(f"{why} waiting for {pattern!r}; last lines:\n{tail}")
+
+    def write(self, data: bytes) -> None:
+        """Write ``data`` to the program's stdin (needs ``stdin_pipe=True``)."""
+        assert self.proc.stdin is not None, "start the target with stdin_pipe=True"
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def alive(self) -> bool:
+        """Whether the program is still running."""
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        """Kill the program (SIGKILL) and reap it; idempotent."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=DEFAULT_TIMEOUT)
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):  # EPIPE if the program died first
+                self.proc.stdin.close()
+        self._reader.join(timeout=DEFAULT_TIMEOUT)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = DEFAULT_TIMEOUT, what: str = ""
+) -> None:
+    """Poll ``predicate()`` until it is true; AssertionError after ``timeout`` seconds.
+
+    For conditions that produce no output (e.g. "blocked in read()").
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting until {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
