@@ -4,22 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import pytest
 
-from support import Target
-
-
-class SpawnFactory(Protocol):
-    """The ``spawn`` fixture: start a target like ``Target.start``."""
-
-    def __call__(
-        self,
-        argv: Sequence[str | Path],
-        cwd: str | Path | None = None,
-        stdin_pipe: bool = False,
-    ) -> Target: ...
+from support import SpawnFactory, Target
 
 
 @pytest.fixture

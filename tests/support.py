@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -162,6 +163,17 @@ class Target:
         self._reader.join(timeout=DEFAULT_TIMEOUT)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+class SpawnFactory(Protocol):
+    """The type of the ``spawn`` fixture: start a target like ``Target.start``."""
+
+    def __call__(
+        self,
+        argv: Sequence[str | Path],
+        cwd: str | Path | None = None,
+        stdin_pipe: bool = False,
+    ) -> Target: ...
 
 
 def wait_until(

@@ -17,7 +17,7 @@ import os
 import stat
 import struct
 import sys
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import compress
@@ -26,6 +26,7 @@ from typing import ClassVar, Literal, NamedTuple
 from relive.elf.objfile import (
     EM_AARCH64,
     EM_X86_64,
+    ET_CORE,
     ET_DYN,
     ET_EXEC,
     ET_REL,
@@ -229,7 +230,8 @@ class _SymbolTable:
         if shndx_table:
             self.shndx = [resolve_xindex(shndx_table, x, k) for k, x in enumerate(self.shndx)]
         self.strings = _Strings(strtab)
-        self.first_global = min(first_global, self.count) or self.count
+        # sh_info: index of the first non-local symbol (entry 0 is always local).
+        self.first_global = min(max(first_global, 1), self.count)
         self.versym = versym
         # STT_FILE groups: the locals after an STT_FILE symbol belong to that file.
         # A local STT_FILE has st_info == 4, so bytes.find() walks straight to them.
@@ -254,8 +256,13 @@ class _SymbolTable:
             group = bisect.bisect_right(self.file_starts, index) - 1
             file = self.file_names[group] if group >= 0 else None
         return ImageSymbol(
-            self.name(index), self.value[index], self.size[index], info & 0xF, bind,
-            self.shndx[index], file,
+            self.name(index),
+            self.value[index],
+            self.size[index],
+            info & 0xF,
+            bind,
+            self.shndx[index],
+            file,
         )
 
     def is_hidden_version(self, index: int) -> bool:
@@ -272,14 +279,28 @@ class _SymbolTable:
             first = self.first_global
             defined = list(compress(range(first, self.count), self.shndx[first:]))
             names = self.strings.many([self.st_name[i] for i in defined])
-            # Common case: unique, unversioned names; build the dict at C speed,
-            # keeping the first of equals (hence reversed).
-            by_name = dict(zip(reversed(names), reversed(defined), strict=True))
-            versioned = "@" in "".join(names)
-            if len(by_name) != len(defined) or self.versym or versioned:
-                by_name = self._ranked(defined, names)
-            self._globals = by_name
+            if self.versym:
+                # .dynsym: small, and ranked by .gnu.version.
+                self._globals = self._ranked(defined, names)
+            else:
+                self._globals = self._plain_then_ranked(defined, names)
         return self._globals
+
+    def _plain_then_ranked(self, defined: list[int], names: list[str]) -> dict[str, int]:
+        # Most names are unique and unversioned: build that dict at C speed
+        # (reversed, so the first of equal names wins), then rank only the few
+        # names that are duplicated or carry a version (copy-relocated
+        # "stdout@GLIBC_2.2.5" in executables, "memcpy@@GLIBC_2.14" in libraries).
+        plain = dict(zip(reversed(names), reversed(defined), strict=True))
+        if len(plain) == len(defined) and "@" not in "".join(names):
+            return plain
+        special = {n.partition("@")[0] for n in names if "@" in n}
+        if len(plain) != len(defined):
+            special.update(n for n, count in Counter(names).items() if count > 1)
+        picked = [k for k, n in enumerate(names) if n in special or n.partition("@")[0] in special]
+        result = {n: i for n, i in plain.items() if "@" not in n and n not in special}
+        result.update(self._ranked([defined[k] for k in picked], [names[k] for k in picked]))
+        return result
 
     def _ranked(self, indices: list[int], names: list[str]) -> dict[str, int]:
         best: dict[str, tuple[tuple[bool, bool], int]] = {}
@@ -316,13 +337,22 @@ class _GnuHash:
         self.buckets_at = 16 + 8 * self.bloom_size
         self.chains_at = self.buckets_at + 4 * self.nbuckets
 
+    @classmethod
+    def parse(cls, data: bytes) -> _GnuHash | None:
+        """The table in ``data``, or None if it is absent or malformed (then the
+        caller falls back to decoding ``.dynsym``)."""
+        if len(data) < _GNU_HASH_HEADER.size:
+            return None
+        table = cls(data)
+        if not table.nbuckets or not table.bloom_size or table.chains_at > len(data):
+            return None
+        return table
+
     def iter_candidates(self, name: bytes) -> Iterator[int]:
         """Dynsym indices whose hash matches ``name`` (the caller compares names)."""
         h = 5381
         for c in name:
             h = (h * 33 + c) & 0xFFFFFFFF
-        if not self.nbuckets or not self.bloom_size:
-            return
         (word,) = struct.unpack_from("<Q", self.data, 16 + 8 * ((h // 64) % self.bloom_size))
         mask = (1 << (h % 64)) | (1 << ((h >> self.bloom_shift) % 64))
         if word & mask != mask:
@@ -366,10 +396,11 @@ class ElfImage:
         self._identity = identity
         header = parse_elf_header(path, data, "executable or shared library")
         if header.e_type not in (ET_EXEC, ET_DYN):
-            what = "a relocatable object" if header.e_type == ET_REL else "not a program"
+            what = {ET_REL: "a relocatable object", ET_CORE: "a core dump"}.get(
+                header.e_type, f"an ELF file of type {header.e_type}"
+            )
             raise BadObject(
-                f"{path} is {what}, not an executable or shared library (ELF type "
-                f"{header.e_type})",
+                f"{path} is {what}, not an executable or shared library",
                 "pass the linked program or library the process runs",
             )
         self.machine = header.machine
@@ -384,8 +415,7 @@ class ElfImage:
         self._symtab: _SymbolTable | None = None
         self._dynsym: _SymbolTable | None = None
         self._relocs: list[DynamicRelocation] | None = None
-        self._slots: dict[tuple[int, str], int] | None = None
-        self._irelative: dict[int, int] | None = None
+        self._reloc_index: tuple[dict[tuple[int, str], int], dict[int, int]] | None = None
         self._starts: list[int] | None = None
 
     # -- opening ---------------------------------------------------------------
@@ -460,8 +490,8 @@ class ElfImage:
         strtab = self._file_offset(tags.get(DT_STRTAB, -1))
         if DT_SONAME not in tags or strtab is None:
             return None
-        strings = slice_checked(self.path, data, strtab, min(tags.get(DT_STRSZ, 0), len(data)))
-        return read_cstr(strings, tags[DT_SONAME])
+        size = tags.get(DT_STRSZ, len(data) - strtab)
+        return read_cstr(slice_checked(self.path, data, strtab, size), tags[DT_SONAME])
 
     def _read_tables(self, data: mmap.mmap, shdrs: list[SectionHeader]) -> None:
         # Copy out the few sections symbol lookups need; the mapping is closed
@@ -490,11 +520,9 @@ class ElfImage:
         self._dynsym_first_global = shdrs[dynsym].info if dynsym else 0
         self._versym = contents(first(SHT_GNU_VERSYM, dynsym)) if dynsym else b""
         gnu_hash = contents(first(SHT_GNU_HASH, dynsym)) if dynsym else b""
-        self._gnu_hash = _GnuHash(gnu_hash) if len(gnu_hash) >= 16 else None
+        self._gnu_hash = _GnuHash.parse(gnu_hash)
         self._rela_data = [
-            contents(i)
-            for i, s in enumerate(shdrs)
-            if s.type == SHT_RELA and s.flags & SHF_ALLOC
+            contents(i) for i, s in enumerate(shdrs) if s.type == SHT_RELA and s.flags & SHF_ALLOC
         ]
 
     def _file_offset(self, vaddr: int) -> int | None:
@@ -666,8 +694,9 @@ class ElfImage:
         (st_name,) = struct.unpack_from("<I", self._dynsym_data, index * SYM_SIZE)
         return read_cstr(self._dynstr, st_name)
 
-    def _index_relocations(self) -> dict[tuple[int, str], int]:
-        if self._slots is None:
+    def _index_relocations(self) -> tuple[dict[tuple[int, str], int], dict[int, int]]:
+        """Slots by (type, symbol name), and IRELATIVE slots by resolver address."""
+        if self._reloc_index is None:
             slots: dict[tuple[int, str], int] = {}
             irelative: dict[int, int] = {}
             kinds = _DYN_RELOC_KINDS.get(self.machine, {})
@@ -676,12 +705,12 @@ class ElfImage:
                     irelative.setdefault(reloc.addend, reloc.offset)
                 elif reloc.symbol:
                     slots.setdefault((reloc.type, reloc.symbol), reloc.offset)
-            self._slots, self._irelative = slots, irelative
-        return self._slots
+            self._reloc_index = (slots, irelative)
+        return self._reloc_index
 
     def _find_slot(self, name: str, kind: str) -> int | None:
         number = _DYN_RELOC_KINDS.get(self.machine, {}).get(kind)
-        return None if number is None else self._index_relocations().get((number, name))
+        return None if number is None else self._index_relocations()[0].get((number, name))
 
     def find_got_slot(self, name: str) -> int | None:
         """The vaddr of the GOT slot the dynamic linker fills with ``name``'s address.
@@ -696,9 +725,7 @@ class ElfImage:
 
         The slot holds the implementation the IFUNC resolver chose at load time.
         """
-        self._index_relocations()
-        assert self._irelative is not None
-        return self._irelative.get(resolver_vaddr)
+        return self._index_relocations()[1].get(resolver_vaddr)
 
     def find_tls_got_slot(self, name: str, kind: Literal["TPOFF64", "DTPMOD64"]) -> int | None:
         """The vaddr of ``name``'s TLS GOT slot: the TP offset, or the module id word of

@@ -174,9 +174,22 @@ def parse_elf_header(path: str, data: Buffer, what: str = "object") -> ElfHeader
             if what == "object"
             else "pass the program or library file the process runs",
         )
-    fields = _EHDR.unpack_from(data, 0)
-    ident, e_type, machine, entry, phoff, shoff = fields[:3] + fields[4:7]
-    phentsize, phnum, shentsize, shnum, shstrndx = fields[9:]
+    (
+        ident,
+        e_type,
+        machine,
+        _version,
+        entry,
+        phoff,
+        shoff,
+        _flags,
+        _ehsize,
+        phentsize,
+        phnum,
+        shentsize,
+        shnum,
+        shstrndx,
+    ) = _EHDR.unpack_from(data, 0)
     if ident[4] != 2:
         raise BadObject(
             f"{path} is a 32-bit {what}; relive targets 64-bit processes",
@@ -206,9 +219,7 @@ def slice_checked(path: str, data: Buffer, offset: int, size: int) -> bytes:
     return bytes(data[offset : offset + size])
 
 
-def parse_section_headers(
-    path: str, data: Buffer, header: ElfHeader
-) -> list[SectionHeader]:
+def parse_section_headers(path: str, data: Buffer, header: ElfHeader) -> list[SectionHeader]:
     """All section headers, with the extended numbering of ELF for >= 0xff00 sections.
 
     When a file has that many sections, ``e_shnum`` is 0 and the real count is
@@ -390,9 +401,7 @@ class ObjectFile:
         #: ``SHT_RELA`` section's ``sh_info``); a section without any is absent.
         #: Read-only: each list is decoded when first looked up.
         self.relocations = relocations
-        self.source_name: str | None = next(
-            (s.name for s in symbols if s.type == STT_FILE), None
-        )
+        self.source_name: str | None = next((s.name for s in symbols if s.type == STT_FILE), None)
         self._by_section: dict[int, list[ObjSymbol]] | None = None
         self._by_name: dict[str, ObjSymbol] | None = None
 
@@ -484,8 +493,16 @@ def _build_sections(
             contents = slice_checked(path, data, sh.offset, sh.size)
         sections.append(
             Section(
-                index, name, sh.type, sh.flags, sh.size, sh.addralign, contents,
-                sh.link, sh.info, sh.entsize,
+                index,
+                name,
+                sh.type,
+                sh.flags,
+                sh.size,
+                sh.addralign,
+                contents,
+                sh.link,
+                sh.info,
+                sh.entsize,
             )
         )
     return sections
@@ -519,9 +536,7 @@ def _read_symbols(path: str, sections: list[Section]) -> list[ObjSymbol]:
         if st_type == STT_FILE:
             current_file = name
         file = current_file if bind == STB_LOCAL else None
-        symbols.append(
-            ObjSymbol(index, name, value, size, st_type, bind, shndx, file, other & 3)
-        )
+        symbols.append(ObjSymbol(index, name, value, size, st_type, bind, shndx, file, other & 3))
     return symbols
 
 
@@ -539,8 +554,7 @@ class _LazyRelocations(Mapping[int, list[Relocation]]):
         for sec in sections:
             if sec.type == SHT_REL:
                 raise BadObject(
-                    f"{path} uses REL relocations (section {sec.name}), "
-                    "which relive cannot apply",
+                    f"{path} uses REL relocations (section {sec.name}), which relive cannot apply",
                     "build it with gcc or clang for x86-64, which emit RELA relocations",
                 )
             if sec.type == SHT_RELA:

@@ -31,7 +31,7 @@ from relive.arch.x86_64.registers import (
     syscall_name,
     syscall_result,
 )
-from relive.errors import ReliveError
+from relive.errors import ProcessGone, ReliveError
 from relive.process import procfs
 from relive.process.memory import ProcessMemory
 from relive.process.threads import StoppedProcess
@@ -137,7 +137,10 @@ def remote_syscall(stopped: StoppedProcess, nr: int, *args: int, tid: int | None
     (-4095..-1) raises RemoteSyscallError naming the syscall and errno.
     """
     tid = _pick_thread(stopped) if tid is None else tid
-    insn = get_syscall_insn(stopped.pid)
+    try:
+        insn = get_syscall_insn(stopped.pid)
+    except ProcessGone:
+        raise ProcessGone(f"process {stopped.pid} exited during the reload") from None
     saved = stopped.get_regs(tid)
     regs = prepare_syscall(saved, nr, args)
     set_pc(regs, insn)
