@@ -176,7 +176,7 @@ class Session:
     ) -> tuple[Path, RunningModule]:
         module, unit = modules[0], None
         for candidate in modules:
-            unit = find_compile_unit(candidate.image.path, source)
+            unit = find_compile_unit(candidate.file, source)
             if unit is not None:
                 module = candidate
                 break

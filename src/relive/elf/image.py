@@ -297,10 +297,11 @@ class _SymbolTable:
         special = {n.partition("@")[0] for n in names if "@" in n}
         if len(plain) != len(defined):
             special.update(n for n, count in Counter(names).items() if count > 1)
-        picked = [k for k, n in enumerate(names) if n in special or n.partition("@")[0] in special]
-        result = {n: i for n, i in plain.items() if "@" not in n and n not in special}
-        result.update(self._ranked([defined[k] for k in picked], [names[k] for k in picked]))
-        return result
+        picked = [k for k, n in enumerate(names) if "@" in n or n in special]
+        for k in picked:
+            plain.pop(names[k], None)
+        plain.update(self._ranked([defined[k] for k in picked], [names[k] for k in picked]))
+        return plain
 
     def _ranked(self, indices: list[int], names: list[str]) -> dict[str, int]:
         best: dict[str, tuple[tuple[bool, bool], int]] = {}

@@ -17,6 +17,7 @@ class RunningModule:
     """One mapped ELF file: where it is on disk and where it is loaded."""
 
     path: str  # as the kernel names it in /proc/PID/maps
+    file: str  # a path that opens the very file that is mapped
     image: ElfImage
     bias: int  # runtime address = link-time vaddr + bias
     start: int  # lowest mapped address
@@ -58,13 +59,15 @@ def _find_module(pid: int, path: str, mappings: list[Mapping], is_main: bool) ->
     first = min(mappings, key=lambda m: m.start)
     if first.offset != 0:
         return None
+    file = _open_path(pid, first, path)
     try:
-        image = ElfImage.open(_open_path(pid, first, path))
+        image = ElfImage.open(file)
     except (BadObject, OSError):
         return None  # a data file mapped by the program, not code
     bias = first.start - (image.first_load_vaddr & ~(_PAGE - 1))
     return RunningModule(
         path=path,
+        file=file,
         image=image,
         bias=bias,
         start=first.start,
@@ -74,8 +77,20 @@ def _find_module(pid: int, path: str, mappings: list[Mapping], is_main: bool) ->
 
 
 def _open_path(pid: int, mapping: Mapping, path: str) -> str:
-    alias = f"/proc/{pid}/map_files/{mapping.start:x}-{mapping.end:x}"
-    return alias if os.access(alias, os.R_OK) else path
+    """The path itself, unless it was replaced on disk since it was mapped."""
+    try:
+        on_disk = os.stat(path)
+        if (on_disk.st_ino, os.major(on_disk.st_dev), os.minor(on_disk.st_dev)) == (
+            mapping.inode, *_parse_dev(mapping.dev)):
+            return path
+    except OSError:
+        pass
+    return f"/proc/{pid}/map_files/{mapping.start:x}-{mapping.end:x}"
+
+
+def _parse_dev(dev: str) -> tuple[int, int]:
+    major, _, minor = dev.partition(":")
+    return int(major, 16), int(minor, 16)
 
 
 def get_main_module(modules: list[RunningModule]) -> RunningModule:

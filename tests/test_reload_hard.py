@@ -1,0 +1,223 @@
+"""Reloads under threads, signals, blocking syscalls, TLS and shared libraries."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import relive
+from support import SpawnFactory, compile_c
+from test_reload import edit, kinds, reload
+
+THREADS_PROG = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+volatile int stop, zero;
+__attribute__((noinline)) int compute(int x) { return x + 1; }
+static long rounds[4];
+static void *worker(void *arg) {
+    long id = (long)arg;
+    int last = -1;
+    while (!stop) {
+        int v = compute(zero);
+        if (v != last) { printf("thread %ld sees %d\n", id, v); last = v; }
+        rounds[id]++;
+    }
+    return 0;
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    pthread_t t[4];
+    for (long i = 0; i < 4; i++) pthread_create(&t[i], 0, worker, (void *)i);
+    for (;;) {
+        sleep(1);
+    }
+}
+"""
+
+
+def test_four_threads_in_tight_loops_reloaded_again_and_again(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    exe = compile_c(tmp_path, THREADS_PROG, flags=("-g", "-O2"), link_flags=("-pthread",))
+    target = spawn([exe])
+    for i in range(4):
+        target.wait_for(rf"thread {i} sees 1", after=0)
+    source = tmp_path / "prog.c"
+    previous = "return x + 1;"
+    for value in range(2, 12):
+        current = f"return x + {value};"
+        edit(source, previous, current)
+        events = reload(target.pid, source)
+        assert kinds(events)["redirected"] == ["compute"]
+        previous = current
+        for i in range(4):
+            target.wait_for(rf"thread {i} sees {value}", after=0)
+    assert target.alive()
+
+
+TLS_PROG = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+__thread int per_thread = 100;
+extern __thread int other_tls;
+__attribute__((noinline)) int bump(void) { per_thread += 1; return per_thread; }
+static void *worker(void *arg) {
+    for (;;) { int v = bump(); printf("tls %ld %d other %d\n", (long)arg, v, other_tls); usleep(20000); }
+    return 0;
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    pthread_t t;
+    pthread_create(&t, 0, worker, (void *)1);
+    worker((void *)0);
+}
+"""
+
+
+def test_thread_local_variables_bind_to_each_threads_storage(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    exe = compile_c(tmp_path, TLS_PROG, link_flags=("-pthread",),
+                    extra_sources={"other.c": "__thread int other_tls = 7;\n"})
+    target = spawn([exe])
+    before = int(target.wait_for(r"tls 1 (\d+) other 7").group(1))
+    edit(tmp_path / "prog.c", "per_thread += 1; return per_thread;",
+         "per_thread += 1000; other_tls++; return per_thread;")
+    reload(target.pid, tmp_path / "prog.c")
+    match = target.wait_for(r"tls 1 (\d+) other (\d+)")
+    while int(match.group(1)) < 1000:
+        match = target.wait_for(r"tls 1 (\d+) other (\d+)")
+    # the thread's counter continued from where it was (not reset to 100)
+    assert before < int(match.group(1)) < before + 3000
+    assert int(match.group(2)) > 7
+
+
+LIB_SOURCE = r"""
+#include <stdio.h>
+static int lib_calls;
+int lib_value(void) { lib_calls++; return 1; }
+int lib_calls_so_far(void) { return lib_calls; }
+"""
+
+LIB_MAIN = r"""
+#include <stdio.h>
+#include <unistd.h>
+int lib_value(void);
+int lib_calls_so_far(void);
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { int v = lib_value(); printf("lib %d calls %d\n", v, lib_calls_so_far()); usleep(20000); }
+}
+"""
+
+
+def test_function_in_a_shared_library(tmp_path: Path, spawn: SpawnFactory) -> None:
+    lib = tmp_path / "libdemo.c"
+    lib.write_text(LIB_SOURCE)
+    import subprocess
+
+    subprocess.run(["gcc", "-g", "-O1", "-fPIC", "-shared", "-o", "libdemo.so", "libdemo.c"],
+                   cwd=tmp_path, check=True)
+    exe = compile_c(tmp_path, LIB_MAIN, link_flags=(f"-L{tmp_path}", "-ldemo",
+                                                     f"-Wl,-rpath,{tmp_path}"))
+    target = spawn([exe])
+    target.wait_for(r"lib 1 calls \d+")
+    edit(lib, "return 1;", "return 2 + lib_calls * 0;")
+    events = reload(target.pid, lib)
+    assert kinds(events)["redirected"] == ["lib_value"]
+    match = target.wait_for(r"lib 2 calls (\d+)")
+    assert int(match.group(1)) > 1
+
+
+READ_PROG = r"""
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+__attribute__((noinline)) const char *tag(void) { return "old"; }
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    char buf[16];
+    printf("ready\n");
+    for (;;) {
+        ssize_t n = read(0, buf, 8);
+        if (n < 0) { printf("read failed: %s\n", strerror(errno)); return 1; }
+        if (n == 0) return 0;
+        printf("%s got %zd: %.*s\n", tag(), n, (int)n, buf);
+    }
+}
+"""
+
+
+def test_target_blocked_in_read_continues_without_eintr(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    exe = compile_c(tmp_path, READ_PROG)
+    target = spawn([exe], stdin_pipe=True)
+    target.wait_for("ready")
+    target.write(b"abcdefgh")
+    target.wait_for("old got 8: abcdefgh")
+    edit(tmp_path / "prog.c", 'return "old";', 'return "new";')
+    reload(target.pid, tmp_path / "prog.c")  # the program sits in read() meanwhile
+    target.write(b"12345678")
+    target.wait_for("new got 8: 12345678")
+    assert not any("read failed" in line for line in target.lines)
+
+
+SIGNAL_PROG = r"""
+#include <signal.h>
+#include <stdio.h>
+#include <unistd.h>
+static volatile sig_atomic_t received;
+static void on_rt(int sig) { (void)sig; received++; }
+static void on_usr1(int sig) { (void)sig; printf("received %d\n", (int)received); }
+__attribute__((noinline)) int work(int x) { return x * 2; }
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    signal(SIGRTMIN, on_rt);
+    signal(SIGUSR1, on_usr1);
+    printf("ready\n");
+    volatile int sink = 0;
+    for (;;) { sink += work(sink & 7); }
+}
+"""
+
+
+def test_real_time_signal_storm_during_reloads_loses_nothing(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    exe = compile_c(tmp_path, SIGNAL_PROG)
+    target = spawn([exe])
+    target.wait_for("ready")
+    sent = 400
+    done = threading.Event()
+
+    def storm() -> None:
+        for _ in range(sent):
+            os.kill(target.pid, signal.SIGRTMIN)
+        done.set()
+
+    thread = threading.Thread(target=storm)
+    source = tmp_path / "prog.c"
+    thread.start()
+    previous = "return x * 2;"
+    for value in range(3, 8):
+        current = f"return x * {value};"
+        edit(source, previous, current)
+        reload(target.pid, source)
+        previous = current
+    thread.join()
+    assert done.is_set()
+    # RT signals queue: all 400 must have been delivered once the storm is over
+    for _ in range(50):
+        os.kill(target.pid, signal.SIGUSR1)
+        match = target.wait_for(r"received (\d+)")
+        if int(match.group(1)) == sent:
+            break
+    assert int(match.group(1)) == sent
+    assert relive.attach(target.pid).status()[0].count == 5
