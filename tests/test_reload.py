@@ -44,7 +44,8 @@ def kinds(events: list[Event]) -> dict[str, list[str]]:
     return out
 
 
-STATE_PROG = r"""
+STATE_PROG = (
+    r"""
 #include <stdio.h>
 #include <unistd.h>
 int counter;                       /* global */
@@ -59,7 +60,9 @@ __attribute__((noinline)) void tick(void) {
     file_static++;
     printf("value=%d counter=%d static=%d\n", value(), counter, file_static);
 }
-""" + LOOP_MAIN
+"""
+    + LOOP_MAIN
+)
 
 
 @pytest.mark.parametrize("compiler", ["gcc", "clang"])
@@ -83,7 +86,8 @@ def test_globals_and_statics_keep_their_values(
     assert int(match.group(3)) == 1000 + counter
 
 
-STRINGS_PROG = r"""
+STRINGS_PROG = (
+    r"""
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,7 +97,9 @@ __attribute__((noinline)) void tick(void) {
     n++;
     printf("old text %d\n", n);
 }
-""" + LOOP_MAIN
+"""
+    + LOOP_MAIN
+)
 
 
 def test_new_strings_libc_calls_new_functions_and_globals(
@@ -103,14 +109,20 @@ def test_new_strings_libc_calls_new_functions_and_globals(
     target = spawn([exe])
     target.wait_for(r"old text \d+")
     source = tmp_path / "prog.c"
-    edit(source, "static int n;", "static int n;\nint added_global = 7;\n"
-         "static int twice(int x) { return 2 * x; }\n")
-    edit(source, 'printf("old text %d\\n", n);',
-         'char buf[64]; char *heap = malloc(32); strcpy(heap, "heap");\n'
-         '    added_global++;\n'
-         '    snprintf(buf, sizeof buf, "new text %d twice=%d", n, twice(n));\n'
-         '    printf("%s len=%zu %s g=%d\\n", buf, strlen(buf), heap, added_global);\n'
-         "    free(heap);")
+    edit(
+        source,
+        "static int n;",
+        "static int n;\nint added_global = 7;\nstatic int twice(int x) { return 2 * x; }\n",
+    )
+    edit(
+        source,
+        'printf("old text %d\\n", n);',
+        'char buf[64]; char *heap = malloc(32); strcpy(heap, "heap");\n'
+        "    added_global++;\n"
+        '    snprintf(buf, sizeof buf, "new text %d twice=%d", n, twice(n));\n'
+        '    printf("%s len=%zu %s g=%d\\n", buf, strlen(buf), heap, added_global);\n'
+        "    free(heap);",
+    )
     events = reload(target.pid, source)
     assert set(kinds(events)["new"]) == {"twice"}
     assert kinds(events)["redirected"] == ["tick"]
@@ -150,7 +162,8 @@ def test_seed_scenario_prebuilt_object(tmp_path: Path, spawn: SpawnFactory) -> N
     target.wait_for(r"f1\(\) = 42")
 
 
-TABLE_PROG = r"""
+TABLE_PROG = (
+    r"""
 #include <stdio.h>
 #include <unistd.h>
 static int add(int a, int b) { return a + b; }
@@ -161,7 +174,9 @@ __attribute__((noinline)) void tick(void) {
     if (!stored) stored = mul;
     printf("ops %d %d stored %d\n", ops[0](3, 4), ops[1](3, 4), stored(5, 6));
 }
-""" + LOOP_MAIN
+"""
+    + LOOP_MAIN
+)
 
 
 def test_function_pointer_tables_reach_new_code(tmp_path: Path, spawn: SpawnFactory) -> None:
@@ -173,14 +188,17 @@ def test_function_pointer_tables_reach_new_code(tmp_path: Path, spawn: SpawnFact
     target.wait_for(r"ops 7 1012 stored 1030")
 
 
-INLINE_PROG = r"""
+INLINE_PROG = (
+    r"""
 #include <stdio.h>
 #include <unistd.h>
 static inline int helper(int x) { return x + 1; }
 int __attribute__((noinline)) caller(int x) { return helper(x) * 10; }
 volatile int one = 1;  /* keeps gcc from hoisting the pure call out of main's loop */
 __attribute__((noinline)) void tick(void) { printf("caller %d\n", caller(one)); }
-""" + LOOP_MAIN
+"""
+    + LOOP_MAIN
+)
 
 
 def test_inlined_helper_changes_its_caller(tmp_path: Path, spawn: SpawnFactory) -> None:
@@ -193,12 +211,15 @@ def test_inlined_helper_changes_its_caller(tmp_path: Path, spawn: SpawnFactory) 
     target.wait_for(r"caller 30")
 
 
-RECURSION_PROG = r"""
+RECURSION_PROG = (
+    r"""
 #include <stdio.h>
 #include <unistd.h>
 int fact(int n) { return n <= 1 ? 1 : n * fact(n - 1); }
 __attribute__((noinline)) void tick(void) { printf("fact %d\n", fact(5)); }
-""" + LOOP_MAIN
+"""
+    + LOOP_MAIN
+)
 
 
 def test_recursion(tmp_path: Path, spawn: SpawnFactory) -> None:

@@ -82,12 +82,19 @@ int main(void) {
 def test_thread_local_variables_bind_to_each_threads_storage(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
-    exe = compile_c(tmp_path, TLS_PROG, link_flags=("-pthread",),
-                    extra_sources={"other.c": "__thread int other_tls = 7;\n"})
+    exe = compile_c(
+        tmp_path,
+        TLS_PROG,
+        link_flags=("-pthread",),
+        extra_sources={"other.c": "__thread int other_tls = 7;\n"},
+    )
     target = spawn([exe])
     before = int(target.wait_for(r"tls 1 (\d+) other 7").group(1))
-    edit(tmp_path / "prog.c", "per_thread += 1; return per_thread;",
-         "per_thread += 1000; other_tls++; return per_thread;")
+    edit(
+        tmp_path / "prog.c",
+        "per_thread += 1; return per_thread;",
+        "per_thread += 1000; other_tls++; return per_thread;",
+    )
     reload(target.pid, tmp_path / "prog.c")
     match = target.wait_for(r"tls 1 (\d+) other (\d+)")
     while int(match.group(1)) < 1000:
@@ -121,10 +128,14 @@ def test_function_in_a_shared_library(tmp_path: Path, spawn: SpawnFactory) -> No
     lib.write_text(LIB_SOURCE)
     import subprocess
 
-    subprocess.run(["gcc", "-g", "-O1", "-fPIC", "-shared", "-o", "libdemo.so", "libdemo.c"],
-                   cwd=tmp_path, check=True)
-    exe = compile_c(tmp_path, LIB_MAIN, link_flags=(f"-L{tmp_path}", "-ldemo",
-                                                     f"-Wl,-rpath,{tmp_path}"))
+    subprocess.run(
+        ["gcc", "-g", "-O1", "-fPIC", "-shared", "-o", "libdemo.so", "libdemo.c"],
+        cwd=tmp_path,
+        check=True,
+    )
+    exe = compile_c(
+        tmp_path, LIB_MAIN, link_flags=(f"-L{tmp_path}", "-ldemo", f"-Wl,-rpath,{tmp_path}")
+    )
     target = spawn([exe])
     target.wait_for(r"lib 1 calls \d+")
     edit(lib, "return 1;", "return 2 + lib_calls * 0;")

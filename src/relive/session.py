@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from relive.arch import get_arch
+from relive.arch.base import Arch
 from relive.build.compiler import compile_object
 from relive.build.flags import get_compile_command
 from relive.elf.dwarf import find_compile_unit
 from relive.elf.objfile import ObjectFile
-from relive.errors import ReliveError, UsageError
+from relive.errors import BadObject, ReliveError, UsageError
 from relive.events import (
     Compiled,
     EventSink,
@@ -112,26 +113,47 @@ class Session:
         modules = load_running_modules(self.pid)
         arch = get_arch(get_main_module(modules).image.machine)
         _lap(phases, "attach", started)
-        with ProcessMemory(self.pid) as memory, tempfile.TemporaryDirectory(
-            prefix="relive-"
-        ) as scratch:
+        with (
+            ProcessMemory(self.pid) as memory,
+            tempfile.TemporaryDirectory(prefix="relive-") as scratch,
+        ):
             plans = [
-                self._plan(Path(p), i, Path(scratch), modules, journal, memory, functions,
-                           cflags, compdb, phases)
+                self._plan(
+                    Path(p),
+                    i,
+                    Path(scratch),
+                    modules,
+                    journal,
+                    memory,
+                    functions,
+                    cflags,
+                    compdb,
+                    phases,
+                )
                 for i, p in enumerate(paths)
             ]
             mark = time.perf_counter()
             if dry_run:
                 self._report(plans, None, result)
-                self.emit(ReloadFinished(self.pid, len(result.redirected), len(result.added),
-                                         len(result.unchanged), True))
+                self.emit(
+                    ReloadFinished(
+                        self.pid,
+                        len(result.redirected),
+                        len(result.added),
+                        len(result.unchanged),
+                        True,
+                    )
+                )
                 return result
             self._apply(plans, journal, memory, result, arch)
             _lap(phases, "patch", mark)
         save_journal(journal)
         self.emit(Timings(dict(phases), result.stopped_us))
-        self.emit(ReloadFinished(self.pid, len(result.redirected), len(result.added),
-                                 len(result.unchanged), False))
+        self.emit(
+            ReloadFinished(
+                self.pid, len(result.redirected), len(result.added), len(result.unchanged), False
+            )
+        )
         return result
 
     def _plan(
@@ -158,11 +180,24 @@ class Session:
         obj = ObjectFile.open(obj_path, expected_machines=(main.image.machine,))
         if module is None:
             module = _module_defining(obj, modules)
+        if not module.image.has_symtab:
+            raise BadObject(
+                f"{module.name} is stripped: relive needs its symbol table to find the running "
+                "functions and variables",
+                hint="run an unstripped build (no -s, no strip) of the program",
+            )
         key = str(path.resolve())
         record = journal.sources.get(key)
-        binder = Binder(obj, module, modules, record, memory.read)
-        plan = build_plan(key, obj, binder, get_arch(main.image.machine),
-                          record.fingerprints if record else None, functions)
+        arch = get_arch(main.image.machine)
+        binder = Binder(obj, module, modules, record, memory.read, arch.dtpmod_reloc_type)
+        plan = build_plan(
+            key,
+            obj,
+            binder,
+            arch,
+            record.fingerprints if record else None,
+            functions,
+        )
         _lap(phases, "link", mark)
         return plan
 
@@ -194,11 +229,8 @@ class Session:
         journal: Journal,
         memory: ProcessMemory,
         result: ReloadResult,
-        arch: object,
+        arch: Arch,
     ) -> None:
-        from relive.arch.base import Arch
-
-        assert isinstance(arch, Arch)
         images: list[LinkedImage] = []
         with held_signals():
             try:
@@ -220,7 +252,6 @@ class Session:
                 _record(journal, plan, image)
             for write, name, source, module in writes:
                 _record_patch(journal, write, name, source, module)
-                journal.regions.extend((i.base, len(i.data)) for i in images[:0])
             journal.regions.extend((i.base, len(i.data)) for i in images)
         self._report(plans, images, result)
 
@@ -230,17 +261,18 @@ class Session:
         image: LinkedImage,
         journal: Journal,
         memory: ProcessMemory,
-        arch: object,
+        arch: Arch,
     ) -> list[tuple[EntryWrite, str, str, str]]:
-        from relive.arch.base import Arch
-
-        assert isinstance(arch, Arch)
         out = []
         for decision in plan.iter_with_status("changed"):
             assert decision.old is not None
             write = plan_entry_write(
-                decision, image.get_symbol_address(decision.symbol), plan.module, journal,
-                memory, arch,
+                decision,
+                image.get_symbol_address(decision.symbol),
+                plan.module,
+                journal,
+                memory,
+                arch,
             )
             out.append((write, decision.name, plan.source, plan.module.path))
         return out
@@ -277,15 +309,25 @@ class Session:
             for patch in journal.patches.values():
                 written = bytes.fromhex(patch.written)
                 active = memory.read(patch.entry, len(written)) == written
-                out.append(PatchStatus(patch.name, patch.source, patch.entry, patch.target,
-                                       patch.count, patch.updated, active))
+                out.append(
+                    PatchStatus(
+                        patch.name,
+                        patch.source,
+                        patch.entry,
+                        patch.target,
+                        patch.count,
+                        patch.updated,
+                        active,
+                    )
+                )
         return out
 
     def undo(self, functions: Collection[str] | None = None) -> list[str]:
         """Put back the original entry bytes of all (or the named) patched functions."""
         journal = load_journal(self.pid)
-        chosen = {k: p for k, p in journal.patches.items()
-                  if functions is None or p.name in functions}
+        chosen = {
+            k: p for k, p in journal.patches.items() if functions is None or p.name in functions
+        }
         if functions is not None:
             unknown = set(functions) - {p.name for p in chosen.values()}
             if unknown:
@@ -294,8 +336,14 @@ class Session:
                     hint="`relive status -p PID` lists what is patched",
                 )
         writes = [
-            EntryWrite(p.name, p.entry, bytes.fromhex(p.written), bytes.fromhex(p.original),
-                       p.entry, p.entry)
+            EntryWrite(
+                p.name,
+                p.entry,
+                bytes.fromhex(p.written),
+                bytes.fromhex(p.original),
+                p.entry,
+                p.entry,
+            )
             for p in chosen.values()
         ]
         if writes:
@@ -334,20 +382,28 @@ def _record(journal: Journal, plan: ReloadPlan, image: LinkedImage) -> None:
             record.fingerprints[d.name] = d.fingerprint
         if d.status == "new":
             record.definitions[d.name] = Definition(
-                d.name, image.get_symbol_address(d.symbol), d.symbol.size, "function",
-                d.symbol.file if d.symbol.is_local else None, d.fingerprint)
+                d.name,
+                image.get_symbol_address(d.symbol),
+                d.symbol.size,
+                "function",
+                d.symbol.file if d.symbol.is_local else None,
+                d.fingerprint,
+            )
     for symbol in plan.new_data:
         section = plan.obj.sections[symbol.shndx]
         if section.is_write:
             record.definitions[symbol.name] = Definition(
-                symbol.name, image.get_symbol_address(symbol), symbol.size, "data",
-                symbol.file if symbol.is_local else None)
+                symbol.name,
+                image.get_symbol_address(symbol),
+                symbol.size,
+                "data",
+                symbol.file if symbol.is_local else None,
+            )
 
 
 def _record_patch(journal: Journal, write: EntryWrite, name: str, source: str, module: str) -> None:
     key = Journal.patch_key(module, write.address)
     existing = journal.patches.get(key)
-    target = write.address + len(write.new) + int.from_bytes(write.new[1:5], "little", signed=True)
     journal.patches[key] = EntryPatch(
         name=name,
         source=source,
@@ -355,6 +411,6 @@ def _record_patch(journal: Journal, write: EntryWrite, name: str, source: str, m
         entry=write.address,
         original=existing.original if existing else write.expected.hex(),
         written=write.new.hex(),
-        target=target,
+        target=write.target,
         count=(existing.count + 1) if existing else 1,
     )

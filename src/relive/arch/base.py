@@ -92,6 +92,10 @@ class Arch:
     find_landing_pad_size: Callable[[bytes], int]
     #: Code addresses that branches inside ``code`` (at ``address``) target.
     iter_branch_targets: Callable[[bytes, int], frozenset[int]]
+    #: For a PLT entry's bytes at ``address``: the GOT slot it jumps through, or None.
+    find_plt_slot: Callable[[bytes, int], int | None]
+    #: The dynamic relocation type that stores a TLS module id.
+    dtpmod_reloc_type: int
 
 
 def fits(value: int, width: int, kind: Range) -> bool:

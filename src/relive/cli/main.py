@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from relive.cli.render import Renderer
-from relive.errors import ReliveError, UsageError
+from relive.errors import ReliveError
 
 Command = Callable[[argparse.Namespace, Renderer], int]
 
@@ -29,8 +29,14 @@ def _build_parser() -> argparse.ArgumentParser:
     reload = sub.add_parser("reload", help="recompile files and redirect changed functions")
     _add_target(reload)
     reload.add_argument("files", nargs="+", metavar="FILE", help=".c sources or .o objects")
-    reload.add_argument("--function", "-f", action="append", dest="functions", metavar="NAME",
-                        help="only redirect these functions (repeatable)")
+    reload.add_argument(
+        "--function",
+        "-f",
+        action="append",
+        dest="functions",
+        metavar="NAME",
+        help="only redirect these functions (repeatable)",
+    )
     reload.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     reload.add_argument("--cflags", help="compile flags to use instead of the recorded ones")
     reload.add_argument("-I", dest="includes", action="append", default=[], metavar="DIR")
@@ -94,8 +100,10 @@ def _cmd_status(args: argparse.Namespace, out: Renderer) -> int:
     for row in rows:
         when = time.strftime("%H:%M:%S", time.localtime(row.updated))
         state = "active" if row.active else "NOT IN MEMORY (overwritten?)"
-        print(f"{row.name:24} {row.address:#x} -> {row.target:#x}  {row.source}  "
-              f"x{row.count}  {when}  {state}")
+        print(
+            f"{row.name:24} {row.address:#x} -> {row.target:#x}  {row.source}  "
+            f"x{row.count}  {when}  {state}"
+        )
     return 0
 
 

@@ -36,8 +36,9 @@ _STYLES: dict[type[Event], str] = {
 class Renderer:
     """Prints events; rich colours on a terminal, plain text when piped, JSON with --json."""
 
-    def __init__(self, json_lines: bool = False, show_timings: bool = False,
-                 stream: IO[str] | None = None) -> None:
+    def __init__(
+        self, json_lines: bool = False, show_timings: bool = False, stream: IO[str] | None = None
+    ) -> None:
         self.json_lines = json_lines
         self.show_timings = show_timings
         self.stream = stream or sys.stdout
@@ -69,9 +70,16 @@ class Renderer:
     def error(self, error: ReliveError) -> None:
         """The one-line error (plus details such as compiler diagnostics)."""
         if self.json_lines:
-            self.write_json({"kind": "error", "type": type(error).__name__,
-                             "message": error.message, "hint": error.hint,
-                             "details": error.details, "exit_code": error.exit_code})
+            self.write_json(
+                {
+                    "kind": "error",
+                    "type": type(error).__name__,
+                    "message": error.message,
+                    "hint": error.hint,
+                    "details": error.details,
+                    "exit_code": error.exit_code,
+                }
+            )
             return
         if error.details:
             print(error.details.rstrip(), file=sys.stderr)

@@ -95,7 +95,9 @@ class _Linker:
         elif need is Need.GOT_TLS_PAIR:
             module = _require(bound.tls_module_id, rtype, symbol, "its TLS module id")
             value = _require(dtpoff, rtype, symbol, "its offset in the TLS block")
-            slot = self._got_slot(GotKey("tls pair", symbol.index), struct.pack("<Qq", module, value))
+            slot = self._got_slot(
+                GotKey("tls pair", symbol.index), struct.pack("<Qq", module, value)
+            )
         elif need is Need.GOT_TLS_MODULE:
             module = _require(bound.tls_module_id, rtype, symbol, "its TLS module id")
             slot = self._got_slot(GotKey("tls module", 0), struct.pack("<QQ", module, 0))

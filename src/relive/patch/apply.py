@@ -49,6 +49,8 @@ class EntryWrite:
     #: window itself, the whole function when a branch inside it targets the window.
     guard_start: int
     guard_end: int
+    #: Where the new jump goes (0 when restoring original bytes).
+    target: int = 0
 
     def blocks(self, pc: int) -> bool:
         """Whether a thread at ``pc`` would be hurt by this write."""
@@ -82,7 +84,10 @@ def allocate_and_link(pid: int, plan: ReloadPlan, arch: Arch) -> LinkedImage:
             continue
         with stop_all(pid) as stopped:
             mapped = try_remote_mmap_at(
-                stopped, address, size, PROT_READ | PROT_WRITE | PROT_EXEC,
+                stopped,
+                address,
+                size,
+                PROT_READ | PROT_WRITE | PROT_EXEC,
                 MAP_PRIVATE | MAP_ANONYMOUS,
             )
         if mapped is not None:

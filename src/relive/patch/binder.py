@@ -29,8 +29,18 @@ MemoryReader = Callable[[int, int], bytes]
 
 #: gcc names a function-local static ``name.N``; clang names it ``function.name``.
 _GCC_STATIC_SUFFIX = re.compile(r"\.\d+$")
-_SKIPPED_SECTIONS = (".eh_frame", ".note", ".comment", ".debug", ".init_array", ".fini_array",
-                     ".ctors", ".dtors", ".group", ".stack")
+_SKIPPED_SECTIONS = (
+    ".eh_frame",
+    ".note",
+    ".comment",
+    ".debug",
+    ".init_array",
+    ".fini_array",
+    ".ctors",
+    ".dtors",
+    ".group",
+    ".stack",
+)
 
 
 @dataclass(frozen=True)
@@ -60,12 +70,14 @@ class Binder:
         modules: list[RunningModule],
         record: SourceRecord | None,
         read_memory: MemoryReader,
+        dtpmod_reloc_type: int,
     ) -> None:
         self.obj = obj
         self.module = module
         self.modules = modules
         self.record = record
         self.read_memory = read_memory
+        self.dtpmod_reloc_type = dtpmod_reloc_type
         self._externals: dict[str, Bound | None] = {}
 
     # -- definitions of the reloaded file ---------------------------------------
@@ -74,9 +86,16 @@ class Binder:
         """The running definition a defined symbol of the new object replaces, if any."""
         if self.record is not None:
             found = self.record.definitions.get(symbol.name)
-            if found is not None and (found.file or None) == (symbol.file if symbol.is_local else None):
-                return OldDefinition(found.name, found.address, found.size,
-                                     found.kind == "function", from_journal=True)
+            if found is not None and (found.file or None) == (
+                symbol.file if symbol.is_local else None
+            ):
+                return OldDefinition(
+                    found.name,
+                    found.address,
+                    found.size,
+                    found.kind == "function",
+                    from_journal=True,
+                )
         image_symbol = self._find_image_symbol(symbol)
         if image_symbol is None:
             return None
@@ -99,7 +118,8 @@ class Binder:
             return exact[0]
         base = _GCC_STATIC_SUFFIX.sub("", symbol.name)
         candidates = exact or [
-            s for s in image.iter_file_locals(file)
+            s
+            for s in image.iter_file_locals(file)
             if s.type == symbol.type and _GCC_STATIC_SUFFIX.sub("", s.name) == base
         ]
         if len(candidates) > 1 and len({s.value for s in candidates}) > 1:
@@ -169,7 +189,7 @@ class Binder:
 
     def module_tls_id(self) -> int | None:
         """The TLS module id: 1 for the executable, else read from a DTPMOD64 slot."""
-        return 1 if self.module.is_main else _read_module_id(self.module, self.read_memory)
+        return 1 if self.module.is_main else self._read_module_id(self.module)
 
     # -- external symbols -----------------------------------------------------------
 
@@ -199,7 +219,7 @@ class Binder:
         tpoff = None
         if tpoff_slot is not None:
             tpoff = struct.unpack("<q", self.read_memory(self.module.runtime(tpoff_slot), 8))[0]
-        module_id = 1 if module.is_main else _read_module_id(module, self.read_memory)
+        module_id = 1 if module.is_main else self._read_module_id(module)
         return Bound(tpoff=tpoff, tls_offset=symbol.value, tls_module_id=module_id)
 
     def _resolve_ifunc(self, module: RunningModule, symbol: ImageSymbol) -> int:
@@ -225,6 +245,13 @@ class Binder:
             hint=f"call {symbol.name} somewhere in the original program, or avoid it",
         )
 
+    def _read_module_id(self, module: RunningModule) -> int | None:
+        """A library's TLS module id, read from a slot the dynamic linker filled."""
+        for reloc in module.image.dynamic_relocations:
+            if reloc.type == self.dtpmod_reloc_type:
+                return _read_pointer(self.read_memory, module.runtime(reloc.offset))
+        return None
+
 
 def _section_start(symbol: ObjSymbol, old: OldDefinition) -> int:
     return (old.tls_offset if old.tls_offset is not None else old.address) - symbol.value
@@ -242,10 +269,3 @@ def _check_size(symbol: ObjSymbol, old: OldDefinition) -> None:
 def _read_pointer(read_memory: MemoryReader, address: int) -> int:
     value: int = struct.unpack("<Q", read_memory(address, 8))[0]
     return value
-
-
-def _read_module_id(module: RunningModule, read_memory: MemoryReader) -> int | None:
-    for reloc in module.image.dynamic_relocations:
-        if reloc.type == 16:  # R_X86_64_DTPMOD64: the dynamic linker stored the module id
-            return _read_pointer(read_memory, module.runtime(reloc.offset))
-    return None

@@ -57,6 +57,7 @@ class FunctionComparer:
         address_of: AddressOf,
         read_memory: MemoryReader,
         module_got_slot: Callable[[str], int | None],
+        find_plt_slot: Callable[[bytes, int], int | None],
     ) -> None:
         self.obj = obj
         self.types = relocations
@@ -64,14 +65,16 @@ class FunctionComparer:
         self.address_of = address_of
         self.read_memory = read_memory
         self.module_got_slot = module_got_slot
+        self.find_plt_slot = find_plt_slot
 
     # -- fingerprints -------------------------------------------------------------
 
     def fingerprint(self, symbol: ObjSymbol) -> str:
         """A digest of the code and of what every relocated field refers to."""
         relocs = iter_function_relocations(self.obj, symbol)
-        digest = hashlib.sha1(_masked(function_bytes(self.obj, symbol), symbol.value, relocs,
-                                      self.widths))
+        digest = hashlib.sha1(
+            _masked(function_bytes(self.obj, symbol), symbol.value, relocs, self.widths)
+        )
         for r in relocs:
             digest.update(f"|{r.offset - symbol.value}:{r.type}:{r.addend}:".encode())
             digest.update(self._identity(r.symbol, r.addend).encode())
@@ -101,11 +104,16 @@ class FunctionComparer:
         new = function_bytes(self.obj, symbol)
         old = self.read_memory(old_address, old_size)
         relocs = iter_function_relocations(self.obj, symbol)
-        if _masked(new, symbol.value, relocs, self.widths) != _masked(old, symbol.value, relocs,
-                                                                      self.widths):
+        if _masked(new, symbol.value, relocs, self.widths) != _masked(
+            old, symbol.value, relocs, self.widths
+        ):
             return False
-        return all(self._same_target(r, old, old_address + r.offset - symbol.value,
-                                     r.offset - symbol.value) for r in relocs)
+        return all(
+            self._same_target(
+                r, old, old_address + r.offset - symbol.value, r.offset - symbol.value
+            )
+            for r in relocs
+        )
 
     def _same_target(self, reloc: Relocation, old: bytes, place: int, offset: int) -> bool:
         rtype = self.types.get(reloc.type)
@@ -123,7 +131,7 @@ class FunctionComparer:
             # G + A - P was stored: the slot is at field + P - A and holds S.
             try:
                 held = struct.unpack("<Q", self.read_memory(old_target, 8))[0]
-            except Exception:  # noqa: BLE001 - unreadable means not the same
+            except Exception:
                 return False
             return bool(held == self.address_of(reloc.symbol))
         expected = self.address_of(reloc.symbol)
@@ -153,7 +161,7 @@ class FunctionComparer:
         length = min(length, _MAX_CONTENT)
         try:
             old = self.read_memory(old_target + reloc.addend + bias, length)
-        except Exception:  # noqa: BLE001 - unreadable means not the same
+        except Exception:
             return False
         return old == section.data[start : start + length]
 
@@ -164,13 +172,9 @@ class FunctionComparer:
             return False
         try:
             code = self.read_memory(address, 16)
-        except Exception:  # noqa: BLE001
+        except Exception:
             return False
-        at = code.find(b"\xff\x25")  # jmp *disp32(%rip), possibly after endbr64/bnd
-        if at < 0 or at + 6 > len(code):
-            return False
-        disp = struct.unpack("<i", code[at + 2 : at + 6])[0]
-        return address + at + 6 + disp == slot
+        return self.find_plt_slot(code, address) == slot
 
 
 def bound_address(bound: Bound | None) -> int | None:

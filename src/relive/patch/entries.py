@@ -55,6 +55,7 @@ def plan_entry_write(
         new=arch.encode_entry_jump(address, target),
         guard_start=entry if loops_into_window else address,
         guard_end=entry + max(old.size, need) if loops_into_window else address,
+        target=target,
     )
 
 

@@ -55,7 +55,9 @@ def load_running_modules(pid: int, maps: list[Mapping] | None = None) -> list[Ru
     return modules
 
 
-def _find_module(pid: int, path: str, mappings: list[Mapping], is_main: bool) -> RunningModule | None:
+def _find_module(
+    pid: int, path: str, mappings: list[Mapping], is_main: bool
+) -> RunningModule | None:
     first = min(mappings, key=lambda m: m.start)
     if first.offset != 0:
         return None
@@ -81,7 +83,9 @@ def _open_path(pid: int, mapping: Mapping, path: str) -> str:
     try:
         on_disk = os.stat(path)
         if (on_disk.st_ino, os.major(on_disk.st_dev), os.minor(on_disk.st_dev)) == (
-            mapping.inode, *_parse_dev(mapping.dev)):
+            mapping.inode,
+            *_parse_dev(mapping.dev),
+        ):
             return path
     except OSError:
         pass

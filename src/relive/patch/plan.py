@@ -75,6 +75,7 @@ def build_plan(
         address_of,
         binder.read_memory,
         lambda name: _module_got_slot(binder.module, name),
+        arch.find_plt_slot,
     )
     decisions = [
         _decide(symbol, binder, comparer, previous_fingerprints, only)
@@ -95,8 +96,13 @@ def build_plan(
         bound_sections=bound,
         externals=_resolve_externals(obj, binder, load),
     )
-    new_data = [s for i in load if not obj.sections[i].is_exec
-                for s in obj.iter_section_symbols(i) if s.name]
+    new_data = [
+        s
+        for i in load
+        if not obj.sections[i].is_exec
+        for s in obj.iter_section_symbols(i)
+        if s.name
+    ]
     return ReloadPlan(source, binder.module, obj, decisions, plan_layout(request), new_data)
 
 
@@ -132,8 +138,14 @@ def _address_in_process(
     section = obj.sections[symbol.shndx]
     if section.is_exec:
         if symbol.is_section:
-            first = next((s for s in obj.iter_section_symbols(symbol.shndx)
-                          if s.is_function and s.value == 0), None)
+            first = next(
+                (
+                    s
+                    for s in obj.iter_section_symbols(symbol.shndx)
+                    if s.is_function and s.value == 0
+                ),
+                None,
+            )
             old = None if first is None else binder.find_old(first)
         else:
             old = binder.find_old(symbol)

@@ -100,9 +100,7 @@ class ProcessMemory:
             except OSError as exc:
                 if exc.errno in _FALLBACK_ERRNOS:
                     return done
-                raise self._access_error(
-                    "write", addr + done, len(data) - done, str(exc)
-                ) from exc
+                raise self._access_error("write", addr + done, len(data) - done, str(exc)) from exc
             except OverflowError as exc:
                 raise self._access_error("write", addr, len(data), str(exc)) from exc
             if written <= 0:

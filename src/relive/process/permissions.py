@@ -93,7 +93,7 @@ def find_yama_block(scope: int | None = None) -> PermissionDenied | None:
             hint="scope 3 cannot be lowered at runtime; change kernel.yama.ptrace_scope "
             "at boot, or start the program under `relive run`",
         )
-    if level == 1 and has_cap_sys_ptrace():
+    if has_cap_sys_ptrace():  # scopes 1 and 2 let CAP_SYS_PTRACE through
         return None
     allowed = "only to its own children" if level == 1 else "only with CAP_SYS_PTRACE"
     return PermissionDenied(

@@ -172,9 +172,7 @@ def _check_result(pid: int, nr: int, result: int) -> int:
     )
 
 
-def remote_mmap(
-    stopped: StoppedProcess, length: int, prot: int, flags: int, addr: int = 0
-) -> int:
+def remote_mmap(stopped: StoppedProcess, length: int, prot: int, flags: int, addr: int = 0) -> int:
     """mmap(addr, length, prot, flags, -1, 0) in the target; the mapping's address."""
     return remote_syscall(stopped, MMAP, addr, length, prot, flags, -1, 0)
 

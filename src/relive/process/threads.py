@@ -116,7 +116,10 @@ class StoppedProcess:
 
     @property
     def stopped_seconds(self) -> float:
-        """Total time threads were held (including the current hold, if any)."""
+        """Total time threads were held, summed over every hold of this object.
+
+        Includes the current hold; the gaps of ``resume_briefly`` do not count.
+        """
         current = 0.0 if self._held_since is None else time.monotonic() - self._held_since
         return self._held_total + current
 
@@ -158,13 +161,6 @@ class StoppedProcess:
         finally:
             self._restore_sigmask(tid, saved_mask)
 
-    def _restore_sigmask(self, tid: int, mask: int) -> None:
-        try:
-            ptrace.set_sigmask(tid, mask)
-        except OSError as exc:
-            if exc.errno != errno.ESRCH:  # ESRCH: it died, nothing to restore
-                raise
-
     def resume_briefly(self, duration_s: float) -> None:
         """Let every thread run for about ``duration_s`` seconds, then stop them all again.
 
@@ -172,7 +168,10 @@ class StoppedProcess:
         """
         self.release()
         time.sleep(duration_s)  # a mechanism, not a wait for some condition
-        self._stop_world()
+        try:
+            self._stop_world()
+        except ProcessGone:
+            raise self._exited() from None
 
     def release(self) -> None:
         """Detach every thread, handing back owed signals.  Idempotent."""
@@ -280,8 +279,7 @@ class StoppedProcess:
                 return status
             if time.monotonic() > deadline:
                 raise ReliveError(
-                    f"thread {tid} of process {self.pid} did not stop within "
-                    f"{self.timeout:g} s",
+                    f"thread {tid} of process {self.pid} did not stop within {self.timeout:g} s",
                     hint="it may be in uninterruptible sleep (state D) or in vfork(); retry",
                 )
             time.sleep(delay)
@@ -306,6 +304,14 @@ class StoppedProcess:
                 raise self._thread_error(tid, exc) from exc
             if self._is_step_done(thread):
                 return
+
+    @staticmethod
+    def _restore_sigmask(tid: int, mask: int) -> None:
+        try:
+            ptrace.set_sigmask(tid, mask)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:  # ESRCH: it died, nothing to restore
+                raise
 
     @staticmethod
     def _hand_back_current(thread: _Thread) -> int:

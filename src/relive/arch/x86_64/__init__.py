@@ -12,6 +12,7 @@ from relive.arch.x86_64.trampoline import (
     encode_far_stub,
     encode_jmp_rel32,
     find_landing_pad_size,
+    find_plt_slot,
 )
 
 EM_X86_64 = 62
@@ -27,4 +28,6 @@ ARCH = Arch(
     encode_far_stub=encode_far_stub,
     find_landing_pad_size=find_landing_pad_size,
     iter_branch_targets=iter_branch_targets,
+    find_plt_slot=find_plt_slot,
+    dtpmod_reloc_type=16,  # R_X86_64_DTPMOD64
 )

@@ -54,7 +54,9 @@ def _size(o: Operands) -> int:
     return o.Z + o.A
 
 
-def _entry(number: int, name: str, width: int, rng: Range, need: Need, fn: object) -> RelocationType:
+def _entry(
+    number: int, name: str, width: int, rng: Range, need: Need, fn: object
+) -> RelocationType:
     assert callable(fn)
     pc_relative = fn in (_pc_relative, _got_pc_relative, _got_base_pc_relative)
     return RelocationType(number, name, width, rng, need, fn, pc_relative)

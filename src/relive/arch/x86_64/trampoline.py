@@ -33,3 +33,14 @@ def encode_far_stub(source: int, target: int) -> bytes:
 def find_landing_pad_size(code: bytes) -> int:
     """Bytes to keep at a function entry: 4 for endbr64, else 0."""
     return len(ENDBR64) if code.startswith(ENDBR64) else 0
+
+
+def find_plt_slot(code: bytes, address: int) -> int | None:
+    """The GOT slot a PLT entry jumps through: ``jmp *disp32(%rip)`` (``ff 25``),
+    possibly after ``endbr64`` and a ``bnd`` prefix (``.plt.sec`` entries)."""
+    at = code.find(b"\xff\x25")
+    if at < 0 or at > 8 or at + 6 > len(code):
+        return None
+    disp = struct.unpack("<i", code[at + 2 : at + 6])[0]
+    slot: int = address + at + 6 + disp
+    return slot

@@ -1,0 +1,30 @@
+/* The relive demo: a program that keeps state and prints what a function returns.
+ * `make demo` runs it, edits greet() twice and hot-reloads it each time:
+ * the output changes, the counters keep counting. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct stats { long ticks; long total; };
+
+static struct stats stats;          /* file-static state: kept across reloads */
+static char *history;               /* heap state: kept too */
+
+const char *greet(long tick) {
+    static char line[64];
+    snprintf(line, sizeof line, "hello #%ld", tick);
+    return line;
+}
+
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    history = calloc(1, 1);
+    for (;;) {
+        stats.ticks++;
+        stats.total += stats.ticks;
+        printf("[pid %d] %-28s ticks=%ld total=%ld\n", (int)getpid(), greet(stats.ticks),
+               stats.ticks, stats.total);
+        usleep(300000);
+    }
+}

@@ -1,0 +1,189 @@
+"""Every failure a user can cause: one clear line, its exit code, target untouched."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import relive
+from relive.cli.main import main
+from support import SpawnFactory, Target, compile_c
+from test_reload import edit
+
+PROG = r"""
+#include <stdio.h>
+#include <unistd.h>
+int table[4] = {1, 2, 3, 4};
+__attribute__((noinline)) int value(void) { return table[0]; }
+__attribute__((noinline)) void tick(void) { printf("value %d\n", value()); }
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { tick(); usleep(20000); }
+}
+"""
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    return code, err
+
+
+def assert_untouched(target: Target) -> None:
+    """Still running, still the old code, nothing recorded as patched."""
+    mark = target.mark()
+    target.wait_for(r"^value 1$", after=mark)
+    assert target.alive()
+    assert relive.attach(target.pid).status() == []
+
+
+@pytest.fixture
+def running(tmp_path: Path, spawn: SpawnFactory) -> Target:
+    exe = compile_c(tmp_path, PROG)
+    target = spawn([exe])
+    target.wait_for(r"^value 1$")
+    return target
+
+
+def test_no_such_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "x.c").write_text("int x;\n")
+    code, err = run_cli(capsys, "reload", "-p", "999999999", str(tmp_path / "x.c"))
+    assert code == 5
+    assert "no such process: 999999999" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_already_traced(
+    running: Target, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+            import ctypes, sys, time
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+            assert libc.ptrace(0x4206, {running.pid}, None, None) == 0  # PTRACE_SEIZE
+            print("seized", flush=True)
+            time.sleep(60)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "seized"
+        code, err = run_cli(capsys, "reload", "-p", str(running.pid), str(tmp_path / "prog.c"))
+        assert code == 3
+        assert "traced" in err and str(holder.pid) in err
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+    assert_untouched(running)
+
+
+def test_not_an_elf_object(
+    running: Target, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    bogus = tmp_path / "notes.o"
+    bogus.write_text("hello\n")
+    code, err = run_cli(capsys, "reload", "-p", str(running.pid), str(bogus))
+    assert code == 6
+    assert "not an ELF" in err
+    assert_untouched(running)
+
+
+@pytest.mark.parametrize(
+    ("offset", "value", "expected"),
+    [(18, 183, "AArch64"), (4, 1, "32-bit")],
+    ids=["aarch64", "elf32"],
+)
+def test_wrong_architecture_or_class(
+    running: Target,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    offset: int,
+    value: int,
+    expected: str,
+) -> None:
+    subprocess.run(["gcc", "-c", "-g", "prog.c", "-o", "odd.o"], cwd=tmp_path, check=True)
+    data = bytearray((tmp_path / "odd.o").read_bytes())
+    data[offset] = value
+    (tmp_path / "odd.o").write_bytes(bytes(data))
+    code, err = run_cli(capsys, "reload", "-p", str(running.pid), str(tmp_path / "odd.o"))
+    assert code == 6
+    assert expected in err
+    assert_untouched(running)
+
+
+def test_compile_error(running: Target, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    edit(tmp_path / "prog.c", "return table[0];", "return table[0]")
+    code, err = run_cli(capsys, "reload", "-p", str(running.pid), str(tmp_path / "prog.c"))
+    assert code == 4
+    assert re.search(r"relive: error: \S*prog\.c:5:\d+: error: expected", err)
+    assert_untouched(running)
+
+
+def test_unresolvable_symbol(
+    running: Target, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    edit(
+        tmp_path / "prog.c",
+        "return table[0];",
+        "extern int no_such_function(void); return no_such_function();",
+    )
+    code, err = run_cli(capsys, "reload", "-p", str(running.pid), str(tmp_path / "prog.c"))
+    assert code == 7
+    assert "no_such_function" in err
+    assert_untouched(running)
+
+
+def test_changed_global_size(
+    running: Target, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    edit(tmp_path / "prog.c", "int table[4] = {1, 2, 3, 4};", "int table[8] = {1, 2, 3, 4};")
+    code, err = run_cli(capsys, "reload", "-p", str(running.pid), str(tmp_path / "prog.c"))
+    assert code == 8
+    assert "table changed size from 16 to 32 bytes" in err
+    assert_untouched(running)
+
+
+def test_function_too_small(
+    tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # value(x) compiles to `mov %edi,%eax; ret`: 3 bytes, packed against tick
+    source = (
+        PROG.replace("int value(void) { return table[0]; }", "int value(int x) { return x; }")
+        .replace("value())", "value(one))")
+        .replace("int table[4]", "volatile int one = 1;\nint table[4]")
+    )
+    exe = compile_c(tmp_path, source, flags=("-g", "-O1", "-fno-align-functions"))
+    target = spawn([exe])
+    target.wait_for(r"^value 1$")
+    edit(tmp_path / "prog.c", "return x;", "return x + 1;")
+    code, err = run_cli(capsys, "reload", "-p", str(target.pid), str(tmp_path / "prog.c"))
+    assert code == 9
+    assert "value is" in err and "too small" in err
+    assert_untouched(target)
+
+
+def test_stripped_executable(
+    tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exe = compile_c(tmp_path, PROG, flags=("-O0", "-s"))
+    target = spawn([exe])
+    target.wait_for(r"^value 1$")
+    edit(tmp_path / "prog.c", "return table[0];", "return table[1];")
+    code, err = run_cli(capsys, "reload", "-p", str(target.pid), str(tmp_path / "prog.c"))
+    assert code == 6
+    assert "stripped" in err
+    assert_untouched(target)
