@@ -37,6 +37,7 @@ ERESTARTSYS = 512
 SI_QUEUE = -1
 ERESTART_RESTARTBLOCK = 516
 NR_READ = 0
+NR_EPOLL_WAIT = 232
 NR_NANOSLEEP = (35, 230)  # glibc's nanosleep() uses clock_nanosleep
 
 PRELUDE = """
@@ -332,6 +333,47 @@ def test_remote_mmap_on_thread_in_nanosleep(tmp_path: Path, spawn: SpawnFactory)
         first = int(target.wait_for(r"count (\d+)", after=mark).group(1))
         target.wait_for(rf"count {first + 1}$")
     assert error_lines(target) == []
+
+
+EPOLL_READER = """
+#include <sys/epoll.h>
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    int ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN};
+    epoll_ctl(ep, EPOLL_CTL_ADD, 0, &ev);
+    printf("ready\\n");
+    for (;;) {
+        struct epoll_event out;
+        if (epoll_wait(ep, &out, 1, -1) < 0) {
+            printf("epoll_wait: %s\\n", strerror(errno));
+            continue;
+        }
+        char buf[64];
+        ssize_t n = read(0, buf, sizeof buf);
+        if (n <= 0) return 0;
+        printf("got: %.*s\\n", (int)n - 1, buf);
+    }
+}
+"""
+
+
+def test_remote_mmap_on_thread_in_epoll_wait(tmp_path: Path, spawn: SpawnFactory) -> None:
+    """epoll_wait is never restarted: the kernel fails it with EINTR on any ptrace
+    stop (see signal(7)), as under gdb or strace.  The program keeps working."""
+    target = spawn([build(tmp_path, EPOLL_READER)], stdin_pipe=True)
+    target.wait_for("ready")
+    wait_until(lambda: current_syscall(target.pid) == NR_EPOLL_WAIT, what="in epoll_wait")
+    with stop_all(target.pid) as held:
+        regs = held.get_regs(target.pid)
+        assert syscall_result(regs) == -errno.EINTR
+        mmap_roundtrip(held, target.pid)
+        assert held.get_regs(target.pid) == regs
+    target.write(b"ping\n")
+    target.wait_for("got: ping")
+    assert [line for line in target.lines if "epoll_wait" in line] == [
+        "epoll_wait: Interrupted system call"
+    ]
 
 
 def test_try_remote_mmap_at_reports_a_taken_range(tmp_path: Path, spawn: SpawnFactory) -> None:

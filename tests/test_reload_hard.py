@@ -67,7 +67,11 @@ __thread int per_thread = 100;
 extern __thread int other_tls;
 __attribute__((noinline)) int bump(void) { per_thread += 1; return per_thread; }
 static void *worker(void *arg) {
-    for (;;) { int v = bump(); printf("tls %ld %d other %d\n", (long)arg, v, other_tls); usleep(20000); }
+    for (;;) {
+        int v = bump();
+        printf("tls %ld %d other %d\n", (long)arg, v, other_tls);
+        usleep(20000);
+    }
     return 0;
 }
 int main(void) {
@@ -118,7 +122,11 @@ int lib_value(void);
 int lib_calls_so_far(void);
 int main(void) {
     setvbuf(stdout, NULL, _IONBF, 0);
-    for (;;) { int v = lib_value(); printf("lib %d calls %d\n", v, lib_calls_so_far()); usleep(20000); }
+    for (;;) {
+        int v = lib_value();
+        printf("lib %d calls %d\n", v, lib_calls_so_far());
+        usleep(20000);
+    }
 }
 """
 
@@ -232,3 +240,39 @@ def test_real_time_signal_storm_during_reloads_loses_nothing(
             break
     assert int(match.group(1)) == sent
     assert relive.attach(target.pid).status()[0].count == 5
+
+
+def test_relive_killed_mid_reload_leaves_old_or_new_code(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    """SIGTERM/SIGINT at any moment: the target runs, old or new code, never stopped."""
+    import subprocess
+    import sys
+    import time
+
+    exe = compile_c(tmp_path, THREADS_PROG, flags=("-g", "-O2"), link_flags=("-pthread",))
+    target = spawn([exe])
+    for i in range(4):
+        target.wait_for(rf"thread {i} sees 1", after=0)
+    source = tmp_path / "prog.c"
+    edit(source, "return x + 1;", "return x + 2;")
+    for attempt in range(10):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "relive", "reload", "-p", str(target.pid), str(source)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.02 * attempt)  # a varying moment inside the reload (not a wait for output)
+        proc.send_signal(signal.SIGINT if attempt % 2 else signal.SIGTERM)
+        proc.wait(timeout=30)
+        stat = Path(f"/proc/{target.pid}/stat").read_text()
+        state = stat.rsplit(")", 1)[1].split()[0]
+        assert state in "RS", f"target left in state {state}"
+        rows = relive.attach(target.pid).status()
+        assert all(row.active for row in rows)
+        if rows:
+            relive.attach(target.pid).undo()
+    mark = target.mark()
+    relive.attach(target.pid).reload([source])
+    target.wait_for(r"thread \d sees 2", after=mark)
+    assert target.alive()

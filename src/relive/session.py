@@ -349,8 +349,12 @@ class Session:
         if writes:
             with held_signals():
                 write_entries(self.pid, writes)
-                for key in chosen:
+                for key, patch in chosen.items():
                     del journal.patches[key]
+                    # The original code runs again: the next reload must compare with it.
+                    record = journal.sources.get(patch.source)
+                    if record is not None:
+                        record.fingerprints.pop(patch.name, None)
                 save_journal(journal)
         for p in chosen.values():
             self.emit(FunctionRestored(p.name, p.entry))

@@ -119,7 +119,6 @@ def write_entries(pid: int, writes: list[EntryWrite]) -> float:
 
     Returns how long the threads were held (seconds, summed over attempts).
     """
-    held = 0.0
     with stop_all(pid) as stopped:
         for attempt in range(MAX_ATTEMPTS):
             blockers = _find_blockers(stopped, writes)
@@ -132,7 +131,6 @@ def write_entries(pid: int, writes: list[EntryWrite]) -> float:
                     f"tried {MAX_ATTEMPTS} times",
                     hint="reload again, or reload when the program is less busy",
                 )
-            held += stopped.stopped_seconds
             stopped.resume_briefly(0.0005 * (2**attempt))
         memory = ProcessMemory(pid, poke_tid=pid)
         try:
@@ -141,8 +139,7 @@ def write_entries(pid: int, writes: list[EntryWrite]) -> float:
                 memory.write(write.address, write.new)
         finally:
             memory.close()
-        held += stopped.stopped_seconds
-    return held
+        return stopped.stopped_seconds
 
 
 def _find_blockers(stopped: StoppedProcess, writes: list[EntryWrite]) -> list[tuple[int, str]]:

@@ -203,6 +203,11 @@ class Binder:
         order = [self.module] + [m for m in self.modules if m is not self.module]
         for module in order:
             symbol = module.image.find_global(name)
+            if symbol is None and module is self.module:
+                # Hidden symbols (visibility or version script) became locals of the
+                # linker's unnamed STT_FILE group; they are still the module's own.
+                hidden = module.image.find_file_local(name, "")
+                symbol = hidden[0] if len(hidden) == 1 else None
             if symbol is None:
                 continue
             if symbol.type == STT_TLS:

@@ -16,6 +16,10 @@ WUNTRACED sees a stop.  Signals are never lost:
   because it is blocked, the kernel re-queues it with its siginfo.
 
 All ptrace requests must come from the OS thread that called ``stop_all``.
+
+Syscalls a thread was blocked in are restarted by the kernel after release
+(read, nanosleep, futex, poll...), except those signal(7) lists as never
+restarted after a stop, e.g. epoll_wait: it fails with EINTR, as under gdb.
 """
 
 from __future__ import annotations
