@@ -21,7 +21,8 @@ from relive.build.flags import (
     find_compdb_entry,
     get_compile_command,
     parse_producer,
-    refuse_lto,
+    uses_lto,
+    without_lto,
 )
 from relive.elf.dwarf import CompileUnit, find_compile_unit, iter_compile_units
 from relive.errors import BadObject, CompileError, ReliveError, UsageError
@@ -358,22 +359,22 @@ def lto_command(tmp_path: Path, *flags: str) -> CompileCommand:
     return CompileCommand("gcc", flags, tmp_path, source, "compile_commands.json")
 
 
-def test_flto_is_refused(tmp_path: Path) -> None:
-    cmd = lto_command(tmp_path, "-O2", "-flto=auto")
-    with pytest.raises(ReliveError) as info:
-        compile_object(cmd, tmp_path / "out")
-    assert str(info.value) == (
-        "lto.c was built with -flto: an LTO object has no machine code to load"
+def test_flto_is_compiled_without_lto(tmp_path: Path) -> None:
+    cmd = without_lto(lto_command(tmp_path, "-O2", "-flto=auto", "-ffat-lto-objects"))
+    assert cmd.flags == ("-O2", "-fno-lto")
+    assert cmd.notes == (
+        "lto.c was built with -flto: recompiling it without LTO "
+        "(an LTO object has no machine code to load)",
     )
-    assert info.value.hint == "rebuild that file without -flto or pass --cflags"
-    assert not (tmp_path / "out/lto.o").exists()
+    result = compile_object(lto_command(tmp_path, "-O2", "-flto"), tmp_path / "out")
+    assert "-fno-lto" in result.command
+    assert b".gnu.lto_" not in result.object_path.read_bytes()
 
 
-def test_flto_switched_off_again_is_accepted(tmp_path: Path) -> None:
-    refuse_lto(lto_command(tmp_path, "-flto", "-fno-lto"))
-    refuse_lto(lto_command(tmp_path, "-flto-partition=none"))
-    with pytest.raises(ReliveError):
-        refuse_lto(lto_command(tmp_path, "-fno-lto", "-flto"))
+def test_flto_switched_off_again_is_not_lto(tmp_path: Path) -> None:
+    assert not uses_lto(("-flto", "-fno-lto"))
+    assert not uses_lto(("-flto-partition=none",))
+    assert uses_lto(("-fno-lto", "-flto"))
 
 
 # --- compiler failures -------------------------------------------------------

@@ -94,6 +94,20 @@ class FunctionSkipped(Event):
 
 
 @dataclass(frozen=True)
+class FunctionActive(Event):
+    """A redirected function that a thread is inside of: it finishes in the old code."""
+
+    kind: ClassVar[str] = "active"
+    name: str
+    tid: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.name} is running on thread {self.tid}: the new code applies from its next call"
+        )
+
+
+@dataclass(frozen=True)
 class FunctionRestored(Event):
     """An undo put a function's original entry bytes back."""
 

@@ -11,6 +11,7 @@ This is the Python API the CLI uses::
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from collections.abc import Collection, Sequence
@@ -20,13 +21,14 @@ from pathlib import Path
 from relive.arch import get_arch
 from relive.arch.base import Arch
 from relive.build.compiler import compile_object
-from relive.build.flags import get_compile_command
+from relive.build.flags import CompileCommand, get_compile_command, without_lto
 from relive.elf.dwarf import find_compile_unit
 from relive.elf.objfile import ObjectFile
 from relive.errors import BadObject, ReliveError, UsageError
 from relive.events import (
     Compiled,
     EventSink,
+    FunctionActive,
     FunctionAdded,
     FunctionRedirected,
     FunctionRestored,
@@ -46,11 +48,12 @@ from relive.patch.apply import (
     write_block,
     write_entries,
 )
+from relive.patch.active import iter_active_functions
 from relive.patch.binder import Binder
 from relive.patch.entries import plan_entry_write
 from relive.patch.journal import Definition, EntryPatch, Journal, load_journal, save_journal
 from relive.patch.modules import RunningModule, get_main_module, load_running_modules
-from relive.patch.plan import ReloadPlan, build_plan
+from relive.patch.plan import FarDataReference, ReloadPlan, build_plan
 from relive.process.memory import ProcessMemory
 from relive.process.procfs import check_alive
 
@@ -117,21 +120,10 @@ class Session:
             ProcessMemory(self.pid) as memory,
             tempfile.TemporaryDirectory(prefix="relive-") as scratch,
         ):
-            plans = [
-                self._plan(
-                    Path(p),
-                    i,
-                    Path(scratch),
-                    modules,
-                    journal,
-                    memory,
-                    functions,
-                    cflags,
-                    compdb,
-                    phases,
-                )
-                for i, p in enumerate(paths)
-            ]
+            ctx = _Context(
+                modules, journal, memory, arch, Path(scratch), functions, cflags, compdb, phases
+            )
+            plans = [self._plan(Path(p), i, ctx) for i, p in enumerate(paths)]
             mark = time.perf_counter()
             if dry_run:
                 self._report(plans, None, result)
@@ -156,30 +148,42 @@ class Session:
         )
         return result
 
-    def _plan(
-        self,
-        path: Path,
-        index: int,
-        scratch: Path,
-        modules: list[RunningModule],
-        journal: Journal,
-        memory: ProcessMemory,
-        functions: Collection[str] | None,
-        cflags: Sequence[str] | None,
-        compdb: Path | None,
-        phases: dict[str, float],
-    ) -> ReloadPlan:
+    def _plan(self, path: Path, index: int, ctx: _Context) -> ReloadPlan:
         mark = time.perf_counter()
         if path.suffix == ".o":
-            obj_path, module = path, None
-        else:
-            obj_path, module = self._compile(path, scratch / str(index), modules, cflags, compdb)
-        _lap(phases, "compile", mark)
+            _lap(ctx.phases, "compile", mark)
+            return self._plan_object(path, path, None, ctx)
+        command, module = self._find_command(path, ctx)
+        out_dir = ctx.scratch / str(index)
+        obj_path = self._compile(command, out_dir)
+        _lap(ctx.phases, "compile", mark)
+        try:
+            return self._plan_object(path, obj_path, module, ctx)
+        except FarDataReference as far:
+            extra = ctx.arch.indirect_extern_data_flags.get(_family(command))
+            if not extra:
+                raise
+            # The program reaches these variables through its GOT (no copy relocation,
+            # e.g. an LTO build); compile so that the new code does the same.
+            self.emit(
+                Notice(
+                    f"{', '.join(far.names)} out of direct reach: recompiling "
+                    f"{path.name} with {' '.join(extra)}"
+                )
+            )
+            command = dataclasses.replace(command, flags=(*command.flags, *extra))
+            mark = time.perf_counter()
+            obj_path = self._compile(command, out_dir)
+            _lap(ctx.phases, "compile", mark)
+            return self._plan_object(path, obj_path, module, ctx)
+
+    def _plan_object(
+        self, path: Path, obj_path: Path, module: RunningModule | None, ctx: _Context
+    ) -> ReloadPlan:
         mark = time.perf_counter()
-        main = get_main_module(modules)
-        obj = ObjectFile.open(obj_path, expected_machines=(main.image.machine,))
+        obj = ObjectFile.open(obj_path, expected_machines=(ctx.arch.elf_machine,))
         if module is None:
-            module = _module_defining(obj, modules)
+            module = _module_defining(obj, ctx.modules)
         if not module.image.has_symtab:
             raise BadObject(
                 f"{module.name} is stripped: relive needs its symbol table to find the running "
@@ -187,41 +191,37 @@ class Session:
                 hint="run an unstripped build (no -s, no strip) of the program",
             )
         key = str(path.resolve())
-        record = journal.sources.get(key)
-        arch = get_arch(main.image.machine)
-        binder = Binder(obj, module, modules, record, memory.read, arch.dtpmod_reloc_type)
-        plan = build_plan(
-            key,
-            obj,
-            binder,
-            arch,
-            record.fingerprints if record else None,
-            functions,
+        record = ctx.journal.sources.get(key)
+        binder = Binder(
+            obj, module, ctx.modules, record, ctx.memory.read, ctx.arch.dtpmod_reloc_type
         )
-        _lap(phases, "link", mark)
+        fingerprints = record.fingerprints if record else None
+        plan = build_plan(key, obj, binder, ctx.arch, fingerprints, ctx.functions)
+        _lap(ctx.phases, "link", mark)
         return plan
 
-    def _compile(
-        self,
-        source: Path,
-        out_dir: Path,
-        modules: list[RunningModule],
-        cflags: Sequence[str] | None,
-        compdb: Path | None,
-    ) -> tuple[Path, RunningModule]:
-        module, unit = modules[0], None
-        for candidate in modules:
+    def _find_command(self, source: Path, ctx: _Context) -> tuple[CompileCommand, RunningModule]:
+        """The compile command of ``source`` and the module it was built into."""
+        module, unit = ctx.modules[0], None
+        for candidate in ctx.modules:
             unit = find_compile_unit(candidate.file, source)
             if unit is not None:
                 module = candidate
                 break
-        command = get_compile_command(source, cli_flags=cflags, compdb=compdb, compile_unit=unit)
+        command = without_lto(
+            get_compile_command(source, cli_flags=ctx.cflags, compdb=ctx.compdb, compile_unit=unit)
+        )
         for note in command.notes:
             self.emit(Notice(note))
+        return command, module
+
+    def _compile(self, command: CompileCommand, out_dir: Path) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
         compiled = compile_object(command, out_dir)
-        self.emit(Compiled(str(source), command.origin, compiled.command, compiled.milliseconds))
-        return compiled.object_path, module
+        self.emit(
+            Compiled(str(command.source), command.origin, compiled.command, compiled.milliseconds)
+        )
+        return compiled.object_path
 
     def _apply(
         self,
@@ -241,9 +241,10 @@ class Session:
                     writes.extend(self._entry_writes(plan, image, journal, memory, arch))
                 for image in images:
                     write_block(memory, image)
+                report = None
                 if writes:
-                    held = write_entries(self.pid, [w for w, _, _, _ in writes])
-                    result.stopped_us = held * 1e6
+                    report = write_entries(self.pid, [w for w, _, _, _ in writes])
+                    result.stopped_us = report.held_seconds * 1e6
             except BaseException:
                 for image in images:
                     release_block(self.pid, image)
@@ -254,6 +255,26 @@ class Session:
                 _record_patch(journal, write, name, source, module)
             journal.regions.extend((i.base, len(i.data)) for i in images)
         self._report(plans, images, result)
+        if report is not None:
+            self._report_active(plans, memory, arch, report.positions)
+
+    def _report_active(
+        self,
+        plans: list[ReloadPlan],
+        memory: ProcessMemory,
+        arch: Arch,
+        positions: list[tuple[int, int, int]],
+    ) -> None:
+        ranges = {
+            d.name: (d.old.address, d.old.address + max(d.old.size, 1))
+            for plan in plans
+            for d in plan.iter_with_status("changed")
+            if d.old is not None
+        }
+        if not ranges:
+            return
+        for name, tid in iter_active_functions(self.pid, memory, arch, ranges, positions):
+            self.emit(FunctionActive(name, tid))
 
     def _entry_writes(
         self,
@@ -359,6 +380,25 @@ class Session:
         for p in chosen.values():
             self.emit(FunctionRestored(p.name, p.entry))
         return [p.name for p in chosen.values()]
+
+
+@dataclass
+class _Context:
+    """What every file of one reload shares."""
+
+    modules: list[RunningModule]
+    journal: Journal
+    memory: ProcessMemory
+    arch: Arch
+    scratch: Path
+    functions: Collection[str] | None
+    cflags: Sequence[str] | None
+    compdb: Path | None
+    phases: dict[str, float]
+
+
+def _family(command: CompileCommand) -> str:
+    return "clang" if "clang" in Path(command.compiler).name else "gcc"
 
 
 def _lap(phases: dict[str, float], name: str, since: float) -> None:

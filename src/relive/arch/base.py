@@ -94,8 +94,13 @@ class Arch:
     iter_branch_targets: Callable[[bytes, int], frozenset[int]]
     #: For a PLT entry's bytes at ``address``: the GOT slot it jumps through, or None.
     find_plt_slot: Callable[[bytes, int], int | None]
+    #: Whether code bytes ending just before an address end with a call.
+    follows_call: Callable[[bytes], bool]
     #: The dynamic relocation type that stores a TLS module id.
     dtpmod_reloc_type: int
+    #: Compiler flags (per family) that make code reach external data through the
+    #: GOT, for programs that do not copy library variables into the executable.
+    indirect_extern_data_flags: Mapping[str, tuple[str, ...]]
 
 
 def fits(value: int, width: int, kind: Range) -> bool:

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from relive.build.flags import CompileCommand, refuse_lto
+from relive.build.flags import CompileCommand, without_lto
 from relive.errors import BadObject, CompileError, ReliveError
 
 __all__ = ["CompileResult", "compile_object", "read_dependencies"]
@@ -64,11 +64,12 @@ def compile_object(cmd: CompileCommand, out_dir: Path) -> CompileResult:
     in ``out_dir`` is replaced, so give sources with equal stems different
     folders.
 
-    Raises ReliveError for -flto or a missing compiler, CompileError (with the
+    LTO flags are replaced by -fno-lto (see ``without_lto``).  Raises ReliveError
+    for a missing compiler, CompileError (with the
     first error line as message and the compiler's output as details) if the
     compiler fails, and BadObject if what it wrote is not an ELF object.
     """
-    refuse_lto(cmd)
+    cmd = without_lto(cmd)
     out_dir = out_dir.absolute()  # the compiler runs elsewhere
     out_dir.mkdir(parents=True, exist_ok=True)
     object_path = out_dir / f"{cmd.source.stem}.o"

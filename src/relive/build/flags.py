@@ -39,7 +39,8 @@ __all__ = [
     "find_compdb_entry",
     "get_compile_command",
     "parse_producer",
-    "refuse_lto",
+    "uses_lto",
+    "without_lto",
 ]
 
 ORIGIN_COMMAND_LINE = "command line"
@@ -483,21 +484,37 @@ def _consistency_notes(
 # --- refusals ----------------------------------------------------------------
 
 
-def refuse_lto(cmd: CompileCommand) -> None:
-    """Raise ReliveError if ``cmd`` would compile with link-time optimisation.
+def uses_lto(flags: Sequence[str]) -> bool:
+    """Whether ``flags`` compile with link-time optimisation.
 
-    An LTO object holds compiler IR instead of machine code.  As for the
-    compiler, the last of ``-flto``/``-flto=...`` and ``-fno-lto`` wins; tuning
-    options such as ``-flto-partition=`` do not turn LTO on by themselves.
+    As for the compiler, the last of ``-flto``/``-flto=...`` and ``-fno-lto``
+    wins; tuning options such as ``-flto-partition=`` do not turn LTO on.
     """
     lto = False
-    for flag in cmd.flags:
+    for flag in flags:
         if flag == "-flto" or flag.startswith("-flto="):
             lto = True
         elif flag == "-fno-lto":
             lto = False
-    if lto:
-        raise ReliveError(
-            f"{cmd.source.name} was built with -flto: an LTO object has no machine code to load",
-            "rebuild that file without -flto or pass --cflags",
-        )
+    return lto
+
+
+def without_lto(cmd: CompileCommand) -> CompileCommand:
+    """``cmd`` compiling to machine code: LTO flags dropped, ``-fno-lto`` added.
+
+    An LTO object holds compiler IR, not code relive can load.  The running
+    program was optimised across files at link time; the recompiled file is
+    not, which is correct but may inline less.  A note says so.
+    """
+    if not uses_lto(cmd.flags):
+        return cmd
+    kept = tuple(
+        f
+        for f in cmd.flags
+        if not (f.startswith(("-flto", "-ffat-lto-objects")) or f == "-fuse-linker-plugin")
+    )
+    note = (
+        f"{cmd.source.name} was built with -flto: recompiling it without LTO "
+        "(an LTO object has no machine code to load)"
+    )
+    return dataclasses.replace(cmd, flags=(*kept, "-fno-lto"), notes=(*cmd.notes, note))

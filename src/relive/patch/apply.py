@@ -114,11 +114,16 @@ def release_block(pid: int, image: LinkedImage) -> None:
         pass
 
 
-def write_entries(pid: int, writes: list[EntryWrite]) -> float:
-    """Stop every thread, wait until none is in the way, write all jumps, resume.
+@dataclass(frozen=True)
+class EntryReport:
+    """What ``write_entries`` saw: time held, and where each thread stood."""
 
-    Returns how long the threads were held (seconds, summed over attempts).
-    """
+    held_seconds: float
+    positions: list[tuple[int, int, int]]  # (tid, pc, sp) at the moment of writing
+
+
+def write_entries(pid: int, writes: list[EntryWrite]) -> EntryReport:
+    """Stop every thread, wait until none is in the way, write all jumps, resume."""
     with stop_all(pid) as stopped:
         for attempt in range(MAX_ATTEMPTS):
             blockers = _find_blockers(stopped, writes)
@@ -139,7 +144,8 @@ def write_entries(pid: int, writes: list[EntryWrite]) -> float:
                 memory.write(write.address, write.new)
         finally:
             memory.close()
-        return stopped.stopped_seconds
+        positions = list(stopped.iter_positions())
+    return EntryReport(stopped.stopped_seconds, positions)
 
 
 def _find_blockers(stopped: StoppedProcess, writes: list[EntryWrite]) -> list[tuple[int, str]]:

@@ -13,6 +13,7 @@ Rules (the C programmer's expectation of "state is kept"):
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from collections.abc import Callable
@@ -29,6 +30,8 @@ MemoryReader = Callable[[int, int], bytes]
 
 #: gcc names a function-local static ``name.N``; clang names it ``function.name``.
 _GCC_STATIC_SUFFIX = re.compile(r"\.\d+$")
+#: LTO renames file-local symbols ``name.lto_priv.N`` to keep them apart.
+_LTO_SUFFIX = re.compile(r"\.lto_priv\.\d+$")
 _SKIPPED_SECTIONS = (
     ".eh_frame",
     ".note",
@@ -79,6 +82,8 @@ class Binder:
         self.read_memory = read_memory
         self.dtpmod_reloc_type = dtpmod_reloc_type
         self._externals: dict[str, Bound | None] = {}
+        self._file_groups: set[str] | None = None
+        self._locals_by_name: dict[str, list[ImageSymbol]] | None = None
 
     # -- definitions of the reloaded file ---------------------------------------
 
@@ -110,9 +115,11 @@ class Binder:
 
     def _find_image_symbol(self, symbol: ObjSymbol) -> ImageSymbol | None:
         image = self.module.image
-        if not symbol.is_local:
-            return image.find_global(symbol.name)
         file = symbol.file or self.obj.source_name or ""
+        if not symbol.is_local:
+            found = image.find_global(symbol.name)
+            # LTO internalises a program's globals into locals of an unnamed file.
+            return found if found is not None else self._find_moved_local(symbol, file)
         exact = [s for s in image.find_file_local(symbol.name, file) if s.type == symbol.type]
         if len(exact) == 1:
             return exact[0]
@@ -122,15 +129,30 @@ class Binder:
             for s in image.iter_file_locals(file)
             if s.type == symbol.type and _GCC_STATIC_SUFFIX.sub("", s.name) == base
         ]
-        if len(candidates) > 1 and len({s.value for s in candidates}) > 1:
-            names = ", ".join(sorted(s.name for s in candidates))
-            raise LinkError(
-                f"static {symbol.name} of {file} cannot be matched unambiguously "
-                f"(the running program has {names})",
-                hint="give the statics distinct names, or reload with --function to leave "
-                "their functions alone",
-            )
-        return candidates[0] if candidates else None
+        if not candidates and not self._has_file_group(file):
+            return self._find_moved_local(symbol, file)
+        return _unique(symbol, file, candidates)
+
+    def _has_file_group(self, file: str) -> bool:
+        if self._file_groups is None:
+            names = set(self.module.image.iter_file_names())
+            self._file_groups = names | {os.path.basename(n) for n in names}
+        return file in self._file_groups or os.path.basename(file) in self._file_groups
+
+    def _find_moved_local(self, symbol: ObjSymbol, file: str) -> ImageSymbol | None:
+        """A symbol LTO renamed (``name.lto_priv.N``) or regrouped: unique by name, or an error."""
+        if self._locals_by_name is None:
+            self._locals_by_name = {}
+            for s in self.module.image.iter_symbols():
+                if s.is_local:
+                    key = _LTO_SUFFIX.sub("", s.name)
+                    self._locals_by_name.setdefault(key, []).append(s)
+        candidates = [
+            s
+            for s in self._locals_by_name.get(_LTO_SUFFIX.sub("", symbol.name), [])
+            if s.type == symbol.type and s.is_defined
+        ]
+        return _unique(symbol, file, candidates)
 
     # -- data sections ------------------------------------------------------------
 
@@ -256,6 +278,19 @@ class Binder:
             if reloc.type == self.dtpmod_reloc_type:
                 return _read_pointer(self.read_memory, module.runtime(reloc.offset))
         return None
+
+
+def _unique(symbol: ObjSymbol, file: str, candidates: list[ImageSymbol]) -> ImageSymbol | None:
+    """The one candidate, None for none, an error naming them when ambiguous."""
+    if len({s.value for s in candidates}) > 1:
+        names = ", ".join(sorted(s.name for s in candidates))
+        raise LinkError(
+            f"static {symbol.name} of {file} cannot be matched unambiguously "
+            f"(the running program has {names})",
+            hint="give the statics distinct names, or reload with --function to leave "
+            "their functions alone",
+        )
+    return candidates[0] if candidates else None
 
 
 def _section_start(symbol: ObjSymbol, old: OldDefinition) -> int:

@@ -5,13 +5,24 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from relive.arch.base import Arch
+from relive.arch.base import Arch, Need
 from relive.elf.objfile import STB_WEAK, ObjectFile, ObjSymbol
 from relive.errors import LinkError
 from relive.link import Bound, Layout, LinkRequest, plan_layout
 from relive.patch.binder import Binder, OldDefinition, is_skipped_section
 from relive.patch.diff import FunctionComparer
 from relive.patch.modules import RunningModule
+
+
+class FarDataReference(LinkError):
+    """New code refers directly to variables of another module that is out of reach."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(
+            f"the new code refers directly to {', '.join(names)}, which live too far away",
+            hint="rebuild the program as PIE, or compile with -mno-direct-extern-access",
+        )
+        self.names = names
 
 
 @dataclass
@@ -89,12 +100,14 @@ def build_plan(
         index = decision.symbol.shndx
         if index not in load and decision.old is not None:
             bound[index] = Bound(address=decision.old.address - decision.symbol.value)
+    externals = _resolve_externals(obj, binder, load)
+    _check_direct_data_reach(obj, arch, binder.module, load, externals)
     request = LinkRequest(
         obj=obj,
         arch=arch,
         load=frozenset(load),
         bound_sections=bound,
-        externals=_resolve_externals(obj, binder, load),
+        externals=externals,
     )
     new_data = [
         s
@@ -182,6 +195,34 @@ def _resolve_externals(obj: ObjectFile, binder: Binder, load: set[int]) -> dict[
             "restart the program",
         )
     return externals
+
+
+def _check_direct_data_reach(
+    obj: ObjectFile,
+    arch: Arch,
+    module: RunningModule,
+    load: set[int],
+    externals: dict[str, Bound],
+) -> None:
+    """Raise FarDataReference for direct 32-bit references to far external data.
+
+    Calls get stubs and GOT loads get slots, but a direct data access
+    (``mov sym(%rip)``) can only reach what lies within reach of the module.
+    """
+    far: set[str] = set()
+    for index in load:
+        for reloc in obj.relocations.get(index, ()):
+            rtype = arch.relocations.get(reloc.type)
+            found = externals.get(reloc.symbol.name)
+            if rtype is None or rtype.need is not Need.NOTHING or rtype.width > 4:
+                continue
+            if found is None or found.address is None or reloc.symbol.is_defined:
+                continue
+            distance = max(abs(found.address - module.start), abs(found.address - module.end))
+            if distance >= arch.jump_reach - (1 << 24):
+                far.add(reloc.symbol.name)
+    if far:
+        raise FarDataReference(sorted(far))
 
 
 def _common_as_old(binder: Binder, symbol: ObjSymbol) -> Bound | None:

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from relive.arch.x86_64.registers import UserRegs, get_pc
+from relive.arch.x86_64.registers import UserRegs, get_pc, get_sp
 from relive.errors import ProcessGone, ReliveError
 from relive.process import permissions, procfs, ptrace
 
@@ -147,6 +147,12 @@ class StoppedProcess:
         """``(tid, pc)`` for every held thread."""
         for tid in self.tids:
             yield tid, get_pc(self.get_regs(tid))
+
+    def iter_positions(self) -> Iterator[tuple[int, int, int]]:
+        """``(tid, pc, sp)`` for every held thread."""
+        for tid in self.tids:
+            regs = self.get_regs(tid)
+            yield tid, get_pc(regs), get_sp(regs)
 
     def single_step(self, tid: int) -> None:
         """Execute one instruction on held thread ``tid`` and stop it again.

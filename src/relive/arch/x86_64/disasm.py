@@ -32,3 +32,20 @@ def iter_branch_targets(code: bytes, address: int) -> frozenset[int]:
             if op.type == cs_x86.X86_OP_IMM and address <= op.imm < end:
                 targets.add(op.imm)
     return frozenset(targets)
+
+
+def follows_call(before: bytes) -> bool:
+    """Whether the bytes just before an address end with a call instruction.
+
+    Used to tell return addresses from other numbers on a stack: ``e8 rel32``,
+    or ``ff /2`` (indirect call) with a 0, 1, 4 or 5 byte operand after its
+    ModRM byte (an optional REX prefix changes nothing here).
+    """
+    if len(before) >= 5 and before[-5] == 0xE8:
+        return True
+    for length in (2, 3, 4, 6, 7):
+        if len(before) >= length and before[-length] == 0xFF:
+            modrm = before[-length + 1]
+            if (modrm >> 3) & 7 == 2:
+                return True
+    return False
