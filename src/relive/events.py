@@ -8,7 +8,9 @@ plain one-line text a user reads.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import os
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -160,3 +162,217 @@ class ReloadFinished(Event):
             f"{what} pid {self.pid}: {self.redirected} redirected, {self.added} new, "
             f"{self.unchanged} unchanged"
         )
+
+
+# -- the edit loop (``relive watch`` / ``relive run``) and ``relive doctor`` ----------
+
+
+def _clock(when: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(when))
+
+
+def _names(paths: Sequence[str], limit: int = 4) -> str:
+    shown = [os.path.basename(p) for p in paths[:limit]]
+    more = len(paths) - limit
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+@dataclass(frozen=True)
+class DependenciesFound(Event):
+    """The compiler listed the files a translation unit read (itself and its headers)."""
+
+    kind: ClassVar[str] = "dependencies"
+    source: str
+    dependencies: list[str]
+
+    def __str__(self) -> str:
+        return f"{self.source} depends on {len(self.dependencies)} files"
+
+
+@dataclass(frozen=True)
+class ProcessStarted(Event):
+    """``relive run`` started the program."""
+
+    kind: ClassVar[str] = "started"
+    pid: int
+    argv: list[str]
+
+    def __str__(self) -> str:
+        return f"started {' '.join(self.argv)} (pid {self.pid})"
+
+
+@dataclass(frozen=True)
+class TargetProcess(Event):
+    """The process the following events are about (when there are several)."""
+
+    kind: ClassVar[str] = "process"
+    pid: int
+    name: str
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} ({self.name}):"
+
+
+@dataclass(frozen=True)
+class WatchStarted(Event):
+    """Watching began: which translation units and files, and what triggers a reload."""
+
+    kind: ClassVar[str] = "watching"
+    pids: list[int]
+    units: list[str]
+    files: list[str]
+    trigger: str  # "save", or a signal name such as "SIGINT"
+
+    def __str__(self) -> str:
+        pids = ", ".join(str(p) for p in self.pids)
+        headers = len(self.files) - len(self.units)
+        what = f"{len(self.units)} translation unit{'s' if len(self.units) != 1 else ''}"
+        if headers > 0:
+            what += f" + {headers} header{'s' if headers != 1 else ''}"
+        how = "save to reload" if self.trigger == "save" else f"send {self.trigger} to reload"
+        return f"watching {what} of pid {pids} ({_names(self.units)}); {how}"
+
+
+@dataclass(frozen=True)
+class FlagsFromDwarf(Event):
+    """Sources whose compile flags come only from DWARF, which records no -D/-I."""
+
+    kind: ClassVar[str] = "flags-from-dwarf"
+    sources: list[str]
+
+    def __str__(self) -> str:
+        return (
+            f"flags for {_names(self.sources)} come only from DWARF, which records no -D or -I: "
+            "a missing -D can silently change what the code does. Write a "
+            "compile_commands.json: `bear -- make`, or CMake with "
+            "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON"
+        )
+
+
+@dataclass(frozen=True)
+class SaveSkipped(Event):
+    """A file was saved but its content is what relive last saw: nothing to do."""
+
+    kind: ClassVar[str] = "save-skipped"
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{os.path.basename(self.path)}: {self.reason}, not reloaded"
+
+
+@dataclass(frozen=True)
+class SignalReload(Event):
+    """``--on-signal``: the signal arrived; these translation units are reloaded."""
+
+    kind: ClassVar[str] = "signal"
+    signal: str
+    sources: list[str]
+
+    def __str__(self) -> str:
+        what = _names(self.sources) if self.sources else "nothing changed since the last reload"
+        return f"Caught {self.signal}! reloading ... {what}"
+
+
+@dataclass(frozen=True)
+class WatchReloaded(Event):
+    """One reload of the edit loop, in one process: the line the user reads."""
+
+    kind: ClassVar[str] = "watch-reloaded"
+    time: float
+    pid: int
+    sources: list[str]
+    redirected: list[str]
+    added: list[str]
+    unchanged: list[str]
+    skipped: list[str]
+    compile_ms: float
+    link_ms: float
+    stopped_us: float
+    #: From the newest changed file's mtime to the new code being live (0 if unknown).
+    latency_ms: float = 0.0
+    show_pid: bool = False
+
+    def __str__(self) -> str:
+        pid = f"pid {self.pid} " if self.show_pid else ""
+        redirected = f"{len(self.redirected)} redirected"
+        if self.redirected:
+            redirected += f" ({_names(self.redirected, 3)})"
+        text = (
+            f"{_clock(self.time)} {pid}{_names(self.sources)}: {redirected}, "
+            f"{len(self.added)} new, {len(self.unchanged)} unchanged"
+        )
+        if self.skipped:
+            text += f", {len(self.skipped)} skipped ({_names(self.skipped, 3)})"
+        text += (
+            f" | compile {self.compile_ms:.0f} ms, link {self.link_ms:.0f} ms, "
+            f"stopped {self.stopped_us:.0f} µs"
+        )
+        if self.latency_ms > 0:
+            text += f", live {self.latency_ms:.0f} ms after save"
+        return text
+
+
+@dataclass(frozen=True)
+class WatchFailed(Event):
+    """A reload of the edit loop failed; the program keeps its last good code."""
+
+    kind: ClassVar[str] = "watch-failed"
+    time: float
+    pid: int
+    sources: list[str]
+    error: str  # the ReliveError subclass name, e.g. "CompileError"
+    message: str
+    hint: str
+    details: str
+    show_pid: bool = False
+
+    def __str__(self) -> str:
+        pid = f"pid {self.pid} " if self.show_pid else ""
+        what = "compile error" if self.error == "CompileError" else "not reloaded"
+        text = f"{_clock(self.time)} {pid}{_names(self.sources)}: {what}: {self.message}"
+        return text + " (the program keeps its last good code)"
+
+
+@dataclass(frozen=True)
+class TargetExited(Event):
+    """A watched program exited."""
+
+    kind: ClassVar[str] = "exited"
+    pid: int
+    #: The exit status as a shell reports it (128+N for signal N), when known.
+    status: int | None = None
+    description: str = ""
+
+    def __str__(self) -> str:
+        how = f" ({self.description})" if self.description else ""
+        return f"pid {self.pid} exited{how}"
+
+
+@dataclass(frozen=True)
+class WatchStopped(Event):
+    """Watching ended; the patches stay unless undone."""
+
+    kind: ClassVar[str] = "watch-stopped"
+    reason: str
+    undone: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        if self.undone:
+            return f"stopped watching ({self.reason}); undid {_names(self.undone, 5)}"
+        return f"stopped watching ({self.reason})"
+
+
+@dataclass(frozen=True)
+class CheckResult(Event):
+    """One check of ``relive doctor``: verdict ("ok", "warn", "fail", "skip"), detail, fix."""
+
+    kind: ClassVar[str] = "check"
+    name: str
+    verdict: str
+    detail: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.verdict.upper():4} {self.name}: {self.detail}"
+        return f"{text}\n     fix: {self.fix}" if self.fix else text

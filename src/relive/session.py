@@ -40,6 +40,7 @@ from relive.events import (
     ignore_event,
 )
 from relive.link import LinkedImage
+from relive.patch.active import iter_active_functions
 from relive.patch.apply import (
     EntryWrite,
     allocate_and_link,
@@ -48,12 +49,11 @@ from relive.patch.apply import (
     write_block,
     write_entries,
 )
-from relive.patch.active import iter_active_functions
 from relive.patch.binder import Binder
 from relive.patch.entries import plan_entry_write
 from relive.patch.journal import Definition, EntryPatch, Journal, load_journal, save_journal
 from relive.patch.modules import RunningModule, get_main_module, load_running_modules
-from relive.patch.plan import FarDataReference, ReloadPlan, build_plan
+from relive.patch.plan import FarDataReference, ReloadPlan, build_plan, iter_orphan_clones
 from relive.process.memory import ProcessMemory
 from relive.process.procfs import check_alive
 
@@ -319,6 +319,13 @@ class Session:
                 else:
                     result.skipped.append(d.name)
                     self.emit(FunctionSkipped(d.name, d.reason))
+            for clone in iter_orphan_clones(plan):
+                self.emit(
+                    Notice(
+                        f"{clone} (a compiler clone in the running program) has no counterpart "
+                        "in the new code: its callers were reloaded instead"
+                    )
+                )
 
     # -- undo and status ------------------------------------------------------------
 

@@ -53,7 +53,7 @@ def _names_on_stack(
     size = min(stack.end - sp, STACK_SCAN_BYTES) & ~7
     try:
         words = memory.read(sp & ~7, size)
-    except Exception:  # noqa: BLE001 - the thread may have exited: nothing to report
+    except Exception:
         return set()
     found: set[str] = set()
     low = min(lo for lo, _ in ranges.values())
@@ -71,5 +71,5 @@ def _names_on_stack(
 def _follows_call(memory: ProcessMemory, arch: Arch, address: int) -> bool:
     try:
         return arch.follows_call(memory.read(address - 8, 8))
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -31,7 +32,7 @@ class FunctionDecision:
 
     symbol: ObjSymbol
     old: OldDefinition | None
-    status: str  # "changed", "new", "unchanged", "skipped"
+    status: str  # "changed", "new", "unchanged", "skipped", "part" (loaded, not an entry)
     fingerprint: str
     reason: str = ""
 
@@ -96,6 +97,7 @@ def build_plan(
     for decision in decisions:
         if decision.status in ("changed", "new"):
             load.add(decision.symbol.shndx)
+    _load_cold_parts(obj, decisions, load)
     for decision in decisions:
         index = decision.symbol.shndx
         if index not in load and decision.old is not None:
@@ -130,6 +132,12 @@ def _decide(
     old = binder.find_old(symbol)
     if old is None:
         return FunctionDecision(symbol, None, "new", fingerprint)
+    if is_cold_part(symbol.name):
+        # Not an entry point: only its hot part jumps there, mid-function.  It
+        # is loaded with (and reached from) the new hot part, never redirected.
+        return FunctionDecision(
+            symbol, old, "part", fingerprint, "cold part, loaded with its function"
+        )
     if only is not None and symbol.name not in only:
         return FunctionDecision(symbol, old, "skipped", fingerprint, "not selected by --function")
     if previous is not None and symbol.name in previous:
@@ -137,6 +145,42 @@ def _decide(
     else:
         same = comparer.matches_running(symbol, old.address, old.size)
     return FunctionDecision(symbol, old, "unchanged" if same else "changed", fingerprint)
+
+
+_COLD = re.compile(r"\.cold(\.\d+)?$")
+_CLONE = re.compile(r"\.(constprop|isra|part)\.\d+")
+
+
+def is_cold_part(name: str) -> bool:
+    """gcc splits rarely run code of ``f`` into ``f.cold``: a part, not a function."""
+    return _COLD.search(name) is not None
+
+
+def _load_cold_parts(obj: ObjectFile, decisions: list[FunctionDecision], load: set[int]) -> None:
+    """Load every cold part that loaded code jumps to (never the old one)."""
+    parts = {d.symbol.shndx for d in decisions if d.status == "part"}
+    pending = list(load)
+    while pending and parts:
+        for reloc in obj.relocations.get(pending.pop(), ()):
+            target = reloc.symbol.shndx
+            if target in parts and target not in load:
+                load.add(target)
+                pending.append(target)
+
+
+def iter_orphan_clones(plan: ReloadPlan) -> list[str]:
+    """Compiler clones (``.constprop``, ``.isra``, ``.part``) of the reloaded file in
+    the running program that the new object does not have: whoever called them
+    is reloaded (their call targets changed), the clones themselves stay."""
+    file = plan.obj.source_name or ""
+    if not file:
+        return []
+    new = {s.name for s in plan.obj.iter_functions()}
+    return sorted(
+        s.name
+        for s in plan.module.image.iter_file_locals(file)
+        if s.is_function and _CLONE.search(s.name) and s.name not in new
+    )
 
 
 def _address_in_process(

@@ -33,7 +33,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from relive.arch.x86_64.registers import UserRegs, get_pc, get_sp
+from relive.arch.x86_64.registers import (
+    UserRegs,
+    get_pc,
+    get_sp,
+    make_interrupted_syscall_restart,
+)
 from relive.errors import ProcessGone, ReliveError
 from relive.process import permissions, procfs, ptrace
 
@@ -394,11 +399,20 @@ class StoppedProcess:
             ptrace.set_siginfo(thread.tid, first)
             ptrace.detach(thread.tid, first.signo)
         else:
+            if thread.stopped:
+                self._restart_interrupted_syscall(thread)
             ptrace.detach(thread.tid, 0)
         for info in pending:
             # Rare (two unblockable signals during one step): re-send; the
             # signal arrives, though its siginfo now names relive as the sender.
             ptrace.tgkill(self.pid, thread.tid, info.signo)
+
+    @staticmethod
+    def _restart_interrupted_syscall(thread: _Thread) -> None:
+        """Undo the EINTR our stop caused in a syscall the kernel never restarts."""
+        regs = ptrace.get_regs(thread.tid)
+        if make_interrupted_syscall_restart(regs):
+            ptrace.set_regs(thread.tid, regs)
 
     def _reap(self, tid: int) -> None:
         """Collect the exit of a traced thread that was killed while stopped."""

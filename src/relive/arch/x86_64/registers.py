@@ -149,3 +149,28 @@ def is_syscall_error(result: int) -> bool:
 def syscall_name(nr: int) -> str:
     """A readable name for a syscall number (``syscall 123`` when unknown)."""
     return SYSCALL_NAMES.get(nr, f"syscall {nr}")
+
+
+#: epoll_wait, epoll_pwait, epoll_pwait2: the kernel fails them with EINTR
+#: (fs/eventpoll.c) whenever the thread is woken for a ptrace stop, even when
+#: no signal is delivered, where read(), select(), poll() or nanosleep() get an
+#: internal ERESTART* code and are transparently restarted.
+_EINTR_ONLY_SYSCALLS = frozenset({232, 281, 441})
+_EINTR = 4
+#: Restart the syscall unless a signal handler runs (then the program sees EINTR).
+_ERESTARTNOHAND = 514
+
+
+def make_interrupted_syscall_restart(regs: UserRegs) -> bool:
+    """Turn an EINTR that only a ptrace stop caused into a transparent restart.
+
+    Returns True if ``regs`` were changed.  The kernel's restart check runs
+    after the ptrace stop, so a thread in one of these syscalls re-enters it
+    (with its original arguments) instead of returning EINTR to the program.
+    If a real signal with a handler is delivered meanwhile, the kernel turns
+    the code back into EINTR, exactly as without relive.
+    """
+    if get_syscall_nr(regs) in _EINTR_ONLY_SYSCALLS and syscall_result(regs) == -_EINTR:
+        regs.rax = (-_ERESTARTNOHAND) & ((1 << 64) - 1)
+        return True
+    return False
