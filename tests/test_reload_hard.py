@@ -256,13 +256,13 @@ def test_relive_killed_mid_reload_leaves_old_or_new_code(
         target.wait_for(rf"thread {i} sees 1", after=0)
     source = tmp_path / "prog.c"
     edit(source, "return x + 1;", "return x + 2;")
-    for attempt in range(10):
+    for attempt in range(50):
         proc = subprocess.Popen(
             [sys.executable, "-m", "relive", "reload", "-p", str(target.pid), str(source)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(0.02 * attempt)  # a varying moment inside the reload (not a wait for output)
+        time.sleep(0.004 * attempt)  # a varying moment inside the reload (not a wait for output)
         proc.send_signal(signal.SIGINT if attempt % 2 else signal.SIGTERM)
         proc.wait(timeout=30)
         stat = Path(f"/proc/{target.pid}/stat").read_text()

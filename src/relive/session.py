@@ -27,6 +27,7 @@ from relive.elf.objfile import ObjectFile
 from relive.errors import BadObject, ReliveError, UsageError
 from relive.events import (
     Compiled,
+    DependenciesFound,
     EventSink,
     FunctionActive,
     FunctionAdded,
@@ -221,6 +222,7 @@ class Session:
         self.emit(
             Compiled(str(command.source), command.origin, compiled.command, compiled.milliseconds)
         )
+        self.emit(DependenciesFound(str(command.source), [str(p) for p in compiled.dependencies]))
         return compiled.object_path
 
     def _apply(

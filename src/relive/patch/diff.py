@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable, Mapping
 
 from relive.arch.base import Need, Range, RelocationType
-from relive.elf.objfile import ObjectFile, ObjSymbol, Relocation
+from relive.elf.objfile import SHF_STRINGS, ObjectFile, ObjSymbol, Relocation
 from relive.link import Bound
 
 MemoryReader = Callable[[int, int], bytes]
@@ -151,7 +151,7 @@ class FunctionComparer:
         start = symbol.value + reloc.addend + bias
         if not 0 <= start <= len(section.data):
             return False
-        if section.entsize and section.name.startswith(".rodata.str"):
+        if section.flags & SHF_STRINGS:  # string literals: compare up to the NUL
             end = section.data.find(b"\0", start)
             length = (len(section.data) if end < 0 else end + 1) - start
         elif section.entsize:

@@ -35,6 +35,8 @@ class FunctionDecision:
     status: str  # "changed", "new", "unchanged", "skipped", "part" (loaded, not an entry)
     fingerprint: str
     reason: str = ""
+    #: For a part: its code differs from the running one.
+    differs: bool = False
 
     @property
     def name(self) -> str:
@@ -94,6 +96,7 @@ def build_plan(
         for symbol in obj.iter_functions()
         if obj.sections[symbol.shndx].is_exec
     ]
+    _promote_parents_of_changed_parts(decisions)
     for decision in decisions:
         if decision.status in ("changed", "new"):
             load.add(decision.symbol.shndx)
@@ -132,18 +135,17 @@ def _decide(
     old = binder.find_old(symbol)
     if old is None:
         return FunctionDecision(symbol, None, "new", fingerprint)
-    if is_cold_part(symbol.name):
-        # Not an entry point: only its hot part jumps there, mid-function.  It
-        # is loaded with (and reached from) the new hot part, never redirected.
-        return FunctionDecision(
-            symbol, old, "part", fingerprint, "cold part, loaded with its function"
-        )
     if only is not None and symbol.name not in only:
         return FunctionDecision(symbol, old, "skipped", fingerprint, "not selected by --function")
     if previous is not None and symbol.name in previous:
         same = previous[symbol.name] == fingerprint
     else:
         same = comparer.matches_running(symbol, old.address, old.size)
+    if is_cold_part(symbol.name):
+        # Not an entry point: only its hot part jumps there, mid-function.  It
+        # is loaded with (and reached from) the new hot part, never redirected.
+        reason = "cold part, loaded with its function" + ("" if same else " (changed)")
+        return FunctionDecision(symbol, old, "part", fingerprint, reason, differs=not same)
     return FunctionDecision(symbol, old, "unchanged" if same else "changed", fingerprint)
 
 
@@ -154,6 +156,16 @@ _CLONE = re.compile(r"\.(constprop|isra|part)\.\d+")
 def is_cold_part(name: str) -> bool:
     """gcc splits rarely run code of ``f`` into ``f.cold``: a part, not a function."""
     return _COLD.search(name) is not None
+
+
+def _promote_parents_of_changed_parts(decisions: list[FunctionDecision]) -> None:
+    """A changed cold part is only reached through a new copy of its function."""
+    by_name = {d.name: d for d in decisions}
+    for d in decisions:
+        if d.status == "part" and d.differs:
+            parent = by_name.get(_COLD.sub("", d.name))
+            if parent is not None and parent.status == "unchanged":
+                parent.status = "changed"
 
 
 def _load_cold_parts(obj: ObjectFile, decisions: list[FunctionDecision], load: set[int]) -> None:

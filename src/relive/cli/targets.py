@@ -1,0 +1,92 @@
+"""Which processes a command acts on: ``-p PID``, ``-n NAME``, and ``--all``.
+
+``-n NAME`` must name exactly one process unless ``--all`` is given; ``--all``
+takes every process running the same executable file (the workers of a
+pre-forking server), found by the identity (device, inode) of /proc/PID/exe.
+Only /proc is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from relive.errors import ProcessGone, UsageError
+from relive.process.procfs import PROC, check_alive, is_alive, iter_pids_by_name
+
+__all__ = ["describe", "resolve_pids"]
+
+_Identity = tuple[int, int]
+
+
+def _exe_identity(pid: int) -> _Identity | None:
+    try:
+        st = os.stat(PROC / str(pid) / "exe")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def describe(pid: int) -> str:
+    """``pid (command line)`` for messages, shortened."""
+    try:
+        raw = (PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return str(pid)
+    cmdline = " ".join(a.decode(errors="replace") for a in raw.split(b"\0") if a)
+    if len(cmdline) > 60:
+        cmdline = cmdline[:57] + "..."
+    return f"{pid} ({cmdline})" if cmdline else str(pid)
+
+
+def _iter_same_executable(identity: _Identity) -> Iterator[int]:
+    me = os.getpid()
+    for entry in sorted((e for e in os.listdir(PROC) if e.isdigit()), key=int):
+        pid = int(entry)
+        if pid != me and _exe_identity(pid) == identity and is_alive(pid):
+            yield pid
+
+
+def _by_name(name: str) -> list[int]:
+    me = os.getpid()
+    pids = [p for p in iter_pids_by_name(name) if p != me and is_alive(p)]
+    if not pids:
+        raise ProcessGone(
+            f"no process named {name}",
+            hint="check the name with `pgrep -l NAME`, or pass -p PID",
+        )
+    return pids
+
+
+def resolve_pids(pid: int | None, name: str | None, every: bool) -> list[int]:
+    """The pids to act on; raises ProcessGone (none) or UsageError (ambiguous)."""
+    if pid is not None:
+        check_alive(pid)
+        candidates = [pid]
+    else:
+        assert name is not None
+        candidates = _by_name(name)
+    if not every:
+        if len(candidates) > 1:
+            listing = ", ".join(describe(p) for p in candidates)
+            raise UsageError(
+                f"{len(candidates)} processes are named {name}: {listing}",
+                hint="pass -p PID for one of them, or --all for every one",
+            )
+        return candidates
+    groups: dict[_Identity | None, list[int]] = {}
+    for candidate in candidates:
+        groups.setdefault(_exe_identity(candidate), []).append(candidate)
+    if len(groups) > 1:
+        listing = "; ".join(", ".join(describe(p) for p in group) for group in groups.values())
+        raise UsageError(
+            f"processes named {name} run {len(groups)} different executables: {listing}",
+            hint="--all reloads the processes of one executable: pass -p PID --all",
+        )
+    identity = next(iter(groups))
+    pids = set(candidates)
+    if identity is not None:
+        with contextlib.suppress(OSError):
+            pids.update(_iter_same_executable(identity))
+    return sorted(pids)

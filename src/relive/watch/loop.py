@@ -1,0 +1,363 @@
+"""The edit loop: watch a program's sources and reload each translation unit when it is saved.
+
+Between reloads the watcher is *not* attached to the program: it waits for
+file-system events (watchfiles, inotify) and now and then checks that
+``/proc/PID`` still exists.  A save is a change only when the file's content
+differs from the last seen; a burst of events (an editor's write-and-rename,
+two saves in quick succession) is debounced into one batch.  A saved header
+reloads every unit that includes it.  All units a batch touches are reloaded in
+one transaction per process, so a change spanning files lands at once.
+
+With a signal as the trigger (``relive run --on-signal INT``) nothing is
+watched: when the signal arrives, every watched file whose content changed
+since the last reload is reloaded.
+
+The loop reports through events only (``relive.events``); the CLI renders them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from relive.build.flags import ORIGIN_DWARF
+from relive.errors import CompileError, ProcessGone, ReliveError, UsageError
+from relive.events import (
+    DependenciesFound,
+    Event,
+    EventSink,
+    FlagsFromDwarf,
+    Notice,
+    SaveSkipped,
+    SignalReload,
+    TargetExited,
+    WatchFailed,
+    WatchReloaded,
+    WatchStarted,
+    WatchStopped,
+)
+from relive.patch.modules import load_running_modules
+from relive.process.procfs import is_alive
+from relive.session import Session, attach
+from relive.watch.changes import ContentTracker, saved_paths
+from relive.watch.deps import DependencyMap, scan_all
+from relive.watch.signals import Wakeup
+from relive.watch.sources import Scope, compile_command_for, find_units, select_units
+
+__all__ = ["WatchOptions", "Watcher"]
+
+TRIGGER_SAVE = "save"
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    """How to watch.
+
+    ``trigger`` is "save" or a signal name ("SIGINT").  ``step_ms`` is the
+    quiet time that ends a burst of events, ``max_batch_ms`` the longest a
+    burst may grow (watchfiles' ``step`` and ``debounce``).  ``poll_ms`` is how
+    often the program's existence is checked.
+    """
+
+    cflags: Sequence[str] | None = None
+    compdb: Path | None = None
+    trigger: str = TRIGGER_SAVE
+    step_ms: int = 50
+    max_batch_ms: int = 1600
+    poll_ms: int = 250
+    undo_on_exit: bool = False
+
+
+@dataclass
+class _Target:
+    pid: int
+    session: Session
+    alive: bool = True
+    redirected: set[str] = field(default_factory=set)
+
+
+def _default_exit(pid: int) -> TargetExited:
+    return TargetExited(pid)
+
+
+class Watcher:
+    """Watch the sources of one or more processes running the same program.
+
+    Call :meth:`prepare`, then :meth:`run` (returns why it ended), then
+    :meth:`finish`.  :meth:`request_stop` and :meth:`request_reload` may be
+    called from signal handlers.
+    """
+
+    def __init__(
+        self,
+        pids: Sequence[int],
+        paths: Sequence[str | Path],
+        options: WatchOptions,
+        on_event: EventSink,
+        on_exit: Callable[[int], TargetExited] = _default_exit,
+    ) -> None:
+        if not pids:
+            raise UsageError("no process to watch")
+        self.options = options
+        self.emit = on_event
+        self._paths = list(paths)
+        self._on_exit = on_exit
+        self._targets = [_Target(pid, attach(pid, on_event=self._sink)) for pid in pids]
+        self._deps = DependencyMap()
+        self._content = ContentTracker()
+        self._scope = Scope()
+        self._failed: set[Path] = set()
+        self._notices: set[str] = set()
+        self._stopping = False
+        self._reload_requested = False
+        self._wake = Wakeup()
+
+    # -- requests (signal-handler safe) ----------------------------------------
+
+    def request_stop(self) -> None:
+        """End the loop after the reload in progress, if any."""
+        self._stopping = True
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        """With a signal trigger: reload what changed since the last reload."""
+        self._reload_requested = True
+        self._wake.set()
+
+    # -- setup -------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Find the units and what they include; remember the files' content; say what is watched.
+
+        Raises UsageError when there is nothing to watch.
+        """
+        modules = load_running_modules(self._targets[0].pid)
+        self._scope = Scope.from_paths(self._paths)
+        selection = select_units(find_units(modules), self._scope)
+        commands = {
+            path: compile_command_for(path, unit, self.options.cflags, self.options.compdb)
+            for path, unit in selection.units.items()
+        }
+        for unit, files in scan_all(commands).items():
+            self._deps.record(unit, files or ())
+        watched = self._watched()
+        if not watched:
+            raise UsageError(
+                "none of the given paths is a source file of the program or a file it includes",
+                "name the program's .c files, its headers or their folder",
+            )
+        self._content.remember(watched)
+        units = self._reachable_units()
+        for unit in units:
+            for note in commands[unit].notes:
+                self._sink(Notice(note))
+        self.emit(
+            WatchStarted(
+                [t.pid for t in self._targets],
+                [str(u) for u in units],
+                sorted(str(f) for f in watched),
+                self.options.trigger,
+            )
+        )
+        dwarf_only = [str(u) for u in units if commands[u].origin == ORIGIN_DWARF]
+        if dwarf_only:
+            self.emit(FlagsFromDwarf(dwarf_only))
+
+    def _watched(self) -> set[Path]:
+        return {f for f in self._deps.files() if self._scope.contains(f)}
+
+    def _reachable_units(self) -> list[Path]:
+        watched = self._watched()
+        return [u for u in self._deps.units() if self._deps.dependencies(u) & watched]
+
+    def _directories(self) -> list[Path]:
+        return sorted({f.parent for f in self._watched() if f.parent.is_dir()})
+
+    # -- events from the sessions ---------------------------------------------------
+
+    def _sink(self, event: Event) -> None:
+        if isinstance(event, Notice):
+            if event.message in self._notices:
+                return  # said once is enough for a whole watch
+            self._notices.add(event.message)
+        elif isinstance(event, DependenciesFound):
+            self._learn(event)
+        self.emit(event)
+
+    def _learn(self, event: DependenciesFound) -> None:
+        unit = Path(os.path.realpath(event.source))
+        if unit in self._deps.units() and event.dependencies:
+            self._deps.record(unit, [Path(p) for p in event.dependencies])
+            self._content.remember(self._watched())  # a new #include: its content now
+
+    # -- the loop ---------------------------------------------------------------
+
+    def run(self) -> str:
+        """Watch until stopped or every program exited; return "stopped" or "exited"."""
+        if self.options.trigger == TRIGGER_SAVE:
+            return self._run_on_save()
+        return self._run_on_signal()
+
+    def _run_on_save(self) -> str:
+        import watchfiles  # imported here: only watching needs it
+
+        while not self._stopping:
+            directories = self._directories()
+            for changes in watchfiles.watch(
+                *directories,
+                watch_filter=None,
+                debounce=self.options.max_batch_ms,
+                step=self.options.step_ms,
+                stop_event=self._wake,
+                rust_timeout=self.options.poll_ms,
+                yield_on_timeout=True,
+                recursive=False,
+            ):
+                if not self._check_targets():
+                    return "exited"
+                saved = saved_paths(changes, self._watched())
+                if saved:
+                    self._on_saves(saved)
+                if self._directories() != directories:
+                    break  # a new #include in another folder: watch that too
+            self._wake.clear()
+            if not self._check_targets():
+                return "exited"
+        return "stopped"
+
+    def _run_on_signal(self) -> str:
+        while not self._stopping:
+            self._wake.wait(self.options.poll_ms / 1000)
+            self._wake.clear()
+            if not self._check_targets():
+                return "exited"
+            if self._reload_requested and not self._stopping:
+                self._reload_requested = False
+                self._reload_changed()
+        return "stopped"
+
+    def _check_targets(self) -> bool:
+        for target in self._targets:
+            if target.alive and not is_alive(target.pid):
+                target.alive = False
+                self.emit(self._on_exit(target.pid))
+        return any(t.alive for t in self._targets)
+
+    def _on_saves(self, saved: set[Path]) -> None:
+        units: set[Path] = set()
+        for path in sorted(saved):
+            users = self._deps.units_using(path)
+            changed = self._content.update(path)
+            if not users or changed is None:
+                continue
+            if not changed and not users & self._failed:
+                self.emit(SaveSkipped(str(path), "content unchanged"))
+                continue
+            units |= users
+        if units:
+            self._reload(sorted(units), saved)
+
+    def _reload_changed(self) -> None:
+        changed = [p for p in sorted(self._watched()) if self._content.update(p)]
+        units = set(self._failed)
+        for path in changed:
+            units |= self._deps.units_using(path)
+        self.emit(SignalReload(self.options.trigger, [str(u) for u in sorted(units)]))
+        if units:
+            self._reload(sorted(units), set())
+
+    def _reload(self, units: list[Path], saved: set[Path]) -> None:
+        """Reload ``units`` in every live process; one line (event) per process."""
+        mtimes = [p.stat().st_mtime for p in saved if p.exists()]
+        saved_at = max(mtimes, default=0.0)
+        names = [str(u) for u in units]
+        show_pid = len(self._targets) > 1
+        failed = False
+        for target in self._targets:
+            if not target.alive:
+                continue
+            try:
+                result = target.session.reload(
+                    units, cflags=self.options.cflags, compdb=self.options.compdb
+                )
+            except ProcessGone:
+                continue  # _check_targets says so
+            except Exception as error:  # a long-running loop reports and goes on
+                failed = True
+                self.emit(_failure(target.pid, names, error, show_pid))
+                if isinstance(error, CompileError):
+                    break  # the same source fails to compile for every process
+                continue
+            now = time.time()
+            target.redirected.update(result.redirected)
+            phases = result.phases_ms
+            self.emit(
+                WatchReloaded(
+                    time=now,
+                    pid=target.pid,
+                    sources=names,
+                    redirected=list(result.redirected),
+                    added=list(result.added),
+                    unchanged=list(result.unchanged),
+                    skipped=list(result.skipped),
+                    compile_ms=phases.get("compile", 0.0),
+                    link_ms=phases.get("link", 0.0) + phases.get("patch", 0.0),
+                    stopped_us=result.stopped_us,
+                    latency_ms=(now - saved_at) * 1000 if saved_at else 0.0,
+                    show_pid=show_pid,
+                )
+            )
+        if failed:
+            self._failed.update(units)
+        else:
+            self._failed.difference_update(units)
+
+    # -- the end ----------------------------------------------------------------
+
+    def finish(self, reason: str) -> list[str]:
+        """Undo this watch's patches if asked to and say watching ended; return what was undone."""
+        undone: list[str] = []
+        if self.options.undo_on_exit:
+            for target in self._targets:
+                if target.alive and target.redirected and is_alive(target.pid):
+                    undone += self._undo(target)
+        self._wake.close()
+        self.emit(WatchStopped(reason, undone))
+        return undone
+
+    def _undo(self, target: _Target) -> list[str]:
+        try:
+            patched = {p.name for p in target.session.status()}
+            names = sorted(target.redirected & patched)
+            return target.session.undo(names) if names else []
+        except ReliveError as error:
+            self.emit(_failure(target.pid, [], error, len(self._targets) > 1))
+            return []
+
+
+def _failure(pid: int, sources: list[str], error: Exception, show_pid: bool) -> WatchFailed:
+    if isinstance(error, ReliveError):
+        return WatchFailed(
+            time.time(),
+            pid,
+            sources,
+            type(error).__name__,
+            error.message,
+            error.hint,
+            error.details,
+            show_pid,
+        )
+    return WatchFailed(
+        time.time(),
+        pid,
+        sources,
+        "InternalError",
+        f"relive failed: {type(error).__name__}: {error}",
+        "please report this with the details",
+        traceback.format_exc(),
+        show_pid,
+    )
