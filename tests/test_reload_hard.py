@@ -48,7 +48,7 @@ def test_four_threads_in_tight_loops_reloaded_again_and_again(
         target.wait_for(rf"thread {i} sees 1", after=0)
     source = tmp_path / "prog.c"
     previous = "return x + 1;"
-    for value in range(2, 12):
+    for value in range(2, 22):  # 20 reloads
         current = f"return x + {value};"
         edit(source, previous, current)
         events = reload(target.pid, source)
@@ -276,3 +276,90 @@ def test_relive_killed_mid_reload_leaves_old_or_new_code(
     relive.attach(target.pid).reload([source])
     target.wait_for(r"thread \d sees 2", after=mark)
     assert target.alive()
+
+
+BLOCKED_PROG = r"""
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/select.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+__attribute__((noinline)) const char *tag(void) { return "old"; }
+static int pipes[3][2];
+static void fail(const char *what) { printf("%s failed: %s\n", what, strerror(errno)); }
+static void *in_read(void *arg) {
+    char c; (void)arg;
+    for (;;) {
+        ssize_t n = read(pipes[0][0], &c, 1);
+        if (n != 1) { fail("read"); return 0; }
+        printf("read woke %s\n", tag());
+    }
+}
+static void *in_epoll(void *arg) {
+    (void)arg;
+    int ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN}, out;
+    epoll_ctl(ep, EPOLL_CTL_ADD, pipes[1][0], &ev);
+    for (;;) {
+        if (epoll_wait(ep, &out, 1, -1) != 1) { fail("epoll_wait"); return 0; }
+        char c; read(pipes[1][0], &c, 1);
+        printf("epoll woke %s\n", tag());
+    }
+}
+static void *in_select(void *arg) {
+    (void)arg;
+    for (;;) {
+        fd_set set; FD_ZERO(&set); FD_SET(pipes[2][0], &set);
+        if (select(pipes[2][0] + 1, &set, 0, 0, 0) != 1) { fail("select"); return 0; }
+        char c; read(pipes[2][0], &c, 1);
+        printf("select woke %s\n", tag());
+    }
+}
+static void *in_nanosleep(void *arg) {
+    (void)arg;
+    for (;;) {
+        struct timespec t = {0, 300000000}, left;
+        if (nanosleep(&t, &left) != 0) { fail("nanosleep"); return 0; }
+    }
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (int i = 0; i < 3; i++) pipe(pipes[i]);
+    pthread_t t[4];
+    pthread_create(&t[0], 0, in_read, 0);
+    pthread_create(&t[1], 0, in_epoll, 0);
+    pthread_create(&t[2], 0, in_select, 0);
+    pthread_create(&t[3], 0, in_nanosleep, 0);
+    printf("ready\n");
+    char line[16];
+    while (fgets(line, sizeof line, stdin)) {   /* main thread blocked in read(0) too */
+        int which = line[0] - '0';
+        if (which >= 0 && which < 3) write(pipes[which][1], "x", 1);
+    }
+    return 0;
+}
+"""
+
+
+def test_threads_blocked_in_syscalls_continue_without_eintr(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    """read, epoll_wait, select, nanosleep and fgets during reloads: no EINTR."""
+    exe = compile_c(tmp_path, BLOCKED_PROG, link_flags=("-pthread",))
+    target = spawn([exe], stdin_pipe=True)
+    target.wait_for("ready")
+    source = tmp_path / "prog.c"
+    previous = 'return "old";'
+    for n in range(5):
+        current = f'return "new{n}";'
+        edit(source, previous, current)
+        reload(target.pid, source)
+        previous = current
+        for which, name in enumerate(("read", "epoll", "select")):
+            target.write(f"{which}\n".encode())
+            target.wait_for(rf"{name} woke new{n}", after=0)
+    assert not [line for line in target.lines if "failed" in line]
