@@ -291,3 +291,41 @@ def test_repeated_reloads_keep_memory_bounded(tmp_path: Path, spawn: SpawnFactor
     assert 0 < per_reload <= 16384
     assert sizes[-1] == 10 * per_reload  # linear: one small block per reload, nothing else
     assert relive.attach(target.pid).status()[0].count == 10
+
+
+def test_initial_exec_tls_in_a_shared_library(tmp_path: Path, spawn: SpawnFactory) -> None:
+    (tmp_path / "libtls.c").write_text(TLS_LIB)
+    subprocess.run(
+        [
+            "gcc",
+            "-g",
+            "-O1",
+            "-fPIC",
+            "-ftls-model=initial-exec",
+            "-shared",
+            "-o",
+            "libtls.so",
+            "libtls.c",
+        ],
+        cwd=tmp_path,
+        check=True,
+    )
+    (tmp_path / "plugin.c").write_text("int plugin_value(void) { return 1; }\n")
+    subprocess.run(
+        ["gcc", "-g", "-fPIC", "-shared", "-o", "libplugin.so", "plugin.c"],
+        cwd=tmp_path,
+        check=True,
+    )
+    exe = compile_c(
+        tmp_path,
+        TLS_LIB_MAIN,
+        link_flags=(f"-L{tmp_path}", "-ltls", f"-Wl,-rpath,{tmp_path}", "-ldl"),
+    )
+    target = spawn([exe], cwd=tmp_path)
+    before = int(target.wait_for(r"tls (\d+) plugin 1").group(1))
+    edit(tmp_path / "libtls.c", "lib_tls += 1;", "lib_tls += 1000;")
+    reload(target.pid, tmp_path / "libtls.c")
+    match = target.wait_for(r"tls (\d+) plugin 1")
+    while int(match.group(1)) < 1000:
+        match = target.wait_for(r"tls (\d+) plugin 1")
+    assert before < int(match.group(1)) < before + 3000

@@ -194,7 +194,13 @@ class Session:
         key = str(path.resolve())
         record = ctx.journal.sources.get(key)
         binder = Binder(
-            obj, module, ctx.modules, record, ctx.memory.read, ctx.arch.dtpmod_reloc_type
+            obj,
+            module,
+            ctx.modules,
+            record,
+            ctx.memory.read,
+            ctx.arch.dtpmod_reloc_type,
+            ctx.arch.tpoff_reloc_type,
         )
         fingerprints = record.fingerprints if record else None
         plan = build_plan(key, obj, binder, ctx.arch, fingerprints, ctx.functions)

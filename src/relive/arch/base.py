@@ -81,6 +81,8 @@ class Arch:
     name: str
     elf_machine: int
     relocations: Mapping[int, RelocationType]
+    #: Names of the relocation types relive knows but does not support.
+    unsupported_relocations: Mapping[int, str]
     #: Bytes of the short entry jump (reach: ``jump_reach`` either way).
     entry_jump_size: int
     jump_reach: int
@@ -98,6 +100,8 @@ class Arch:
     follows_call: Callable[[bytes], bool]
     #: The dynamic relocation type that stores a TLS module id.
     dtpmod_reloc_type: int
+    #: The dynamic relocation type that stores a thread-pointer offset.
+    tpoff_reloc_type: int
     #: Compiler flags (per family) that make code reach external data through the
     #: GOT, for programs that do not copy library variables into the executable.
     indirect_extern_data_flags: Mapping[str, tuple[str, ...]]

@@ -49,7 +49,7 @@ class _Linker:
         rtype = self.request.arch.relocations.get(reloc.type)
         if rtype is None:
             raise LinkError(
-                f"unsupported relocation type {reloc.type} against "
+                f"unsupported relocation {self._type_name(reloc.type)} against "
                 f"{_describe(self.obj.sections, reloc.symbol)} in {section.name}",
                 hint="relive handles what gcc and clang emit for -O0..-O3, PIE and -fPIC; "
                 "please report this object",
@@ -66,6 +66,10 @@ class _Linker:
             )
         field = section_offset + reloc.offset
         self.image[field : field + rtype.width] = _encode(value, rtype.width)
+
+    def _type_name(self, number: int) -> str:
+        name = self.request.arch.unsupported_relocations.get(number)
+        return f"{name} ({number})" if name else f"type {number}"
 
     def _operands(self, rtype: RelocationType, reloc: Relocation, place: int) -> Operands:
         symbol, need = reloc.symbol, rtype.need

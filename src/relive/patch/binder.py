@@ -74,6 +74,7 @@ class Binder:
         record: SourceRecord | None,
         read_memory: MemoryReader,
         dtpmod_reloc_type: int,
+        tpoff_reloc_type: int,
     ) -> None:
         self.obj = obj
         self.module = module
@@ -81,6 +82,7 @@ class Binder:
         self.record = record
         self.read_memory = read_memory
         self.dtpmod_reloc_type = dtpmod_reloc_type
+        self.tpoff_reloc_type = tpoff_reloc_type
         self._externals: dict[str, Bound | None] = {}
         self._file_groups: set[str] | None = None
         self._locals_by_name: dict[str, list[ImageSymbol]] | None = None
@@ -203,11 +205,35 @@ class Binder:
         firstbyte = -p_vaddr mod align; tpoff(sym) = sym - offset.
         """
         tls = self.module.image.tls_segment
-        if tls is None or not self.module.is_main:
+        if tls is None:
             return None
+        if not self.module.is_main:
+            return self._library_tls_offset()
         align = max(tls.align, 1)
         firstbyte = (-tls.vaddr) & (align - 1)
         return -(-(tls.memsz - firstbyte) // align) * align + firstbyte
+
+    def _library_tls_offset(self) -> int | None:
+        """A library's static TLS offset, from a slot the dynamic linker filled.
+
+        A library built with initial-exec accesses has TPOFF64 slots holding
+        ``sym + addend - offset``; one of them gives the offset.  A library
+        without any (only general-dynamic accesses) gives None: new code then
+        needs the __tls_get_addr path, which works without it.
+        """
+        image = self.module.image
+        for reloc in image.dynamic_relocations:
+            if reloc.type != self.tpoff_reloc_type:
+                continue
+            value = 0
+            if reloc.symbol:
+                symbol = image.find_dynamic_symbol(reloc.symbol)
+                if symbol is None or not symbol.is_defined:
+                    continue
+                value = symbol.value
+            slot = _read_pointer(self.read_memory, self.module.runtime(reloc.offset))
+            return value + reloc.addend - _signed(slot)
+        return None
 
     def module_tls_id(self) -> int | None:
         """The TLS module id: 1 for the executable, else read from a DTPMOD64 slot."""
@@ -304,6 +330,10 @@ def _check_size(symbol: ObjSymbol, old: OldDefinition) -> None:
             "program's storage cannot hold the new layout",
             hint="restart the program to change a variable's type, or keep its size",
         )
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def _read_pointer(read_memory: MemoryReader, address: int) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from relive.arch.base import Arch
 from relive.arch.x86_64.disasm import follows_call, iter_branch_targets
-from relive.arch.x86_64.relocations import RELOCATIONS
+from relive.arch.x86_64.relocations import RELOCATIONS, UNSUPPORTED_NAMES
 from relive.arch.x86_64.trampoline import (
     FAR_STUB_SIZE,
     JMP_REL32_SIZE,
@@ -21,6 +21,7 @@ ARCH = Arch(
     name="x86-64",
     elf_machine=EM_X86_64,
     relocations=RELOCATIONS,
+    unsupported_relocations=UNSUPPORTED_NAMES,
     entry_jump_size=JMP_REL32_SIZE,
     jump_reach=REL32_REACH,
     encode_entry_jump=encode_jmp_rel32,
@@ -31,6 +32,7 @@ ARCH = Arch(
     find_plt_slot=find_plt_slot,
     follows_call=follows_call,
     dtpmod_reloc_type=16,  # R_X86_64_DTPMOD64
+    tpoff_reloc_type=18,  # R_X86_64_TPOFF64
     indirect_extern_data_flags={
         "gcc": ("-mno-direct-extern-access",),
         "clang": ("-fno-direct-access-external-data",),
