@@ -35,11 +35,15 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
 
 
 def assert_untouched(target: Target) -> None:
-    """Still running, still the old code, nothing recorded as patched."""
+    """Still running, still the old code, nothing patched, nothing even allocated."""
     mark = target.mark()
     target.wait_for(r"^value 1$", after=mark)
     assert target.alive()
     assert relive.attach(target.pid).status() == []
+    maps = Path(f"/proc/{target.pid}/maps").read_text().splitlines()
+    assert [m for m in maps if " rwxp " in m] == []
+    state = Path(f"/proc/{target.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    assert state in "RS"
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ from relive.patch.apply import (
     write_entries,
 )
 from relive.patch.binder import Binder
-from relive.patch.entries import plan_entry_write
+from relive.patch.entries import find_entry_site
 from relive.patch.journal import Definition, EntryPatch, Journal, load_journal, save_journal
 from relive.patch.modules import RunningModule, get_main_module, load_running_modules
 from relive.patch.plan import FarDataReference, ReloadPlan, build_plan, iter_orphan_clones
@@ -239,19 +239,29 @@ class Session:
         result: ReloadResult,
         arch: Arch,
     ) -> None:
+        # Every entry is checked before the first byte is allocated or written.
+        sites = [
+            [
+                find_entry_site(d, plan.source, plan.module, journal, memory, arch)
+                for d in plan.iter_with_status("changed")
+            ]
+            for plan in plans
+        ]
         images: list[LinkedImage] = []
+        report = None
         with held_signals():
             try:
-                writes: list[tuple[EntryWrite, str, str, str]] = []
                 for plan in plans:
-                    image = allocate_and_link(self.pid, plan, arch)
-                    images.append(image)
-                    writes.extend(self._entry_writes(plan, image, journal, memory, arch))
+                    images.append(allocate_and_link(self.pid, plan, arch))
+                writes = [
+                    site.jump_to(image.get_symbol_address(site.decision.symbol), arch)
+                    for image, plan_sites in zip(images, sites, strict=True)
+                    for site in plan_sites
+                ]
                 for image in images:
                     write_block(memory, image)
-                report = None
                 if writes:
-                    report = write_entries(self.pid, [w for w, _, _, _ in writes])
+                    report = write_entries(self.pid, writes)
                     result.stopped_us = report.held_seconds * 1e6
             except BaseException:
                 for image in images:
@@ -259,8 +269,8 @@ class Session:
                 raise
             for plan, image in zip(plans, images, strict=True):
                 _record(journal, plan, image)
-            for write, name, source, module in writes:
-                _record_patch(journal, write, name, source, module)
+            for write in writes:
+                _record_patch(journal, write)
             journal.regions.extend((i.base, len(i.data)) for i in images)
         self._report(plans, images, result)
         if report is not None:
@@ -283,28 +293,6 @@ class Session:
             return
         for name, tid in iter_active_functions(self.pid, memory, arch, ranges, positions):
             self.emit(FunctionActive(name, tid))
-
-    def _entry_writes(
-        self,
-        plan: ReloadPlan,
-        image: LinkedImage,
-        journal: Journal,
-        memory: ProcessMemory,
-        arch: Arch,
-    ) -> list[tuple[EntryWrite, str, str, str]]:
-        out = []
-        for decision in plan.iter_with_status("changed"):
-            assert decision.old is not None
-            write = plan_entry_write(
-                decision,
-                image.get_symbol_address(decision.symbol),
-                plan.module,
-                journal,
-                memory,
-                arch,
-            )
-            out.append((write, decision.name, plan.source, plan.module.path))
-        return out
 
     def _report(
         self, plans: list[ReloadPlan], images: list[LinkedImage] | None, result: ReloadResult
@@ -460,13 +448,13 @@ def _record(journal: Journal, plan: ReloadPlan, image: LinkedImage) -> None:
             )
 
 
-def _record_patch(journal: Journal, write: EntryWrite, name: str, source: str, module: str) -> None:
-    key = Journal.patch_key(module, write.address)
+def _record_patch(journal: Journal, write: EntryWrite) -> None:
+    key = Journal.patch_key(write.module, write.address)
     existing = journal.patches.get(key)
     journal.patches[key] = EntryPatch(
-        name=name,
-        source=source,
-        module=module,
+        name=write.name,
+        source=write.source,
+        module=write.module,
         entry=write.address,
         original=existing.original if existing else write.expected.hex(),
         written=write.new.hex(),

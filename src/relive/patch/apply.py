@@ -51,6 +51,9 @@ class EntryWrite:
     guard_end: int
     #: Where the new jump goes (0 when restoring original bytes).
     target: int = 0
+    #: For the journal: the source file and module the function belongs to.
+    source: str = ""
+    module: str = ""
 
     def blocks(self, pc: int) -> bool:
         """Whether a thread at ``pc`` would be hurt by this write."""

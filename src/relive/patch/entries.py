@@ -1,6 +1,8 @@
-"""Plan the jump written at one function's entry, and check it is safe."""
+"""Where each changed function's entry jump goes, checked before anything is written."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from relive.arch.base import Arch
 from relive.errors import UnsafePatch
@@ -13,15 +15,42 @@ from relive.process.memory import ProcessMemory
 _HEAD = 16
 
 
-def plan_entry_write(
+@dataclass(frozen=True)
+class EntrySite:
+    """A function entry that will receive a jump; everything but the target is known."""
+
+    decision: FunctionDecision
+    source: str
+    module: str
+    address: int  # first byte overwritten (after a kept landing pad)
+    expected: bytes  # what is there now: the original bytes or an earlier jump
+    guard_start: int
+    guard_end: int
+
+    def jump_to(self, target: int, arch: Arch) -> EntryWrite:
+        """The write that sends this entry to ``target``."""
+        return EntryWrite(
+            name=self.decision.name,
+            address=self.address,
+            expected=self.expected,
+            new=arch.encode_entry_jump(self.address, target),
+            guard_start=self.guard_start,
+            guard_end=self.guard_end,
+            target=target,
+            source=self.source,
+            module=self.module,
+        )
+
+
+def find_entry_site(
     decision: FunctionDecision,
-    target: int,
+    source: str,
     module: RunningModule,
     journal: Journal,
     memory: ProcessMemory,
     arch: Arch,
-) -> EntryWrite:
-    """The jump from the function's running entry to ``target``.
+) -> EntrySite:
+    """Check that ``decision``'s function can take an entry jump; raise UnsafePatch if not.
 
     A landing pad (endbr64) is kept so indirect calls still land on it.  The
     bytes we may overwrite are the function's own: its size, or up to the next
@@ -47,15 +76,17 @@ def plan_entry_write(
     code = bytearray(memory.read(entry, max(old.size, need)))
     code[pad:need] = original
     targets = arch.iter_branch_targets(bytes(code), entry)
+    # A branch back into the bytes the jump replaces (a loop head right at the
+    # entry) would land mid-instruction for a thread already inside: guard it all.
     loops_into_window = any(address < t < entry + need for t in targets)
-    return EntryWrite(
-        name=decision.name,
+    return EntrySite(
+        decision=decision,
+        source=source,
+        module=module.path,
         address=address,
         expected=expected,
-        new=arch.encode_entry_jump(address, target),
         guard_start=entry if loops_into_window else address,
         guard_end=entry + max(old.size, need) if loops_into_window else address,
-        target=target,
     )
 
 
