@@ -286,3 +286,20 @@ def test_dry_run_writes_nothing(tmp_path: Path, spawn: SpawnFactory) -> None:
     target.wait_for(r"fact 120")
     assert not any(re.search(r"fact 240", line) for line in target.lines)
     assert relive.attach(target.pid).status() == []
+
+
+def test_a_tiny_new_function_can_be_reloaded_again(tmp_path: Path, spawn: SpawnFactory) -> None:
+    exe = compile_c(tmp_path, RECURSION_PROG, flags=("-g", "-O1"))
+    target = spawn([exe])
+    target.wait_for(r"fact 120")
+    source = tmp_path / "prog.c"
+    tiny = "__attribute__((noinline)) static int base(int x) { return x; }\n"
+    edit(source, "int fact(int n)", tiny + "int fact(int n)")
+    edit(source, "return n <= 1 ? 1 :", "return n <= 1 ? base(n + 1) :")
+    reload(target.pid, source)
+    target.wait_for(r"fact 240")
+    # base() is 3 bytes (mov %edi,%eax; ret) in relive's memory: still room for a jump
+    edit(source, "{ return x; }", "{ return x + 1; }")
+    events = reload(target.pid, source)
+    assert kinds(events)["redirected"] == ["base"]
+    target.wait_for(r"fact 360")

@@ -23,7 +23,7 @@ from relive.arch.base import Arch
 from relive.build.compiler import compile_object
 from relive.build.flags import CompileCommand, get_compile_command, without_lto
 from relive.elf.dwarf import find_compile_unit
-from relive.elf.objfile import ObjectFile
+from relive.elf.objfile import ObjectFile, ObjSymbol
 from relive.errors import BadObject, ReliveError, UsageError
 from relive.events import (
     Compiled,
@@ -41,6 +41,7 @@ from relive.events import (
     ignore_event,
 )
 from relive.link import LinkedImage
+from relive.link.layout import MIN_CODE_ROOM
 from relive.patch.active import iter_active_functions
 from relive.patch.apply import (
     EntryWrite,
@@ -431,7 +432,7 @@ def _record(journal: Journal, plan: ReloadPlan, image: LinkedImage) -> None:
             record.definitions[d.name] = Definition(
                 d.name,
                 image.get_symbol_address(d.symbol),
-                d.symbol.size,
+                _room(plan, d.symbol),
                 "function",
                 d.symbol.file if d.symbol.is_local else None,
                 d.fingerprint,
@@ -446,6 +447,12 @@ def _record(journal: Journal, plan: ReloadPlan, image: LinkedImage) -> None:
                 "data",
                 symbol.file if symbol.is_local else None,
             )
+
+
+def _room(plan: ReloadPlan, symbol: ObjSymbol) -> int:
+    """Bytes a new function may have overwritten by a later entry jump."""
+    alone = [s for s in plan.obj.iter_section_symbols(symbol.shndx) if s.is_function] == [symbol]
+    return max(symbol.size, MIN_CODE_ROOM) if alone and symbol.value == 0 else symbol.size
 
 
 def _record_patch(journal: Journal, write: EntryWrite) -> None:

@@ -64,13 +64,18 @@ def plan_layout(request: LinkRequest) -> Layout:
     )
 
 
+#: Room every loaded code section gets at least, so that a later reload can put
+#: an entry jump (plus a kept landing pad) at the start of any new function.
+MIN_CODE_ROOM = 16
+
+
 def _place(obj: ObjectFile, indices: list[int], offsets: dict[int, int], cursor: int) -> int:
     """Append sections at their alignment; return the end offset."""
     for index in indices:
         section = obj.sections[index]
         cursor = _align(cursor, section.align)
         offsets[index] = cursor
-        cursor += section.size
+        cursor += max(section.size, MIN_CODE_ROOM) if section.is_exec else section.size
     return cursor
 
 
