@@ -161,10 +161,41 @@ def test_changed_global_size(
     assert_untouched(running)
 
 
+TINY = "__attribute__((noinline)) int value(int x) { return x; }\n"
+TINY_MAIN = r"""
+#include <stdio.h>
+#include <unistd.h>
+int value(int x);
+volatile int one = 1;
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { printf("value %d\n", value(one)); usleep(20000); }
+}
+"""
+
+
 def test_function_too_small(
     tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # value(x) compiles to `mov %edi,%eax; ret`: 3 bytes, packed against tick
+    # value(x) compiles to `mov %edi,%eax; ret`: 3 bytes, and no caller in its file
+    exe = compile_c(
+        tmp_path,
+        TINY_MAIN,
+        flags=("-g", "-O1", "-fno-align-functions"),
+        extra_sources={"tiny.c": TINY},
+    )
+    target = spawn([exe])
+    target.wait_for(r"^value 1$")
+    edit(tmp_path / "tiny.c", "return x;", "return x + 1;")
+    code, err = run_cli(capsys, "reload", "-p", str(target.pid), str(tmp_path / "tiny.c"))
+    assert code == 9
+    assert "value is 3 bytes long, too small for a 5-byte entry jump" in err
+    assert_untouched(target)
+
+
+def test_too_small_function_is_replaced_through_its_callers(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
     source = (
         PROG.replace("int value(void) { return table[0]; }", "int value(int x) { return x; }")
         .replace("value())", "value(one))")
@@ -174,10 +205,12 @@ def test_function_too_small(
     target = spawn([exe])
     target.wait_for(r"^value 1$")
     edit(tmp_path / "prog.c", "return x;", "return x + 1;")
-    code, err = run_cli(capsys, "reload", "-p", str(target.pid), str(tmp_path / "prog.c"))
-    assert code == 9
-    assert "value is" in err and "too small" in err
-    assert_untouched(target)
+    events: list[object] = []
+    relive.attach(target.pid, on_event=events.append).reload([tmp_path / "prog.c"])
+    assert any(
+        "value is too small for an entry jump: reloading its callers tick" in str(e) for e in events
+    )
+    target.wait_for(r"^value 2$")
 
 
 def test_stripped_executable(

@@ -74,3 +74,8 @@ class UnsafePatch(ReliveError):
     """A function cannot be redirected safely (too small, a thread in the way)."""
 
     exit_code = 9
+
+    def __init__(self, message: str, hint: str = "", function: str = "") -> None:
+        super().__init__(message, hint)
+        #: The function that could not be redirected.
+        self.function = function

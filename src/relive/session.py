@@ -24,7 +24,7 @@ from relive.build.compiler import compile_object
 from relive.build.flags import CompileCommand, get_compile_command, without_lto
 from relive.elf.dwarf import find_compile_unit
 from relive.elf.objfile import ObjectFile, ObjSymbol
-from relive.errors import BadObject, ReliveError, UsageError
+from relive.errors import BadObject, ReliveError, UnsafePatch, UsageError
 from relive.events import (
     Compiled,
     DependenciesFound,
@@ -52,7 +52,7 @@ from relive.patch.apply import (
     write_entries,
 )
 from relive.patch.binder import Binder
-from relive.patch.entries import find_entry_site
+from relive.patch.entries import EntrySite, find_entry_site
 from relive.patch.journal import Definition, EntryPatch, Journal, load_journal, save_journal
 from relive.patch.modules import RunningModule, get_main_module, load_running_modules
 from relive.patch.plan import FarDataReference, ReloadPlan, build_plan, iter_orphan_clones
@@ -241,13 +241,7 @@ class Session:
         arch: Arch,
     ) -> None:
         # Every entry is checked before the first byte is allocated or written.
-        sites = [
-            [
-                find_entry_site(d, plan.source, plan.module, journal, memory, arch)
-                for d in plan.iter_with_status("changed")
-            ]
-            for plan in plans
-        ]
+        sites = [self._entry_sites(plan, journal, memory, arch) for plan in plans]
         images: list[LinkedImage] = []
         report = None
         with held_signals():
@@ -276,6 +270,29 @@ class Session:
         self._report(plans, images, result)
         if report is not None:
             self._report_active(plans, memory, arch, report.positions)
+
+    def _entry_sites(
+        self, plan: ReloadPlan, journal: Journal, memory: ProcessMemory, arch: Arch
+    ) -> list[EntrySite]:
+        """Entry sites of the changed functions; callers stand in for too-small ones."""
+        while True:
+            try:
+                return [
+                    find_entry_site(d, plan.source, plan.module, journal, memory, arch)
+                    for d in plan.iter_with_status("changed")
+                ]
+            except UnsafePatch as error:
+                tiny = next(d for d in plan.iter_with_status("changed") if d.name == error.function)
+                callers = plan.redirect_callers_instead(tiny)
+                if not callers:
+                    raise
+                self.emit(
+                    Notice(
+                        f"{tiny.name} is too small for an entry jump: reloading its callers "
+                        f"{', '.join(callers)} instead (calls from other files or through "
+                        "pointers still reach the old code)"
+                    )
+                )
 
     def _report_active(
         self,

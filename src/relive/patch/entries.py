@@ -68,6 +68,7 @@ def find_entry_site(
             f"{decision.name} is {available} bytes long, too small for a {need}-byte entry jump",
             hint="build it with -fpatchable-function-entry=8 (or make it noinline and larger), "
             "or reload its callers with --function",
+            function=decision.name,
         )
     existing = journal.patches.get(Journal.patch_key(module.path, address))
     current = memory.read(address, arch.entry_jump_size)

@@ -53,7 +53,34 @@ class ReloadPlan:
     obj: ObjectFile
     decisions: list[FunctionDecision]
     layout: Layout
+    binder: Binder
     new_data: list[ObjSymbol] = field(default_factory=list)
+
+    def redirect_callers_instead(self, callee: FunctionDecision) -> list[str]:
+        """Stop redirecting ``callee``; redirect the functions of this object that
+        reference it (their new code calls the new callee).  Returns their names;
+        empty when there are none (then nothing is changed)."""
+        callers = [
+            d
+            for d in self.decisions
+            if d is not callee
+            and d.old is not None
+            and d.status in ("changed", "unchanged")
+            and any(
+                r.symbol.shndx == callee.symbol.shndx or r.symbol.name == callee.name
+                for r in self.obj.relocations.get(d.symbol.shndx, ())
+            )
+        ]
+        if not callers:
+            return []
+        callee.status, callee.reason = "part", "too small for an entry jump: callers reloaded"
+        for caller in callers:
+            caller.status = "changed"
+        request = self.layout.request
+        load = set(request.load) | {d.symbol.shndx for d in callers}
+        bound = {k: v for k, v in request.bound_sections.items() if k not in load}
+        self.layout = _lay_out(self.obj, self.binder, request.arch, load, bound)
+        return [d.name for d in callers]
 
     def iter_with_status(self, *statuses: str) -> list[FunctionDecision]:
         """Decisions with one of the given statuses, in object order."""
@@ -105,15 +132,6 @@ def build_plan(
         index = decision.symbol.shndx
         if index not in load and decision.old is not None:
             bound[index] = Bound(address=decision.old.address - decision.symbol.value)
-    externals = _resolve_externals(obj, binder, load)
-    _check_direct_data_reach(obj, arch, binder.module, load, externals)
-    request = LinkRequest(
-        obj=obj,
-        arch=arch,
-        load=frozenset(load),
-        bound_sections=bound,
-        externals=externals,
-    )
     new_data = [
         s
         for i in load
@@ -121,7 +139,20 @@ def build_plan(
         for s in obj.iter_section_symbols(i)
         if s.name
     ]
-    return ReloadPlan(source, binder.module, obj, decisions, plan_layout(request), new_data)
+    layout = _lay_out(obj, binder, arch, load, bound)
+    return ReloadPlan(source, binder.module, obj, decisions, layout, binder, new_data)
+
+
+def _lay_out(
+    obj: ObjectFile, binder: Binder, arch: Arch, load: set[int], bound: dict[int, Bound]
+) -> Layout:
+    """Resolve what the loaded sections need and lay the block out."""
+    externals = _resolve_externals(obj, binder, load)
+    _check_direct_data_reach(obj, arch, binder.module, load, externals)
+    request = LinkRequest(
+        obj=obj, arch=arch, load=frozenset(load), bound_sections=bound, externals=externals
+    )
+    return plan_layout(request)
 
 
 def _decide(
