@@ -3,10 +3,29 @@
 >>> import relive
 >>> session = relive.attach(pid)          # doctest: +SKIP
 >>> session.reload(["demo.c"])            # doctest: +SKIP
+
+The names below are imported on first use, so that ``relive --help`` and the
+CLI start without loading the linker, the ELF readers or capstone.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from relive.errors import ReliveError
-from relive.session import PatchStatus, ReloadResult, Session, attach
+
+if TYPE_CHECKING:
+    from relive.session import PatchStatus, ReloadResult, Session, attach
 
 __all__ = ["PatchStatus", "ReliveError", "ReloadResult", "Session", "attach"]
 __version__ = "0.1.0"
+
+_LAZY = {"PatchStatus", "ReloadResult", "Session", "attach"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from relive import session
+
+        return getattr(session, name)
+    raise AttributeError(f"module 'relive' has no attribute {name!r}")

@@ -5,12 +5,13 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-import capstone
-from capstone import x86 as cs_x86
 
 
 @cache
 def _disassembler() -> Any:
+    # capstone costs ~60 ms to import: only reloads that check branches pay it.
+    import capstone
+
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
     md.detail = True
     return md
@@ -23,13 +24,16 @@ def iter_branch_targets(code: bytes, address: int) -> frozenset[int]:
     jump; a thread inside the function jumping back there would execute half an
     instruction.  The patcher uses this to refuse while such a thread exists.
     """
+    from capstone import CS_GRP_JUMP
+    from capstone.x86 import X86_OP_IMM
+
     end = address + len(code)
     targets: set[int] = set()
     for insn in _disassembler().disasm(code, address):
-        if not insn.group(capstone.CS_GRP_JUMP):
+        if not insn.group(CS_GRP_JUMP):
             continue
         for op in insn.operands:
-            if op.type == cs_x86.X86_OP_IMM and address <= op.imm < end:
+            if op.type == X86_OP_IMM and address <= op.imm < end:
                 targets.add(op.imm)
     return frozenset(targets)
 
