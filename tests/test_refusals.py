@@ -224,3 +224,15 @@ def test_stripped_executable(
     assert code == 6
     assert "stripped" in err
     assert_untouched(target)
+
+
+@pytest.mark.parametrize("name", ["missing.c", "missing.o", "notes.txt"])
+def test_bad_paths_are_usage_errors(
+    running: Target, capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str
+) -> None:
+    if name.endswith(".txt"):
+        (tmp_path / name).write_text("hello\n")
+    code, err = run_cli(capsys, "reload", "-p", str(running.pid), str(tmp_path / name))
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert_untouched(running)

@@ -111,6 +111,14 @@ class Session:
         """Compile (``.c``) or take (``.o``) each path and redirect its changed functions."""
         if not paths:
             raise UsageError("nothing to reload", hint="name at least one .c or .o file")
+        for path in map(Path, paths):
+            if path.suffix not in (".c", ".o"):
+                raise UsageError(
+                    f"{path}: relive reloads C sources (.c) and objects (.o)",
+                    hint="name the .c file that defines the functions you changed",
+                )
+            if not path.exists():
+                raise UsageError(f"no such file: {path}", hint="check the path")
         result = ReloadResult()
         phases = result.phases_ms
         started = time.perf_counter()
