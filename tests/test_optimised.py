@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import relive
-from support import SpawnFactory, compile_c
+from support import SpawnFactory, Target, compile_c
 from test_reload import edit, kinds, reload
 
 LTO_MAIN = r"""
@@ -179,26 +179,34 @@ int main(void) {
 """
 
 
-def test_tls_in_a_shared_library_and_a_dlopened_plugin(tmp_path: Path, spawn: SpawnFactory) -> None:
+def start_tls_program(tmp_path: Path, spawn: SpawnFactory, *lib_flags: str) -> Target:
+    """libtls.so (built with ``lib_flags``) linked in, libplugin.so dlopened."""
     (tmp_path / "libtls.c").write_text(TLS_LIB)
     (tmp_path / "plugin.c").write_text("int plugin_value(void) { return 1; }\n")
-    for src, lib in (("libtls.c", "libtls.so"), ("plugin.c", "libplugin.so")):
+    for src, lib, flags in (("libtls.c", "libtls.so", lib_flags), ("plugin.c", "libplugin.so", ())):
         subprocess.run(
-            ["gcc", "-g", "-O1", "-fPIC", "-shared", "-o", lib, src], cwd=tmp_path, check=True
+            ["gcc", "-g", "-O1", "-fPIC", *flags, "-shared", "-o", lib, src],
+            cwd=tmp_path,
+            check=True,
         )
-    exe = compile_c(
-        tmp_path,
-        TLS_LIB_MAIN,
-        link_flags=(f"-L{tmp_path}", "-ltls", f"-Wl,-rpath,{tmp_path}", "-ldl"),
-    )
-    target = spawn([exe], cwd=tmp_path)
+    link = (f"-L{tmp_path}", "-ltls", f"-Wl,-rpath,{tmp_path}", "-ldl")
+    return spawn([compile_c(tmp_path, TLS_LIB_MAIN, link_flags=link)], cwd=tmp_path)
+
+
+def check_library_tls_reload(tmp_path: Path, target: Target) -> None:
+    """A reload of libtls.c keeps each thread's counter (it jumps by 1000 from where it was)."""
     before = int(target.wait_for(r"tls (\d+) plugin 1").group(1))
     edit(tmp_path / "libtls.c", "lib_tls += 1;", "lib_tls += 1000;")
     reload(target.pid, tmp_path / "libtls.c")
     match = target.wait_for(r"tls (\d+) plugin 1")
     while int(match.group(1)) < 1000:
         match = target.wait_for(r"tls (\d+) plugin 1")
-    assert before < int(match.group(1)) < before + 3000  # same thread's variable, kept
+    assert before < int(match.group(1)) < before + 3000
+
+
+def test_tls_in_a_shared_library_and_a_dlopened_plugin(tmp_path: Path, spawn: SpawnFactory) -> None:
+    target = start_tls_program(tmp_path, spawn)  # general-dynamic accesses (TLSGD, TLSLD)
+    check_library_tls_reload(tmp_path, target)
     edit(tmp_path / "plugin.c", "return 1;", "return 2;")
     reload(target.pid, tmp_path / "plugin.c")
     target.wait_for(r"tls \d+ plugin 2")
@@ -294,38 +302,5 @@ def test_repeated_reloads_keep_memory_bounded(tmp_path: Path, spawn: SpawnFactor
 
 
 def test_initial_exec_tls_in_a_shared_library(tmp_path: Path, spawn: SpawnFactory) -> None:
-    (tmp_path / "libtls.c").write_text(TLS_LIB)
-    subprocess.run(
-        [
-            "gcc",
-            "-g",
-            "-O1",
-            "-fPIC",
-            "-ftls-model=initial-exec",
-            "-shared",
-            "-o",
-            "libtls.so",
-            "libtls.c",
-        ],
-        cwd=tmp_path,
-        check=True,
-    )
-    (tmp_path / "plugin.c").write_text("int plugin_value(void) { return 1; }\n")
-    subprocess.run(
-        ["gcc", "-g", "-fPIC", "-shared", "-o", "libplugin.so", "plugin.c"],
-        cwd=tmp_path,
-        check=True,
-    )
-    exe = compile_c(
-        tmp_path,
-        TLS_LIB_MAIN,
-        link_flags=(f"-L{tmp_path}", "-ltls", f"-Wl,-rpath,{tmp_path}", "-ldl"),
-    )
-    target = spawn([exe], cwd=tmp_path)
-    before = int(target.wait_for(r"tls (\d+) plugin 1").group(1))
-    edit(tmp_path / "libtls.c", "lib_tls += 1;", "lib_tls += 1000;")
-    reload(target.pid, tmp_path / "libtls.c")
-    match = target.wait_for(r"tls (\d+) plugin 1")
-    while int(match.group(1)) < 1000:
-        match = target.wait_for(r"tls (\d+) plugin 1")
-    assert before < int(match.group(1)) < before + 3000
+    target = start_tls_program(tmp_path, spawn, "-ftls-model=initial-exec")  # GOTTPOFF
+    check_library_tls_reload(tmp_path, target)
