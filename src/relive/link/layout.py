@@ -61,6 +61,7 @@ def plan_layout(request: LinkRequest) -> Layout:
         stub_offsets=stub_offsets,
         size=max(cursor, 1),
         code_size=code_size,
+        alignment=max([16, *(obj.sections[i].align for i in request.load)]),
     )
 
 

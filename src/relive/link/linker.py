@@ -9,6 +9,9 @@ from relive.elf.objfile import ObjSymbol, Relocation, Section
 from relive.errors import LinkError
 from relive.link.model import Bound, GotKey, Layout, LinkedImage
 
+#: The linker-defined symbol that names the GOT (psABI); for new code, relive's GOT.
+GOT_SYMBOL = "_GLOBAL_OFFSET_TABLE_"
+
 _TLS_NEEDS = (Need.TPOFF, Need.DTPOFF, Need.GOT_TPOFF, Need.GOT_TLS_PAIR)
 
 
@@ -82,7 +85,15 @@ class _Linker:
         slot = 0
         if need is Need.GOT_SLOT:
             slot = self._got_slot(GotKey("address", symbol.index), struct.pack("<Q", target))
-        return Operands(S=target, A=reloc.addend, P=place, G=slot, GOT=got_base, Z=symbol.size)
+        return Operands(
+            S=target, A=reloc.addend, P=place, G=slot, GOT=got_base, Z=self._symbol_size(symbol)
+        )
+
+    def _symbol_size(self, symbol: ObjSymbol) -> int:
+        if symbol.is_defined or symbol.size:
+            return symbol.size
+        bound = self.request.externals.get(symbol.name)  # an undefined symbol has st_size 0
+        return bound.size or 0 if bound is not None else 0
 
     def _tls_operands(
         self, rtype: RelocationType, reloc: Relocation, place: int, got_base: int
@@ -127,6 +138,8 @@ class _Linker:
     def _symbol_address(self, symbol: ObjSymbol) -> int:
         if symbol.is_absolute:
             return symbol.value
+        if symbol.name == GOT_SYMBOL and not symbol.is_defined:
+            return self.base + self.layout.got_base  # the new code's GOT is ours
         if not symbol.is_defined or symbol.is_common:
             return self._external(symbol).address or 0
         offset = self.layout.section_offsets.get(symbol.shndx)

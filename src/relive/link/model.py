@@ -61,6 +61,8 @@ class Layout:
     size: int
     #: Bytes [0, code_size) hold code and stubs; the rest is data.
     code_size: int
+    #: The block's address must be a multiple of this (the largest section alignment).
+    alignment: int = 16
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,10 @@ def allocate_and_link(pid: int, plan: ReloadPlan, arch: Arch) -> LinkedImage:
     low_memory = not plan.module.image.is_pie_or_shared
     last_error: LinkError | None = None
     maps = read_maps(pid)
-    for address in iter_candidate_addresses(maps, plan.module, size, arch.jump_reach, low_memory):
+    candidates = iter_candidate_addresses(
+        maps, plan.module, size, arch.jump_reach, low_memory, plan.layout.alignment
+    )
+    for address in candidates:
         try:
             image = link(plan.layout, address)
         except LinkError as error:

@@ -20,7 +20,12 @@ def page_round(size: int) -> int:
 
 
 def iter_candidate_addresses(
-    maps: list[Mapping], module: RunningModule, size: int, reach: int, low_memory: bool
+    maps: list[Mapping],
+    module: RunningModule,
+    size: int,
+    reach: int,
+    low_memory: bool,
+    alignment: int = PAGE,
 ) -> Iterator[int]:
     """Page-aligned addresses for a ``size``-byte block, nearest to the module first.
 
@@ -29,6 +34,7 @@ def iter_candidate_addresses(
     non-PIE executable absolute 32-bit references need the block below 2 GiB.
     """
     size = page_round(size)
+    alignment = max(alignment, PAGE)
     low = max(module.end - reach + _GUARD, PAGE * 16)
     high = min(module.start + reach - size - _GUARD, _USER_END - size)
     if low_memory:
@@ -37,13 +43,13 @@ def iter_candidate_addresses(
     candidates: list[int] = []
     for start, end in find_free_gaps(maps):
         below = min(end, module.start) - size - _GUARD
-        below -= below % PAGE
+        below -= below % alignment
         if max(start + _GUARD, low) <= below <= high:
             candidates.append(below)
         above = max(start + _GUARD, module.end + _GUARD, low)
         if heap_end and above < heap_end + _HEAP_CLEARANCE and start < heap_end + _HEAP_CLEARANCE:
             above = max(above, heap_end + _HEAP_CLEARANCE)
-        above = page_round(above)
+        above = -(-above // alignment) * alignment
         if above + size + _GUARD <= end and low <= above <= high:
             candidates.append(above)
     yield from sorted(set(candidates), key=lambda a: abs(a - module.start))

@@ -10,6 +10,7 @@ from relive.arch.base import Arch, Need
 from relive.elf.objfile import STB_WEAK, ObjectFile, ObjSymbol
 from relive.errors import LinkError
 from relive.link import Bound, Layout, LinkRequest, plan_layout
+from relive.link.linker import GOT_SYMBOL
 from relive.patch.binder import Binder, OldDefinition, is_skipped_section
 from relive.patch.diff import FunctionComparer
 from relive.patch.modules import RunningModule
@@ -262,7 +263,7 @@ def _resolve_externals(obj: ObjectFile, binder: Binder, load: set[int]) -> dict[
     for index in load:
         for reloc in obj.relocations.get(index, ()):
             symbol = reloc.symbol
-            if symbol.is_defined and not symbol.is_common:
+            if (symbol.is_defined and not symbol.is_common) or symbol.name == GOT_SYMBOL:
                 continue
             if symbol.name in externals or symbol.name in missing:
                 continue
