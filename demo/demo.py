@@ -1,12 +1,18 @@
-"""`make demo`: start demo/counter.c, edit greet() twice, hot-reload it each time.
+"""`make demo`: run demo/counter.c under `relive run`, save two edits, watch them go live.
 
+The program is started by ``relive run``, which watches its source file.  The
+demo then edits greet() twice, the way an editor saves (first in place, then
+write-and-rename); each save is reloaded into the running program while its
+counters keep counting.  Finally the program is stopped and relive exits with it.
 The source is copied to a scratch folder so the repository is left as it is.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,10 +26,12 @@ EDITS = [
     (
         'snprintf(line, sizeof line, "hello #%ld", tick);',
         'snprintf(line, sizeof line, "HOT RELOADED #%ld!", tick);',
+        "in place",
     ),
     (
         'snprintf(line, sizeof line, "HOT RELOADED #%ld!", tick);',
         'snprintf(line, sizeof line, "tick %ld squared %ld", tick, tick * tick);',
+        "by write-and-rename, as many editors do",
     ),
 ]
 
@@ -32,22 +40,45 @@ def say(text: str) -> None:
     print(f"\n\033[1;36m==> {text}\033[0m", flush=True)
 
 
-def pump(proc: subprocess.Popen[str], seen: list[str], cond: threading.Condition) -> None:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        print("    " + line, end="", flush=True)
-        with cond:
-            seen.append(line)
-            cond.notify_all()
+class Output:
+    """The merged output of `relive run` (relive's lines and the program's), line by line."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self.cond = threading.Condition()
+        self.read = 0
+        threading.Thread(target=self._pump, args=(proc,), daemon=True).start()
+
+    def _pump(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print("    " + line, end="", flush=True)
+            with self.cond:
+                self.lines.append(line)
+                self.cond.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 15) -> re.Match[str]:
+        """The next line (after the last one matched) matching ``pattern``."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                while self.read < len(self.lines):
+                    self.read += 1
+                    match = regex.search(self.lines[self.read - 1])
+                    if match:
+                        return match
+                if not self.cond.wait(max(0.0, deadline - time.monotonic())):
+                    raise SystemExit(f"demo: timed out waiting for {pattern!r}")
 
 
-def wait_for(text: str, seen: list[str], cond: threading.Condition, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    with cond:
-        start = len(seen)
-        while not any(text in line for line in seen[start:]):
-            if not cond.wait(max(0.0, deadline - time.monotonic())):
-                raise SystemExit(f"demo: timed out waiting for {text!r}")
+def save(path: Path, text: str, in_place: bool) -> None:
+    if in_place:
+        path.write_text(text)
+    else:
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(text)
+        os.replace(temporary, path)
 
 
 def main() -> int:
@@ -56,30 +87,36 @@ def main() -> int:
     shutil.copy(HERE / "counter.c", source)
     say(f"compiling {source.name} with gcc -g -O1")
     subprocess.run(["gcc", "-g", "-O1", "-o", "counter", "counter.c"], cwd=scratch, check=True)
-    proc = subprocess.Popen([str(scratch / "counter")], stdout=subprocess.PIPE, text=True)
-    seen: list[str] = []
-    cond = threading.Condition()
-    threading.Thread(target=pump, args=(proc, seen, cond), daemon=True).start()
+    say("relive run -- ./counter   (starts it and reloads counter.c whenever it is saved)")
+    proc = subprocess.Popen(
+        [*RELIVE, "run", "--", "./counter"],
+        cwd=scratch,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    out = Output(proc)
     try:
-        say(f"running pid {proc.pid}; its state: ticks and total keep growing")
-        wait_for("ticks=3 ", seen, cond)
-        for number, (old, new) in enumerate(EDITS, 1):
-            say(f"edit {number}: greet() now does: {new.strip()}")
-            source.write_text(source.read_text().replace(old, new))
-            say(f"relive reload -p {proc.pid} counter.c")
-            subprocess.run([*RELIVE, "reload", "-p", str(proc.pid), str(source)], check=True)
-            marker = new.split('"')[1].split("#")[0].split("%")[0].strip()
-            wait_for(marker, seen, cond)
-            wait_for(marker, seen, cond)
+        pid = int(out.wait_for(r"started \./counter \(pid (\d+)\)").group(1))
+        out.wait_for(r"^watching ")
+        out.wait_for(r"ticks=3 ")
+        say("its state: ticks and total keep growing")
+        for number, (old, new, how) in enumerate(EDITS, 1):
+            say(f"edit {number}, saved {how}: greet() now does {new.strip()}")
+            save(source, source.read_text().replace(old, new), in_place=number == 1)
+            out.wait_for(r"redirected \(greet\)")
+            marker = re.escape(new.split('"')[1].split("#")[0].split("%")[0].strip())
+            out.wait_for(marker)
+            out.wait_for(marker)
         say("state survived both reloads (ticks/total never restarted)")
-        subprocess.run([*RELIVE, "status", "-p", str(proc.pid)], check=True)
-        say(f"relive undo -p {proc.pid}: back to the original code")
-        subprocess.run([*RELIVE, "undo", "-p", str(proc.pid)], check=True)
-        wait_for("hello #", seen, cond)
-        wait_for("hello #", seen, cond)
+        subprocess.run([*RELIVE, "status", "-p", str(pid)], check=True)
+        say(f"stopping the program (kill {pid}): relive run ends with it")
+        os.kill(pid, signal.SIGTERM)
+        proc.wait(timeout=15)
     finally:
-        proc.kill()
-        proc.wait()
+        if proc.poll() is None:
+            proc.kill()  # the program follows (it gets SIGTERM when relive dies)
+            proc.wait()
         shutil.rmtree(scratch, ignore_errors=True)
     say("done")
     return 0

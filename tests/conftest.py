@@ -19,8 +19,9 @@ def spawn() -> Iterator[SpawnFactory]:
         argv: Sequence[str | Path],
         cwd: str | Path | None = None,
         stdin_pipe: bool = False,
+        new_session: bool = False,
     ) -> Target:
-        target = Target.start(argv, cwd=cwd, stdin_pipe=stdin_pipe)
+        target = Target.start(argv, cwd=cwd, stdin_pipe=stdin_pipe, new_session=new_session)
         started.append(target)
         return target
 

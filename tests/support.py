@@ -8,15 +8,17 @@ never with fixed sleeps.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -74,14 +76,20 @@ class Target:
         argv: Sequence[str | Path],
         cwd: str | Path | None = None,
         stdin_pipe: bool = False,
+        new_session: bool = False,
     ) -> Target:
-        """Spawn ``argv`` with stdout+stderr merged into a pipe read in the background."""
+        """Spawn ``argv`` with stdout+stderr merged into a pipe read in the background.
+
+        ``new_session`` starts it in a session and process group of its own, so a
+        test can signal the group as a terminal would (``os.killpg(target.pid, ...)``).
+        """
         proc = subprocess.Popen(
             [str(a) for a in argv],
             cwd=cwd,
             stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            start_new_session=new_session,
         )
         return cls(proc)
 
@@ -147,6 +155,10 @@ class Target:
         self.proc.stdin.write(data)
         self.proc.stdin.flush()
 
+    def wait_exit(self, timeout: float = DEFAULT_TIMEOUT) -> int:
+        """Wait for the program to exit by itself and return its exit status."""
+        return self.proc.wait(timeout=timeout)
+
     def alive(self) -> bool:
         """Whether the program is still running."""
         return self.proc.poll() is None
@@ -173,6 +185,7 @@ class SpawnFactory(Protocol):
         argv: Sequence[str | Path],
         cwd: str | Path | None = None,
         stdin_pipe: bool = False,
+        new_session: bool = False,
     ) -> Target: ...
 
 
@@ -190,3 +203,36 @@ def wait_until(
             raise AssertionError(f"timed out after {timeout:g} s waiting until {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+# --- driving the relive CLI as a separate process ------------------------------
+
+#: The relive command line, run with the interpreter running the tests.
+RELIVE = (sys.executable, "-m", "relive")
+
+
+def wait_event(
+    target: Target, kind: str, timeout: float = DEFAULT_TIMEOUT, after: int | None = None
+) -> dict[str, Any]:
+    """Wait for the next ``--json`` event of ``kind`` in ``target``'s output; return it."""
+    match = target.wait_for(rf'^\{{"kind": "{re.escape(kind)}"', timeout=timeout, after=after)
+    event: dict[str, Any] = json.loads(match.string)
+    return event
+
+
+def json_events(target: Target, kind: str | None = None) -> list[dict[str, Any]]:
+    """Every ``--json`` event (of ``kind``, if given) ``target`` printed so far."""
+    events = []
+    for line in target.lines:
+        if line.startswith('{"kind": '):
+            event = json.loads(line)
+            if kind is None or event["kind"] == kind:
+                events.append(event)
+    return events
+
+
+def save_by_rename(path: Path, text: str) -> None:
+    """Save ``text`` to ``path`` as many editors do: write a temporary file, rename it over."""
+    temporary = path.with_name(f".{path.name}.swp")
+    temporary.write_text(text)
+    os.replace(temporary, path)

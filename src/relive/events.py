@@ -229,7 +229,10 @@ class WatchStarted(Event):
         what = f"{len(self.units)} translation unit{'s' if len(self.units) != 1 else ''}"
         if headers > 0:
             what += f" + {headers} header{'s' if headers != 1 else ''}"
-        how = "save to reload" if self.trigger == "save" else f"send {self.trigger} to reload"
+        how = {
+            "save": "save to reload",
+            "SIGINT": "Ctrl+C (SIGINT) reloads what changed, Ctrl+\\ ends the program",
+        }.get(self.trigger, f"send {self.trigger} to reload what changed")
         return f"watching {what} of pid {pids} ({_names(self.units)}); {how}"
 
 
@@ -356,11 +359,19 @@ class WatchStopped(Event):
     kind: ClassVar[str] = "watch-stopped"
     reason: str
     undone: list[str] = field(default_factory=list)
+    #: Functions this watch redirected that stay redirected.
+    kept: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
+        text = f"stopped watching ({self.reason})"
         if self.undone:
-            return f"stopped watching ({self.reason}); undid {_names(self.undone, 5)}"
-        return f"stopped watching ({self.reason})"
+            text += f"; undid {_names(self.undone, 5)}"
+        if self.kept:
+            text += (
+                f"; {len(self.kept)} reloaded function{'s' if len(self.kept) != 1 else ''} "
+                "stay in place (--undo-on-exit reverts them)"
+            )
+        return text
 
 
 @dataclass(frozen=True)

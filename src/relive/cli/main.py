@@ -1,8 +1,13 @@
-"""``relive``: the command line.  argparse, one small function per command."""
+"""``relive``: the command line.  argparse, one small function per command.
+
+Heavy modules are imported inside the commands that use them: ``relive
+--help`` and ``relive reload`` load neither watchfiles nor (when piped) rich.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -10,13 +15,62 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from relive.cli.render import Renderer
+from relive.cli.targets import resolve_pids
 from relive.errors import ReliveError
 
 Command = Callable[[argparse.Namespace, Renderer], int]
 
+#: Signals ``run --on-signal`` accepts as the reload trigger.
+_TRIGGERS = ("INT", "QUIT", "HUP", "USR1", "USR2", "TERM")
 
-def _add_target(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-p", "--pid", type=int, required=True, help="process id of the target")
+
+def _add_target(
+    parser: argparse.ArgumentParser, every: bool = False, required: bool = True
+) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("-p", "--pid", type=int, help="process id of the target")
+    group.add_argument(
+        "-n",
+        "--name",
+        metavar="NAME",
+        help="process name (as pgrep matches it); must match one process unless --all",
+    )
+    if every:
+        parser.add_argument(
+            "--all",
+            dest="every",
+            action="store_true",
+            help="every process running the same executable (e.g. pre-forked workers), "
+            "each one reloaded on its own",
+        )
+
+
+def _add_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cflags", help="compile flags to use instead of the recorded ones")
+    parser.add_argument("-I", dest="includes", action="append", default=[], metavar="DIR")
+    parser.add_argument("-D", dest="defines", action="append", default=[], metavar="MACRO")
+    parser.add_argument("--compdb", type=Path, help="path to compile_commands.json")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    # Also accepted after the command; SUPPRESS keeps the top-level value otherwise.
+    parser.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="one JSON object per event"
+    )
+
+
+def _add_watching(parser: argparse.ArgumentParser) -> None:
+    _add_flags(parser)
+    parser.add_argument(
+        "--debounce",
+        type=int,
+        default=50,
+        metavar="MS",
+        help="quiet time that ends a burst of saves (default 50 ms)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="also print each function and compile"
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -27,7 +81,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     reload = sub.add_parser("reload", help="recompile files and redirect changed functions")
-    _add_target(reload)
+    _add_target(reload, every=True)
     reload.add_argument("files", nargs="+", metavar="FILE", help=".c sources or .o objects")
     reload.add_argument(
         "--function",
@@ -38,12 +92,53 @@ def _build_parser() -> argparse.ArgumentParser:
         help="only redirect these functions (repeatable)",
     )
     reload.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
-    reload.add_argument("--cflags", help="compile flags to use instead of the recorded ones")
-    reload.add_argument("-I", dest="includes", action="append", default=[], metavar="DIR")
-    reload.add_argument("-D", dest="defines", action="append", default=[], metavar="MACRO")
-    reload.add_argument("--compdb", type=Path, help="path to compile_commands.json")
+    _add_flags(reload)
     reload.add_argument("--timings", action="store_true", help="print time per phase")
     reload.set_defaults(run=_cmd_reload)
+
+    watch = sub.add_parser("watch", help="reload each source file of a running program on save")
+    _add_target(watch, every=True)
+    watch.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="files or folders to watch (default: the program's sources, from its DWARF)",
+    )
+    watch.add_argument(
+        "--undo-on-exit", action="store_true", help="revert this watch's patches when it ends"
+    )
+    _add_watching(watch)
+    watch.set_defaults(run=_cmd_watch)
+
+    run = sub.add_parser(
+        "run",
+        help="start a program and reload its sources on save",
+        usage="relive run [--watch PATH...] [--on-signal SIG] [options] -- PROGRAM [ARGS...]",
+    )
+    run.add_argument(
+        "--watch",
+        dest="paths",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="files or folders to watch (default: the program's sources)",
+    )
+    run.add_argument(
+        "--on-signal",
+        metavar="SIG",
+        choices=_TRIGGERS,
+        type=lambda s: s.upper().removeprefix("SIG"),
+        help="reload what changed when relive gets this signal instead of on save "
+        "(INT: Ctrl+C reloads, Ctrl+\\ quits)",
+    )
+    _add_watching(run)
+    run.add_argument("program", nargs=argparse.REMAINDER, metavar="-- PROGRAM [ARGS...]")
+    run.set_defaults(run=_cmd_run)
+
+    doctor = sub.add_parser("doctor", help="check what reloading needs, with fixes")
+    _add_target(doctor, required=False)
+    doctor.set_defaults(run=_cmd_doctor)
 
     undo = sub.add_parser("undo", help="restore the original entry of patched functions")
     _add_target(undo)
@@ -53,6 +148,9 @@ def _build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="list what is patched")
     _add_target(status)
     status.set_defaults(run=_cmd_status)
+
+    for command in (reload, watch, run, doctor, undo, status):
+        _add_common(command)
     return parser
 
 
@@ -62,25 +160,69 @@ def _cli_flags(args: argparse.Namespace) -> list[str] | None:
     return flags or None
 
 
+def _one_pid(args: argparse.Namespace) -> int:
+    return resolve_pids(args.pid, args.name, every=False)[0]
+
+
 def _cmd_reload(args: argparse.Namespace, out: Renderer) -> int:
     import relive
+    from relive.events import TargetProcess
+    from relive.process.procfs import get_process_name
 
     out.show_timings = args.timings
-    session = relive.attach(args.pid, on_event=out)
-    session.reload(
-        args.files,
-        functions=args.functions,
-        dry_run=args.dry_run,
-        cflags=_cli_flags(args),
-        compdb=args.compdb,
-    )
-    return 0
+    pids = resolve_pids(args.pid, args.name, args.every)
+
+    def reload(pid: int) -> None:
+        relive.attach(pid, on_event=out).reload(
+            args.files,
+            functions=args.functions,
+            dry_run=args.dry_run,
+            cflags=_cli_flags(args),
+            compdb=args.compdb,
+        )
+
+    if len(pids) == 1:
+        reload(pids[0])
+        return 0
+    # Each process is its own transaction: one failing leaves the others reloaded.
+    code = 0
+    for pid in pids:
+        try:
+            out(TargetProcess(pid, get_process_name(pid)))
+            reload(pid)
+        except ReliveError as error:
+            out.error(error, pid=pid)
+            code = code or error.exit_code
+    return code
+
+
+def _cmd_watch(args: argparse.Namespace, out: Renderer) -> int:
+    from relive.cli.watching import watch_process
+
+    return watch_process(args, out, _cli_flags(args))
+
+
+def _cmd_run(args: argparse.Namespace, out: Renderer) -> int:
+    from relive.cli.watching import run_program
+
+    return run_program(args, out, _cli_flags(args))
+
+
+def _cmd_doctor(args: argparse.Namespace, out: Renderer) -> int:
+    from relive.cli.doctor import run_checks
+
+    pid = _one_pid(args) if args.pid is not None or args.name else None
+    failed = False
+    for check in run_checks(pid):
+        out(check)
+        failed = failed or check.verdict == "fail"
+    return 1 if failed else 0
 
 
 def _cmd_undo(args: argparse.Namespace, out: Renderer) -> int:
     import relive
 
-    session = relive.attach(args.pid, on_event=out)
+    session = relive.attach(_one_pid(args), on_event=out)
     restored = session.undo(args.functions or None)
     if not restored and not out.json_lines:
         print("nothing to undo")
@@ -90,13 +232,14 @@ def _cmd_undo(args: argparse.Namespace, out: Renderer) -> int:
 def _cmd_status(args: argparse.Namespace, out: Renderer) -> int:
     import relive
 
-    rows = relive.attach(args.pid).status()
+    pid = _one_pid(args)
+    rows = relive.attach(pid).status()
     if out.json_lines:
         for row in rows:
             out.write_json({"kind": "patch", **row.__dict__})
         return 0
     if not rows:
-        print(f"pid {args.pid}: nothing patched")
+        print(f"pid {pid}: nothing patched")
     for row in rows:
         when = time.strftime("%H:%M:%S", time.localtime(row.updated))
         state = "active" if row.active else "NOT IN MEMORY (overwritten?)"
@@ -114,7 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    out = Renderer(json_lines=args.json)
+    # `run` leaves stdout to the program: relive's own lines go to stderr.
+    out = Renderer(json_lines=args.json, stream=sys.stderr if args.command == "run" else None)
     try:
         code: int = args.run(args, out)
         return code
@@ -123,6 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`relive watch ... | head`): stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def entry_point() -> None:

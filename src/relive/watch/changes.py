@@ -58,6 +58,11 @@ class ContentTracker:
                 if digest is not None:
                     self._seen[path] = digest
 
+    def differs(self, path: Path) -> bool:
+        """Whether ``path``'s content is not the last seen (without remembering it)."""
+        digest = _digest(path)
+        return digest is not None and self._seen.get(path) != digest
+
     def update(self, path: Path) -> bool | None:
         """Whether ``path``'s content changed since last seen (and remember it).
 

@@ -29,7 +29,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from relive.errors import ReliveError, UsageError
 from relive.events import TargetExited
@@ -43,10 +43,15 @@ _PR_SET_PDEATHSIG = 1
 TERMINAL_SIGNALS = frozenset({signal.SIGINT, signal.SIGQUIT})
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec; prctl is async-signal-safe.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+def _die_with_parent_hook() -> Callable[[], None]:
+    """A pre-exec hook asking for SIGTERM when relive dies (libc resolved before the fork)."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def hook() -> None:
+        # Runs in the child between fork and exec: only the prctl system call.
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+    return hook
 
 
 class ChildProgram:
@@ -61,7 +66,7 @@ class ChildProgram:
             self.proc = subprocess.Popen(
                 self.argv,
                 process_group=0 if own_group else None,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent_hook(),
             )
         except OSError as e:
             raise UsageError(

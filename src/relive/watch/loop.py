@@ -13,6 +13,8 @@ watched: when the signal arrives, every watched file whose content changed
 since the last reload is reloaded.
 
 The loop reports through events only (``relive.events``); the CLI renders them.
+It reloads through the sessions the caller's ``attach`` gives it (the CLI passes
+``relive.attach``): the session layer sits above this one.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from relive.build.flags import ORIGIN_DWARF
 from relive.errors import CompileError, ProcessGone, ReliveError, UsageError
@@ -42,13 +45,12 @@ from relive.events import (
 )
 from relive.patch.modules import load_running_modules
 from relive.process.procfs import is_alive
-from relive.session import Session, attach
 from relive.watch.changes import ContentTracker, saved_paths
 from relive.watch.deps import DependencyMap, scan_all
 from relive.watch.signals import Wakeup
 from relive.watch.sources import Scope, compile_command_for, find_units, select_units
 
-__all__ = ["WatchOptions", "Watcher"]
+__all__ = ["Attach", "ReloadTarget", "WatchOptions", "Watcher"]
 
 TRIGGER_SAVE = "save"
 
@@ -72,10 +74,52 @@ class WatchOptions:
     undo_on_exit: bool = False
 
 
+class ReloadOutcome(Protocol):
+    """What the loop reads of a reload's result (``relive.ReloadResult``)."""
+
+    @property
+    def redirected(self) -> list[str]: ...
+    @property
+    def added(self) -> list[str]: ...
+    @property
+    def unchanged(self) -> list[str]: ...
+    @property
+    def skipped(self) -> list[str]: ...
+    @property
+    def stopped_us(self) -> float: ...
+    @property
+    def phases_ms(self) -> dict[str, float]: ...
+
+
+class Patched(Protocol):
+    """What the loop reads of a patch's status (``relive.PatchStatus``)."""
+
+    @property
+    def name(self) -> str: ...
+
+
+class ReloadTarget(Protocol):
+    """The session API the loop uses (``relive.Session``)."""
+
+    def reload(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        cflags: Sequence[str] | None = None,
+        compdb: Path | None = None,
+    ) -> ReloadOutcome: ...
+    def status(self) -> Sequence[Patched]: ...
+    def undo(self, functions: Collection[str] | None = None) -> list[str]: ...
+
+
+#: Open a session on a pid, reporting to a sink: ``relive.attach``.
+Attach = Callable[[int, EventSink], ReloadTarget]
+
+
 @dataclass
 class _Target:
     pid: int
-    session: Session
+    session: ReloadTarget
     alive: bool = True
     redirected: set[str] = field(default_factory=set)
 
@@ -98,6 +142,7 @@ class Watcher:
         paths: Sequence[str | Path],
         options: WatchOptions,
         on_event: EventSink,
+        attach: Attach,
         on_exit: Callable[[int], TargetExited] = _default_exit,
     ) -> None:
         if not pids:
@@ -106,7 +151,7 @@ class Watcher:
         self.emit = on_event
         self._paths = list(paths)
         self._on_exit = on_exit
-        self._targets = [_Target(pid, attach(pid, on_event=self._sink)) for pid in pids]
+        self._targets = [_Target(pid, attach(pid, self._sink)) for pid in pids]
         self._deps = DependencyMap()
         self._content = ContentTracker()
         self._scope = Scope()
@@ -207,6 +252,7 @@ class Watcher:
 
         while not self._stopping:
             directories = self._directories()
+            first = True
             for changes in watchfiles.watch(
                 *directories,
                 watch_filter=None,
@@ -220,6 +266,11 @@ class Watcher:
                 if not self._check_targets():
                     return "exited"
                 saved = saved_paths(changes, self._watched())
+                if first:
+                    # The notifier exists from the first yield on; a save made before
+                    # (after `prepare`, or while re-watching) shows in the content.
+                    first = False
+                    saved |= {p for p in self._watched() if self._content.differs(p)}
                 if saved:
                     self._on_saves(saved)
                 if self._directories() != directories:
@@ -326,7 +377,11 @@ class Watcher:
                 if target.alive and target.redirected and is_alive(target.pid):
                     undone += self._undo(target)
         self._wake.close()
-        self.emit(WatchStopped(reason, undone))
+        kept = set()
+        for target in self._targets:
+            if target.alive:
+                kept |= target.redirected
+        self.emit(WatchStopped(reason, undone, sorted(kept - set(undone))))
         return undone
 
     def _undo(self, target: _Target) -> list[str]:

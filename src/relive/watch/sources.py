@@ -115,7 +115,8 @@ def select_units(dwarf_units: dict[Path, CompileUnit], scope: Scope) -> WatchSet
     if not units:
         raise UsageError(
             "no source files to watch: the program's debug info names none that exist here",
-            "name the program's .c files or their folder: relive watch -p PID src/",
+            "name the program's .c files or their folder (`relive watch -p PID src/`, "
+            "`relive run --watch src/ -- PROGRAM`), or build it with -g",
         )
     return WatchSet(units, scope)
 

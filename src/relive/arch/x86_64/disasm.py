@@ -6,7 +6,6 @@ from functools import cache
 from typing import Any
 
 
-
 @cache
 def _disassembler() -> Any:
     # capstone costs ~60 ms to import: only reloads that check branches pay it.

@@ -1,0 +1,104 @@
+"""``relive watch`` and ``relive run``: the edit loop's commands.
+
+The loop itself is ``relive.watch.Watcher``; this module picks the processes,
+installs the signal policy and hands the loop ``relive.attach`` (the session
+layer sits above ``watch``).  Imported only when one of these commands runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+
+import relive
+from relive.cli.render import WATCH_QUIET, Renderer
+from relive.cli.targets import resolve_pids
+from relive.errors import ReliveError, UsageError
+from relive.events import ProcessStarted
+from relive.watch import Watcher, WatchOptions
+from relive.watch.child import TERMINAL_SIGNALS, ChildProgram, wait_for_loader
+from relive.watch.signals import Handler, handle_signals, parse_signal, signal_name
+
+__all__ = ["run_program", "watch_process"]
+
+
+def watch_process(args: argparse.Namespace, out: Renderer, cflags: list[str] | None) -> int:
+    """``relive watch``: reload the sources of running processes on save."""
+    pids = resolve_pids(args.pid, args.name, args.every)
+    options = WatchOptions(
+        cflags=cflags,
+        compdb=args.compdb,
+        step_ms=args.debounce,
+        undo_on_exit=args.undo_on_exit,
+    )
+    if not args.verbose:
+        out.hide(WATCH_QUIET)
+    watcher = Watcher(pids, args.paths, options, out, relive.attach)
+    watcher.prepare()
+    stops: list[str] = []
+
+    def stop(signum: int) -> None:
+        stops.append(signal_name(signum))
+        if len(stops) > 1:
+            raise KeyboardInterrupt  # asked twice: do not wait for the reload in progress
+        watcher.request_stop()
+
+    handlers: dict[int, Handler] = {signal.SIGINT: stop, signal.SIGTERM: stop, signal.SIGHUP: stop}
+    with handle_signals(handlers):
+        out.start_status(f"watching pid {', '.join(map(str, pids))} · Ctrl+C to stop")
+        try:
+            ended = watcher.run()
+        except KeyboardInterrupt:
+            ended = "stopped"
+        finally:
+            out.stop_status()
+        reason = "the program exited" if ended == "exited" else (stops[0] if stops else "stopped")
+        watcher.finish(reason)
+    return 0
+
+
+def run_program(args: argparse.Namespace, out: Renderer, cflags: list[str] | None) -> int:
+    """``relive run``: start the program, reload on save or signal, exit with its status."""
+    argv = args.program[1:] if args.program[:1] == ["--"] else args.program
+    if not argv:
+        raise UsageError("no program to run", "relive run [OPTIONS] -- PROGRAM [ARGS...]")
+    trigger = parse_signal(args.on_signal) if args.on_signal else None
+    if not args.verbose:
+        out.hide(WATCH_QUIET)
+    program = ChildProgram(argv, own_group=trigger in TERMINAL_SIGNALS)
+    out(ProcessStarted(program.pid, argv))
+    options = WatchOptions(
+        cflags=cflags,
+        compdb=args.compdb,
+        step_ms=args.debounce,
+        trigger=trigger.name if trigger else "save",
+        poll_ms=100,
+    )
+    try:
+        watcher = Watcher(
+            [program.pid], args.paths, options, out, relive.attach, on_exit=program.reap
+        )
+    except ReliveError:
+        program.terminate()
+        raise
+
+    def ignore(signum: int) -> None:
+        """The terminal sent it to the program too (same process group)."""
+
+    handlers: dict[int, Handler] = {signal.SIGTERM: program.send, signal.SIGHUP: program.send}
+    for signum in TERMINAL_SIGNALS:
+        handlers[signum] = program.send if program.own_group else ignore
+    if program.own_group:
+        handlers[signal.SIGTSTP] = program.suspend_with_relive
+    if trigger is not None:
+        handlers[trigger] = lambda _signum: watcher.request_reload()
+    with handle_signals(handlers):
+        try:
+            wait_for_loader(program.pid)
+            watcher.prepare()
+        except ReliveError:
+            program.terminate()
+            raise
+        watcher.run()
+        watcher.finish("the program exited")
+    return program.exit_status()
