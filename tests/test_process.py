@@ -712,3 +712,34 @@ def test_find_free_gaps() -> None:
     line = "7f00-8f00 r-xp 00001000 08:01 42   /path/with space (deleted)\n"
     parsed = procfs.parse_maps_line(line)
     assert parsed.path == "/path/with space (deleted)" and parsed.offset == 0x1000
+
+
+CALLABLE = r"""
+#include <stdio.h>
+#include <unistd.h>
+static volatile long calls;
+__attribute__((noinline)) long triple_plus(long a, long b) { calls++; return 3 * a + b; }
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (long n = 0;; n++) { printf("tick %ld calls %ld\n", n, calls); usleep(20000); }
+}
+"""
+
+
+def test_remote_call_runs_a_function_and_restores_the_thread(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    from relive.patch.modules import get_main_module, load_running_modules
+    from relive.process.remote import remote_call
+
+    target = spawn([build(tmp_path, CALLABLE)])
+    target.wait_for(r"tick \d+ calls 0")
+    main = get_main_module(load_running_modules(target.pid))
+    symbol = main.image.find_global("triple_plus")
+    assert symbol is not None
+    with stop_all(target.pid) as held:
+        before = held.get_regs(target.pid)
+        assert remote_call(held, main.runtime(symbol.value), 5, 7) == 22
+        assert held.get_regs(target.pid) == before
+    target.wait_for(r"tick \d+ calls 1")
+    target.wait_for(r"tick \d+ calls 1")  # and it keeps running normally

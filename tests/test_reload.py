@@ -303,3 +303,34 @@ def test_a_tiny_new_function_can_be_reloaded_again(tmp_path: Path, spawn: SpawnF
     events = reload(target.pid, source)
     assert kinds(events)["redirected"] == ["base"]
     target.wait_for(r"fact 360")
+
+
+VDSO_PROG = r"""
+#include <stdio.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+__attribute__((noinline)) void tick(void) {
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    printf("old %d\n", tv.tv_sec > 0);
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { tick(); usleep(20000); }
+}
+"""
+
+
+def test_ifunc_resolved_into_the_vdso(tmp_path: Path, spawn: SpawnFactory) -> None:
+    """glibc's gettimeofday/time are IFUNCs whose implementation is in the vDSO."""
+    exe = compile_c(tmp_path, VDSO_PROG)
+    target = spawn([exe])
+    target.wait_for(r"old 1")
+    edit(
+        tmp_path / "prog.c",
+        'printf("old %d\\n", tv.tv_sec > 0);',
+        'printf("new %d %d\\n", tv.tv_sec > 0, time(NULL) > 0);',
+    )
+    reload(target.pid, tmp_path / "prog.c")
+    target.wait_for(r"new 1 1")

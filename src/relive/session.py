@@ -57,6 +57,8 @@ from relive.patch.journal import Definition, EntryPatch, Journal, load_journal, 
 from relive.patch.modules import RunningModule, get_main_module, load_running_modules
 from relive.patch.plan import FarDataReference, ReloadPlan, build_plan, iter_orphan_clones
 from relive.process.memory import ProcessMemory
+from relive.process.remote import remote_call
+from relive.process.threads import stop_all
 from relive.process.procfs import check_alive
 
 
@@ -210,11 +212,17 @@ class Session:
             ctx.memory.read,
             ctx.arch.dtpmod_reloc_type,
             ctx.arch.tpoff_reloc_type,
+            call_function=self._call_in_target,
         )
         fingerprints = record.fingerprints if record else None
         plan = build_plan(key, obj, binder, ctx.arch, fingerprints, ctx.functions)
         _lap(ctx.phases, "link", mark)
         return plan
+
+    def _call_in_target(self, function: int) -> int:
+        """Run ``function()`` in the target (an IFUNC resolver nobody has run yet)."""
+        with stop_all(self.pid) as stopped:
+            return remote_call(stopped, function)
 
     def _find_command(self, source: Path, ctx: _Context) -> tuple[CompileCommand, RunningModule]:
         """The compile command of ``source`` and the module it was built into."""

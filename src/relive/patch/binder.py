@@ -75,6 +75,7 @@ class Binder:
         read_memory: MemoryReader,
         dtpmod_reloc_type: int,
         tpoff_reloc_type: int,
+        call_function: Callable[[int], int] | None = None,
     ) -> None:
         self.obj = obj
         self.module = module
@@ -83,6 +84,8 @@ class Binder:
         self.read_memory = read_memory
         self.dtpmod_reloc_type = dtpmod_reloc_type
         self.tpoff_reloc_type = tpoff_reloc_type
+        #: Runs a function of the target (no arguments) and returns its result.
+        self.call_function = call_function
         self._externals: dict[str, Bound | None] = {}
         self._file_groups: set[str] | None = None
         self._locals_by_name: dict[str, list[ImageSymbol]] | None = None
@@ -280,7 +283,10 @@ class Binder:
 
         glibc resolves IRELATIVE slots at start-up; a slot whose addend is the
         resolver holds the chosen implementation.  Failing that, a GOT slot of
-        any module that imports the symbol does.
+        any module that imports the symbol does, once bound: a lazy slot not yet
+        bound points back into its own module's PLT.  The implementation may lie
+        outside the defining library: glibc's gettimeofday and time resolve into
+        the vDSO.
         """
         slot = module.image.find_irelative_slot(symbol.value)
         if slot is not None:
@@ -290,8 +296,10 @@ class Binder:
             if got is None:
                 continue
             value = _read_pointer(self.read_memory, other.runtime(got))
-            if module.start <= value < module.end:
+            if value and not other.start <= value < other.end:
                 return value
+        if self.call_function is not None:
+            return self.call_function(module.runtime(symbol.value))
         raise LinkError(
             f"cannot tell which implementation of {symbol.name} (an IFUNC in {module.name}) "
             "the process uses",

@@ -19,13 +19,16 @@ import errno as errno_codes
 import os
 
 from relive.arch.x86_64.registers import (
+    CALL_RETURN_ADDRESS,
     MMAP,
     MPROTECT,
     MUNMAP,
     SYSCALL_INSN,
     SYSCALL_INSN_SIZE,
+    call_result,
     get_pc,
     is_syscall_error,
+    prepare_call,
     prepare_syscall,
     set_pc,
     syscall_name,
@@ -49,10 +52,14 @@ MAP_ANONYMOUS = 0x20
 #: mapping (Linux 4.17+; older kernels treat it as a mere hint).
 MAP_FIXED_NOREPLACE = 0x100000
 
+_FIRST_CHUNK = 4096
 _SCAN_CHUNK = 1 << 20
+#: Stack bytes below the call's frame saved and restored around a remote call.
+_CALL_STACK_BACKUP = 16 * 1024
 
-#: pid -> address of a ``syscall`` instruction found in that process.
-_syscall_insn_cache: dict[int, int] = {}
+#: pid -> address of a ``syscall`` instruction found in that process, and the
+#: maps-line prefix of its mapping (see ``_is_still_valid``).
+_syscall_insn_cache: dict[int, tuple[int, str]] = {}
 
 
 class RemoteSyscallError(ReliveError):
@@ -71,9 +78,12 @@ def _iter_candidate_mappings(maps: list[procfs.Mapping]) -> list[procfs.Mapping]
 
 
 def _scan_mapping(memory: ProcessMemory, mapping: procfs.Mapping) -> int | None:
+    # Chunks grow from one page: libc has a ``syscall`` within its first few pages,
+    # and this runs while the threads are held.
     overlap = len(SYSCALL_INSN) - 1  # an instruction may straddle two chunks
-    for start in range(mapping.start, mapping.end, _SCAN_CHUNK):
-        end = min(start + _SCAN_CHUNK + overlap, mapping.end)
+    start, size = mapping.start, _FIRST_CHUNK
+    while start < mapping.end:
+        end = min(start + size + overlap, mapping.end)
         try:
             chunk = memory.read(start, end - start)
         except ReliveError:
@@ -81,6 +91,8 @@ def _scan_mapping(memory: ProcessMemory, mapping: procfs.Mapping) -> int | None:
         offset = chunk.find(SYSCALL_INSN)
         if offset >= 0:
             return start + offset
+        start += size
+        size = min(size * 4, _SCAN_CHUNK)
     return None
 
 
@@ -90,19 +102,36 @@ def find_syscall_insn(pid: int) -> int | None:
     Any occurrence of the two bytes works, even inside another instruction: the
     CPU decodes from wherever rip points.
     """
-    maps = procfs.read_maps(pid)
+    found = _find_syscall_insn(pid)
+    return None if found is None else found[0]
+
+
+def _find_syscall_insn(pid: int) -> tuple[int, str] | None:
+    """The address and the maps-line prefix of the mapping that holds it."""
+    # Runs while the threads are held: parse only the lines of executable mappings.
+    lines = procfs.read_maps_text(pid).splitlines()
+    maps = [procfs.parse_maps_line(line) for line in lines if "xp " in line or "xs " in line]
     with ProcessMemory(pid) as memory:
         for mapping in _iter_candidate_mappings(maps):
             found = _scan_mapping(memory, mapping)
             if found is not None:
-                return found
+                return found, _maps_key(mapping)
     return None
 
 
-def _is_still_valid(pid: int, addr: int) -> bool:
-    """Whether a cached address still holds ``syscall`` in an executable mapping."""
-    mapping = procfs.find_mapping(procfs.read_maps(pid), addr)
-    if mapping is None or not mapping.is_executable:
+def _maps_key(mapping: procfs.Mapping) -> str:
+    """How /proc/PID/maps starts the line of ``mapping`` (``%08lx-%08lx perms``)."""
+    return f"{mapping.start:08x}-{mapping.end:08x} {mapping.perms} "
+
+
+def _is_still_valid(pid: int, addr: int, key: str) -> bool:
+    """Whether a cached address still holds ``syscall`` in the same executable mapping.
+
+    Runs while the threads are held, so it looks for the mapping's line in the raw
+    maps text (the same range and permissions) rather than parsing every line.
+    """
+    text = procfs.read_maps_text(pid)
+    if not (text.startswith(key) or f"\n{key}" in text):
         return False
     with ProcessMemory(pid) as memory:
         return memory.read(addr, len(SYSCALL_INSN)) == SYSCALL_INSN
@@ -111,16 +140,16 @@ def _is_still_valid(pid: int, addr: int) -> bool:
 def get_syscall_insn(pid: int) -> int:
     """Address of a ``syscall`` instruction in ``pid``; searched once and cached."""
     cached = _syscall_insn_cache.get(pid)
-    if cached is not None and _is_still_valid(pid, cached):
-        return cached
-    found = find_syscall_insn(pid)
+    if cached is not None and _is_still_valid(pid, *cached):
+        return cached[0]
+    found = _find_syscall_insn(pid)
     if found is None:
         raise ReliveError(
             f"no syscall instruction found in the executable mappings of process {pid}",
             hint="the program maps no code file relive can borrow the instruction from",
         )
     _syscall_insn_cache[pid] = found
-    return found
+    return found[0]
 
 
 def _pick_thread(stopped: StoppedProcess) -> int:
@@ -209,3 +238,32 @@ def remote_mprotect(stopped: StoppedProcess, addr: int, length: int, prot: int) 
 def remote_munmap(stopped: StoppedProcess, addr: int, length: int) -> None:
     """munmap(addr, length) in the target."""
     remote_syscall(stopped, MUNMAP, addr, length)
+
+
+def remote_call(stopped: StoppedProcess, function: int, *args: int) -> int:
+    """Call ``function(*args)`` on one held thread (the others stay held); its result.
+
+    The thread's registers and every stack byte the call may touch are
+    restored exactly afterwards.  The call returns to an address that faults,
+    so nothing is written into the program's code.  Meant for short functions
+    that take no locks (IFUNC resolvers).
+    """
+    tid = _pick_thread(stopped)
+    saved = stopped.get_regs(tid)
+    regs, slot = prepare_call(saved, function, args)
+    stack = procfs.find_mapping(procfs.read_maps(stopped.pid), slot)
+    if stack is None:
+        raise ReliveError(f"thread {tid} of process {stopped.pid} has no stack below {slot:#x}")
+    low = max(stack.start, slot - _CALL_STACK_BACKUP)
+    with ProcessMemory(stopped.pid, poke_tid=tid) as memory:
+        backup = memory.read(low, slot + 8 - low)
+        try:
+            memory.write(slot, CALL_RETURN_ADDRESS.to_bytes(8, "little"))
+            stopped.set_regs(tid, regs)
+            stopped.run_until_fault_at(tid, CALL_RETURN_ADDRESS)
+            result = call_result(stopped.get_regs(tid))
+        finally:
+            if tid in stopped.tids:
+                stopped.set_regs(tid, saved)
+                memory.write(low, backup)
+    return result

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -46,6 +47,8 @@ from relive.process import permissions, procfs, ptrace
 _RELEASE_GRACE_S = 1.0
 #: How long one single step may take (it may run a syscall such as munmap).
 _STEP_TIMEOUT_S = 10.0
+#: How long a wait for a thread's stop polls without sleeping (see ``_wait``).
+_SPIN_S = 0.002
 
 # Signals left unblocked while single-stepping.  The kernel forces synchronous
 # signals (the step's own SIGTRAP, faults, seccomp's SIGSYS) through a blocked
@@ -93,6 +96,8 @@ class StoppedProcess:
     def __init__(self, pid: int, timeout: float = 2.0) -> None:
         self.pid = pid
         self.timeout = timeout
+        #: Hold only this thread (see stop_one); None: every thread.
+        self._only: int | None = None
         self._threads: dict[int, _Thread] = {}
         self._owner = threading.get_ident()
         self._held_since: float | None = None
@@ -102,6 +107,21 @@ class StoppedProcess:
     def stop_all(cls, pid: int, timeout: float = 2.0) -> StoppedProcess:
         """Seize and stop every thread of ``pid`` within ``timeout`` seconds."""
         stopped = cls(pid, timeout)
+        stopped._stop_world()
+        return stopped
+
+    @classmethod
+    def stop_one(cls, pid: int, tid: int | None = None, timeout: float = 2.0) -> StoppedProcess:
+        """Seize and stop one thread of ``pid``; the other threads keep running.
+
+        Enough to run a system call in the target (see ``remote``) that no other
+        thread can notice, such as mapping memory nothing refers to yet.  By
+        default the thread is one blocked in a system call, the main thread first
+        (its call restarts after the release, so the program sees no stall at
+        all); failing that, the main thread.
+        """
+        stopped = cls(pid, timeout)
+        stopped._only = tid if tid is not None else pick_idle_thread(pid)
         stopped._stop_world()
         return stopped
 
@@ -176,6 +196,53 @@ class StoppedProcess:
         finally:
             self._restore_sigmask(tid, saved_mask)
 
+    def run_until_fault_at(self, tid: int, address: int, timeout: float = 2.0) -> None:
+        """Let held thread ``tid`` run (the others stay held) until it faults at
+        ``address``; the fault is swallowed.  Used to end a remote function call.
+
+        Signals that arrive meanwhile stay queued (masked) or are owed, as for
+        :meth:`single_step`; any other fault raises ReliveError.
+        """
+        thread = self._get_thread(tid)
+        try:
+            saved_mask = ptrace.get_sigmask(tid)
+            ptrace.set_sigmask(tid, _STEP_SIGMASK)
+        except OSError as exc:
+            raise self._thread_error(tid, exc) from exc
+        try:
+            self._run_until_fault(thread, address, time.monotonic() + timeout)
+        finally:
+            self._restore_sigmask(tid, saved_mask)
+
+    def _run_until_fault(self, thread: _Thread, address: int, deadline: float) -> None:
+        tid = thread.tid
+        signo = self._hand_back_current(thread)
+        while True:
+            try:
+                ptrace.cont(tid, signo)
+                signo = 0
+                status = self._wait(tid, deadline)
+                if status is None or status.exited:
+                    self._threads.pop(tid, None)
+                    raise self._exited_during_step(tid)
+                thread.record_stop(status)
+            except OSError as exc:
+                raise self._thread_error(tid, exc) from exc
+            info = thread.current
+            if info is None:
+                continue  # a pending interrupt fired first: run on
+            thread.current = None
+            if info.is_user_sent:
+                thread.owed.append(info)
+                continue
+            pc = get_pc(ptrace.get_regs(tid))
+            if info.signo == signal.SIGSEGV and pc == address:
+                return
+            raise ReliveError(
+                f"a function called in thread {tid} of process {self.pid} raised "
+                f"{signal.Signals(info.signo).name} at {pc:#x}"
+            )
+
     def resume_briefly(self, duration_s: float) -> None:
         """Let every thread run for about ``duration_s`` seconds, then stop them all again.
 
@@ -225,7 +292,15 @@ class StoppedProcess:
         """
         skipped: set[int] = set()
         while True:
-            new = [t for t in self._scan_threads() if t not in self._threads and t not in skipped]
+            if self._only is not None:
+                if self._only in self._threads:
+                    break
+                if self._only in skipped:  # it exited meanwhile: take another one
+                    self._only = pick_idle_thread(self.pid, exclude=skipped)
+                new = [self._only]
+            else:
+                new = [t for t in self._scan_threads() if t not in self._threads]
+                new = [t for t in new if t not in skipped]
             if not new:
                 break
             for tid in new:
@@ -285,6 +360,7 @@ class StoppedProcess:
         sleep, vfork) cannot hang relive.
         """
         delay = 50e-6
+        spin_until = time.monotonic() + _SPIN_S
         while True:
             try:
                 status = ptrace.waitpid(tid, ptrace.WNOHANG)
@@ -292,11 +368,18 @@ class StoppedProcess:
                 return None
             if status is not None:
                 return status
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise ReliveError(
                     f"thread {tid} of process {self.pid} did not stop within {self.timeout:g} s",
                     hint="it may be in uninterruptible sleep (state D) or in vfork(); retry",
                 )
+            if now < spin_until:
+                # Threads are held meanwhile: poll again at once (giving up the CPU,
+                # which the thread may need to reach its stop) rather than sleep, since
+                # even the shortest sleep costs more than a stop usually takes.
+                os.sched_yield()
+                continue
             time.sleep(delay)
             delay = min(delay * 2, 0.002)
 
@@ -450,3 +533,21 @@ class StoppedProcess:
 def stop_all(pid: int, timeout: float = 2.0) -> StoppedProcess:
     """Seize and stop every thread of ``pid``; see :class:`StoppedProcess`."""
     return StoppedProcess.stop_all(pid, timeout)
+
+
+def stop_one(pid: int, tid: int | None = None, timeout: float = 2.0) -> StoppedProcess:
+    """Seize and stop one (by default an idle) thread; see :meth:`StoppedProcess.stop_one`."""
+    return StoppedProcess.stop_one(pid, tid, timeout)
+
+
+def pick_idle_thread(pid: int, exclude: Collection[int] = ()) -> int:
+    """A thread of ``pid`` asleep in a system call (state S), the main thread first;
+    the main thread (or any thread) if none is.  Raises ProcessGone."""
+    tids = [t for t in procfs.iter_thread_ids(pid) if t not in exclude]
+    if not tids:
+        raise ProcessGone(f"process {pid} exited during the reload")
+    tids.sort(key=lambda t: t != pid)
+    for tid in tids:
+        if procfs.find_thread_state(pid, tid) == "S":
+            return tid
+    return tids[0]
