@@ -52,8 +52,8 @@ def main(argv: list[str]) -> int:
         _call(PTRACE_INTERRUPT, tid)
     for tid in tids:
         os.waitpid(tid, WALL)
-    for addr, data in writes:
-        os.pwrite(fd, os.pread(fd, 5, addr) if data is None else data, addr)
+    for address, new in writes:
+        os.pwrite(fd, os.pread(fd, 5, address) if new is None else new, address)
     for tid in tids:
         _call(PTRACE_DETACH, tid)
     held_until = time.monotonic()

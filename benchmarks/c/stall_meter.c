@@ -10,6 +10,9 @@
  * Commands on stdin, one per line:
  *   reset   start a new measuring window         -> "RESET"
  *   report  the window's longest gap and calls   -> "REPORT max_gap_ns=.. ..."
+ *   park    call compute() only once a millisecond until the next reset -> "PARKED"
+ *           (under SCHED_FIFO, a thread that spins for 950 ms of a second is
+ *           throttled for the other 50: parking between windows avoids that)
  *   quit    exit
  */
 #define _GNU_SOURCE
@@ -27,6 +30,7 @@ extern int compute(void);
 __attribute__((noinline, used)) int bench_floor_target(void) { return 2; }
 
 static int reset_request;        /* main -> worker: start a new window */
+static int parked;               /* main -> worker: idle until the next window */
 static int64_t max_gap_ns;       /* worker -> main: longest gap in the window */
 static int64_t max_gap_end_ns;   /* when that gap ended */
 static int64_t gaps_over_100us;  /* how many gaps were longer than 100 us */
@@ -43,6 +47,11 @@ static void *worker(void *arg) {
     int last = compute();
     int64_t prev = now_ns();
     for (;;) {
+        if (__atomic_load_n(&parked, __ATOMIC_ACQUIRE)) {
+            struct timespec ts = {0, 1000 * 1000};
+            nanosleep(&ts, NULL);
+            prev = now_ns() + 1000 * 1000 * 1000; /* no gap counts until the next reset */
+        }
         int value = compute();
         int64_t now = now_ns();
         int64_t gap = now - prev;
@@ -96,6 +105,7 @@ int main(void) {
     char line[128];
     while (fgets(line, sizeof line, stdin)) {
         if (strncmp(line, "reset", 5) == 0) {
+            __atomic_store_n(&parked, 0, __ATOMIC_RELEASE);
             __atomic_store_n(&reset_request, 1, __ATOMIC_RELEASE);
             while (__atomic_load_n(&reset_request, __ATOMIC_ACQUIRE)) {
                 struct timespec ts = {0, 100 * 1000};
@@ -109,6 +119,9 @@ int main(void) {
                    (long long)gap, (long long)__atomic_load_n(&max_gap_end_ns, __ATOMIC_RELAXED),
                    (long long)__atomic_load_n(&gaps_over_100us, __ATOMIC_RELAXED),
                    (unsigned long long)__atomic_load_n(&calls, __ATOMIC_RELAXED), compute());
+        } else if (strncmp(line, "park", 4) == 0) {
+            __atomic_store_n(&parked, 1, __ATOMIC_RELEASE);
+            printf("PARKED\n");
         } else if (strncmp(line, "quit", 4) == 0) {
             break;
         }

@@ -57,9 +57,9 @@ from relive.patch.journal import Definition, EntryPatch, Journal, load_journal, 
 from relive.patch.modules import RunningModule, get_main_module, load_running_modules
 from relive.patch.plan import FarDataReference, ReloadPlan, build_plan, iter_orphan_clones
 from relive.process.memory import ProcessMemory
+from relive.process.procfs import check_alive
 from relive.process.remote import remote_call
 from relive.process.threads import stop_all
-from relive.process.procfs import check_alive
 
 
 @dataclass(frozen=True)

@@ -401,7 +401,10 @@ class _Reader:
             if attr in _WANTED and value is not None:
                 values[attr] = (form, value)
         base_entry = values.get(_DW_AT_STR_OFFSETS_BASE)
-        base = base_entry[1] if base_entry else 2 * unit.offset_size
+        # Without DW_AT_str_offsets_base: just past the table's 8- or 16-byte header.
+        base = 2 * unit.offset_size
+        if base_entry is not None and isinstance(base_entry[1], int):
+            base = base_entry[1]
         strings = {
             attr: self._string(form, value, base, unit)
             for attr, (form, value) in values.items()

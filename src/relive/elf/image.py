@@ -18,8 +18,9 @@ import stat
 import struct
 import sys
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import compress
 from typing import ClassVar, Literal, NamedTuple
 
@@ -186,19 +187,53 @@ def _column(data: bytes, code: str, start: int, step: int) -> list[int]:
     return items[start::step].tolist()
 
 
+def _byte_map(accept: Callable[[int], bool]) -> bytes:
+    """A :meth:`bytes.translate` table mapping each byte value to 1 or 0."""
+    return bytes(1 if accept(i) else 0 for i in range(256))
+
+
+def _and_masks(*masks: bytes) -> bytes:
+    """Byte-wise AND of equally long 0/1 masks, at C speed (through big integers)."""
+    value = int.from_bytes(masks[0], "little")
+    for mask in masks[1:]:
+        value &= int.from_bytes(mask, "little")
+    return value.to_bytes(len(masks[0]), "little")
+
+
+#: st_info whose type may start a function's neighbour (see find_next_symbol_address).
+_STARTS_KIND = _byte_map(lambda i: i & 0xF in (STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_GNU_IFUNC))
+_NONZERO = _byte_map(lambda i: i != 0)
+_NOT_FF = _byte_map(lambda i: i != 0xFF)
+
+#: Up to this many names, a lookup searches the raw tables instead of decoding them all.
+_DIRECT_LOOKUPS = 16
+#: A table this small is decoded whole at once (a few milliseconds at most).
+_SMALL_TABLE = 4096
+#: More candidate string positions than this: decode the whole table instead.
+_MAX_CANDIDATES = 64
+#: Up to this many successor queries search address blocks instead of sorting them all.
+_DIRECT_NEXT_QUERIES = 8
+
+
 class _Strings:
-    """A string table, decoded once when it is plain ASCII (the usual case)."""
+    """A string table, decoded (once, on first use) when it is plain ASCII, the usual case."""
 
     def __init__(self, table: bytes) -> None:
         self.table = table
-        self.text = table.decode("ascii") if table.isascii() else None
+
+    @cached_property
+    def text(self) -> str | None:
+        """The whole table as text, or None if it is not ASCII."""
+        return self.table.decode("ascii") if self.table.isascii() else None
 
     def get(self, offset: int) -> str:
         """The string at ``offset``."""
-        if self.text is None:
+        # Slice the decoded text if many() decoded it; else decode just this string.
+        text: str | None = self.__dict__.get("text")
+        if text is None:
             return read_cstr(self.table, offset)
-        end = self.text.find("\0", offset)
-        return self.text[offset:] if end < 0 else self.text[offset:end]
+        end = text.find("\0", offset)
+        return text[offset:] if end < 0 else text[offset:end]
 
     def many(self, offsets: list[int]) -> list[str]:
         """The strings at ``offsets``, in order."""
@@ -208,27 +243,47 @@ class _Strings:
         find = text.index
         return [text[o : find("\0", o)] for o in offsets]
 
+    @cached_property
+    def is_ascii(self) -> bool:
+        """Whether every string is ASCII (then bytes and text offsets agree)."""
+        return self.table.isascii()
+
+    def find_offsets(self, name: bytes, limit: int) -> list[int] | None:
+        """Every offset where ``name`` followed by NUL or ``@`` starts (tails of longer
+        strings included: a linker may share them), in one sweep of the table; None
+        if ``name`` occurs more than ``limit`` times."""
+        found: list[int] = []
+        table = self.table
+        size = len(name)
+        at = table.find(name)
+        for _ in range(limit):
+            if at < 0:
+                return found
+            if table[at + size : at + size + 1] in (b"\0", b"@"):
+                found.append(at)
+            at = table.find(name, at + 1)
+        return None if at >= 0 else found
+
 
 class _SymbolTable:
-    """One symbol table (``.symtab`` or ``.dynsym``) decoded column by column.
+    """One symbol table (``.symtab`` or ``.dynsym``), kept as raw bytes.
 
-    Names are decoded only for the symbols a query needs.
+    Nothing is decoded up front: a symbol is unpacked when a query returns it, a
+    few name lookups search the raw string and symbol tables with :meth:`bytes.find`,
+    and whole columns (or every global name) are decoded only for queries over all
+    symbols, or after :data:`_DIRECT_LOOKUPS` lookups.
     """
 
     def __init__(
         self, data: bytes, strtab: bytes, first_global: int, shndx_table: bytes, versym: bytes
     ) -> None:
         data = data[: len(data) - len(data) % SYM_SIZE]
+        self.data = data
         self.count = len(data) // SYM_SIZE
         # Elf64_Sym: st_name u32 @0, st_info u8 @4, st_other u8 @5, st_shndx u16 @6,
         # st_value u64 @8, st_size u64 @16.
-        self.st_name = _column(data, "I", 0, SYM_SIZE // 4)
         self.info = data[4::SYM_SIZE]
-        self.shndx = _column(data, "H", 3, SYM_SIZE // 2)
-        self.value = _column(data, "Q", 1, SYM_SIZE // 8)
-        self.size = _column(data, "Q", 2, SYM_SIZE // 8)
-        if shndx_table:
-            self.shndx = [resolve_xindex(shndx_table, x, k) for k, x in enumerate(self.shndx)]
+        self.shndx_table = shndx_table
         self.strings = _Strings(strtab)
         # sh_info: index of the first non-local symbol (entry 0 is always local).
         self.first_global = min(max(first_global, 1), self.count)
@@ -240,30 +295,89 @@ class _SymbolTable:
         while index >= 0:
             self.file_starts.append(index)
             index = self.info.find(STT_FILE, index + 1, self.first_global)
-        self.file_names = self.strings.many([self.st_name[i] for i in self.file_starts])
+        self.file_names = self.strings.many([self._st_name(i) for i in self.file_starts])
         self._globals: dict[str, int] | None = None
+        self._lookups = 0
+        self._found: dict[str, int | None] = {}
+        self._starts: list[int] | None = None
+        self._next_queries = 0
+
+    # -- columns, decoded on first use -----------------------------------------------
+
+    @cached_property
+    def st_name(self) -> list[int]:
+        """``st_name`` of every symbol."""
+        return _column(self.data, "I", 0, SYM_SIZE // 4)
+
+    @cached_property
+    def shndx(self) -> list[int]:
+        """The section index of every symbol (``SHN_XINDEX`` resolved)."""
+        column = _column(self.data, "H", 3, SYM_SIZE // 2)
+        if self.shndx_table:
+            column = [resolve_xindex(self.shndx_table, x, k) for k, x in enumerate(column)]
+        return column
+
+    @cached_property
+    def value(self) -> list[int]:
+        """``st_value`` of every symbol."""
+        return _column(self.data, "Q", 1, SYM_SIZE // 8)
+
+    @cached_property
+    def _st_name_bytes(self) -> bytes:
+        """``st_name`` of every symbol as packed little-endian u32: 1/6 of the table,
+        for :meth:`bytes.find`."""
+        items = array.array("I", self.data)[:: SYM_SIZE // 4]
+        if sys.byteorder != "little":
+            items.byteswap()
+        return items.tobytes()
+
+    @cached_property
+    def _values_be(self) -> bytes:
+        """``st_value`` of every symbol as packed big-endian u64, so that the symbols
+        of an address range share a byte prefix :meth:`bytes.find` can look for."""
+        items = array.array("Q", self.data)[1 :: SYM_SIZE // 8]
+        if sys.byteorder == "little":
+            items.byteswap()
+        return items.tobytes()
+
+    def _st_name(self, index: int) -> int:
+        (offset,) = struct.unpack_from("<I", self.data, index * SYM_SIZE)
+        return int(offset)
+
+    def _defined_mask(self, kinds: bytes) -> bytes:
+        """1 per symbol of an accepted kind in a real section (not UNDEF, ABS, COMMON...)."""
+        if self.shndx_table:  # the rare SHN_XINDEX table: go by the resolved column
+            return bytes(
+                1 if kinds[info] and SHN_UNDEF < shndx < SHN_LORESERVE else 0
+                for info, shndx in zip(self.info, self.shndx, strict=True)
+            )
+        low, high = self.data[6::SYM_SIZE], self.data[7::SYM_SIZE]
+        either = (int.from_bytes(low, "little") | int.from_bytes(high, "little")).to_bytes(
+            self.count, "little"
+        )
+        return _and_masks(
+            self.info.translate(kinds), either.translate(_NONZERO), high.translate(_NOT_FF)
+        )
+
+    # -- single symbols -----------------------------------------------------------------
 
     def name(self, index: int) -> str:
         """The name of the symbol at ``index``."""
-        return self.strings.get(self.st_name[index])
+        return self.strings.get(self._st_name(index))
 
     def symbol(self, index: int) -> ImageSymbol:
         """The entry at ``index`` as an :class:`ImageSymbol`."""
-        info = self.info[index]
+        st_name, info, _, shndx, value, size = struct.unpack_from(
+            SYM_FORMAT, self.data, index * SYM_SIZE
+        )
+        if self.shndx_table:
+            shndx = resolve_xindex(self.shndx_table, shndx, index)
         bind = info >> 4
         file = None
         if bind == STB_LOCAL:
             group = bisect.bisect_right(self.file_starts, index) - 1
             file = self.file_names[group] if group >= 0 else None
-        return ImageSymbol(
-            self.name(index),
-            self.value[index],
-            self.size[index],
-            info & 0xF,
-            bind,
-            self.shndx[index],
-            file,
-        )
+        return ImageSymbol(self.strings.get(st_name), value, size, info & 0xF, bind, shndx, file)
 
     def is_hidden_version(self, index: int) -> bool:
         """The ``.gnu.version`` entry marks this dynsym entry as a non-default version."""
@@ -271,6 +385,68 @@ class _SymbolTable:
             return False
         (version,) = struct.unpack_from("<H", self.versym, 2 * index)
         return bool(version & _VERSYM_HIDDEN)
+
+    # -- globals by name ------------------------------------------------------------------
+
+    def find_global(self, name: str) -> int | None:
+        """The index of the preferred defined non-local symbol ``name`` (version ignored)."""
+        if self._globals is None and self._lookups < _DIRECT_LOOKUPS:
+            if name in self._found:
+                return self._found[name]
+            self._lookups += 1
+            searched, index = self._search_global(name)
+            if searched:
+                self._found[name] = index
+                return index
+        return self.globals().get(name)
+
+    def _search_global(self, name: str) -> tuple[bool, int | None]:
+        """:meth:`find_global` without decoding the table: (True, answer), or
+        (False, None) when that does not pay (a small table, too many candidates)
+        or cannot be done exactly (versioned dynsym, non-ASCII names)."""
+        unsearchable = (False, None)
+        if (
+            self.count < _SMALL_TABLE
+            or self.versym
+            or not name
+            or "@" in name
+            or not name.isascii()
+            or not self.strings.is_ascii
+        ):
+            return unsearchable
+        offsets = self.strings.find_offsets(name.encode(), _MAX_CANDIDATES)
+        if offsets is None:
+            return unsearchable
+        entries: list[tuple[int, str]] = []  # (index, full name) of defined globals
+        for offset in offsets:
+            for index in self._iter_indices_named(offset):
+                if self.shndx_table:
+                    shndx = self.symbol(index).shndx
+                else:
+                    (shndx,) = struct.unpack_from("<H", self.data, index * SYM_SIZE + 6)
+                if shndx != SHN_UNDEF:
+                    entries.append((index, self.strings.get(offset)))
+                if len(entries) > _MAX_CANDIDATES:
+                    return unsearchable
+        if not entries:
+            return True, None
+        entries.sort()
+        if len(entries) == 1 and entries[0][1] == name:
+            return True, entries[0][0]  # unique and unversioned: whatever its binding
+        ranked = self._ranked([i for i, _ in entries], [n for _, n in entries])
+        return True, ranked.get(name)
+
+    def _iter_indices_named(self, offset: int) -> Iterator[int]:
+        """Indices (from ``first_global``) of the symbols whose ``st_name`` is ``offset``."""
+        key = offset.to_bytes(4, "little")
+        column = self._st_name_bytes
+        at = column.find(key, self.first_global * 4)
+        while at >= 0:
+            if at % 4 == 0:
+                yield at // 4
+                at = column.find(key, at + 4)
+            else:  # straddles two entries
+                at = column.find(key, at + 1)
 
     def globals(self) -> dict[str, int]:
         """Defined non-local symbols by unversioned name, the preferred entry for each."""
@@ -292,12 +468,14 @@ class _SymbolTable:
         # names that are duplicated or carry a version (copy-relocated
         # "stdout@GLIBC_2.2.5" in executables, "memcpy@@GLIBC_2.14" in libraries).
         plain = dict(zip(reversed(names), reversed(defined), strict=True))
-        if len(plain) == len(defined) and "@" not in "".join(names):
+        versioned = [n for n in names if "@" in n]
+        if len(plain) == len(defined) and not versioned:
             return plain
-        special = {n.partition("@")[0] for n in names if "@" in n}
+        special = {n.partition("@")[0] for n in versioned}
         if len(plain) != len(defined):
             special.update(n for n, count in Counter(names).items() if count > 1)
-        picked = [k for k, n in enumerate(names) if "@" in n or n in special]
+        special.update(versioned)
+        picked = [k for k, n in enumerate(names) if n in special]
         for k in picked:
             plain.pop(names[k], None)
         plain.update(self._ranked([defined[k] for k in picked], [names[k] for k in picked]))
@@ -317,6 +495,71 @@ class _SymbolTable:
             if seen is None or rank < seen[0]:
                 best[name] = (rank, index)
         return {name: index for name, (_, index) in best.items()}
+
+    # -- queries over all symbols -----------------------------------------------------------
+
+    def next_start(self, vaddr: int, limit: int) -> int | None:
+        """The smallest address above ``vaddr`` and below ``limit`` where a defined
+        function, object or untyped symbol starts; None if there is none.
+
+        The first few queries search the symbols of the address blocks from
+        ``vaddr`` upwards (see :meth:`_search_next`); after that, or when the gap is
+        wide, every start is sorted once.
+        """
+        if self._starts is None and self._next_queries < _DIRECT_NEXT_QUERIES:
+            self._next_queries += 1
+            searched, found = self._search_next(vaddr, limit)
+            if searched:
+                return found
+        starts = self._sorted_starts()
+        k = bisect.bisect_right(starts, vaddr)
+        return starts[k] if k < len(starts) and starts[k] < limit else None
+
+    def _search_next(self, vaddr: int, limit: int) -> tuple[bool, int | None]:
+        """:meth:`next_start` over aligned address blocks, nearest first: the symbols
+        of a block share the leading bytes of their big-endian value, which one
+        :meth:`bytes.find` sweep per block finds.  Blocks of 256 bytes first (most
+        functions end within a few), then of 64 KiB; (False, None) past that."""
+        block = vaddr >> 8
+        for bits, count in ((8, 4), (16, 4)):
+            if bits == 16:
+                block = block >> 8  # the 64 KiB block holding the next 256-byte one
+            for _ in range(count):
+                start = block << bits
+                if start >= limit:
+                    return True, None
+                found = self._first_start_in_block(block, bits, vaddr)
+                if found is not None:
+                    return True, found if found < limit else None
+                block += 1
+        return False, None
+
+    def _first_start_in_block(self, block: int, bits: int, above: int) -> int | None:
+        prefix = block.to_bytes(8 - bits // 8, "big")
+        column = self._values_be
+        best: int | None = None
+        at = column.find(prefix)
+        while at >= 0:
+            if at % 8:  # straddles two values
+                at = column.find(prefix, at + 1)
+                continue
+            value = int.from_bytes(column[at : at + 8], "big")
+            if above < value and (best is None or value < best) and self._is_start(at // 8):
+                best = value
+            at = column.find(prefix, at + 8)
+        return best
+
+    def _is_start(self, index: int) -> bool:
+        if not _STARTS_KIND[self.info[index]]:
+            return False
+        shndx = self.symbol(index).shndx
+        return SHN_UNDEF < shndx < SHN_LORESERVE
+
+    def _sorted_starts(self) -> list[int]:
+        if self._starts is None:
+            mask = self._defined_mask(_STARTS_KIND)
+            self._starts = sorted(set(compress(self.value, mask)))
+        return self._starts
 
     def group_ranges(self, file: str) -> Iterator[tuple[str, int, int]]:
         """(name, first, end) index ranges of the STT_FILE groups that match ``file``."""
@@ -417,7 +660,6 @@ class ElfImage:
         self._dynsym: _SymbolTable | None = None
         self._relocs: list[DynamicRelocation] | None = None
         self._reloc_index: tuple[dict[tuple[int, str], int], dict[int, int]] | None = None
-        self._starts: list[int] | None = None
 
     # -- opening ---------------------------------------------------------------
 
@@ -569,7 +811,7 @@ class ElfImage:
         if not self.has_symtab:
             return self.find_dynamic_symbol(name)
         table = self._table()
-        index = table.globals().get(name)
+        index = table.find_global(name)
         return None if index is None else table.symbol(index)
 
     def find_dynamic_symbol(self, name: str) -> ImageSymbol | None:
@@ -649,30 +891,20 @@ class ElfImage:
         greater than ``vaddr``; None if there is none. Bytes from a function's
         entry up to this address are its own (body plus alignment padding).
         """
-        if self._starts is None:
-            kinds = (STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_GNU_IFUNC)
-            table = self._table()
-            self._starts = sorted(
-                {
-                    value
-                    for info, shndx, value in zip(table.info, table.shndx, table.value, strict=True)
-                    if info & 0xF in kinds and SHN_UNDEF < shndx < SHN_LORESERVE
-                }
-            )
-        candidates = []
-        k = bisect.bisect_right(self._starts, vaddr)
-        if k < len(self._starts):
-            candidates.append(self._starts[k])
         k = bisect.bisect_right(self._alloc_ranges, (vaddr, 1 << 64)) - 1
         if k >= 0 and self._alloc_ranges[k][1] > vaddr:
-            candidates.append(self._alloc_ranges[k][1])
+            limit = self._alloc_ranges[k][1]
         else:
-            candidates.extend(
+            ends = [
                 s.vaddr + s.memsz
                 for s in self.load_segments
                 if s.vaddr <= vaddr < s.vaddr + s.memsz
-            )
-        return min(candidates, default=None)
+            ]
+            limit = min(ends, default=1 << 64)
+        following = self._table().next_start(vaddr, limit)
+        if following is not None:
+            return following
+        return None if limit == 1 << 64 else limit
 
     # -- dynamic relocations ---------------------------------------------------
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from relive.errors import PermissionDenied, ProcessGone
 
@@ -24,9 +24,8 @@ USER_SPACE_END = 0x7FFFFFFFF000
 _GONE_HINT = "check the pid (e.g. with `pgrep NAME`); the program may have exited"
 
 
-@dataclass(frozen=True)
-class Mapping:
-    """One line of /proc/PID/maps."""
+class Mapping(NamedTuple):
+    """One line of /proc/PID/maps (a named tuple: a process has hundreds of them)."""
 
     start: int
     end: int
@@ -60,10 +59,23 @@ def _gone(pid: int) -> ProcessGone:
     return ProcessGone(f"no such process: {pid}", hint=_GONE_HINT)
 
 
+def _read_file(path: str) -> str:
+    """A /proc file's text, read with plain system calls (pathlib and text I/O cost
+    more than the read itself for these small files)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
 def _read_text(pid: int, name: str) -> str:
     """Read /proc/PID/NAME, turning "no such file" into ProcessGone."""
     try:
-        return (PROC / str(pid) / name).read_text(errors="replace")
+        return _read_file(f"/proc/{pid}/{name}")
     except (FileNotFoundError, ProcessLookupError):
         raise _gone(pid) from None
     except PermissionError as exc:
@@ -76,14 +88,21 @@ def _read_text(pid: int, name: str) -> str:
 def parse_maps_line(line: str) -> Mapping:
     """Parse one /proc/PID/maps line (the path may contain spaces or be empty)."""
     fields = line.rstrip("\n").split(maxsplit=5)
-    start, end = (int(x, 16) for x in fields[0].split("-"))
+    start, _, end = fields[0].partition("-")
     path = fields[5] if len(fields) > 5 else ""
-    return Mapping(start, end, fields[1], int(fields[2], 16), fields[3], int(fields[4]), path)
+    return Mapping(
+        int(start, 16), int(end, 16), fields[1], int(fields[2], 16), fields[3], int(fields[4]), path
+    )
 
 
 def read_maps(pid: int) -> list[Mapping]:
     """All mappings of a process, in address order."""
-    return [parse_maps_line(line) for line in _read_text(pid, "maps").splitlines() if line]
+    return [parse_maps_line(line) for line in read_maps_text(pid).splitlines() if line]
+
+
+def read_maps_text(pid: int) -> str:
+    """/proc/PID/maps as the kernel writes it."""
+    return _read_text(pid, "maps")
 
 
 def find_mapping(maps: Iterable[Mapping], addr: int) -> Mapping | None:
@@ -167,7 +186,7 @@ def get_process_name(pid: int) -> str:
 def is_alive(pid: int) -> bool:
     """Whether the process exists and has not exited (a zombie counts as exited)."""
     try:
-        fields = _stat_fields((PROC / str(pid) / "stat").read_text())
+        fields = _stat_fields(_read_file(f"/proc/{pid}/stat"))
     except (FileNotFoundError, ProcessLookupError):
         return False
     return bool(fields) and fields[0] not in ("Z", "X")

@@ -11,7 +11,6 @@ kernel records the tracing *thread*, not the process.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 import struct
@@ -54,7 +53,19 @@ KERNEL_SIGSET_SIZE = 8
 WORD_SIZE = ctypes.sizeof(ctypes.c_long)
 _WORD_MASK = (1 << (8 * WORD_SIZE)) - 1
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+def _load_libc() -> ctypes.CDLL:
+    """The C library: through the interpreter's own symbols (Python links it), else
+    by name.  ``ctypes.util.find_library`` runs ``ldconfig -p``: milliseconds."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if hasattr(libc, "ptrace") and hasattr(libc, "tgkill"):
+        return libc
+    from ctypes.util import find_library
+
+    return ctypes.CDLL(find_library("c") or "libc.so.6", use_errno=True)
+
+
+_libc = _load_libc()
 _ptrace = _libc.ptrace
 # ptrace is variadic in glibc; passing four integer-sized arguments is what
 # every caller does and is correct for the SysV x86-64 and AAPCS64 ABIs.
