@@ -1,0 +1,161 @@
+"""Fixtures for the real-program tests: built Debian source trees, free ports, relive's CLI.
+
+These tests run only with RELIVE_REALWORLD=1 (``make test-realworld`` and
+``make test`` set it); a plain ``pytest`` skips them, since a cold run builds
+four programs from source (minutes) and needs the packages prepare.sh installs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from debsrc import BuildFailed, Recipe, SourceTree, built_tree, locked
+
+HERE = Path(__file__).parent
+ENABLED = os.environ.get("RELIVE_REALWORLD") == "1"
+# Covers a cold build of the package in the first test that needs it.
+BUILD_TIMEOUT = 1800
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip this folder's tests unless enabled; give them time for a cold build."""
+    skip = pytest.mark.skip(
+        reason="real-program tests: run `make test-realworld` (or set RELIVE_REALWORLD=1)"
+    )
+    for item in items:
+        if HERE not in item.path.parents:
+            continue
+        item.add_marker(pytest.mark.timeout(BUILD_TIMEOUT))
+        if not ENABLED:
+            item.add_marker(skip)
+
+
+# --- recipes: each program's own build system and flags ----------------------
+
+# redis 7.0.15's Makefile builds with -O2 -g -ggdb (this version has no -flto).
+# Debian's patches make it call jemalloc without the je_ prefix of the vendored
+# copy, so, as debian/rules does, it links Debian's libjemalloc
+# (USE_SYSTEM_JEMALLOC=yes).  TLS and systemd support are left out: not needed.
+REDIS = Recipe(
+    package="redis",
+    commands=(("make", "-j{jobs}", "USE_SYSTEM_JEMALLOC=yes", "USE_SYSTEMD=no", "BUILD_TLS=no"),),
+    outputs=("src/redis-server", "src/redis-cli"),
+)
+
+
+def _lua_multiarch_header(tree: Path) -> None:
+    # What debian/rules' configure step writes before the build: luaconf.h
+    # (patched by Debian) includes it.
+    arch = subprocess.run(
+        ["dpkg-architecture", "-qDEB_HOST_MULTIARCH"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (tree / "src" / "lua5.4-deb-multiarch.h").write_text(
+        "#ifndef _LUA_DEB_MULTIARCH_\n#define _LUA_DEB_MULTIARCH_\n"
+        f'#define DEB_HOST_MULTIARCH "{arch}"\n#endif\n'
+    )
+
+
+# Debian's lua5.4 Makefile (as patched by Debian: libtool, dpkg-buildflags, so
+# -g -O2 -fstack-protector-strong -D_FORTIFY_SOURCE=2 ...), with the target and
+# variables debian/rules passes; the system libtool stands in for the one
+# debian/rules generates with autoreconf.  src/lua5.4 links liblua statically.
+LUA = Recipe(
+    package="lua5.4",
+    commands=(
+        ("make", "-j{jobs}", "linux-readline", "LIBTOOL=libtool --quiet", "CC=gcc -std=gnu99"),
+    ),
+    outputs=("src/lua5.4",),
+    prepare=_lua_multiarch_header,
+    prepare_text="src/lua5.4-deb-multiarch.h",
+)
+
+# dnsmasq's Makefile compiles with CFLAGS = -Wall -W -O2; -g added (it has none).
+DNSMASQ = Recipe(
+    package="dnsmasq",
+    commands=(("make", "-j{jobs}", "CFLAGS=-Wall -W -O2 -g"),),
+    outputs=("src/dnsmasq",),
+)
+
+# nano as Debian configures it (hardening=+all: -fstack-protector-strong,
+# -D_FORTIFY_SOURCE=2, -z relro -z now, PIE), with autotools' make.
+NANO_CONFIGURE = (
+    "export DEB_BUILD_MAINT_OPTIONS=hardening=+all; "
+    './configure -q --bindir=/bin CFLAGS="$(dpkg-buildflags --get CFLAGS)" '
+    'CPPFLAGS="$(dpkg-buildflags --get CPPFLAGS)" LDFLAGS="$(dpkg-buildflags --get LDFLAGS)"'
+)
+NANO = Recipe(
+    package="nano",
+    commands=(("sh", "-c", NANO_CONFIGURE), ("make", "-j{jobs}")),
+    outputs=("src/nano",),
+)
+
+
+def _tree(recipe: Recipe) -> Iterator[SourceTree]:
+    with locked(recipe.package):
+        try:
+            tree = built_tree(recipe)
+        except BuildFailed as e:
+            pytest.fail(f"cannot build {recipe.package}: {e}", pytrace=False)
+        try:
+            yield tree
+        finally:
+            tree.restore()
+
+
+@pytest.fixture(scope="session")
+def redis_tree() -> Iterator[SourceTree]:
+    """redis built from Debian's source package."""
+    yield from _tree(REDIS)
+
+
+@pytest.fixture(scope="session")
+def lua_tree() -> Iterator[SourceTree]:
+    """lua5.4 built from Debian's source package."""
+    yield from _tree(LUA)
+
+
+@pytest.fixture(scope="session")
+def dnsmasq_tree() -> Iterator[SourceTree]:
+    """dnsmasq built from Debian's source package."""
+    yield from _tree(DNSMASQ)
+
+
+@pytest.fixture
+def redis_src(redis_tree: SourceTree) -> Iterator[SourceTree]:
+    """The redis tree; files a test edits are restored after it."""
+    yield redis_tree
+    redis_tree.restore()
+
+
+@pytest.fixture
+def lua_src(lua_tree: SourceTree) -> Iterator[SourceTree]:
+    """The lua5.4 tree; files a test edits are restored after it."""
+    yield lua_tree
+    lua_tree.restore()
+
+
+@pytest.fixture
+def dnsmasq_src(dnsmasq_tree: SourceTree) -> Iterator[SourceTree]:
+    """The dnsmasq tree; files a test edits are restored after it."""
+    yield dnsmasq_tree
+    dnsmasq_tree.restore()
+
+
+@pytest.fixture(scope="session")
+def nano_tree() -> Iterator[SourceTree]:
+    """nano built from Debian's source package."""
+    yield from _tree(NANO)
+
+
+@pytest.fixture
+def nano_src(nano_tree: SourceTree) -> Iterator[SourceTree]:
+    """The nano tree; files a test edits are restored after it."""
+    yield nano_tree
+    nano_tree.restore()
