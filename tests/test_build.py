@@ -530,3 +530,31 @@ def test_find_compile_unit_by_basename(tmp_path: Path) -> None:
     assert unit is not None and unit.name == "main.c"
     assert find_compile_unit(exe, moved / "one/util.c") is None
     assert find_compile_unit(exe, moved / "other.c") is None
+
+
+def test_compdb_with_several_entries_prefers_the_one_that_built_the_running_code(
+    tmp_path: Path,
+) -> None:
+    """libtool compiles a file as PIC and not, and bear may list C++ runs too."""
+    source = write(tmp_path / "lib.c", "int f(void) { return 1; }\n")
+    entries = [
+        {
+            "directory": str(tmp_path),
+            "file": "lib.c",
+            "arguments": ["g++", "-O2", "-fPIC", "-c", "lib.c"],
+        },
+        {
+            "directory": str(tmp_path),
+            "file": "lib.c",
+            "arguments": ["gcc", "-O2", "-fPIC", "-DPIC", "-c", "lib.c"],
+        },
+        {"directory": str(tmp_path), "file": "lib.c", "arguments": ["gcc", "-O2", "-c", "lib.c"]},
+    ]
+    compdb = tmp_path / "compile_commands.json"
+    compdb.write_text(json.dumps(entries))
+    no_pic = find_compdb_entry(compdb, source, ("-O2", "-g", "-mtune=generic"))
+    assert no_pic is not None and no_pic.flags == ("-O2",)
+    pic = find_compdb_entry(compdb, source, ("-O2", "-fPIC"))
+    assert pic is not None and pic.compiler == "gcc" and "-fPIC" in pic.flags
+    first_c = find_compdb_entry(compdb, source)
+    assert first_c is not None and first_c.compiler == "gcc"

@@ -334,3 +334,46 @@ def test_ifunc_resolved_into_the_vdso(tmp_path: Path, spawn: SpawnFactory) -> No
     )
     reload(target.pid, tmp_path / "prog.c")
     target.wait_for(r"new 1 1")
+
+
+SWITCH_PROG = r"""
+#include <stdio.h>
+#include <unistd.h>
+int a, b, c, d, e, f;
+__attribute__((noinline)) void bump(int k) {
+    switch (k) {  /* different side effects per case: a jump table */
+    case 0: a += 3; break; case 1: b *= 5; break; case 2: c -= 7; a++; break;
+    case 3: d ^= 9; b--; break; case 4: e += a; break; case 5: f = b + c; break;
+    case 6: a = d - e; break;
+    }
+}
+__attribute__((noinline)) const char *name(int k) {
+    switch (k) {  /* gcc turns this into a table of string pointers (CSWTCH) */
+    case 0: return "zero"; case 1: return "one"; case 2: return "two";
+    case 3: return "three"; case 4: return "four"; default: return "many";
+    }
+}
+volatile int two = 2;
+__attribute__((noinline)) int tag(void) { return 1; }
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (int i = 0;; i++) { bump(i % 7); printf("%s tag %d\n", name(two), tag()); usleep(20000); }
+}
+"""
+
+
+def test_switch_tables_are_compared_not_assumed_changed(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    exe = compile_c(tmp_path, SWITCH_PROG, flags=("-g", "-O2"))
+    target = spawn([exe])
+    target.wait_for(r"two tag 1")
+    source = tmp_path / "prog.c"
+    edit(source, "return 1; }", "return 2; }")
+    events = reload(target.pid, source)
+    assert kinds(events)["redirected"] == ["tag"]  # bump and name are unchanged
+    target.wait_for(r"two tag 2")
+    edit(source, 'case 2: return "two";', 'case 2: return "TWO";')
+    events = reload(target.pid, source)
+    assert kinds(events)["redirected"] == ["name"]  # a string in its table changed
+    target.wait_for(r"TWO tag 2")

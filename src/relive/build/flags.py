@@ -163,32 +163,49 @@ def find_compdb(source: Path) -> Path | None:
     return None
 
 
-def find_compdb_entry(compdb: Path, source: Path) -> CompileCommand | None:
+def find_compdb_entry(
+    compdb: Path, source: Path, recorded_flags: Sequence[str] = ()
+) -> CompileCommand | None:
     """Return the command ``compdb`` records for ``source``, or None if it has none.
 
     Entries are ``{directory, file, arguments | command}``; ``file`` is relative to
-    ``directory``, and ``command`` is split like a shell would.  The first entry
-    whose file resolves to the same path as ``source`` is used.  Raises
-    ReliveError if the file is not a valid compilation database.
+    ``directory``, and ``command`` is split like a shell would.  Builds such as
+    libtool's compile one file several times (PIC and not, C and C++): then the
+    entry that agrees best with ``recorded_flags`` (what DWARF says the running
+    code was built with) wins, a C compiler before a C++ one, else the first.
+    Raises ReliveError if the file is not a valid compilation database.
     """
     wanted = source.resolve()
+    found: list[CompileCommand] = []
     for entry in _load_compdb(compdb):
         directory, file = _entry_paths(compdb, entry)
         if (directory / file).resolve() != wanted:
             continue
-        argv = _entry_argv(compdb, entry)
-        argv = _strip_launcher(argv)
+        argv = _strip_launcher(_entry_argv(compdb, entry))
         if not argv:
             raise _bad_compdb(compdb, f"the entry for {file} has an empty command")
-        return CompileCommand(
-            compiler=argv[0],
-            flags=clean_arguments(argv[1:]),
-            directory=directory,
-            source=wanted,
-            origin=ORIGIN_COMPDB,
-            source_arg=file,
+        found.append(
+            CompileCommand(
+                compiler=argv[0],
+                flags=clean_arguments(argv[1:]),
+                directory=directory,
+                source=wanted,
+                origin=ORIGIN_COMPDB,
+                source_arg=file,
+            )
         )
-    return None
+    if not found:
+        return None
+    return max(found, key=lambda c: _agreement(c, recorded_flags, found.index(c)))
+
+
+def _agreement(cmd: CompileCommand, recorded: Sequence[str], position: int) -> tuple[int, int, int]:
+    """How well an entry matches the code that runs: C over C++, shared code-generation
+    flags (-f, -m, -O) minus ones only one side has, then earlier entries."""
+    is_cxx = "++" in Path(cmd.compiler).name
+    codegen = {f for f in cmd.flags if f.startswith(("-f", "-m", "-O"))}
+    wanted = {f for f in recorded if f.startswith(("-f", "-m", "-O"))}
+    return (0 if is_cxx else 1, len(codegen & wanted) - len(codegen ^ wanted), -position)
 
 
 def _load_compdb(compdb: Path) -> list[dict[str, Any]]:
@@ -377,7 +394,7 @@ def get_compile_command(
     compdb = _explicit_compdb(compdb) if compdb is not None else find_compdb(source)
     missing: tuple[str, ...] = ()
     if compdb is not None:
-        entry = find_compdb_entry(compdb, source)
+        entry = find_compdb_entry(compdb, source, producer_flags)
         if entry is not None:
             notes = tuple(_consistency_notes(entry, family, producer_flags))
             return dataclasses.replace(entry, notes=notes)

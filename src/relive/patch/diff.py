@@ -80,7 +80,7 @@ class FunctionComparer:
             digest.update(self._identity(r.symbol, r.addend).encode())
         return digest.hexdigest()
 
-    def _identity(self, symbol: ObjSymbol, addend: int) -> str:
+    def _identity(self, symbol: ObjSymbol, addend: int, depth: int = 0) -> str:
         if not symbol.is_defined or symbol.is_common:
             return f"ext:{symbol.name}"
         section = self.obj.sections[symbol.shndx] if symbol.shndx < len(self.obj.sections) else None
@@ -92,7 +92,10 @@ class FunctionComparer:
             return f"var:{section.name}:{symbol.name}"
         content = hashlib.sha1(section.data)
         for r in self.obj.relocations.get(symbol.shndx, ()):
-            content.update(f"{r.offset}:{r.type}:{r.symbol.name}:{r.addend}".encode())
+            content.update(f"{r.offset}:{r.type}:{r.addend}:".encode())
+            # What a table's entries point at counts too (e.g. strings of a CSWTCH).
+            inner = "deep" if depth else self._identity(r.symbol, r.addend, depth + 1)
+            content.update(inner.encode())
         return f"data:{content.hexdigest()}:{symbol.value}"
 
     # -- comparison with the running code ------------------------------------------
@@ -115,7 +118,9 @@ class FunctionComparer:
             for r in relocs
         )
 
-    def _same_target(self, reloc: Relocation, old: bytes, place: int, offset: int) -> bool:
+    def _same_target(
+        self, reloc: Relocation, old: bytes, place: int, offset: int, depth: int = 0
+    ) -> bool:
         rtype = self.types.get(reloc.type)
         if rtype is None:
             return False
@@ -136,20 +141,22 @@ class FunctionComparer:
             return bool(held == self.address_of(reloc.symbol))
         expected = self.address_of(reloc.symbol)
         if expected is None:
-            return self._same_content(reloc, old_target, pc_relative)
+            return self._same_content(reloc, old_target, pc_relative, depth)
         if old_target == expected:
             return True
         return need is Need.CALL and self._is_plt_entry_for(old_target, reloc.symbol.name)
 
-    def _same_content(self, reloc: Relocation, old_target: int, pc_relative: bool) -> bool:
-        """For new-memory data (strings, constants): compare what both sides point at."""
+    def _same_content(
+        self, reloc: Relocation, old_target: int, pc_relative: bool, depth: int
+    ) -> bool:
+        """For new-memory data (strings, constants, jump tables): compare what both
+        sides point at, and what the data's own relocated fields point at (a jump
+        table's entries, a table of string pointers), one level deep."""
         symbol = reloc.symbol
         section = self.obj.sections[symbol.shndx]
-        if self.obj.relocations.get(symbol.shndx):
-            return False  # the data itself holds addresses: cannot compare bytes
         bias = _PC_BIAS if pc_relative else 0
         start = symbol.value + reloc.addend + bias
-        if not 0 <= start <= len(section.data):
+        if not 0 <= start <= len(section.data) or depth > 1:
             return False
         if section.flags & SHF_STRINGS:  # string literals: compare up to the NUL
             end = section.data.find(b"\0", start)
@@ -159,11 +166,23 @@ class FunctionComparer:
         else:
             length = len(section.data) - start
         length = min(length, _MAX_CONTENT)
+        address = old_target + reloc.addend + bias
         try:
-            old = self.read_memory(old_target + reloc.addend + bias, length)
+            old = self.read_memory(address, length)
         except Exception:
             return False
-        return old == section.data[start : start + length]
+        inner = [
+            r
+            for r in self.obj.relocations.get(symbol.shndx, ())
+            if start <= r.offset < start + length
+        ]
+        new = section.data[start : start + length]
+        if _masked(new, start, inner, self.widths) != _masked(old, start, inner, self.widths):
+            return False
+        return all(
+            self._same_target(r, old, address + r.offset - start, r.offset - start, depth + 1)
+            for r in inner
+        )
 
     def _is_plt_entry_for(self, address: int, name: str) -> bool:
         """Whether ``address`` is a PLT entry jumping through the module's GOT slot for ``name``."""
