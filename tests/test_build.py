@@ -558,3 +558,22 @@ def test_compdb_with_several_entries_prefers_the_one_that_built_the_running_code
     assert pic is not None and pic.compiler == "gcc" and "-fPIC" in pic.flags
     first_c = find_compdb_entry(compdb, source)
     assert first_c is not None and first_c.compiler == "gcc"
+
+
+def test_compdb_keeps_the_source_spelling_of_the_build_command(tmp_path: Path) -> None:
+    """bear writes an absolute "file"; the command said "src.c": __FILE__ must not change."""
+    source = write(tmp_path / "src.c", "const char *where(void) { return __FILE__; }\n")
+    entries = [
+        {
+            "directory": str(tmp_path),
+            "file": str(source),
+            "arguments": ["gcc", "-O1", "-c", "src.c", "-o", "src.o"],
+        }
+    ]
+    compdb = tmp_path / "compile_commands.json"
+    compdb.write_text(json.dumps(entries))
+    entry = find_compdb_entry(compdb, source)
+    assert entry is not None and entry.source_argument == "src.c"
+    result = compile_object(entry, tmp_path / "out")
+    assert b"src.c\0" in result.object_path.read_bytes()
+    assert str(tmp_path).encode() + b"/src.c\0" not in result.object_path.read_bytes()

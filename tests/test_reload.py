@@ -377,3 +377,15 @@ def test_switch_tables_are_compared_not_assumed_changed(
     events = reload(target.pid, source)
     assert kinds(events)["redirected"] == ["name"]  # a string in its table changed
     target.wait_for(r"TWO tag 2")
+
+
+def test_linker_relaxed_got_loads_compare_as_unchanged(tmp_path: Path, spawn: SpawnFactory) -> None:
+    """-fPIC code loads globals through the GOT; ld relaxes that to a direct lea."""
+    exe = compile_c(tmp_path, STATE_PROG, flags=("-g", "-O2", "-fPIC", "-pie"))
+    target = spawn([exe])
+    target.wait_for(r"value=1 counter=\d+")
+    edit(tmp_path / "prog.c", "local++;\n    return 1;", "local++;\n    return 7;")
+    events = reload(target.pid, tmp_path / "prog.c")
+    assert kinds(events)["redirected"] == ["value"]
+    assert "tick" in kinds(events)["unchanged"]  # it reads counter through the (relaxed) GOT
+    target.wait_for(r"value=7 counter=\d+")

@@ -96,6 +96,9 @@ class Arch:
     iter_branch_targets: Callable[[bytes, int], frozenset[int]]
     #: For a PLT entry's bytes at ``address``: the GOT slot it jumps through, or None.
     find_plt_slot: Callable[[bytes, int], int | None]
+    #: Restore a GOT load the static linker relaxed in ``old`` (see x86_64.disasm);
+    #: True if it was one, and its field is then a direct PC-relative reference.
+    undo_got_relaxation: Callable[[bytes, bytearray, int], bool]
     #: Whether code bytes ending just before an address end with a call.
     follows_call: Callable[[bytes], bool]
     #: The dynamic relocation type that stores a TLS module id.

@@ -191,12 +191,23 @@ def find_compdb_entry(
                 directory=directory,
                 source=wanted,
                 origin=ORIGIN_COMPDB,
-                source_arg=file,
+                source_arg=_source_spelling(argv, directory, wanted) or file,
             )
         )
     if not found:
         return None
     return max(found, key=lambda c: _agreement(c, recorded_flags, found.index(c)))
+
+
+def _source_spelling(argv: Sequence[str], directory: Path, source: Path) -> str | None:
+    """The source as the build's own command spelled it: that spelling becomes
+    ``__FILE__`` (assert messages), which must match the running code.  bear
+    writes an absolute ``file`` even when the command said ``server.c``."""
+    for arg in argv[1:]:
+        named = not arg.startswith("-") and arg.endswith(source.name)
+        if named and (directory / arg).resolve() == source:
+            return arg
+    return None
 
 
 def _agreement(cmd: CompileCommand, recorded: Sequence[str], position: int) -> tuple[int, int, int]:

@@ -1,9 +1,11 @@
 """A linked executable or shared library on disk, as the symbol resolver needs it.
 
 Headers are decoded once at :meth:`ElfImage.open`; symbol tables are copied out
-then but decoded only on first use, in one :func:`struct.iter_unpack` pass each
-(pyelftools' per-symbol parsing would take seconds on a 100,000-symbol program).
-Parsed images are cached by file identity, so later reloads pay nothing.
+then as raw bytes.  A reload asks a handful of questions (where is ``compute``,
+what follows it), so those are answered by :meth:`bytes.find` over the raw string
+and symbol tables, without decoding 100,000 names (about 100 ms); only queries
+over all symbols, or many lookups, decode whole columns.  Parsed images are cached
+by file identity, so later reloads in the same process pay nothing.
 
 Addresses are link-time virtual addresses: callers add the load bias.
 """

@@ -234,7 +234,7 @@ def parse_section_headers(path: str, data: Buffer, header: ElfHeader) -> list[Se
     first = SectionHeader(*_SHDR.unpack(slice_checked(path, data, header.shoff, _SHDR.size)))
     count = header.shnum or first.size
     table = slice_checked(path, data, header.shoff, count * _SHDR.size)
-    return [SectionHeader(*fields) for fields in _SHDR.iter_unpack(table)]
+    return list(map(SectionHeader._make, _SHDR.iter_unpack(table)))
 
 
 def shstrndx(header: ElfHeader, sections: list[SectionHeader]) -> int:
@@ -261,7 +261,18 @@ def section_names(
         return [""] * len(sections)
     names = sections[index]
     table = slice_checked(path, data, names.offset, names.size)
-    return [read_cstr(table, s.name) for s in sections]
+    return _cstrs(table, [s.name for s in sections])
+
+
+def _cstrs(table: bytes, offsets: list[int]) -> list[str]:
+    """The NUL-terminated strings at ``offsets``, as :func:`read_cstr` reads them;
+    an ASCII table is decoded once and sliced."""
+    if not table.isascii() or not table.endswith(b"\0"):
+        return [read_cstr(table, o) for o in offsets]
+    text = table.decode("ascii")
+    find = text.index
+    size = len(text)
+    return [text[o : find("\0", o)] if o < size else "" for o in offsets]
 
 
 def resolve_xindex(shndx_table: bytes, shndx: int, symbol_index: int) -> int:
@@ -365,9 +376,12 @@ class ObjSymbol:
         return self.type == STT_SECTION
 
 
-@dataclass(frozen=True, slots=True)
-class Relocation:
-    """One ``Elf64_Rela`` entry, with its symbol resolved."""
+class Relocation(NamedTuple):
+    """One ``Elf64_Rela`` entry, with its symbol resolved.
+
+    A named tuple rather than a frozen dataclass: objects have tens of thousands
+    and a tuple is built several times faster.
+    """
 
     #: Offset within the section the relocation applies to.
     offset: int
@@ -486,11 +500,14 @@ def _build_sections(
 ) -> list[Section]:
     names = section_names(path, data, header, shdrs)
     sections = []
+    end_of_file = len(data)
     for index, (sh, name) in enumerate(zip(shdrs, names, strict=True)):
         if sh.type in (SHT_NOBITS, SHT_NULL):
             contents = b""
+        elif sh.offset + sh.size <= end_of_file:  # sizes are unsigned: no negatives
+            contents = bytes(data[sh.offset : sh.offset + sh.size])
         else:
-            contents = slice_checked(path, data, sh.offset, sh.size)
+            raise _truncated(path)
         sections.append(
             Section(
                 index,
@@ -522,17 +539,18 @@ def _read_symbols(path: str, sections: list[Section]) -> list[ObjSymbol]:
         (s.data for s in sections if s.type == SHT_SYMTAB_SHNDX and s.link == symtab.index), b""
     )
     usable = len(symtab.data) - len(symtab.data) % SYM_SIZE
+    entries = list(struct.iter_unpack(SYM_FORMAT, symtab.data[:usable]))
+    names = _cstrs(strtab, [entry[0] for entry in entries])
     symbols: list[ObjSymbol] = []
     current_file: str | None = None
-    for index, (st_name, info, other, shndx, value, size) in enumerate(
-        struct.iter_unpack(SYM_FORMAT, symtab.data[:usable])
-    ):
-        shndx = resolve_xindex(shndx_table, shndx, index)
+    for index, (_, info, other, shndx, value, size) in enumerate(entries):
+        if shndx_table:
+            shndx = resolve_xindex(shndx_table, shndx, index)
         st_type, bind = info & 0xF, info >> 4
         if st_type == STT_SECTION and shndx < len(sections):
             name = sections[shndx].name
         else:
-            name = read_cstr(strtab, st_name)
+            name = names[index]
         if st_type == STT_FILE:
             current_file = name
         file = current_file if bind == STB_LOCAL else None

@@ -58,6 +58,7 @@ class FunctionComparer:
         read_memory: MemoryReader,
         module_got_slot: Callable[[str], int | None],
         find_plt_slot: Callable[[bytes, int], int | None],
+        undo_got_relaxation: Callable[[bytes, bytearray, int], bool],
     ) -> None:
         self.obj = obj
         self.types = relocations
@@ -66,6 +67,7 @@ class FunctionComparer:
         self.read_memory = read_memory
         self.module_got_slot = module_got_slot
         self.find_plt_slot = find_plt_slot
+        self.undo_got_relaxation = undo_got_relaxation
 
     # -- fingerprints -------------------------------------------------------------
 
@@ -105,21 +107,41 @@ class FunctionComparer:
         if old_size != symbol.size:
             return False
         new = function_bytes(self.obj, symbol)
-        old = self.read_memory(old_address, old_size)
+        old = bytearray(self.read_memory(old_address, old_size))
         relocs = iter_function_relocations(self.obj, symbol)
+        relaxed = {
+            r.offset
+            for r in relocs
+            if self._needs(r, Need.GOT_SLOT)
+            and self.undo_got_relaxation(new, old, r.offset - symbol.value)
+        }
         if _masked(new, symbol.value, relocs, self.widths) != _masked(
-            old, symbol.value, relocs, self.widths
+            bytes(old), symbol.value, relocs, self.widths
         ):
             return False
         return all(
             self._same_target(
-                r, old, old_address + r.offset - symbol.value, r.offset - symbol.value
+                r,
+                bytes(old),
+                old_address + r.offset - symbol.value,
+                r.offset - symbol.value,
+                direct=r.offset in relaxed,
             )
             for r in relocs
         )
 
+    def _needs(self, reloc: Relocation, need: Need) -> bool:
+        rtype = self.types.get(reloc.type)
+        return rtype is not None and rtype.need is need
+
     def _same_target(
-        self, reloc: Relocation, old: bytes, place: int, offset: int, depth: int = 0
+        self,
+        reloc: Relocation,
+        old: bytes,
+        place: int,
+        offset: int,
+        depth: int = 0,
+        direct: bool = False,
     ) -> bool:
         rtype = self.types.get(reloc.type)
         if rtype is None:
@@ -132,7 +154,7 @@ class FunctionComparer:
         value = int.from_bytes(raw, "little", signed=signed)
         pc_relative = rtype.pc_relative
         old_target = (place + value if pc_relative else value) - reloc.addend
-        if need is Need.GOT_SLOT:
+        if need is Need.GOT_SLOT and not direct:
             # G + A - P was stored: the slot is at field + P - A and holds S.
             try:
                 held = struct.unpack("<Q", self.read_memory(old_target, 8))[0]

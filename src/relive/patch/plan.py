@@ -118,6 +118,7 @@ def build_plan(
         binder.read_memory,
         lambda name: _module_got_slot(binder.module, name),
         arch.find_plt_slot,
+        arch.undo_got_relaxation,
     )
     decisions = [
         _decide(symbol, binder, comparer, previous_fingerprints, only)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from collections.abc import Sequence
+from itertools import pairwise
 from types import TracebackType
 
 from relive.errors import PermissionDenied, ProcessGone, ReliveError
@@ -22,6 +24,35 @@ from relive.process import procfs, ptrace
 _FALLBACK_ERRNOS = (errno.EIO, errno.EFAULT, errno.EPERM)
 
 _UNMAPPED_HINT = "the address is not mapped in the target (see /proc/PID/maps)"
+
+_PAGE = 4096
+
+
+def _group_by_page(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int, list[int]]]:
+    """(start, end, indices) of the ranges that lie within one page each; a range
+    that crosses a page boundary (or is empty) is a group of its own."""
+    pages: dict[int, list[int]] = {}
+    alone: list[tuple[int, int, list[int]]] = []
+    for k, (address, size) in enumerate(ranges):
+        page = address // _PAGE
+        if size > 0 and (address + size - 1) // _PAGE == page:
+            pages.setdefault(page, []).append(k)
+        else:
+            alone.append((address, address + size, [k]))
+    grouped = [
+        (
+            min(ranges[k][0] for k in members),
+            max(ranges[k][0] + ranges[k][1] for k in members),
+            members,
+        )
+        for members in pages.values()
+    ]
+    return grouped + alone
+
+
+def _overlap(ranges: Sequence[tuple[int, int]]) -> bool:
+    ordered = sorted(ranges)
+    return any(a + n > b for (a, n), (b, _) in pairwise(ordered))
 
 
 class ProcessMemory:
@@ -90,6 +121,50 @@ class ProcessMemory:
         if done < len(data):
             self._poke(addr + done, data[done:])
 
+    def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The bytes of each ``(address, size)`` range, in order.
+
+        Ranges on one page are read with one system call: the entries of thousands
+        of functions cost tens of reads instead of thousands.
+        """
+        out: list[bytes] = [b""] * len(ranges)
+        for start, end, members in _group_by_page(ranges):
+            span = self.read(start, end - start)
+            for k in members:
+                address, size = ranges[k]
+                out[k] = span[address - start : address - start + size]
+        return out
+
+    def prepare_edits(self, edits: Sequence[tuple[int, bytes, bytes]]) -> PreparedEdits:
+        """Get ``(address, expected, new)`` edits ready to apply in a few system calls.
+
+        Call it while the program runs; call :meth:`PreparedEdits.apply` while every
+        thread is held.  The edits are grouped by page, and each group's bytes,
+        from its first edited byte to its last, are read now: the expected content
+        of a group is what is read now with the expected bytes laid over it, and its
+        new content the same with the new bytes.  Applying then costs one read and
+        one write per page, whatever the number of edits.
+        """
+        ranges = [(address, len(new)) for address, _, new in edits]
+        if any(len(expected) != len(new) for _, expected, new in edits) or _overlap(ranges):
+            groups = [(a, a + n, [k]) for k, (a, n) in enumerate(ranges)]
+        else:
+            groups = _group_by_page(ranges)
+        spans: list[tuple[int, bytes, bytes, list[int]]] = []
+        for start, end, members in groups:
+            if len(members) == 1:
+                address, expected, new = edits[members[0]]
+                spans.append((address, expected, new, members))
+                continue
+            expected_span = bytearray(self.read(start, end - start))
+            new_span = bytearray(expected_span)
+            for k in members:
+                address, expected, new = edits[k]
+                expected_span[address - start : address - start + len(expected)] = expected
+                new_span[address - start : address - start + len(new)] = new
+            spans.append((start, bytes(expected_span), bytes(new_span), members))
+        return PreparedEdits(list(edits), spans)
+
     def _pwrite_prefix(self, addr: int, data: bytes) -> int:
         """Write through /proc/PID/mem; return how many leading bytes got written."""
         fd = self._get_fd()
@@ -142,3 +217,40 @@ class ProcessMemory:
             f"cannot {verb} {size} bytes at {addr:#x} in process {self.pid}: {reason}",
             hint=hint,
         )
+
+
+class PreparedEdits:
+    """Edits grouped by page, from :meth:`ProcessMemory.prepare_edits`."""
+
+    def __init__(
+        self,
+        edits: list[tuple[int, bytes, bytes]],
+        spans: list[tuple[int, bytes, bytes, list[int]]],
+    ) -> None:
+        self.edits = edits
+        self._spans = spans
+
+    def apply(self, memory: ProcessMemory) -> list[int]:
+        """Check every group holds its expected bytes, then write the new ones.
+
+        Returns the indices of the edits whose bytes differ from what was expected
+        (then nothing at all is written), or [] once everything is written.  Bytes
+        between the edits that changed since :meth:`ProcessMemory.prepare_edits`
+        also count against the edits of their page: never write back stale bytes.
+        """
+        mismatched: list[int] = []
+        for start, expected, _, members in self._spans:
+            current = memory.read(start, len(expected))
+            if current == expected:
+                continue
+            for k in members:
+                address, want, _ = self.edits[k]
+                if current[address - start : address - start + len(want)] != want:
+                    mismatched.append(k)
+            if not any(k in mismatched for k in members):
+                mismatched.extend(members)  # only the bytes in between changed
+        if mismatched:
+            return sorted(set(mismatched))
+        for start, _, new, _ in self._spans:
+            memory.write(start, new)
+        return []

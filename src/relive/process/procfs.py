@@ -113,7 +113,7 @@ def find_mapping(maps: Iterable[Mapping], addr: int) -> Mapping | None:
 def iter_thread_ids(pid: int) -> Iterator[int]:
     """The thread ids of a process (from /proc/PID/task), sorted; raises ProcessGone."""
     try:
-        names = os.listdir(PROC / str(pid) / "task")
+        names = os.listdir(f"/proc/{pid}/task")
     except (FileNotFoundError, ProcessLookupError):
         raise _gone(pid) from None
     yield from sorted(int(n) for n in names if n.isdigit())
@@ -136,7 +136,7 @@ def get_start_time(pid: int) -> int:
 def find_thread_state(pid: int, tid: int) -> str | None:
     """The one-letter state of a thread (R, S, D, T, t, Z, X...), or None if it is gone."""
     try:
-        text = (PROC / str(pid) / "task" / str(tid) / "stat").read_text()
+        text = _read_file(f"/proc/{pid}/task/{tid}/stat")
     except (FileNotFoundError, ProcessLookupError):
         return None
     fields = _stat_fields(text)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from relive.arch.base import Arch
-from relive.arch.x86_64.disasm import follows_call, iter_branch_targets
+from relive.arch.x86_64.disasm import follows_call, iter_branch_targets, undo_got_relaxation
 from relive.arch.x86_64.relocations import RELOCATIONS, UNSUPPORTED_NAMES
 from relive.arch.x86_64.trampoline import (
     FAR_STUB_SIZE,
@@ -30,6 +30,7 @@ ARCH = Arch(
     find_landing_pad_size=find_landing_pad_size,
     iter_branch_targets=iter_branch_targets,
     find_plt_slot=find_plt_slot,
+    undo_got_relaxation=undo_got_relaxation,
     follows_call=follows_call,
     dtpmod_reloc_type=16,  # R_X86_64_DTPMOD64
     tpoff_reloc_type=18,  # R_X86_64_TPOFF64

@@ -52,3 +52,23 @@ def follows_call(before: bytes) -> bool:
             if (modrm >> 3) & 7 == 2:
                 return True
     return False
+
+
+def undo_got_relaxation(new: bytes, old: bytearray, field: int) -> bool:
+    """If the linker relaxed the GOT load whose disp32 is at ``field``, restore it.
+
+    ``ld`` turns ``mov foo@GOTPCREL(%rip), %reg`` (8b) into ``lea foo(%rip), %reg``
+    (8d) and ``call *foo@GOTPCREL(%rip)`` (ff 15) into ``addr32 call foo`` (67 e8)
+    when foo is local to the module; the field then holds foo's own PC-relative
+    address.  On a match, ``old`` gets the unrelaxed opcode back (so the bytes
+    compare equal) and True says: decode the field as a direct reference.
+    """
+    if field < 2 or len(new) < field or len(old) < field:
+        return False
+    if new[field - 2] == 0x8B and old[field - 2] == 0x8D and new[field - 1] == old[field - 1]:
+        old[field - 2] = 0x8B
+        return True
+    if new[field - 2 : field] == b"\xff\x15" and old[field - 2 : field] == b"\x67\xe8":
+        old[field - 2 : field] = b"\xff\x15"
+        return True
+    return False
