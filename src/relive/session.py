@@ -23,7 +23,7 @@ from relive.arch.base import Arch
 from relive.build.compiler import compile_object
 from relive.build.flags import CompileCommand, get_compile_command, without_lto
 from relive.elf.dwarf import find_compile_unit
-from relive.elf.objfile import ObjectFile, ObjSymbol
+from relive.elf.objfile import ObjectFile
 from relive.errors import BadObject, ReliveError, UnsafePatch, UsageError
 from relive.events import (
     Compiled,
@@ -41,7 +41,6 @@ from relive.events import (
     ignore_event,
 )
 from relive.link import LinkedImage
-from relive.link.layout import MIN_CODE_ROOM
 from relive.patch.active import iter_active_functions
 from relive.patch.apply import (
     EntryWrite,
@@ -53,9 +52,15 @@ from relive.patch.apply import (
 )
 from relive.patch.binder import Binder
 from relive.patch.entries import EntrySite, find_entry_site
-from relive.patch.journal import Definition, EntryPatch, Journal, load_journal, save_journal
-from relive.patch.modules import RunningModule, get_main_module, load_running_modules
+from relive.patch.journal import Journal, load_journal, save_journal
+from relive.patch.modules import (
+    RunningModule,
+    find_module_defining,
+    get_main_module,
+    load_running_modules,
+)
 from relive.patch.plan import FarDataReference, ReloadPlan, build_plan, iter_orphan_clones
+from relive.patch.record import record_entry_patch, record_reload
 from relive.process.memory import ProcessMemory
 from relive.process.procfs import check_alive
 from relive.process.remote import remote_call
@@ -195,7 +200,7 @@ class Session:
         mark = time.perf_counter()
         obj = ObjectFile.open(obj_path, expected_machines=(ctx.arch.elf_machine,))
         if module is None:
-            module = _module_defining(obj, ctx.modules)
+            module = find_module_defining(obj, ctx.modules)
         if not module.image.has_symtab:
             raise BadObject(
                 f"{module.name} is stripped: relive needs its symbol table to find the running "
@@ -279,9 +284,9 @@ class Session:
                     release_block(self.pid, image)
                 raise
             for plan, image in zip(plans, images, strict=True):
-                _record(journal, plan, image)
+                record_reload(journal, plan, image)
             for write in writes:
-                _record_patch(journal, write)
+                record_entry_patch(journal, write)
             journal.regions.extend((i.base, len(i.data)) for i in images)
         self._report(plans, images, result)
         if report is not None:
@@ -440,64 +445,3 @@ def _family(command: CompileCommand) -> str:
 
 def _lap(phases: dict[str, float], name: str, since: float) -> None:
     phases[name] = phases.get(name, 0.0) + (time.perf_counter() - since) * 1000
-
-
-def _module_defining(obj: ObjectFile, modules: list[RunningModule]) -> RunningModule:
-    """For a prebuilt .o: the module that defines most of its global functions."""
-    names = [s.name for s in obj.iter_functions() if not s.is_local]
-    best, best_count = modules[0], -1
-    for module in modules:
-        count = sum(1 for n in names if module.image.find_global(n) is not None)
-        if count > best_count:
-            best, best_count = module, count
-    return best
-
-
-def _record(journal: Journal, plan: ReloadPlan, image: LinkedImage) -> None:
-    from relive.patch.journal import SourceRecord
-
-    record = journal.sources.setdefault(plan.source, SourceRecord())
-    record.generations += 1
-    for d in plan.decisions:
-        if d.status != "skipped":
-            record.fingerprints[d.name] = d.fingerprint
-        if d.status == "new":
-            record.definitions[d.name] = Definition(
-                d.name,
-                image.get_symbol_address(d.symbol),
-                _room(plan, d.symbol),
-                "function",
-                d.symbol.file if d.symbol.is_local else None,
-                d.fingerprint,
-            )
-    for symbol in plan.new_data:
-        section = plan.obj.sections[symbol.shndx]
-        if section.is_write:
-            record.definitions[symbol.name] = Definition(
-                symbol.name,
-                image.get_symbol_address(symbol),
-                symbol.size,
-                "data",
-                symbol.file if symbol.is_local else None,
-            )
-
-
-def _room(plan: ReloadPlan, symbol: ObjSymbol) -> int:
-    """Bytes a new function may have overwritten by a later entry jump."""
-    alone = [s for s in plan.obj.iter_section_symbols(symbol.shndx) if s.is_function] == [symbol]
-    return max(symbol.size, MIN_CODE_ROOM) if alone and symbol.value == 0 else symbol.size
-
-
-def _record_patch(journal: Journal, write: EntryWrite) -> None:
-    key = Journal.patch_key(write.module, write.address)
-    existing = journal.patches.get(key)
-    journal.patches[key] = EntryPatch(
-        name=write.name,
-        source=write.source,
-        module=write.module,
-        entry=write.address,
-        original=existing.original if existing else write.expected.hex(),
-        written=write.new.hex(),
-        target=write.target,
-        count=(existing.count + 1) if existing else 1,
-    )

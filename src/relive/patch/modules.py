@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from relive.elf.image import ElfImage
+from relive.elf.objfile import ObjectFile
 from relive.errors import BadObject, ReliveError
 from relive.process.procfs import Mapping, get_exe_path, read_maps
 
@@ -106,3 +107,14 @@ def get_main_module(modules: list[RunningModule]) -> RunningModule:
         "cannot read the target's executable",
         hint="check that /proc/PID/exe is readable and the binary is an ELF file",
     )
+
+
+def find_module_defining(obj: ObjectFile, modules: list[RunningModule]) -> RunningModule:
+    """For a prebuilt .o: the module that defines most of its global functions."""
+    names = [s.name for s in obj.iter_functions() if not s.is_local]
+    best, best_count = modules[0], -1
+    for module in modules:
+        count = sum(1 for n in names if module.image.find_global(n) is not None)
+        if count > best_count:
+            best, best_count = module, count
+    return best
