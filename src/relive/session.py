@@ -399,14 +399,7 @@ class Session:
                     hint="`relive status -p PID` lists what is patched",
                 )
         writes = [
-            EntryWrite(
-                p.name,
-                p.entry,
-                bytes.fromhex(p.written),
-                bytes.fromhex(p.original),
-                p.entry,
-                p.entry,
-            )
+            EntryWrite(p.name, p.entry, bytes.fromhex(p.written), bytes.fromhex(p.original))
             for p in chosen.values()
         ]
         if writes:

@@ -245,11 +245,6 @@ class _Strings:
         find = text.index
         return [text[o : find("\0", o)] for o in offsets]
 
-    @cached_property
-    def is_ascii(self) -> bool:
-        """Whether every string is ASCII (then bytes and text offsets agree)."""
-        return self.table.isascii()
-
     def find_offsets(self, name: bytes, limit: int) -> list[int] | None:
         """Every offset where ``name`` followed by NUL or ``@`` starts (tails of longer
         strings included: a linker may share them), in one sweep of the table; None
@@ -297,7 +292,7 @@ class _SymbolTable:
         while index >= 0:
             self.file_starts.append(index)
             index = self.info.find(STT_FILE, index + 1, self.first_global)
-        self.file_names = self.strings.many([self._st_name(i) for i in self.file_starts])
+        self.file_names = [self.strings.get(self._st_name(i)) for i in self.file_starts]
         self._globals: dict[str, int] | None = None
         self._lookups = 0
         self._found: dict[str, int | None] = {}
@@ -326,21 +321,15 @@ class _SymbolTable:
 
     @cached_property
     def _st_name_bytes(self) -> bytes:
-        """``st_name`` of every symbol as packed little-endian u32: 1/6 of the table,
-        for :meth:`bytes.find`."""
-        items = array.array("I", self.data)[:: SYM_SIZE // 4]
-        if sys.byteorder != "little":
-            items.byteswap()
-        return items.tobytes()
+        """``st_name`` of every symbol as the file has it (u32, little-endian), packed:
+        1/6 of the table, for :meth:`bytes.find`.  A strided view: one copy."""
+        return memoryview(self.data).cast("I")[:: SYM_SIZE // 4].tobytes()
 
     @cached_property
-    def _values_be(self) -> bytes:
-        """``st_value`` of every symbol as packed big-endian u64, so that the symbols
-        of an address range share a byte prefix :meth:`bytes.find` can look for."""
-        items = array.array("Q", self.data)[1 :: SYM_SIZE // 8]
-        if sys.byteorder == "little":
-            items.byteswap()
-        return items.tobytes()
+    def _values_le(self) -> bytes:
+        """``st_value`` of every symbol as the file has it (u64, little-endian), packed:
+        the symbols of an aligned address block share their high bytes."""
+        return memoryview(self.data).cast("Q")[1 :: SYM_SIZE // 8].tobytes()
 
     def _st_name(self, index: int) -> int:
         (offset,) = struct.unpack_from("<I", self.data, index * SYM_SIZE)
@@ -405,7 +394,9 @@ class _SymbolTable:
     def _search_global(self, name: str) -> tuple[bool, int | None]:
         """:meth:`find_global` without decoding the table: (True, answer), or
         (False, None) when that does not pay (a small table, too many candidates)
-        or cannot be done exactly (versioned dynsym, non-ASCII names)."""
+        or cannot be done exactly (versioned dynsym, a non-ASCII name).  The table
+        may hold non-ASCII names: bytes are compared, and the names returned are
+        decoded as :meth:`globals` decodes them."""
         unsearchable = (False, None)
         if (
             self.count < _SMALL_TABLE
@@ -413,7 +404,6 @@ class _SymbolTable:
             or not name
             or "@" in name
             or not name.isascii()
-            or not self.strings.is_ascii
         ):
             return unsearchable
         offsets = self.strings.find_offsets(name.encode(), _MAX_CANDIDATES)
@@ -537,18 +527,22 @@ class _SymbolTable:
         return False, None
 
     def _first_start_in_block(self, block: int, bits: int, above: int) -> int | None:
-        prefix = block.to_bytes(8 - bits // 8, "big")
-        column = self._values_be
+        # The values in the block are those whose bytes from bits/8 up equal the
+        # block number's: look for those bytes at that offset within an 8-byte value.
+        skip = bits // 8
+        high = block.to_bytes(8 - skip, "little")
+        column = self._values_le
         best: int | None = None
-        at = column.find(prefix)
+        at = column.find(high, skip)
         while at >= 0:
-            if at % 8:  # straddles two values
-                at = column.find(prefix, at + 1)
+            start = at - skip
+            if start % 8:  # straddles two values
+                at = column.find(high, at + 1)
                 continue
-            value = int.from_bytes(column[at : at + 8], "big")
-            if above < value and (best is None or value < best) and self._is_start(at // 8):
+            value = int.from_bytes(column[start : start + 8], "little")
+            if above < value and (best is None or value < best) and self._is_start(start // 8):
                 best = value
-            at = column.find(prefix, at + 8)
+            at = column.find(high, at + 8)
         return best
 
     def _is_start(self, index: int) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -45,10 +45,10 @@ class EntryWrite:
     address: int  # first byte overwritten (after a kept landing pad)
     expected: bytes  # what must be there now
     new: bytes
-    #: Threads anywhere in [guard_start, guard_end) block the write; normally the
-    #: window itself, the whole function when a branch inside it targets the window.
-    guard_start: int
-    guard_end: int
+    #: The function's code [start, end): a thread anywhere in it is in the way too
+    #: if ``loops_into_window()`` (a branch inside it targets the replaced bytes).
+    function: tuple[int, int] = (0, 0)
+    loops_into_window: Callable[[], bool] | None = None
     #: Where the new jump goes (0 when restoring original bytes).
     target: int = 0
     #: For the journal: the source file and module the function belongs to.
@@ -59,7 +59,9 @@ class EntryWrite:
         """Whether a thread at ``pc`` would be hurt by this write."""
         if self.address < pc < self.address + len(self.new):
             return True
-        return self.guard_start <= pc < self.guard_end
+        start, end = self.function
+        # Disassembling is only worth it when a thread is inside the function.
+        return start <= pc < end and self.loops_into_window is not None and self.loops_into_window()
 
 
 @contextmanager

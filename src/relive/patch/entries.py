@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 from relive.arch.base import Arch
 from relive.errors import UnsafePatch
@@ -24,8 +26,8 @@ class EntrySite:
     module: str
     address: int  # first byte overwritten (after a kept landing pad)
     expected: bytes  # what is there now: the original bytes or an earlier jump
-    guard_start: int
-    guard_end: int
+    function: tuple[int, int]
+    loops_into_window: Callable[[], bool]
 
     def jump_to(self, target: int, arch: Arch) -> EntryWrite:
         """The write that sends this entry to ``target``."""
@@ -34,8 +36,8 @@ class EntrySite:
             address=self.address,
             expected=self.expected,
             new=arch.encode_entry_jump(self.address, target),
-            guard_start=self.guard_start,
-            guard_end=self.guard_end,
+            function=self.function,
+            loops_into_window=self.loops_into_window,
             target=target,
             source=self.source,
             module=self.module,
@@ -76,18 +78,22 @@ def find_entry_site(
     original = bytes.fromhex(existing.original) if existing else current
     code = bytearray(memory.read(entry, max(old.size, need)))
     code[pad:need] = original
-    targets = arch.iter_branch_targets(bytes(code), entry)
-    # A branch back into the bytes the jump replaces (a loop head right at the
-    # entry) would land mid-instruction for a thread already inside: guard it all.
-    loops_into_window = any(address < t < entry + need for t in targets)
+
+    @cache
+    def loops_into_window() -> bool:
+        # A branch back into the bytes the jump replaces (a loop head right at the
+        # entry) would land mid-instruction for a thread already inside.
+        targets = arch.iter_branch_targets(bytes(code), entry)
+        return any(address < t < entry + need for t in targets)
+
     return EntrySite(
         decision=decision,
         source=source,
         module=module.path,
         address=address,
         expected=expected,
-        guard_start=entry if loops_into_window else address,
-        guard_end=entry + max(old.size, need) if loops_into_window else address,
+        function=(entry, entry + len(code)),
+        loops_into_window=loops_into_window,
     )
 
 
