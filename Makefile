@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/python demo/demo.py
 
 # `make test` includes tests/realworld (real programs from Debian source packages,
-# built once and cached in /var/tmp/relive-realworld): about 7 minutes cold, 20 s
+# built once and cached in /var/tmp/relive-realworld): about 6 minutes cold, 20 s
 # warm on 2 cores, well within CI's 90. A plain `pytest` skips them.
 test: $(STAMP) realworld-prepare
 	RELIVE_REALWORLD=1 $(BIN)/python -m pytest -q

@@ -1,0 +1,155 @@
+"""Build the benchmark's C targets at run time (into a scratch folder).
+
+* ``one``:  the stall meter (``c/stall_meter.c``) with ``compute()`` in ``func.c``;
+  the reload changes ``compute()`` to return 2 instead of 1.
+* ``many``: the stall meter with a generated translation unit of 3,000 functions
+  (``compute()`` is one of them); every function changes between versions.
+* ``big``:  ``one`` linked with 100,000 generated symbols (80,000 global functions,
+  20,000 file statics), so its ``.symtab`` is big.
+
+Each target comes with what a reload needs: the source to reload (already edited to
+the new version, since the executable was built from the old one), a prebuilt
+object of the new version, and the link-time address of every function the floor
+patcher touches.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+STALL_METER = HERE / "c" / "stall_meter.c"
+
+CFLAGS = ("-g", "-O2")
+#: What relive adds to every compile; the prebuilt objects get the same.
+RELIVE_FLAGS = ("-ffunction-sections", "-fdata-sections")
+
+
+@dataclass
+class Target:
+    """One built benchmark program."""
+
+    name: str
+    exe: Path
+    #: The source the executable was built from, now holding the new version.
+    source: Path
+    #: The new version, compiled as relive would compile it.
+    prebuilt: Path
+    #: Functions that change, and their link-time addresses (``nm``).
+    changed: list[str]
+    symbols: dict[str, int] = field(default_factory=dict)
+    #: Wall time of gcc -c on the new version (for the record).
+    compile_s: float = 0.0
+
+
+def _run(argv: list[str], cwd: Path) -> None:
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{proc.stdout}{proc.stderr}")
+
+
+def _nm(exe: Path) -> dict[str, int]:
+    out = subprocess.run(
+        ["nm", "--defined-only", str(exe)], capture_output=True, text=True, check=True
+    ).stdout
+    symbols: dict[str, int] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in "tTwW":
+            symbols.setdefault(parts[2], int(parts[0], 16))
+    return symbols
+
+
+def func_source(version: int) -> str:
+    """The one-function file: ``compute()`` returns ``version``."""
+    return (
+        "/* relive benchmark: the function the stall meter calls. */\n"
+        f"int compute(void) {{ return {version}; }}\n"
+    )
+
+
+def many_source(count: int, version: int) -> str:
+    """A translation unit of ``count`` functions; all of them change with ``version``.
+
+    The functions read and write a global (bound to the running program's storage on
+    reload) and every fourth calls its predecessor (a relocation to new code).
+    """
+    lines = [
+        "/* relive benchmark: a generated translation unit. */",
+        "long bench_state[64];",
+        f"int compute(void) {{ return {version}; }}",
+    ]
+    for i in range(1, count):
+        call = f" + f{i - 1:04d}(x)" if i % 4 == 0 and i > 1 else ""
+        lines.append(
+            f"long f{i:04d}(long x) {{ bench_state[{i % 64}] += x; "
+            f"return bench_state[{(i * 7) % 64}] * {i} + {version}{call}; }}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def big_symbols_asm(count: int) -> str:
+    """Assembly defining ``count`` one-byte functions, one in five of them static."""
+    out = ['\t.file\t"bigsyms.c"', "\t.text"]
+    for i in range(count):
+        name = f"bigsym_{i // 1000:03d}_module_handler_{i:06d}"
+        if i % 5:
+            out.append(f"\t.globl\t{name}")
+        out += [f"\t.type\t{name}, @function", f"{name}:", "\tret", f"\t.size\t{name}, 1"]
+    return "\n".join(out) + "\n"
+
+
+def _compile_new(source: Path, text: str, out: Path) -> float:
+    source.write_text(text)
+    started = time.monotonic()
+    _run(["gcc", *CFLAGS, *RELIVE_FLAGS, "-c", str(source), "-o", str(out)], source.parent)
+    return time.monotonic() - started
+
+
+def build_one(root: Path, name: str = "one", extra: tuple[str, ...] = ()) -> Target:
+    """The stall meter with ``compute()`` in its own file (plus ``extra`` sources)."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / "func.c"
+    source.write_text(func_source(1))
+    shutil.copy(STALL_METER, folder / "stall_meter.c")
+    exe = folder / f"stall_{name}"
+    _run(
+        ["gcc", *CFLAGS, "-pthread", "-o", exe.name, "stall_meter.c", "func.c", *extra],
+        folder,
+    )
+    spare = folder / "new"
+    spare.mkdir(exist_ok=True)
+    compile_s = _compile_new(spare / "func.c", func_source(2), spare / "func.o")
+    source.write_text(func_source(2))
+    return Target(name, exe, source, spare / "func.o", ["compute"], _nm(exe), compile_s)
+
+
+def build_many(root: Path, count: int = 3000) -> Target:
+    """The stall meter with a generated translation unit of ``count`` functions."""
+    folder = root / "many"
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / "gen.c"
+    source.write_text(many_source(count, 1))
+    shutil.copy(STALL_METER, folder / "stall_meter.c")
+    exe = folder / "stall_many"
+    _run(["gcc", *CFLAGS, "-pthread", "-o", exe.name, "stall_meter.c", "gen.c"], folder)
+    spare = folder / "new"
+    spare.mkdir(exist_ok=True)
+    text = many_source(count, 2)
+    compile_s = _compile_new(spare / "gen.c", text, spare / "gen.o")
+    source.write_text(text)
+    changed = ["compute", *(f"f{i:04d}" for i in range(1, count))]
+    return Target("many", exe, source, spare / "gen.o", changed, _nm(exe), compile_s)
+
+
+def build_big(root: Path, count: int = 100_000) -> Target:
+    """``one`` linked with ``count`` extra symbols."""
+    folder = root / "big"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "bigsyms.s").write_text(big_symbols_asm(count))
+    return build_one(root, "big", ("bigsyms.s",))
