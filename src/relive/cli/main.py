@@ -274,5 +274,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry_point() -> None:
-    """Console-script entry."""
-    sys.exit(main())
+    """Console-script entry.
+
+    Exits without the interpreter's teardown (30-70 ms of module and object
+    clean-up that nobody waits for in an edit loop): the streams are flushed
+    first, and every target was released before ``main`` returned.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

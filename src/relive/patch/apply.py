@@ -9,9 +9,11 @@ interrupted relive finishes the transaction before it exits.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -31,7 +33,7 @@ from relive.process.remote import (
     remote_munmap,
     try_remote_mmap_at,
 )
-from relive.process.threads import StoppedProcess, stop_all
+from relive.process.threads import stop_all, stop_one
 
 #: Attempts to find every thread outside the bytes being replaced.
 MAX_ATTEMPTS = 12
@@ -90,7 +92,9 @@ def allocate_and_link(pid: int, plan: ReloadPlan, arch: Arch) -> LinkedImage:
         except LinkError as error:
             last_error = error
             continue
-        with stop_all(pid) as stopped:
+        # One idle thread is enough: nothing refers to the new block yet, and a
+        # mapping the program makes meanwhile only makes this address fail (EEXIST).
+        with stop_one(pid) as stopped:
             mapped = try_remote_mmap_at(
                 stopped,
                 address,
@@ -116,7 +120,7 @@ def write_block(memory: ProcessMemory, image: LinkedImage) -> None:
 def release_block(pid: int, image: LinkedImage) -> None:
     """Give back a block that will not be used (best effort, after a failure)."""
     try:
-        with stop_all(pid) as stopped:
+        with stop_one(pid) as stopped:
             remote_munmap(stopped, image.base, page_round(len(image.data)))
     except ReliveError:
         pass
@@ -131,44 +135,72 @@ class EntryReport:
 
 
 def write_entries(pid: int, writes: list[EntryWrite]) -> EntryReport:
-    """Stop every thread, wait until none is in the way, write all jumps, resume."""
-    with stop_all(pid) as stopped:
-        for attempt in range(MAX_ATTEMPTS):
-            blockers = _find_blockers(stopped, writes)
-            if not blockers:
-                break
-            if attempt == MAX_ATTEMPTS - 1:
-                tid, name = blockers[0]
-                raise UnsafePatch(
-                    f"thread {tid} keeps executing the first bytes of {name}; "
-                    f"tried {MAX_ATTEMPTS} times",
-                    hint="reload again, or reload when the program is less busy",
-                )
-            stopped.resume_briefly(0.0005 * (2**attempt))
-        memory = ProcessMemory(pid, poke_tid=pid)
-        try:
-            _check_expected(memory, writes)
-            for write in writes:
-                memory.write(write.address, write.new)
-        finally:
-            memory.close()
-        positions = list(stopped.iter_positions())
+    """Stop every thread, wait until none is in the way, write all jumps, resume.
+
+    Everything that can be is prepared while the program runs (the pages of
+    the entries read, the blocking ranges indexed), so the threads are held for
+    one read and one write per page of entries, however many there are.
+    """
+    with ProcessMemory(pid, poke_tid=pid) as memory:
+        prepared = memory.prepare_edits([(w.address, w.expected, w.new) for w in writes])
+        blockers = _BlockerIndex(writes)
+        with stop_all(pid) as stopped:
+            for attempt in range(MAX_ATTEMPTS):
+                found = blockers.find(stopped.iter_pcs())
+                if not found:
+                    break
+                if attempt == MAX_ATTEMPTS - 1:
+                    tid, name = found[0]
+                    raise UnsafePatch(
+                        f"thread {tid} keeps executing the first bytes of {name}; "
+                        f"tried {MAX_ATTEMPTS} times",
+                        hint="reload again, or reload when the program is less busy",
+                    )
+                stopped.resume_briefly(0.0005 * (2**attempt))
+            mismatched = prepared.apply(memory)
+            if mismatched:
+                _refuse_unexpected(memory, writes[mismatched[0]])
+            positions = list(stopped.iter_positions())
     return EntryReport(stopped.stopped_seconds, positions)
 
 
-def _find_blockers(stopped: StoppedProcess, writes: list[EntryWrite]) -> list[tuple[int, str]]:
-    return [(tid, w.name) for tid, pc in stopped.iter_pcs() for w in writes if w.blocks(pc)]
+class _BlockerIndex:
+    """Which writes a thread's PC is in the way of, by bisecting sorted ranges."""
+
+    def __init__(self, writes: list[EntryWrite]) -> None:
+        spans = sorted((*_blocking_range(w), k) for k, w in enumerate(writes))
+        self.writes = writes
+        self.spans = spans
+        self.starts = [lo for lo, _, _ in spans]
+        self.reach = list(itertools.accumulate((hi for _, hi, _ in spans), max))
+
+    def find(self, pcs: Iterable[tuple[int, int]]) -> list[tuple[int, str]]:
+        found = []
+        for tid, pc in pcs:
+            j = bisect.bisect_right(self.starts, pc) - 1
+            while j >= 0 and self.reach[j] > pc:
+                write = self.writes[self.spans[j][2]]
+                if write.blocks(pc):
+                    found.append((tid, write.name))
+                j -= 1
+        return found
 
 
-def _check_expected(memory: ProcessMemory, writes: list[EntryWrite]) -> None:
-    for write in writes:
-        current = memory.read(write.address, len(write.expected))
-        if current != write.expected:
-            raise ReliveError(
-                f"the entry of {write.name} at {write.address:#x} holds unexpected bytes "
-                f"({current.hex()}, expected {write.expected.hex()})",
-                hint="another tool patched it; undo that first, or restart the program",
-            )
+def _blocking_range(write: EntryWrite) -> tuple[int, int]:
+    start, end = write.function
+    window = (write.address, write.address + len(write.new))
+    if end <= start:
+        return window
+    return min(start, window[0]), max(end, window[1])
+
+
+def _refuse_unexpected(memory: ProcessMemory, write: EntryWrite) -> None:
+    current = memory.read(write.address, len(write.expected))
+    raise ReliveError(
+        f"the entry of {write.name} at {write.address:#x} holds unexpected bytes "
+        f"({current.hex()}, expected {write.expected.hex()})",
+        hint="another tool patched it; undo that first, or restart the program",
+    )
 
 
 def now() -> float:
