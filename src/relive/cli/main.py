@@ -64,9 +64,10 @@ def _add_watching(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--debounce",
         type=int,
-        default=50,
+        default=20,
         metavar="MS",
-        help="quiet time that ends a burst of saves (default 50 ms)",
+        help="quiet time that ends a burst of saves (default 20 ms: an editor's "
+        "write-and-rename arrives within a few ms)",
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="also print each function and compile"

@@ -68,7 +68,7 @@ class WatchOptions:
     cflags: Sequence[str] | None = None
     compdb: Path | None = None
     trigger: str = TRIGGER_SAVE
-    step_ms: int = 50
+    step_ms: int = 20
     max_batch_ms: int = 1600
     poll_ms: int = 250
     undo_on_exit: bool = False
