@@ -30,7 +30,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -185,16 +185,8 @@ class StoppedProcess:
         Signals that arrive meanwhile stay queued or are owed to the thread;
         a fault raised by the instruction itself raises ReliveError.
         """
-        thread = self._get_thread(tid)
-        try:
-            saved_mask = ptrace.get_sigmask(tid)
-            ptrace.set_sigmask(tid, _STEP_SIGMASK)
-        except OSError as exc:
-            raise self._thread_error(tid, exc) from exc
-        try:
-            self._step_until_trap(thread)
-        finally:
-            self._restore_sigmask(tid, saved_mask)
+        deadline = time.monotonic() + _STEP_TIMEOUT_S
+        self._run_masked(tid, ptrace.singlestep, self._is_step_done, deadline)
 
     def run_until_fault_at(self, tid: int, address: int, timeout: float = 2.0) -> None:
         """Let held thread ``tid`` run (the others stay held) until it faults at
@@ -203,6 +195,19 @@ class StoppedProcess:
         Signals that arrive meanwhile stay queued (masked) or are owed, as for
         :meth:`single_step`; any other fault raises ReliveError.
         """
+        deadline = time.monotonic() + timeout
+        self._run_masked(tid, ptrace.cont, lambda t: self._is_fault_at(t, address), deadline)
+
+    def _run_masked(
+        self,
+        tid: int,
+        resume: Callable[[int, int], None],
+        is_done: Callable[[_Thread], bool],
+        deadline: float,
+    ) -> None:
+        """Resume held thread ``tid`` with ``resume`` until ``is_done`` says its stop
+        is the one wanted.  Blockable signals are masked meanwhile (they stay
+        queued); other signals the thread meets are owed to it."""
         thread = self._get_thread(tid)
         try:
             saved_mask = ptrace.get_sigmask(tid)
@@ -210,38 +215,39 @@ class StoppedProcess:
         except OSError as exc:
             raise self._thread_error(tid, exc) from exc
         try:
-            self._run_until_fault(thread, address, time.monotonic() + timeout)
+            signo = self._hand_back_current(thread)
+            while True:
+                try:
+                    resume(tid, signo)
+                    signo = 0
+                    status = self._wait(tid, deadline)
+                    if status is None or status.exited:
+                        self._threads.pop(tid, None)
+                        raise self._exited_during_step(tid)
+                    thread.record_stop(status)
+                except OSError as exc:
+                    raise self._thread_error(tid, exc) from exc
+                if is_done(thread):
+                    return
         finally:
             self._restore_sigmask(tid, saved_mask)
 
-    def _run_until_fault(self, thread: _Thread, address: int, deadline: float) -> None:
-        tid = thread.tid
-        signo = self._hand_back_current(thread)
-        while True:
-            try:
-                ptrace.cont(tid, signo)
-                signo = 0
-                status = self._wait(tid, deadline)
-                if status is None or status.exited:
-                    self._threads.pop(tid, None)
-                    raise self._exited_during_step(tid)
-                thread.record_stop(status)
-            except OSError as exc:
-                raise self._thread_error(tid, exc) from exc
-            info = thread.current
-            if info is None:
-                continue  # a pending interrupt fired first: run on
-            thread.current = None
-            if info.is_user_sent:
-                thread.owed.append(info)
-                continue
-            pc = get_pc(ptrace.get_regs(tid))
-            if info.signo == signal.SIGSEGV and pc == address:
-                return
-            raise ReliveError(
-                f"a function called in thread {tid} of process {self.pid} raised "
-                f"{signal.Signals(info.signo).name} at {pc:#x}"
-            )
+    def _is_fault_at(self, thread: _Thread, address: int) -> bool:
+        """Classify a stop while a called function runs; True at its return fault."""
+        info = thread.current
+        if info is None:
+            return False  # a pending interrupt fired first: run on
+        thread.current = None
+        if info.is_user_sent:
+            thread.owed.append(info)
+            return False
+        pc = get_pc(ptrace.get_regs(thread.tid))
+        if info.signo == signal.SIGSEGV and pc == address:
+            return True
+        raise ReliveError(
+            f"a function called in thread {thread.tid} of process {self.pid} raised "
+            f"{signal.Signals(info.signo).name} at {pc:#x}"
+        )
 
     def resume_briefly(self, duration_s: float) -> None:
         """Let every thread run for about ``duration_s`` seconds, then stop them all again.
@@ -384,24 +390,6 @@ class StoppedProcess:
             delay = min(delay * 2, 0.002)
 
     # -- single-stepping --------------------------------------------------
-
-    def _step_until_trap(self, thread: _Thread) -> None:
-        tid = thread.tid
-        signo = self._hand_back_current(thread)
-        deadline = time.monotonic() + _STEP_TIMEOUT_S
-        while True:
-            try:
-                ptrace.singlestep(tid, signo)
-                signo = 0
-                status = self._wait(tid, deadline)
-                if status is None or status.exited:
-                    del self._threads[tid]
-                    raise self._exited_during_step(tid)
-                thread.record_stop(status)
-            except OSError as exc:
-                raise self._thread_error(tid, exc) from exc
-            if self._is_step_done(thread):
-                return
 
     @staticmethod
     def _restore_sigmask(tid: int, mask: int) -> None:
