@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import relive
-from support import SpawnFactory, compile_c
+from support import SpawnFactory, Target, compile_c
 from test_reload import edit, kinds, reload
 
 THREADS_PROG = r"""
@@ -39,13 +42,19 @@ int main(void) {
 """
 
 
-def test_four_threads_in_tight_loops_reloaded_again_and_again(
-    tmp_path: Path, spawn: SpawnFactory
-) -> None:
+def start_four_threads(tmp_path: Path, spawn: SpawnFactory) -> Target:
+    """THREADS_PROG running, every worker seen calling the original compute()."""
     exe = compile_c(tmp_path, THREADS_PROG, flags=("-g", "-O2"), link_flags=("-pthread",))
     target = spawn([exe])
     for i in range(4):
         target.wait_for(rf"thread {i} sees 1", after=0)
+    return target
+
+
+def test_four_threads_in_tight_loops_reloaded_again_and_again(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    target = start_four_threads(tmp_path, spawn)
     source = tmp_path / "prog.c"
     previous = "return x + 1;"
     for value in range(2, 22):  # 20 reloads
@@ -134,8 +143,6 @@ int main(void) {
 def test_function_in_a_shared_library(tmp_path: Path, spawn: SpawnFactory) -> None:
     lib = tmp_path / "libdemo.c"
     lib.write_text(LIB_SOURCE)
-    import subprocess
-
     subprocess.run(
         ["gcc", "-g", "-O1", "-fPIC", "-shared", "-o", "libdemo.so", "libdemo.c"],
         cwd=tmp_path,
@@ -246,14 +253,7 @@ def test_relive_killed_mid_reload_leaves_old_or_new_code(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
     """SIGTERM/SIGINT at any moment: the target runs, old or new code, never stopped."""
-    import subprocess
-    import sys
-    import time
-
-    exe = compile_c(tmp_path, THREADS_PROG, flags=("-g", "-O2"), link_flags=("-pthread",))
-    target = spawn([exe])
-    for i in range(4):
-        target.wait_for(rf"thread {i} sees 1", after=0)
+    target = start_four_threads(tmp_path, spawn)
     source = tmp_path / "prog.c"
     edit(source, "return x + 1;", "return x + 2;")
     for attempt in range(50):
