@@ -51,7 +51,7 @@ from relive.patch.apply import (
     write_entries,
 )
 from relive.patch.binder import Binder
-from relive.patch.entries import EntrySite, find_entry_site
+from relive.patch.entries import EntrySite, iter_entry_sites
 from relive.patch.journal import Journal, load_journal, save_journal
 from relive.patch.modules import (
     RunningModule,
@@ -298,10 +298,10 @@ class Session:
         """Entry sites of the changed functions; callers stand in for too-small ones."""
         while True:
             try:
-                return [
-                    find_entry_site(d, plan.source, plan.module, journal, memory, arch)
-                    for d in plan.iter_with_status("changed")
-                ]
+                changed = plan.iter_with_status("changed")
+                return list(
+                    iter_entry_sites(changed, plan.source, plan.module, journal, memory, arch)
+                )
             except UnsafePatch as error:
                 tiny = next(d for d in plan.iter_with_status("changed") if d.name == error.function)
                 callers = plan.redirect_callers_instead(tiny)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 
@@ -44,24 +44,42 @@ class EntrySite:
         )
 
 
-def find_entry_site(
-    decision: FunctionDecision,
+def iter_entry_sites(
+    decisions: list[FunctionDecision],
     source: str,
     module: RunningModule,
     journal: Journal,
     memory: ProcessMemory,
     arch: Arch,
+) -> Iterator[EntrySite]:
+    """The entry site of each decision's function, its code read in page-sized batches."""
+    ranges = []
+    for decision in decisions:
+        assert decision.old is not None
+        ranges.append((decision.old.address, max(decision.old.size, _HEAD)))
+    for decision, code in zip(decisions, memory.read_many(ranges), strict=True):
+        yield find_entry_site(decision, code, source, module, journal, arch)
+
+
+def find_entry_site(
+    decision: FunctionDecision,
+    running: bytes,
+    source: str,
+    module: RunningModule,
+    journal: Journal,
+    arch: Arch,
 ) -> EntrySite:
     """Check that ``decision``'s function can take an entry jump; raise UnsafePatch if not.
 
-    A landing pad (endbr64) is kept so indirect calls still land on it.  The
-    bytes we may overwrite are the function's own: its size, or up to the next
-    symbol (alignment padding), for functions of the original program.
+    ``running`` is the function's code as it is in memory now (at least 16
+    bytes).  A landing pad (endbr64) is kept so indirect calls still land on it.
+    The bytes we may overwrite are the function's own: its size, or up to the
+    next symbol (alignment padding), for functions of the original program.
     """
     old = decision.old
     assert old is not None
     entry = old.address
-    pad = arch.find_landing_pad_size(memory.read(entry, _HEAD))
+    pad = arch.find_landing_pad_size(running[:_HEAD])
     address = entry + pad
     need = pad + arch.entry_jump_size
     available = old.size if old.from_journal else _available_bytes(module, entry, old.size)
@@ -73,10 +91,10 @@ def find_entry_site(
             function=decision.name,
         )
     existing = journal.patches.get(Journal.patch_key(module.path, address))
-    current = memory.read(address, arch.entry_jump_size)
+    current = running[pad:need]
     expected = bytes.fromhex(existing.written) if existing else current
     original = bytes.fromhex(existing.original) if existing else current
-    code = bytearray(memory.read(entry, max(old.size, need)))
+    code = bytearray(running[: max(old.size, need)])
     code[pad:need] = original
 
     @cache
