@@ -7,23 +7,88 @@ plain one-line text a user reads.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, dataclass_transform
+
+_MISSING: Any = object()
 
 
-@dataclass(frozen=True)
+class _Factory:
+    """A default made anew for every event (``field(default_factory=list)``)."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+
+
+def field(*, default_factory: Callable[[], Any]) -> Any:
+    """A field whose default is made by ``default_factory``, as in dataclasses."""
+    return _Factory(default_factory)
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
 class Event:
-    """Base class of everything the core reports."""
+    """Base class of everything the core reports: frozen, with dataclass-style fields.
+
+    Events are plain classes rather than ``dataclasses.dataclass``: generating
+    the methods of some two dozen dataclasses cost about 25 ms of every
+    ``relive`` command's start-up.  Fields are the class's annotations (not
+    ClassVar), in order, parents first; ``str(event)`` is its one-line text.
+    """
 
     kind: ClassVar[str] = "event"
+    _fields: ClassVar[tuple[tuple[str, Any], ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        fields = dict(cls._fields)
+        # Own annotations only (parents' are in _fields); inspect costs start-up time.
+        own = cls.__dict__.get("__annotations__", {})  # noqa: RUF063
+        for name, annotation in own.items():
+            if not str(annotation).startswith(("ClassVar", "typing.ClassVar")):
+                fields[name] = cls.__dict__.get(name, _MISSING)
+        cls._fields = tuple(fields.items())
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        names = [name for name, _ in self._fields]
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__} takes {len(names)} fields")
+        values = dict(zip(names, args, strict=False))
+        for name, value in kwargs.items():
+            if name not in names or name in values:
+                raise TypeError(f"{type(self).__name__}: unexpected or repeated field {name}")
+            values[name] = value
+        for name, default in self._fields:
+            if name not in values:
+                if default is _MISSING:
+                    raise TypeError(f"{type(self).__name__}: missing field {name}")
+                values[name] = default.make() if isinstance(default, _Factory) else default
+            object.__setattr__(self, name, values[name])
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is frozen")
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name, _ in self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Event)
+            and type(other) is type(self)
+            and self._values() == other._values()
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._values()))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name, _ in self._fields)
+        return f"{type(self).__name__}({inner})"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict with a ``kind`` key."""
-        return {"kind": self.kind, **dataclasses.asdict(self)}
+        return {"kind": self.kind, **{name: getattr(self, name) for name, _ in self._fields}}
 
 
 EventSink = Callable[[Event], None]
@@ -33,7 +98,6 @@ def ignore_event(event: Event) -> None:
     """The default sink: drop events."""
 
 
-@dataclass(frozen=True)
 class Compiled(Event):
     """A source file was compiled to an object file."""
 
@@ -47,7 +111,6 @@ class Compiled(Event):
         return f"compiled {self.source} ({self.flags_origin} flags) in {self.milliseconds:.0f} ms"
 
 
-@dataclass(frozen=True)
 class FunctionRedirected(Event):
     """An existing function's entry now jumps to new code."""
 
@@ -60,7 +123,6 @@ class FunctionRedirected(Event):
         return f"redirected {self.name}: {self.old_address:#x} -> {self.new_address:#x}"
 
 
-@dataclass(frozen=True)
 class FunctionAdded(Event):
     """A function that did not exist before now lives in new memory."""
 
@@ -72,7 +134,6 @@ class FunctionAdded(Event):
         return f"new {self.name} at {self.new_address:#x}"
 
 
-@dataclass(frozen=True)
 class FunctionUnchanged(Event):
     """A function whose code did not change; it is left alone."""
 
@@ -83,7 +144,6 @@ class FunctionUnchanged(Event):
         return f"unchanged {self.name}"
 
 
-@dataclass(frozen=True)
 class FunctionSkipped(Event):
     """A function that was not redirected, and why."""
 
@@ -95,7 +155,6 @@ class FunctionSkipped(Event):
         return f"skipped {self.name}: {self.reason}"
 
 
-@dataclass(frozen=True)
 class FunctionActive(Event):
     """A redirected function that a thread is inside of: it finishes in the old code."""
 
@@ -109,7 +168,6 @@ class FunctionActive(Event):
         )
 
 
-@dataclass(frozen=True)
 class FunctionRestored(Event):
     """An undo put a function's original entry bytes back."""
 
@@ -121,7 +179,6 @@ class FunctionRestored(Event):
         return f"restored {self.name} at {self.address:#x}"
 
 
-@dataclass(frozen=True)
 class Notice(Event):
     """Something the user should know that does not stop the operation."""
 
@@ -132,7 +189,6 @@ class Notice(Event):
         return self.message
 
 
-@dataclass(frozen=True)
 class Timings(Event):
     """Wall time per phase of one operation, and how long threads were held."""
 
@@ -145,7 +201,6 @@ class Timings(Event):
         return f"timings: {parts}; threads stopped {self.stopped_us:.0f} µs"
 
 
-@dataclass(frozen=True)
 class ReloadFinished(Event):
     """A reload (or dry run) completed."""
 
@@ -177,7 +232,6 @@ def _names(paths: Sequence[str], limit: int = 4) -> str:
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
-@dataclass(frozen=True)
 class DependenciesFound(Event):
     """The compiler listed the files a translation unit read (itself and its headers)."""
 
@@ -189,7 +243,6 @@ class DependenciesFound(Event):
         return f"{self.source} depends on {len(self.dependencies)} files"
 
 
-@dataclass(frozen=True)
 class ProcessStarted(Event):
     """``relive run`` started the program."""
 
@@ -201,7 +254,6 @@ class ProcessStarted(Event):
         return f"started {' '.join(self.argv)} (pid {self.pid})"
 
 
-@dataclass(frozen=True)
 class TargetProcess(Event):
     """The process the following events are about (when there are several)."""
 
@@ -213,7 +265,6 @@ class TargetProcess(Event):
         return f"pid {self.pid} ({self.name}):"
 
 
-@dataclass(frozen=True)
 class WatchStarted(Event):
     """Watching began: which translation units and files, and what triggers a reload."""
 
@@ -236,7 +287,6 @@ class WatchStarted(Event):
         return f"watching {what} of pid {pids} ({_names(self.units)}); {how}"
 
 
-@dataclass(frozen=True)
 class FlagsFromDwarf(Event):
     """Sources whose compile flags come only from DWARF, which records no -D/-I."""
 
@@ -252,7 +302,6 @@ class FlagsFromDwarf(Event):
         )
 
 
-@dataclass(frozen=True)
 class SaveSkipped(Event):
     """A file was saved but its content is what relive last saw: nothing to do."""
 
@@ -264,7 +313,6 @@ class SaveSkipped(Event):
         return f"{os.path.basename(self.path)}: {self.reason}, not reloaded"
 
 
-@dataclass(frozen=True)
 class SignalReload(Event):
     """``--on-signal``: the signal arrived; these translation units are reloaded."""
 
@@ -277,7 +325,6 @@ class SignalReload(Event):
         return f"Caught {self.signal}! reloading ... {what}"
 
 
-@dataclass(frozen=True)
 class WatchReloaded(Event):
     """One reload of the edit loop, in one process: the line the user reads."""
 
@@ -316,7 +363,6 @@ class WatchReloaded(Event):
         return text
 
 
-@dataclass(frozen=True)
 class WatchFailed(Event):
     """A reload of the edit loop failed; the program keeps its last good code."""
 
@@ -337,7 +383,6 @@ class WatchFailed(Event):
         return text + " (the program keeps its last good code)"
 
 
-@dataclass(frozen=True)
 class TargetExited(Event):
     """A watched program exited."""
 
@@ -352,7 +397,6 @@ class TargetExited(Event):
         return f"pid {self.pid} exited{how}"
 
 
-@dataclass(frozen=True)
 class WatchStopped(Event):
     """Watching ended; the patches stay unless undone."""
 
@@ -374,7 +418,6 @@ class WatchStopped(Event):
         return text
 
 
-@dataclass(frozen=True)
 class CheckResult(Event):
     """One check of ``relive doctor``: verdict ("ok", "warn", "fail", "skip"), detail, fix."""
 
