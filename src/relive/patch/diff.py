@@ -15,9 +15,8 @@ from collections.abc import Callable, Mapping
 
 from relive.arch.base import Need, Range, RelocationType
 from relive.elf.objfile import SHF_STRINGS, ObjectFile, ObjSymbol, Relocation
-from relive.link import Bound
+from relive.patch.binder import MemoryReader
 
-MemoryReader = Callable[[int, int], bytes]
 #: Where a symbol of the new object is in the running process (None: new memory).
 AddressOf = Callable[[ObjSymbol], int | None]
 
@@ -216,8 +215,3 @@ class FunctionComparer:
         except Exception:
             return False
         return self.find_plt_slot(code, address) == slot
-
-
-def bound_address(bound: Bound | None) -> int | None:
-    """The address of a bound definition (None for TLS or unbound)."""
-    return None if bound is None else bound.address
