@@ -322,3 +322,14 @@ def test_help_and_reload_do_not_import_watchfiles_or_rich() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert proc.stdout.splitlines()[-1] == "[]"
+
+
+def test_watch_by_process_name(tmp_path: Path, spawn: SpawnFactory) -> None:
+    name = f"w{os.getpid() % 100000}"  # a name no other process here has
+    target = spawn([build(tmp_path, name=name)])
+    target.wait_for(r"value=1 step=1")
+    watch, started = start_watch(spawn, "-n", name)
+    assert started is not None
+    edit(tmp_path / f"{name}.c", "return 1;", "return 2;")
+    assert wait_event(watch, "watch-reloaded")["redirected"] == ["value"]
+    target.wait_for(r"value=2 step=1")
