@@ -12,6 +12,7 @@ import pytest
 
 import relive
 from relive.cli.main import main
+from relive.patch.journal import load_journal
 from support import SpawnFactory, Target, compile_c
 from test_reload import edit
 
@@ -34,14 +35,23 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     return code, err
 
 
+_MAPS_SEEN: dict[int, str] = {}
+
+
+def remember_maps(target: Target) -> Target:
+    """Note the target's memory map, for assert_untouched to compare with."""
+    _MAPS_SEEN[target.pid] = Path(f"/proc/{target.pid}/maps").read_text()
+    return target
+
+
 def assert_untouched(target: Target) -> None:
     """Still running, still the old code, nothing patched, nothing even allocated."""
+    assert Path(f"/proc/{target.pid}/maps").read_text() == _MAPS_SEEN[target.pid]
     mark = target.mark()
     target.wait_for(r"^value 1$", after=mark)
     assert target.alive()
     assert relive.attach(target.pid).status() == []
-    maps = Path(f"/proc/{target.pid}/maps").read_text().splitlines()
-    assert [m for m in maps if " rwxp " in m] == []
+    assert load_journal(target.pid).regions == []  # nothing was even allocated
     state = Path(f"/proc/{target.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     assert state in "RS"
 
@@ -51,7 +61,7 @@ def running(tmp_path: Path, spawn: SpawnFactory) -> Target:
     exe = compile_c(tmp_path, PROG)
     target = spawn([exe])
     target.wait_for(r"^value 1$")
-    return target
+    return remember_maps(target)
 
 
 def test_no_such_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -186,6 +196,7 @@ def test_function_too_small(
     )
     target = spawn([exe])
     target.wait_for(r"^value 1$")
+    remember_maps(target)
     edit(tmp_path / "tiny.c", "return x;", "return x + 1;")
     code, err = run_cli(capsys, "reload", "-p", str(target.pid), str(tmp_path / "tiny.c"))
     assert code == 9
@@ -204,6 +215,7 @@ def test_too_small_function_is_replaced_through_its_callers(
     exe = compile_c(tmp_path, source, flags=("-g", "-O1", "-fno-align-functions"))
     target = spawn([exe])
     target.wait_for(r"^value 1$")
+    remember_maps(target)
     edit(tmp_path / "prog.c", "return x;", "return x + 1;")
     events: list[object] = []
     relive.attach(target.pid, on_event=events.append).reload([tmp_path / "prog.c"])
@@ -219,6 +231,7 @@ def test_stripped_executable(
     exe = compile_c(tmp_path, PROG, flags=("-O0", "-s"))
     target = spawn([exe])
     target.wait_for(r"^value 1$")
+    remember_maps(target)
     edit(tmp_path / "prog.c", "return table[0];", "return table[1];")
     code, err = run_cli(capsys, "reload", "-p", str(target.pid), str(tmp_path / "prog.c"))
     assert code == 6

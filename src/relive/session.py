@@ -46,6 +46,7 @@ from relive.patch.apply import (
     EntryWrite,
     allocate_and_link,
     held_signals,
+    protect_code,
     release_block,
     write_block,
     write_entries,
@@ -276,6 +277,7 @@ class Session:
                 ]
                 for image in images:
                     write_block(memory, image)
+                    protect_code(self.pid, image)
                 if writes:
                     report = write_entries(self.pid, writes)
                     result.stopped_us = report.held_seconds * 1e6

@@ -80,6 +80,9 @@ class Arch:
 
     name: str
     elf_machine: int
+    #: Memory protection granularity: code and data of a new block are kept on
+    #: separate pages so code can be mapped read+execute and data read+write.
+    page_size: int
     relocations: Mapping[int, RelocationType]
     #: Names of the relocation types relive knows but does not support.
     unsupported_relocations: Mapping[int, str]

@@ -23,6 +23,9 @@ def _align(value: int, alignment: int) -> int:
 def plan_layout(request: LinkRequest) -> Layout:
     """Lay out code sections, then far stubs, then data sections, then the GOT.
 
+    Data starts on a fresh page, so that the code pages can be made read+execute
+    and the data pages stay read+write: no page of the block is ever both.
+
     Every call target outside the block gets a stub slot up front: whether it is
     in reach of a 32-bit displacement is only known once the block has an
     address, and 14 bytes per target is cheap.
@@ -46,7 +49,7 @@ def plan_layout(request: LinkRequest) -> Layout:
         stub_offsets[symbol_index] = cursor
         cursor += request.arch.far_stub_size
     code_size = cursor
-    cursor = _place(obj, data, offsets, _align(cursor, 64))
+    cursor = _place(obj, data, offsets, _align(cursor, request.arch.page_size))
     got_base = _align(cursor, 16)
     got_offsets: dict[GotKey, int] = {}
     cursor = got_base

@@ -59,7 +59,7 @@ class Layout:
     got_base: int
     stub_offsets: Mapping[int, int]  # symbol index of a call target -> its far stub
     size: int
-    #: Bytes [0, code_size) hold code and stubs; the rest is data.
+    #: Bytes [0, code_size) hold code and stubs; data starts at the next page.
     code_size: int
     #: The block's address must be a multiple of this (the largest section alignment).
     alignment: int = 16

@@ -1,4 +1,5 @@
-"""The transaction: allocate, write the new code, stop, check, write entry jumps, resume.
+"""The transaction: allocate, write the new code, protect it, stop, check, write entry
+jumps, resume.
 
 Nothing the program can reach is written until everything is resolved, linked
 and checked.  The new code is written while the program runs (nothing jumps
@@ -30,6 +31,7 @@ from relive.process.remote import (
     PROT_EXEC,
     PROT_READ,
     PROT_WRITE,
+    remote_mprotect,
     remote_munmap,
     try_remote_mmap_at,
 )
@@ -99,7 +101,7 @@ def allocate_and_link(pid: int, plan: ReloadPlan, arch: Arch) -> LinkedImage:
                 stopped,
                 address,
                 size,
-                PROT_READ | PROT_WRITE | PROT_EXEC,
+                PROT_READ | PROT_WRITE,  # executable only once written: see protect_code
                 MAP_PRIVATE | MAP_ANONYMOUS,
             )
         if mapped is not None:
@@ -115,6 +117,19 @@ def allocate_and_link(pid: int, plan: ReloadPlan, arch: Arch) -> LinkedImage:
 def write_block(memory: ProcessMemory, image: LinkedImage) -> None:
     """Write the new code and data (the program cannot reach it yet)."""
     memory.write(image.base, image.data)
+
+
+def protect_code(pid: int, image: LinkedImage) -> None:
+    """Make the block's code pages read+execute (they were written read+write).
+
+    No page is ever writable and executable at once.  Later entry jumps into
+    this code are written through /proc/PID/mem, which the kernel allows on
+    read-only pages for a tracer, as for the program's own text.
+    """
+    code = page_round(image.layout.code_size)
+    if code:
+        with stop_one(pid) as stopped:
+            remote_mprotect(stopped, image.base, code, PROT_READ | PROT_EXEC)
 
 
 def release_block(pid: int, image: LinkedImage) -> None:

@@ -20,6 +20,7 @@ EM_X86_64 = 62
 ARCH = Arch(
     name="x86-64",
     elf_machine=EM_X86_64,
+    page_size=4096,
     relocations=RELOCATIONS,
     unsupported_relocations=UNSUPPORTED_NAMES,
     entry_jump_size=JMP_REL32_SIZE,
