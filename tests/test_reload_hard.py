@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import relive
+from relive.patch.modules import get_main_module, load_running_modules
 from support import SpawnFactory, Target, compile_c
 from test_reload import edit, kinds, reload
 
@@ -252,8 +253,14 @@ def test_real_time_signal_storm_during_reloads_loses_nothing(
 def test_relive_killed_mid_reload_leaves_old_or_new_code(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
-    """SIGTERM/SIGINT at any moment: the target runs, old or new code, never stopped."""
+    """SIGTERM/SIGINT at any moment: the target runs, old or new code, never stopped,
+    and a jump in memory is always one the journal (status, undo) knows about."""
     target = start_four_threads(tmp_path, spawn)
+    main = get_main_module(load_running_modules(target.pid))
+    compute = main.image.find_global("compute")
+    assert compute is not None
+    entry = main.runtime(compute.value)
+    original = _read(target.pid, entry, 5)
     source = tmp_path / "prog.c"
     edit(source, "return x + 1;", "return x + 2;")
     for attempt in range(50):
@@ -270,12 +277,19 @@ def test_relive_killed_mid_reload_leaves_old_or_new_code(
         assert state in "RS", f"target left in state {state}"
         rows = relive.attach(target.pid).status()
         assert all(row.active for row in rows)
+        assert (_read(target.pid, entry, 5) != original) == bool(rows)
         if rows:
             relive.attach(target.pid).undo()
     mark = target.mark()
     relive.attach(target.pid).reload([source])
     target.wait_for(r"thread \d sees 2", after=mark)
     assert target.alive()
+
+
+def _read(pid: int, address: int, size: int) -> bytes:
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        mem.seek(address)
+        return mem.read(size)
 
 
 BLOCKED_PROG = r"""

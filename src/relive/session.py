@@ -157,7 +157,6 @@ class Session:
                 return result
             self._apply(plans, journal, memory, result, arch)
             _lap(phases, "patch", mark)
-        save_journal(journal)
         self.emit(Timings(dict(phases), result.stopped_us))
         self.emit(
             ReloadFinished(
@@ -290,6 +289,9 @@ class Session:
             for write in writes:
                 record_entry_patch(journal, write)
             journal.regions.extend((i.base, len(i.data)) for i in images)
+            # Still inside held_signals: a SIGINT/SIGTERM that came meanwhile must not
+            # leave patches in memory that status and undo know nothing about.
+            save_journal(journal)
         self._report(plans, images, result)
         if report is not None:
             self._report_active(plans, memory, arch, report.positions)
