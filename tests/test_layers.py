@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "relive"
 
 #: Higher layers may import lower ones (and siblings of their own rank, e.g. watch
-#: uses build's dependency files); a layer never imports a higher one.
+#: uses toolchain's dependency files); a layer never imports a higher one.
 RANK = {
     "errors": 0,
     "events": 0,
@@ -16,7 +16,7 @@ RANK = {
     "arch": 1,
     "link": 2,
     "process": 2,
-    "build": 3,
+    "toolchain": 3,
     "watch": 3,
     "patch": 3,
     "session": 4,

@@ -20,8 +20,6 @@ from pathlib import Path
 
 from relive.arch import get_arch
 from relive.arch.base import Arch
-from relive.build.compiler import compile_object
-from relive.build.flags import CompileCommand, get_compile_command, without_lto
 from relive.elf.dwarf import find_compile_unit
 from relive.elf.objfile import ObjectFile
 from relive.errors import BadObject, ReliveError, UnsafePatch, UsageError
@@ -66,6 +64,10 @@ from relive.process.memory import ProcessMemory
 from relive.process.procfs import check_alive
 from relive.process.remote import remote_call
 from relive.process.threads import stop_all
+from relive.toolchain.choice import get_compile_command
+from relive.toolchain.command import CompileCommand
+from relive.toolchain.compiler import compile_object
+from relive.toolchain.lto import without_lto
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from relive.build.flags import ORIGIN_COMPDB, ORIGIN_DWARF, parse_producer
 from relive.elf.dwarf import CompileUnit, iter_compile_units
 from relive.errors import ReliveError
 from relive.events import CheckResult
@@ -23,6 +22,8 @@ from relive.patch.modules import RunningModule, get_main_module, load_running_mo
 from relive.process import permissions
 from relive.process.memory import ProcessMemory
 from relive.process.threads import StoppedProcess
+from relive.toolchain.command import ORIGIN_COMPDB, ORIGIN_DWARF
+from relive.toolchain.producer import parse_producer
 from relive.watch.sources import compile_command_for, find_units
 
 __all__ = ["run_checks"]

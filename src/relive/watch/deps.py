@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from relive.build.compiler import read_dependencies
-from relive.build.flags import CompileCommand
 from relive.errors import ReliveError
+from relive.toolchain.command import CompileCommand
+from relive.toolchain.compiler import read_dependencies
 
 __all__ = ["DependencyMap", "scan_all", "scan_dependencies"]
 

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from relive.build.flags import ORIGIN_DWARF
 from relive.errors import CompileError, ProcessGone, ReliveError, UsageError
 from relive.events import (
     DependenciesFound,
@@ -45,6 +44,7 @@ from relive.events import (
 )
 from relive.patch.modules import load_running_modules
 from relive.process.procfs import is_alive
+from relive.toolchain.command import ORIGIN_DWARF
 from relive.watch.changes import ContentTracker, saved_paths
 from relive.watch.deps import DependencyMap, scan_all
 from relive.watch.signals import Wakeup

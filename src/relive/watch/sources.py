@@ -15,10 +15,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from relive.build.flags import CompileCommand, get_compile_command
 from relive.elf.dwarf import CompileUnit, iter_compile_units
 from relive.errors import BadObject, UsageError
 from relive.patch.modules import RunningModule
+from relive.toolchain.choice import get_compile_command
+from relive.toolchain.command import CompileCommand
 
 __all__ = ["Scope", "WatchSet", "compile_command_for", "find_units", "select_units"]
 
@@ -127,5 +128,5 @@ def compile_command_for(
     cflags: Sequence[str] | None,
     compdb: Path | None,
 ) -> CompileCommand:
-    """How ``source`` is compiled, decided as a reload decides it (see relive.build.flags)."""
+    """How ``source`` is compiled, decided as a reload decides it (see relive.toolchain.choice)."""
     return get_compile_command(source, cli_flags=cflags, compdb=compdb, compile_unit=unit)

@@ -1,6 +1,6 @@
 """Running gcc or clang to turn one C source file into a relocatable object.
 
-The object is compiled with the original flags (see ``relive.build.flags``) plus
+The object is compiled with the original flags (see ``relive.toolchain.choice``) plus
 only what relive needs to pick the result apart; anything that changes code
 generation (-fPIC, -fno-common, ...) is left exactly as the user had it, since
 the new code is compared with, and must behave like, the running code.
@@ -16,8 +16,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from relive.build.flags import CompileCommand, without_lto
 from relive.errors import BadObject, CompileError, ReliveError
+from relive.toolchain.command import CompileCommand
+from relive.toolchain.lto import without_lto
 
 __all__ = ["CompileResult", "compile_object", "read_dependencies"]
 

@@ -1,5 +1,5 @@
-"""Tests for finding compile flags (relive.build.flags, relive.elf.dwarf) and
-running the compiler (relive.build.compiler).  They compile real code with the
+"""Tests for finding compile flags (relive.toolchain, relive.elf.dwarf) and
+running the compiler (relive.toolchain.compiler).  They compile real code with the
 installed gcc and clang."""
 
 from __future__ import annotations
@@ -13,19 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from relive.build.compiler import compile_object, read_dependencies
-from relive.build.flags import (
-    CompileCommand,
-    clean_arguments,
-    find_compdb,
-    find_compdb_entry,
-    get_compile_command,
-    parse_producer,
-    uses_lto,
-    without_lto,
-)
 from relive.elf.dwarf import CompileUnit, find_compile_unit, iter_compile_units
 from relive.errors import BadObject, CompileError, ReliveError, UsageError
+from relive.toolchain.arguments import clean_arguments
+from relive.toolchain.choice import get_compile_command
+from relive.toolchain.command import CompileCommand
+from relive.toolchain.compdb import find_compdb, find_compdb_entry
+from relive.toolchain.compiler import compile_object, read_dependencies
+from relive.toolchain.lto import uses_lto, without_lto
+from relive.toolchain.producer import parse_producer
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
 needs_clang = pytest.mark.skipif(shutil.which("clang") is None, reason="clang not installed")
