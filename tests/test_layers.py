@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "relive"
 RANK = {
     "errors": 0,
     "events": 0,
+    "statedir": 0,
     "elf": 1,
     "arch": 1,
     "link": 2,

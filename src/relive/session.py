@@ -12,7 +12,6 @@ This is the Python API the CLI uses::
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +63,7 @@ from relive.process.memory import ProcessMemory
 from relive.process.procfs import check_alive
 from relive.process.remote import remote_call
 from relive.process.threads import stop_all
+from relive.statedir import scratch_dir
 from relive.toolchain.choice import get_compile_command
 from relive.toolchain.command import CompileCommand
 from relive.toolchain.compiler import compile_object
@@ -138,7 +138,7 @@ class Session:
         _lap(phases, "attach", started)
         with (
             ProcessMemory(self.pid) as memory,
-            tempfile.TemporaryDirectory(prefix="relive-") as scratch,
+            scratch_dir() as scratch,
         ):
             ctx = _Context(
                 modules, journal, memory, arch, Path(scratch), functions, cflags, compdb, phases

@@ -8,14 +8,15 @@ actually in memory before it is trusted.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from relive.errors import ReliveError
 from relive.process.procfs import get_start_time
+from relive.statedir import find_state_dir, read_state_file, write_state_file
 
 
 @dataclass
@@ -72,49 +73,162 @@ class Journal:
 
 
 def state_dir() -> Path:
-    """Where journals live: $RELIVE_STATE_DIR, else a per-user folder in /tmp."""
-    override = os.environ.get("RELIVE_STATE_DIR")
-    base = Path(override) if override else Path(tempfile.gettempdir()) / f"relive-{os.getuid()}"
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return base
+    """Where journals live (see ``relive.statedir``: private, checked before use)."""
+    return find_state_dir()
 
 
-def _journal_path(pid: int, start_time: int) -> Path:
-    return state_dir() / f"{pid}-{start_time}.json"
+def journal_name(pid: int, start_time: int) -> str:
+    """The journal's file name in the state directory."""
+    return f"{pid}-{start_time}.json"
+
+
+def journal_path(pid: int, start_time: int) -> Path:
+    """The journal's full path, for messages."""
+    return state_dir() / journal_name(pid, start_time)
+
+
+class CorruptJournal(ReliveError):
+    """The journal cannot be read back: relive does not know what it patched."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(
+            f"the journal {path} is corrupt ({why}): relive cannot tell what it patched",
+            hint=f"restart the program to be sure of its code, then remove {path}",
+        )
+        self.path = path
 
 
 def load_journal(pid: int) -> Journal:
-    """The journal of a live process, or an empty one if relive never touched it."""
+    """The journal of a live process, or an empty one if relive never touched it.
+
+    Raises CorruptJournal when the file is not a journal relive could have written.
+    """
     start = get_start_time(pid)
-    path = _journal_path(pid, start)
-    if not path.exists():
+    data = read_state_file(journal_name(pid, start))
+    if data is None:
         return Journal(pid=pid, start_time=start)
-    raw: dict[str, Any] = json.loads(path.read_text())
-    return Journal(
-        pid=pid,
-        start_time=start,
-        patches={k: EntryPatch(**v) for k, v in raw.get("patches", {}).items()},
-        sources={k: _load_source(v) for k, v in raw.get("sources", {}).items()},
-        regions=[(a, n) for a, n in raw.get("regions", [])],
-    )
+    try:
+        return _parse_journal(pid, start, data)
+    except _Invalid as invalid:
+        raise CorruptJournal(journal_path(pid, start), str(invalid)) from None
 
 
-def _load_source(raw: dict[str, Any]) -> SourceRecord:
+class _Invalid(Exception):
+    """What is wrong with a journal's contents (becomes CorruptJournal)."""
+
+
+def _parse_journal(pid: int, start: int, data: bytes) -> Journal:
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _Invalid(f"not JSON: {e}") from None
+    raw = _expect(raw, dict, "the journal")
+    if raw.get("pid", pid) != pid or raw.get("start_time", start) != start:
+        raise _Invalid("it names another process")
+    patches = _expect(raw.get("patches", {}), dict, "patches")
+    sources = _expect(raw.get("sources", {}), dict, "sources")
+    regions = _expect(raw.get("regions", []), list, "regions")
+    journal = Journal(pid=pid, start_time=start)
+    for key, value in patches.items():
+        patch = _build(EntryPatch, value, f"patch {key}")
+        _check_patch(patch, key)
+        journal.patches[key] = patch
+    for key, value in sources.items():
+        journal.sources[key] = _load_source(_expect(value, dict, f"source {key}"), key)
+    for region in regions:
+        if not (_is_pair(region) and 0 <= region[0] < _ADDRESS_END and 0 < region[1] < (1 << 40)):
+            raise _Invalid(f"region {region!r} is not an address and a size")
+        journal.regions.append((region[0], region[1]))
+    return journal
+
+
+def _load_source(raw: dict[str, Any], key: str) -> SourceRecord:
+    definitions = _expect(raw.get("definitions", {}), dict, f"definitions of {key}")
+    fingerprints = _expect(raw.get("fingerprints", {}), dict, f"fingerprints of {key}")
+    if not all(isinstance(v, str) for v in fingerprints.values()):
+        raise _Invalid(f"a fingerprint of {key} is not a string")
+    generations = raw.get("generations", 0)
+    if not _is_int(generations) or generations < 0:
+        raise _Invalid(f"generations of {key} is not a count")
     return SourceRecord(
-        generations=raw.get("generations", 0),
-        definitions={k: Definition(**v) for k, v in raw.get("definitions", {}).items()},
-        fingerprints=dict(raw.get("fingerprints", {})),
+        generations=generations,
+        definitions={
+            k: _build(Definition, v, f"definition {k} of {key}") for k, v in definitions.items()
+        },
+        fingerprints=dict(fingerprints),
     )
+
+
+#: First address above the user address space: nothing relive records lies there.
+_ADDRESS_END = 1 << 64
+#: Longest entry relive overwrites (a jump plus a kept landing pad).
+_MAX_ENTRY_BYTES = 64
+
+_T = TypeVar("_T")
+
+
+def _expect(value: Any, kind: type[_T], what: str) -> _T:
+    if not isinstance(value, kind):
+        raise _Invalid(f"{what} is not a JSON {'object' if kind is dict else 'array'}")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_pair(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(map(_is_int, value))
+
+
+_FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "str": lambda v: isinstance(v, str),
+    "int": _is_int,
+    "float": lambda v: _is_int(v) or isinstance(v, float),
+    "str | None": lambda v: v is None or isinstance(v, str),
+}
+
+
+def _build(cls: type[_T], raw: Any, what: str) -> _T:
+    """``cls(**raw)`` once every key is a field of ``cls`` with a value of its type."""
+    raw = _expect(raw, dict, what)
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    for name, value in raw.items():
+        spec = known.get(name)
+        if spec is None:
+            raise _Invalid(f"{what} has an unknown field {name!r}")
+        check = _FIELD_CHECKS.get(str(spec.type))
+        if check is not None and not check(value):
+            raise _Invalid(f"{what}: {name} is not a {spec.type}")
+    missing = [
+        n
+        for n, f in known.items()
+        if n not in raw and f.default is MISSING and f.default_factory is MISSING
+    ]
+    if missing:
+        raise _Invalid(f"{what} lacks {', '.join(missing)}")
+    return cls(**raw)
+
+
+def _check_patch(patch: EntryPatch, key: str) -> None:
+    try:
+        original, written = bytes.fromhex(patch.original), bytes.fromhex(patch.written)
+    except ValueError:
+        raise _Invalid(f"patch {key}: its bytes are not hex") from None
+    if not 0 < len(written) == len(original) <= _MAX_ENTRY_BYTES:
+        raise _Invalid(f"patch {key}: original and written bytes differ in length")
+    if not (0 < patch.entry < _ADDRESS_END and 0 <= patch.target < _ADDRESS_END):
+        raise _Invalid(f"patch {key}: an address is out of range")
+    if patch.count < 1:
+        raise _Invalid(f"patch {key}: count {patch.count} is not positive")
 
 
 def save_journal(journal: Journal) -> None:
     """Write the journal atomically (rename), so a killed relive leaves a whole file."""
-    path = _journal_path(journal.pid, journal.start_time)
-    tmp = path.with_suffix(".tmp")
     # Plain dicts, no indent: dataclasses.asdict deep-copies, which for thousands
     # of functions costs more than the reload itself.
-    tmp.write_text(json.dumps(_as_plain(journal), separators=(",", ":")))
-    os.replace(tmp, path)
+    data = json.dumps(_as_plain(journal), separators=(",", ":")).encode()
+    write_state_file(journal_name(journal.pid, journal.start_time), data)
 
 
 def _as_plain(journal: Journal) -> dict[str, Any]:

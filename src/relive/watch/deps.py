@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from relive.errors import ReliveError
+from relive.statedir import scratch_dir
 from relive.toolchain.command import CompileCommand
 from relive.toolchain.compiler import read_dependencies
 
@@ -78,8 +78,8 @@ def scan_dependencies(cmd: CompileCommand) -> list[Path] | None:
     A unit that does not preprocess (say it is mid-edit) gives None; its real
     dependencies are learnt from its first successful reload.
     """
-    with tempfile.TemporaryDirectory(prefix="relive-deps-") as scratch:
-        depfile = Path(scratch) / "unit.d"
+    with scratch_dir() as scratch:
+        depfile = scratch / "unit.d"
         argv = [cmd.compiler, *cmd.flags, "-MM", "-MF", str(depfile), cmd.source_argument]
         try:
             proc = subprocess.run(

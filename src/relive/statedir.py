@@ -1,0 +1,232 @@
+"""relive's private state directory: journals, locks and scratch folders.
+
+relive often runs as root on other users' processes, and its journals say
+which bytes ``undo`` writes into a process.  A directory another user created,
+can write, or swapped for a symlink would let that user read the process's
+addresses, forge what ``undo`` writes, or have root overwrite a file through a
+planted link.  So the directory is used only when it is a real directory (not
+a symlink), owned by relive's user and closed to group and others; it is
+opened once and every file in it is reached through that descriptor, created
+with ``O_EXCL | O_NOFOLLOW`` and moved into place by rename.
+
+Where it is: ``$RELIVE_STATE_DIR`` if set, else ``$XDG_RUNTIME_DIR/relive``
+when that runtime directory is private to the user, else ``/tmp/relive-UID``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from relive.errors import ReliveError
+
+__all__ = [
+    "StateDirError",
+    "find_state_dir",
+    "open_state_dir",
+    "read_state_file",
+    "scratch_dir",
+    "state_file_path",
+    "write_state_file",
+]
+
+#: Scratch folders are named ``scratch-PID-XXXX`` after the relive that made them.
+SCRATCH_PREFIX = "scratch-"
+
+
+class StateDirError(ReliveError):
+    """The state directory is unsafe to use (someone else could read or forge it)."""
+
+
+def find_state_dir() -> Path:
+    """The state directory's path (not yet created or checked)."""
+    override = os.environ.get("RELIVE_STATE_DIR")
+    if override:
+        return Path(override)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and _is_private_dir(runtime):
+        return Path(runtime) / "relive"
+    return Path(tempfile.gettempdir()) / f"relive-{os.geteuid()}"
+
+
+def _is_private_dir(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def open_state_dir() -> tuple[Path, int]:
+    """Create (0700) or open the state directory and check it is ours alone.
+
+    Returns the path and a descriptor of the very directory that was checked;
+    the caller closes it.  Raises StateDirError naming what is wrong and the fix.
+    """
+    path = find_state_dir()
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise _unsafe(path, _why_not_opened(path, e)) from e
+    try:
+        _check_private(path, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    return path, fd
+
+
+def _why_not_opened(path: Path, error: OSError) -> str:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return f"cannot create it: {error.strerror}"
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return "it is not a directory"
+    return f"cannot open it: {error.strerror}"
+
+
+def _check_private(path: Path, st: os.stat_result) -> None:
+    me = os.geteuid()
+    if st.st_uid != me:
+        raise _unsafe(path, f"it belongs to uid {st.st_uid}, not to uid {me}")
+    if st.st_mode & 0o077:
+        raise StateDirError(
+            f"state directory {path} is open to other users (mode {st.st_mode & 0o777:o}): "
+            "they could read or forge relive's journals",
+            hint=f"`chmod 700 {path}`, or set RELIVE_STATE_DIR to a private folder",
+        )
+
+
+def _unsafe(path: Path, why: str) -> StateDirError:
+    return StateDirError(
+        f"state directory {path} is unsafe: {why}; another user could read or forge "
+        "relive's journals",
+        hint=f"remove {path} (check who made it), or set RELIVE_STATE_DIR to a folder "
+        "only you can write",
+    )
+
+
+def state_file_path(name: str) -> Path:
+    """Where the state file ``name`` is (for messages)."""
+    return find_state_dir() / name
+
+
+def read_state_file(name: str) -> bytes | None:
+    """The contents of state file ``name``, or None if there is none.
+
+    A symlink or anything but a regular file there raises StateDirError: relive
+    never puts one there.
+    """
+    _, dir_fd = open_state_dir()
+    try:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise _not_regular(name, e.strerror or "cannot open") from e
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise _not_regular(name, "not a regular file")
+            if st.st_uid != os.geteuid():
+                raise _not_regular(name, f"it belongs to uid {st.st_uid}")
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                return f.read()
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _not_regular(name: str, why: str) -> StateDirError:
+    path = state_file_path(name)
+    return StateDirError(
+        f"{path} is not a file relive wrote ({why})",
+        hint=f"remove {path}; relive re-creates it",
+    )
+
+
+def write_state_file(name: str, data: bytes) -> None:
+    """Replace state file ``name`` with ``data`` atomically (write, fsync-free rename).
+
+    The data goes to a new file created with ``O_EXCL | O_NOFOLLOW`` (so a link
+    planted at its name is never followed) and is renamed over ``name``, so a
+    killed relive leaves the old file or the new one, never half of one.
+    """
+    _, dir_fd = open_state_dir()
+    tmp = f".{name}.{os.getpid()}.tmp"
+    try:
+        fd = _create_exclusive(tmp, dir_fd)
+        try:
+            with os.fdopen(fd, "wb", closefd=False) as f:
+                f.write(data)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    finally:
+        os.close(dir_fd)
+
+
+def _create_exclusive(name: str, dir_fd: int) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(name, flags, 0o600, dir_fd=dir_fd)
+    except FileExistsError:
+        # Left by a killed relive whose pid came round again: ours to replace.
+        # (unlink removes a symlink itself, never what it points to.)
+        os.unlink(name, dir_fd=dir_fd)
+        return os.open(name, flags, 0o600, dir_fd=dir_fd)
+    except OSError as e:
+        raise StateDirError(
+            f"cannot write {state_file_path(name)}: {e.strerror}",
+            hint="free some space in the state directory, or set RELIVE_STATE_DIR",
+        ) from e
+
+
+@contextlib.contextmanager
+def scratch_dir() -> Iterator[Path]:
+    """A private scratch folder in the state directory, removed afterwards.
+
+    Scratch folders that relives killed before they could clean up left behind
+    (their pid no longer runs) are removed first.
+    """
+    path, dir_fd = open_state_dir()
+    os.close(dir_fd)
+    _remove_stale_scratch(path)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=path))
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _remove_stale_scratch(state: Path) -> None:
+    try:
+        names = os.listdir(state)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(SCRATCH_PREFIX):
+            continue
+        owner = name[len(SCRATCH_PREFIX) :].partition("-")[0]
+        if owner.isdigit() and not _pid_exists(int(owner)):
+            shutil.rmtree(state / name, ignore_errors=True)
+
+
+def _pid_exists(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")

@@ -1,0 +1,235 @@
+"""The state directory is relive's alone: a hostile one is refused, links are never followed.
+
+A journal says which bytes ``undo`` writes into a process, so a directory another
+user can write (or swapped for a link) would let that user choose them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import relive
+from relive.patch.journal import journal_name, load_journal
+from relive.process.procfs import get_start_time
+from relive.statedir import StateDirError, find_state_dir, open_state_dir, scratch_dir
+from support import SpawnFactory, Target, compile_c
+from test_refusals import PROG, assert_untouched, remember_maps, run_cli
+from test_reload import edit
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh state directory path (not created) that relive is told to use."""
+    path = tmp_path / "state"
+    monkeypatch.setenv("RELIVE_STATE_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def running(tmp_path: Path, spawn: SpawnFactory) -> Target:
+    exe = compile_c(tmp_path, PROG)
+    target = spawn([exe])
+    target.wait_for(r"^value 1$")
+    return target
+
+
+def _refused(capsys: pytest.CaptureFixture[str], target: Target, why: str) -> None:
+    """Every command on the target refuses with one line naming ``why``, exit 1."""
+    source = str(Path(target.proc.args[0]).with_suffix(".c"))
+    for argv in (["status"], ["undo"], ["reload", source]):
+        code, err = run_cli(capsys, *argv[:1], "-p", str(target.pid), *argv[1:])
+        assert code == 1, (argv, err)
+        assert why in err and "RELIVE_STATE_DIR" in err, err
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_created_private(state: Path) -> None:
+    path, fd = open_state_dir()
+    os.close(fd)
+    assert path == state
+    st = os.lstat(state)
+    assert st.st_mode & 0o777 == 0o700 and st.st_uid == os.geteuid()
+
+
+def test_default_locations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RELIVE_STATE_DIR", raising=False)
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    assert find_state_dir() == runtime / "relive"
+    # A runtime directory others may write is no place for journals: /tmp instead.
+    runtime.chmod(0o777)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert find_state_dir() == tmp_path / f"relive-{os.geteuid()}"
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert find_state_dir() == tmp_path / f"relive-{os.geteuid()}"
+
+
+def test_open_to_others_is_refused(
+    state: Path, running: Target, capsys: pytest.CaptureFixture[str]
+) -> None:
+    remember_maps(running)
+    state.mkdir()
+    state.chmod(0o777)
+    _refused(capsys, running, "open to other users (mode 777)")
+    assert list(state.iterdir()) == []
+    state.chmod(0o700)
+    assert_untouched(running)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a folder away")
+def test_owned_by_another_user_is_refused(
+    state: Path, running: Target, capsys: pytest.CaptureFixture[str]
+) -> None:
+    remember_maps(running)
+    state.mkdir(mode=0o700)
+    os.chown(state, NOBODY, NOBODY)
+    _refused(capsys, running, f"belongs to uid {NOBODY}")
+    assert list(state.iterdir()) == []
+    os.chown(state, 0, 0)
+    assert_untouched(running)
+
+
+def test_symlink_is_refused(
+    state: Path, tmp_path: Path, running: Target, capsys: pytest.CaptureFixture[str]
+) -> None:
+    remember_maps(running)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    state.symlink_to(elsewhere)
+    _refused(capsys, running, "is a symbolic link")
+    assert list(elsewhere.iterdir()) == []
+    state.unlink()
+    assert_untouched(running)
+
+
+def test_planted_links_are_never_followed(
+    state: Path, tmp_path: Path, running: Target, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Links at the temporary and at the journal's name: the files they point to stay
+    as they were; a linked journal is refused, a linked temporary file replaced."""
+    secret = tmp_path / "secret"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    state.mkdir(mode=0o700)
+    name = journal_name(running.pid, get_start_time(running.pid))
+    for tmp in (f"{name[:-5]}.tmp", f".{name}.tmp", f".{name}.{os.getpid()}.tmp"):
+        (state / tmp).symlink_to(secret)
+    edit(tmp_path / "prog.c", "return table[0];", "return table[1];")
+    code, err = run_cli(capsys, "reload", "-p", str(running.pid), str(tmp_path / "prog.c"))
+    assert code == 0, err
+    running.wait_for(r"^value 2$")
+    assert secret.read_text() == "root only\n"
+    assert not (state / name).is_symlink()
+    assert [p.name for p in load_journal(running.pid).patches.values()] == ["value"]
+
+    (state / name).unlink()
+    (state / name).symlink_to(secret)
+    code, err = run_cli(capsys, "status", "-p", str(running.pid))
+    assert code == 1
+    assert "is not a file relive wrote" in err and len(err.strip().splitlines()) == 1
+    assert secret.read_text() == "root only\n"
+
+
+def test_journal_readable_only_by_its_user(state: Path, running: Target, tmp_path: Path) -> None:
+    edit(tmp_path / "prog.c", "return table[0];", "return table[1];")
+    relive.attach(running.pid).reload([tmp_path / "prog.c"])
+    journal = state / journal_name(running.pid, get_start_time(running.pid))
+    assert journal.stat().st_mode & 0o777 == 0o600
+
+
+def test_stale_scratch_folders_are_removed(state: Path) -> None:
+    with scratch_dir() as scratch:
+        assert scratch.parent == state and scratch.is_dir()
+    assert not scratch.exists()
+    # What a killed relive (a pid that no longer runs) left behind goes; a live one's stays.
+    dead = state / "scratch-999999999-abcd"
+    alive = state / f"scratch-{os.getppid()}-abcd"
+    for folder in (dead, alive):
+        folder.mkdir()
+        (folder / "x.o").write_bytes(b"\x7fELF")
+    with scratch_dir():
+        pass
+    assert not dead.exists() and alive.exists()
+
+
+def test_reload_leaves_no_scratch(state: Path, running: Target, tmp_path: Path) -> None:
+    edit(tmp_path / "prog.c", "return table[0];", "return table[1];")
+    relive.attach(running.pid).reload([tmp_path / "prog.c"])
+    assert not [p for p in state.iterdir() if p.name.startswith("scratch-")]
+
+
+def test_unsafe_dir_error_is_a_relive_error(state: Path) -> None:
+    state.mkdir(mode=0o750)
+    with pytest.raises(StateDirError, match="mode 750"):
+        open_state_dir()
+
+
+_PATCH = {
+    "name": "value",
+    "source": "/x/prog.c",
+    "module": "/x/prog",
+    "entry": 4096,
+    "original": "f30f1efa55",
+    "written": "e900000000",
+    "target": 8192,
+    "count": 1,
+    "updated": 0.0,
+}
+
+
+def _patches(**changes: object) -> bytes:
+    return json.dumps({"patches": {"k": dict(_PATCH, **changes)}}).encode()
+
+
+@pytest.mark.parametrize(
+    "contents",
+    [
+        b"{not json",
+        b"\xff\xfe",
+        b"[]",
+        b'{"patches": []}',
+        _patches(entry="4096"),
+        _patches(evil=1),
+        _patches(written="e9zz"),
+        _patches(written="e9"),
+        b'{"sources": {"s": {"definitions": {"d": {"name": 1}}}}}',
+        b'{"regions": [["0x1000", 4096]]}',
+        b'{"pid": 1, "start_time": 2}',
+    ],
+    ids=[
+        "not-json",
+        "not-utf8",
+        "list",
+        "patches-list",
+        "string-address",
+        "unknown-field",
+        "odd-hex",
+        "short-bytes",
+        "bad-definition",
+        "bad-region",
+        "other-process",
+    ],
+)
+def test_corrupt_journal_never_gives_a_traceback(
+    state: Path, running: Target, capsys: pytest.CaptureFixture[str], contents: bytes
+) -> None:
+    remember_maps(running)
+    state.mkdir(mode=0o700)
+    name = journal_name(running.pid, get_start_time(running.pid))
+    (state / name).write_bytes(contents)
+    source = str(Path(running.proc.args[0]).with_suffix(".c"))
+    for argv in (["status"], ["undo"], ["reload", source]):
+        code, err = run_cli(capsys, *argv[:1], "-p", str(running.pid), *argv[1:])
+        assert code == 1, (argv, err)
+        assert f"the journal {state / name} is corrupt" in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    (state / name).unlink()
+    assert_untouched(running)
