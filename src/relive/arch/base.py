@@ -90,6 +90,8 @@ class Arch:
     entry_jump_size: int
     jump_reach: int
     encode_entry_jump: Callable[[int, int], bytes]
+    #: The target of an entry jump at an address, from its bytes (None: not one).
+    decode_entry_jump: Callable[[int, bytes], int | None]
     #: A stub that jumps anywhere, clobbering no argument register.
     far_stub_size: int
     encode_far_stub: Callable[[int, int], bytes]

@@ -11,6 +11,7 @@ from relive.errors import UnsafePatch
 from relive.patch.apply import EntryWrite
 from relive.patch.journal import Journal
 from relive.patch.modules import RunningModule
+from relive.patch.original import read_original_code
 from relive.patch.plan import FunctionDecision
 from relive.process.memory import ProcessMemory
 
@@ -58,7 +59,12 @@ def iter_entry_sites(
         assert decision.old is not None
         ranges.append((decision.old.address, max(decision.old.size, _HEAD)))
     for decision, code in zip(decisions, memory.read_many(ranges), strict=True):
-        yield find_entry_site(decision, code, source, module, journal, arch)
+        assert decision.old is not None
+        pristine = None
+        if not decision.old.from_journal:
+            # What the file holds: memory may carry a jump inherited from a parent.
+            pristine = read_original_code(module, decision.old.address, len(code), memory.read)
+        yield find_entry_site(decision, code, source, module, journal, arch, pristine)
 
 
 def find_entry_site(
@@ -68,11 +74,14 @@ def find_entry_site(
     module: RunningModule,
     journal: Journal,
     arch: Arch,
+    pristine: bytes | None = None,
 ) -> EntrySite:
     """Check that ``decision``'s function can take an entry jump; raise UnsafePatch if not.
 
     ``running`` is the function's code as it is in memory now (at least 16
-    bytes).  A landing pad (endbr64) is kept so indirect calls still land on it.
+    bytes); ``pristine`` the same range as the module file holds it (None for
+    code relive allocated), which is what undo puts back.  A landing pad
+    (endbr64) is kept so indirect calls still land on it.
     The bytes we may overwrite are the function's own: its size, or up to the
     next symbol (alignment padding), for functions of the original program.
     """
@@ -93,7 +102,10 @@ def find_entry_site(
     existing = journal.patches.get(Journal.patch_key(module.path, address))
     current = running[pad:need]
     expected = bytes.fromhex(existing.written) if existing else current
-    original = bytes.fromhex(existing.original) if existing else current
+    if existing:
+        original = bytes.fromhex(existing.original)
+    else:
+        original = pristine[pad:need] if pristine is not None else current
     code = bytearray(running[: max(old.size, need)])
     code[pad:need] = original
 

@@ -102,11 +102,23 @@ def load_journal(pid: int) -> Journal:
     """The journal of a live process, or an empty one if relive never touched it.
 
     Raises CorruptJournal when the file is not a journal relive could have written.
+    A process relive never touched may have been forked from one it patched:
+    its journal is then rebuilt from its memory (see ``patch.inherit``).
     """
     start = get_start_time(pid)
     data = read_state_file(journal_name(pid, start))
     if data is None:
+        from relive.patch.inherit import inherit_journal, iter_ancestors
+
+        for ancestor, ancestor_start in iter_ancestors(pid):
+            found = read_state_file(journal_name(ancestor, ancestor_start))
+            if found is not None:
+                return inherit_journal(pid, start, _read(ancestor, ancestor_start, found))
         return Journal(pid=pid, start_time=start)
+    return _read(pid, start, data)
+
+
+def _read(pid: int, start: int, data: bytes) -> Journal:
     try:
         return _parse_journal(pid, start, data)
     except _Invalid as invalid:

@@ -24,6 +24,14 @@ def encode_jmp_rel32(source: int, target: int) -> bytes:
     return b"\xe9" + struct.pack("<i", rel)
 
 
+def decode_jmp_rel32(source: int, code: bytes) -> int | None:
+    """The target of an ``e9 rel32`` at ``source`` (None if ``code`` is not one)."""
+    if len(code) < JMP_REL32_SIZE or code[0] != 0xE9:
+        return None
+    rel: int = struct.unpack("<i", code[1:JMP_REL32_SIZE])[0]
+    return source + JMP_REL32_SIZE + rel
+
+
 def encode_far_stub(source: int, target: int) -> bytes:
     """``ff 25 00000000`` (jmp *0(%rip)) then the absolute target; position independent."""
     del source  # the stub is position independent
