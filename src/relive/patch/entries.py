@@ -60,10 +60,12 @@ def iter_entry_sites(
         ranges.append((decision.old.address, max(decision.old.size, _HEAD)))
     for decision, code in zip(decisions, memory.read_many(ranges), strict=True):
         assert decision.old is not None
-        pristine = None
-        if not decision.old.from_journal:
+
+        def read_pristine(address: int, size: int) -> bytes:
             # What the file holds: memory may carry a jump inherited from a parent.
-            pristine = read_original_code(module, decision.old.address, len(code), memory.read)
+            return read_original_code(module, address, size, memory.read)
+
+        pristine = None if decision.old.from_journal else read_pristine
         yield find_entry_site(decision, code, source, module, journal, arch, pristine)
 
 
@@ -74,13 +76,13 @@ def find_entry_site(
     module: RunningModule,
     journal: Journal,
     arch: Arch,
-    pristine: bytes | None = None,
+    pristine: Callable[[int, int], bytes] | None = None,
 ) -> EntrySite:
     """Check that ``decision``'s function can take an entry jump; raise UnsafePatch if not.
 
     ``running`` is the function's code as it is in memory now (at least 16
-    bytes); ``pristine`` the same range as the module file holds it (None for
-    code relive allocated), which is what undo puts back.  A landing pad
+    bytes); ``pristine`` reads a range as the module file holds it (None for
+    code relive allocated): the original bytes that undo puts back.  A landing pad
     (endbr64) is kept so indirect calls still land on it.
     The bytes we may overwrite are the function's own: its size, or up to the
     next symbol (alignment padding), for functions of the original program.
@@ -105,7 +107,7 @@ def find_entry_site(
     if existing:
         original = bytes.fromhex(existing.original)
     else:
-        original = pristine[pad:need] if pristine is not None else current
+        original = pristine(address, need - pad) if pristine is not None else current
     code = bytearray(running[: max(old.size, need)])
     code[pad:need] = original
 
