@@ -14,18 +14,15 @@ from typing import Literal
 
 import pytest
 
-from relive.elf.image import (
+from relive.elf.constants import (
+    EM_AARCH64,
+    EM_X86_64,
     R_X86_64_DTPMOD64,
     R_X86_64_DTPOFF64,
     R_X86_64_GLOB_DAT,
     R_X86_64_IRELATIVE,
     R_X86_64_JUMP_SLOT,
     R_X86_64_TPOFF64,
-    ElfImage,
-)
-from relive.elf.objfile import (
-    EM_AARCH64,
-    EM_X86_64,
     SHN_LORESERVE,
     SHT_RELA,
     STB_GLOBAL,
@@ -34,8 +31,9 @@ from relive.elf.objfile import (
     STT_GNU_IFUNC,
     STT_OBJECT,
     STT_TLS,
-    ObjectFile,
 )
+from relive.elf.image import ElfImage
+from relive.elf.objfile import ObjectFile
 from relive.errors import BadObject
 
 LIBC = Path("/lib/x86_64-linux-gnu/libc.so.6")

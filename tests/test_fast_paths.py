@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from relive.elf import dwarf
-from relive.elf import image as image_module
+from relive.elf import dwarf, symtab
 from relive.elf.image import ElfImage
 from relive.process import procfs, remote
 from relive.process.memory import ProcessMemory
@@ -70,7 +69,7 @@ def test_direct_lookups_agree_with_the_decoded_table(
     assert expected["hidden_one"] is None and expected["andler"] is None
     assert expected["caf\u00e9_handler"] is not None
 
-    monkeypatch.setattr(image_module, "_SMALL_TABLE", 0)
+    monkeypatch.setattr(symtab, "_SMALL_TABLE", 0)
     for name in names:  # a fresh table per name: each one takes the direct path
         ElfImage.clear_cache()
         direct = ElfImage.open(symbols_exe)
@@ -89,7 +88,7 @@ def test_direct_successor_search_agrees_with_the_sorted_starts(
     expected = {s.value: image.find_next_symbol_address(s.value) for s in functions}
     assert image._table()._starts is not None  # the sorted path answered those
 
-    monkeypatch.setattr(image_module, "_DIRECT_NEXT_QUERIES", 1 << 30)
+    monkeypatch.setattr(symtab, "_DIRECT_NEXT_QUERIES", 1 << 30)
     ElfImage.clear_cache()
     direct = ElfImage.open(symbols_exe)
     for vaddr, following in expected.items():

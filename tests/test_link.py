@@ -36,7 +36,7 @@ from relive.arch.x86_64.trampoline import (
     encode_jmp_rel32,
     find_landing_pad_size,
 )
-from relive.elf.objfile import (
+from relive.elf.constants import (
     EM_X86_64,
     SHF_ALLOC,
     SHF_EXECINSTR,
@@ -52,11 +52,8 @@ from relive.elf.objfile import (
     STT_NOTYPE,
     STT_OBJECT,
     STT_SECTION,
-    ObjectFile,
-    ObjSymbol,
-    Relocation,
-    Section,
 )
+from relive.elf.objfile import ObjectFile, ObjSymbol, Relocation, Section
 from relive.errors import LinkError
 from relive.link import Bound, Layout, LinkedImage, LinkRequest, link, plan_layout
 

@@ -27,10 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from relive.elf.constants import ET_REL, SHT_NOBITS, SHT_RELA
 from relive.elf.objfile import (
-    ET_REL,
-    SHT_NOBITS,
-    SHT_RELA,
     SYM_SIZE,
     Buffer,
     SectionHeader,

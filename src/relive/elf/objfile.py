@@ -18,79 +18,35 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from relive.elf.constants import (
+    EM_X86_64,
+    ET_CORE,
+    ET_DYN,
+    ET_EXEC,
+    ET_REL,
+    SHF_ALLOC,
+    SHF_EXECINSTR,
+    SHF_TLS,
+    SHF_WRITE,
+    SHN_ABS,
+    SHN_COMMON,
+    SHN_UNDEF,
+    SHN_XINDEX,
+    SHT_NOBITS,
+    SHT_NULL,
+    SHT_REL,
+    SHT_RELA,
+    SHT_SYMTAB,
+    SHT_SYMTAB_SHNDX,
+    STB_LOCAL,
+    STT_FILE,
+    STT_FUNC,
+    STT_GNU_IFUNC,
+    STT_SECTION,
+    STV_DEFAULT,
+    machine_name,
+)
 from relive.errors import BadObject
-
-# e_type
-ET_REL = 1
-ET_EXEC = 2
-ET_DYN = 3
-ET_CORE = 4
-
-# e_machine
-EM_386 = 3
-EM_ARM = 40
-EM_X86_64 = 62
-EM_AARCH64 = 183
-EM_RISCV = 243
-
-# sh_type
-SHT_NULL = 0
-SHT_PROGBITS = 1
-SHT_SYMTAB = 2
-SHT_STRTAB = 3
-SHT_RELA = 4
-SHT_HASH = 5
-SHT_DYNAMIC = 6
-SHT_NOTE = 7
-SHT_NOBITS = 8
-SHT_REL = 9
-SHT_DYNSYM = 11
-SHT_INIT_ARRAY = 14
-SHT_FINI_ARRAY = 15
-SHT_PREINIT_ARRAY = 16
-SHT_GROUP = 17
-SHT_SYMTAB_SHNDX = 18
-SHT_GNU_HASH = 0x6FFFFFF6
-SHT_GNU_VERSYM = 0x6FFFFFFF
-
-# sh_flags
-SHF_WRITE = 0x1
-SHF_ALLOC = 0x2
-SHF_EXECINSTR = 0x4
-SHF_MERGE = 0x10
-SHF_STRINGS = 0x20
-SHF_INFO_LINK = 0x40
-SHF_GROUP = 0x200
-SHF_TLS = 0x400
-
-# Special section indices
-SHN_UNDEF = 0
-SHN_LORESERVE = 0xFF00
-SHN_ABS = 0xFFF1
-SHN_COMMON = 0xFFF2
-SHN_XINDEX = 0xFFFF
-
-# Symbol types (low nibble of st_info)
-STT_NOTYPE = 0
-STT_OBJECT = 1
-STT_FUNC = 2
-STT_SECTION = 3
-STT_FILE = 4
-STT_COMMON = 5
-STT_TLS = 6
-STT_GNU_IFUNC = 10
-
-# Symbol bindings (high nibble of st_info)
-STB_LOCAL = 0
-STB_GLOBAL = 1
-STB_WEAK = 2
-STB_GNU_UNIQUE = 10
-
-# Symbol visibility (low two bits of st_other)
-STV_DEFAULT = 0
-STV_INTERNAL = 1
-STV_HIDDEN = 2
-STV_PROTECTED = 3
 
 #: What the header helpers read from: a whole file in memory, or a mapping of it.
 Buffer = bytes | mmap.mmap
@@ -103,25 +59,11 @@ SYM_SIZE = 24
 _RELA_FORMAT = "<QQq"
 _RELA_SIZE = 24
 
-_MACHINE_NAMES = {
-    EM_386: "i386",
-    EM_ARM: "ARM",
-    EM_X86_64: "x86-64",
-    EM_AARCH64: "AArch64",
-    EM_RISCV: "RISC-V",
-}
-
-
 _TYPE_NAMES = {
     ET_EXEC: "an executable",
     ET_DYN: "a shared library or PIE executable",
     ET_CORE: "a core dump",
 }
-
-
-def machine_name(machine: int) -> str:
-    """A human name for an ``e_machine`` value, for messages."""
-    return _MACHINE_NAMES.get(machine, f"machine {machine}")
 
 
 def _with_article(noun: str) -> str:

@@ -19,8 +19,9 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from relive.elf.image import ImageSymbol
-from relive.elf.objfile import STT_GNU_IFUNC, STT_TLS, ObjectFile, ObjSymbol, Section
+from relive.elf.constants import STT_GNU_IFUNC, STT_TLS
+from relive.elf.objfile import ObjectFile, ObjSymbol, Section
+from relive.elf.symtab import ImageSymbol
 from relive.errors import LayoutChanged, LinkError
 from relive.link import Bound
 from relive.patch.journal import SourceRecord

@@ -14,7 +14,8 @@ import struct
 from collections.abc import Callable, Mapping
 
 from relive.arch.base import Need, Range, RelocationType
-from relive.elf.objfile import SHF_STRINGS, ObjectFile, ObjSymbol, Relocation
+from relive.elf.constants import SHF_STRINGS
+from relive.elf.objfile import ObjectFile, ObjSymbol, Relocation
 from relive.patch.binder import MemoryReader
 
 #: Where a symbol of the new object is in the running process (None: new memory).

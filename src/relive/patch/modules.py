@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from relive.elf.constants import PAGE_SIZE
 from relive.elf.image import ElfImage
 from relive.elf.objfile import ObjectFile
 from relive.errors import BadObject, ReliveError
 from relive.process.procfs import Mapping, get_exe_path, read_maps
-
-_PAGE = 4096
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ def _find_module(
         image = ElfImage.open(file)
     except (BadObject, OSError):
         return None  # a data file mapped by the program, not code
-    bias = first.start - (image.first_load_vaddr & ~(_PAGE - 1))
+    bias = first.start - (image.first_load_vaddr & ~(PAGE_SIZE - 1))
     return RunningModule(
         path=path,
         file=file,

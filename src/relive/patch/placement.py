@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from relive.elf.constants import PAGE_SIZE
 from relive.patch.modules import RunningModule
 from relive.process.procfs import Mapping, find_free_gaps
 
-PAGE = 4096
-_GUARD = PAGE
+_GUARD = PAGE_SIZE
 #: Keep clear of the space above the heap: brk grows into it.
 _HEAP_CLEARANCE = 1 << 30
 _USER_END = 1 << 47
@@ -16,7 +16,7 @@ _USER_END = 1 << 47
 
 def page_round(size: int) -> int:
     """``size`` rounded up to whole pages."""
-    return (size + PAGE - 1) // PAGE * PAGE
+    return (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
 
 
 def iter_candidate_addresses(
@@ -25,7 +25,7 @@ def iter_candidate_addresses(
     size: int,
     reach: int,
     low_memory: bool,
-    alignment: int = PAGE,
+    alignment: int = PAGE_SIZE,
 ) -> Iterator[int]:
     """Page-aligned addresses for a ``size``-byte block, nearest to the module first.
 
@@ -34,8 +34,8 @@ def iter_candidate_addresses(
     non-PIE executable absolute 32-bit references need the block below 2 GiB.
     """
     size = page_round(size)
-    alignment = max(alignment, PAGE)
-    low = max(module.end - reach + _GUARD, PAGE * 16)
+    alignment = max(alignment, PAGE_SIZE)
+    low = max(module.end - reach + _GUARD, PAGE_SIZE * 16)
     high = min(module.start + reach - size - _GUARD, _USER_END - size)
     if low_memory:
         high = min(high, (1 << 31) - size - _GUARD)

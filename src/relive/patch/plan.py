@@ -7,7 +7,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from relive.arch.base import Arch, Need
-from relive.elf.objfile import STB_WEAK, ObjectFile, ObjSymbol
+from relive.elf.constants import STB_WEAK
+from relive.elf.objfile import ObjectFile, ObjSymbol
 from relive.errors import LinkError
 from relive.link import Bound, Layout, LinkRequest, plan_layout
 from relive.link.linker import GOT_SYMBOL

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from itertools import pairwise
 from types import TracebackType
 
+from relive.elf.constants import PAGE_SIZE
 from relive.errors import PermissionDenied, ProcessGone, ReliveError
 from relive.process import procfs, ptrace
 
@@ -25,8 +26,6 @@ _FALLBACK_ERRNOS = (errno.EIO, errno.EFAULT, errno.EPERM)
 
 _UNMAPPED_HINT = "the address is not mapped in the target (see /proc/PID/maps)"
 
-_PAGE = 4096
-
 
 def _group_by_page(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int, list[int]]]:
     """(start, end, indices) of the ranges that lie within one page each; a range
@@ -34,8 +33,8 @@ def _group_by_page(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int, li
     pages: dict[int, list[int]] = {}
     alone: list[tuple[int, int, list[int]]] = []
     for k, (address, size) in enumerate(ranges):
-        page = address // _PAGE
-        if size > 0 and (address + size - 1) // _PAGE == page:
+        page = address // PAGE_SIZE
+        if size > 0 and (address + size - 1) // PAGE_SIZE == page:
             pages.setdefault(page, []).append(k)
         else:
             alone.append((address, address + size, [k]))

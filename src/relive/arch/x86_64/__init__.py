@@ -15,13 +15,12 @@ from relive.arch.x86_64.trampoline import (
     find_landing_pad_size,
     find_plt_slot,
 )
-
-EM_X86_64 = 62
+from relive.elf.constants import EM_X86_64, PAGE_SIZE, R_X86_64_DTPMOD64, R_X86_64_TPOFF64
 
 ARCH = Arch(
     name="x86-64",
     elf_machine=EM_X86_64,
-    page_size=4096,
+    page_size=PAGE_SIZE,
     relocations=RELOCATIONS,
     unsupported_relocations=UNSUPPORTED_NAMES,
     entry_jump_size=JMP_REL32_SIZE,
@@ -35,8 +34,8 @@ ARCH = Arch(
     find_plt_slot=find_plt_slot,
     undo_got_relaxation=undo_got_relaxation,
     follows_call=follows_call,
-    dtpmod_reloc_type=16,  # R_X86_64_DTPMOD64
-    tpoff_reloc_type=18,  # R_X86_64_TPOFF64
+    dtpmod_reloc_type=R_X86_64_DTPMOD64,
+    tpoff_reloc_type=R_X86_64_TPOFF64,
     indirect_extern_data_flags={
         "gcc": ("-mno-direct-extern-access",),
         "clang": ("-fno-direct-access-external-data",),

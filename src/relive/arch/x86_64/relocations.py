@@ -12,6 +12,15 @@ them is refused by name.
 from __future__ import annotations
 
 from relive.arch.base import Need, Operands, Range, RelocationType
+from relive.elf.constants import (
+    R_X86_64_DTPMOD64,
+    R_X86_64_DTPOFF64,
+    R_X86_64_GLOB_DAT,
+    R_X86_64_IRELATIVE,
+    R_X86_64_JUMP_SLOT,
+    R_X86_64_RELATIVE,
+    R_X86_64_TPOFF64,
+)
 
 
 def _absolute(o: Operands) -> int:
@@ -75,8 +84,8 @@ _TYPES = [
     _entry(13, "R_X86_64_PC16", 2, S32, Need.NOTHING, _pc_relative),
     _entry(14, "R_X86_64_8", 1, U32, Need.NOTHING, _absolute),
     _entry(15, "R_X86_64_PC8", 1, S32, Need.NOTHING, _pc_relative),
-    _entry(17, "R_X86_64_DTPOFF64", 8, ANY, Need.DTPOFF, _dtp_offset),
-    _entry(18, "R_X86_64_TPOFF64", 8, ANY, Need.TPOFF, _tp_offset),
+    _entry(R_X86_64_DTPOFF64, "R_X86_64_DTPOFF64", 8, ANY, Need.DTPOFF, _dtp_offset),
+    _entry(R_X86_64_TPOFF64, "R_X86_64_TPOFF64", 8, ANY, Need.TPOFF, _tp_offset),
     _entry(19, "R_X86_64_TLSGD", 4, S32, Need.GOT_TLS_PAIR, _got_pc_relative),
     _entry(20, "R_X86_64_TLSLD", 4, S32, Need.GOT_TLS_MODULE, _got_pc_relative),
     _entry(21, "R_X86_64_DTPOFF32", 4, S32, Need.DTPOFF, _dtp_offset),
@@ -101,17 +110,17 @@ _TYPES = [
 UNSUPPORTED_NAMES = {
     3: "R_X86_64_GOT32",
     5: "R_X86_64_COPY",
-    6: "R_X86_64_GLOB_DAT",
-    7: "R_X86_64_JUMP_SLOT",
-    8: "R_X86_64_RELATIVE",
-    16: "R_X86_64_DTPMOD64",
+    R_X86_64_GLOB_DAT: "R_X86_64_GLOB_DAT",
+    R_X86_64_JUMP_SLOT: "R_X86_64_JUMP_SLOT",
+    R_X86_64_RELATIVE: "R_X86_64_RELATIVE",
+    R_X86_64_DTPMOD64: "R_X86_64_DTPMOD64",
     27: "R_X86_64_GOT64",
     30: "R_X86_64_GOTPLT64",
     31: "R_X86_64_PLTOFF64",
     34: "R_X86_64_GOTPC32_TLSDESC",
     35: "R_X86_64_TLSDESC_CALL",
     36: "R_X86_64_TLSDESC",
-    37: "R_X86_64_IRELATIVE",
+    R_X86_64_IRELATIVE: "R_X86_64_IRELATIVE",
 }
 
 R_X86_64_NONE = 0
