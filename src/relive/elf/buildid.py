@@ -10,11 +10,11 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
+from relive.elf.constants import NT_GNU_BUILD_ID, PT_NOTE
+
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _PHDR = struct.Struct("<IIQQQQQQ")
 _NHDR = struct.Struct("<III")
-_PT_NOTE = 4
-_NT_GNU_BUILD_ID = 3
 _MAX_NOTES = 1 << 16
 
 
@@ -42,7 +42,7 @@ def read_build_id(path: str) -> BuildId | None:
             f.seek(phoff)
             table = f.read(phnum * _PHDR.size)
             for p_type, _, offset, vaddr, _, filesz, _, _ in _PHDR.iter_unpack(table):
-                if p_type != _PT_NOTE or not 0 < filesz <= _MAX_NOTES:
+                if p_type != PT_NOTE or not 0 < filesz <= _MAX_NOTES:
                     continue
                 f.seek(offset)
                 found = _find_in_notes(f.read(filesz), vaddr)
@@ -62,7 +62,7 @@ def _find_in_notes(notes: bytes, vaddr: int) -> BuildId | None:
         end = desc_at + _align4(descsz)
         if end > len(notes) + 3:
             return None
-        if kind == _NT_GNU_BUILD_ID and notes[name_at : name_at + namesz] == b"GNU\0":
+        if kind == NT_GNU_BUILD_ID and notes[name_at : name_at + namesz] == b"GNU\0":
             value = notes[desc_at : desc_at + descsz]
             return BuildId(value, vaddr + at, notes[at : desc_at + descsz])
         at = end

@@ -84,7 +84,11 @@ STV_PROTECTED = 3
 # p_type
 PT_LOAD = 1
 PT_DYNAMIC = 2
+PT_NOTE = 4
 PT_TLS = 7
+
+# n_type of a note named "GNU"
+NT_GNU_BUILD_ID = 3
 
 # d_tag
 DT_NULL = 0
