@@ -12,6 +12,7 @@ This is the Python API the CLI uses::
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from relive.patch.apply import (
 from relive.patch.binder import Binder
 from relive.patch.entries import EntrySite, iter_entry_sites
 from relive.patch.journal import Journal, load_journal, save_journal
+from relive.patch.loops import refuse_running_loop_heads
 from relive.patch.modules import (
     RunningModule,
     find_module_defining,
@@ -265,6 +267,7 @@ class Session:
     ) -> None:
         # Every entry is checked before the first byte is allocated or written.
         sites = [self._entry_sites(plan, journal, memory, arch) for plan in plans]
+        refuse_running_loop_heads(self.pid, itertools.chain(*sites), memory, arch)
         images: list[LinkedImage] = []
         report = None
         with held_signals():
@@ -280,7 +283,7 @@ class Session:
                     write_block(memory, image)
                     protect_code(self.pid, image)
                 if writes:
-                    report = write_entries(self.pid, writes)
+                    report = write_entries(self.pid, writes, arch)
                     result.stopped_us = report.held_seconds * 1e6
             except BaseException:
                 for image in images:

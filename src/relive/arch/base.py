@@ -99,6 +99,9 @@ class Arch:
     find_landing_pad_size: Callable[[bytes], int]
     #: Code addresses that branches inside ``code`` (at ``address``) target.
     iter_branch_targets: Callable[[bytes, int], frozenset[int]]
+    #: Whether a direct branch inside ``code`` (at ``address``) lands strictly
+    #: between ``low`` and ``high`` (cheap unless one may).
+    branches_into: Callable[[bytes, int, int, int], bool]
     #: For a PLT entry's bytes at ``address``: the GOT slot it jumps through, or None.
     find_plt_slot: Callable[[bytes, int], int | None]
     #: Restore a GOT load the static linker relaxed in ``old`` (see x86_64.disasm);

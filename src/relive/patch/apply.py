@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from relive.arch.base import Arch
 from relive.errors import LinkError, ReliveError, UnsafePatch
 from relive.link import LinkedImage, link
+from relive.patch.loops import find_threads_in_loops, loop_head_refusal
 from relive.patch.placement import iter_candidate_addresses, page_round
 from relive.patch.plan import ReloadPlan
 from relive.process.memory import ProcessMemory
@@ -149,22 +150,34 @@ class EntryReport:
     positions: list[tuple[int, int, int]]  # (tid, pc, sp) at the moment of writing
 
 
-def write_entries(pid: int, writes: list[EntryWrite]) -> EntryReport:
+def write_entries(pid: int, writes: list[EntryWrite], arch: Arch | None = None) -> EntryReport:
     """Stop every thread, wait until none is in the way, write all jumps, resume.
 
     Everything that can be is prepared while the program runs (the pages of
     the entries read, the blocking ranges indexed), so the threads are held for
     one read and one write per page of entries, however many there are.
+    With ``arch``, a function whose loop re-enters its replaced bytes also
+    waits until no thread has a return address into it.
     """
+    looping = {
+        w.name: w.function
+        for w in writes
+        if arch is not None and w.loops_into_window is not None and w.loops_into_window()
+    }
     with ProcessMemory(pid, poke_tid=pid) as memory:
         prepared = memory.prepare_edits([(w.address, w.expected, w.new) for w in writes])
         blockers = _BlockerIndex(writes)
         with stop_all(pid) as stopped:
             for attempt in range(MAX_ATTEMPTS):
                 found = blockers.find(stopped.iter_pcs())
-                if not found:
+                in_loop = []
+                if not found and arch is not None:
+                    in_loop = find_threads_in_loops(stopped, memory, arch, looping)
+                if not found and not in_loop:
                     break
                 if attempt == MAX_ATTEMPTS - 1:
+                    if in_loop:
+                        raise loop_head_refusal(in_loop[0][1], in_loop[0][0])
                     tid, name = found[0]
                     raise UnsafePatch(
                         f"thread {tid} keeps executing the first bytes of {name}; "

@@ -115,8 +115,7 @@ def find_entry_site(
     def loops_into_window() -> bool:
         # A branch back into the bytes the jump replaces (a loop head right at the
         # entry) would land mid-instruction for a thread already inside.
-        targets = arch.iter_branch_targets(bytes(code), entry)
-        return any(address < t < entry + need for t in targets)
+        return arch.branches_into(bytes(code), entry, address, entry + need)
 
     return EntrySite(
         decision=decision,

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from relive.arch.base import Arch
-from relive.arch.x86_64.disasm import follows_call, iter_branch_targets, undo_got_relaxation
+from relive.arch.x86_64.disasm import (
+    branches_into,
+    follows_call,
+    iter_branch_targets,
+    undo_got_relaxation,
+)
 from relive.arch.x86_64.relocations import RELOCATIONS, UNSUPPORTED_NAMES
 from relive.arch.x86_64.trampoline import (
     FAR_STUB_SIZE,
@@ -31,6 +36,7 @@ ARCH = Arch(
     encode_far_stub=encode_far_stub,
     find_landing_pad_size=find_landing_pad_size,
     iter_branch_targets=iter_branch_targets,
+    branches_into=branches_into,
     find_plt_slot=find_plt_slot,
     undo_got_relaxation=undo_got_relaxation,
     follows_call=follows_call,

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any
+
+#: Opcodes of direct branches with an 8-bit displacement: jcc, jmp, loop*, jrcxz.
+_REL8_OPCODES = frozenset([*range(0x70, 0x80), 0xEB, 0xE0, 0xE1, 0xE2, 0xE3])
+#: ``jmp rel32`` (e9) and ``jcc rel32`` (0f 80..8f), with their lengths.
+_REL32_BRANCH = re.compile(rb"\xe9|\x0f[\x80-\x8f]")
 
 
 @cache
@@ -35,6 +41,36 @@ def iter_branch_targets(code: bytes, address: int) -> frozenset[int]:
             if op.type == X86_OP_IMM and address <= op.imm < end:
                 targets.add(op.imm)
     return frozenset(targets)
+
+
+def branches_into(code: bytes, address: int, low: int, high: int) -> bool:
+    """Whether a direct branch inside ``code`` (at ``address``) lands in ``(low, high)``.
+
+    Used for every function about to receive an entry jump, before the threads
+    are stopped: a loop head inside the bytes the jump replaces would send a
+    thread already in the function into the middle of the jump.  A byte scan
+    finds every place that *could* encode such a branch (a superset); only then
+    is the function disassembled, which costs far more.
+    """
+    if not _may_branch_into(code, address, low, high):
+        return False
+    return any(low < target < high for target in iter_branch_targets(code, address))
+
+
+def _may_branch_into(code: bytes, address: int, low: int, high: int) -> bool:
+    # A rel8 branch reaches at most 129 bytes back: only the first bytes can matter.
+    for i in range(min(len(code) - 1, high - address + 127)):
+        if code[i] in _REL8_OPCODES:
+            rel = code[i + 1] - 256 if code[i + 1] >= 128 else code[i + 1]
+            if low < address + i + 2 + rel < high:
+                return True
+    for match in _REL32_BRANCH.finditer(code):
+        end = match.end() + 4
+        if end <= len(code):
+            rel = int.from_bytes(code[match.end() : end], "little", signed=True)
+            if low < address + end + rel < high:
+                return True
+    return False
 
 
 def follows_call(before: bytes) -> bool:

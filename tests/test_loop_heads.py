@@ -1,0 +1,84 @@
+"""An entry jump over a loop head: refused while a thread is inside the loop (issue 9 §1).
+
+At -O0 ``main``'s loop jumps back to main+4, inside the five bytes an entry
+jump replaces; a -O1 worker loop starts right after ``sub $8,%rsp``.  Writing
+the jump would crash the thread still looping there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from relive.arch.x86_64.disasm import branches_into
+from support import SpawnFactory, compile_c
+from test_refusals import assert_untouched, remember_maps, run_cli
+from test_reload import edit
+
+MAIN_LOOP = r"""
+#include <stdio.h>
+#include <unistd.h>
+int counter;
+int table[4] = {1, 2, 3, 4};
+void tick(void) { counter++; printf("value %d\n", table[0]); fflush(stdout); }
+int main(void) { for (;;) { tick(); usleep(20000); } }
+"""
+
+WORKER_LOOP = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+int table[4] = {1, 2, 3, 4};
+volatile int counter;
+__attribute__((noinline)) void tick(void) { printf("value %d\n", table[0]); fflush(stdout); }
+__attribute__((noinline)) void *worker(void *arg) {
+    for (;;) { counter++; tick(); usleep(20000); }
+    return arg;
+}
+int main(void) {
+    pthread_t thread;
+    pthread_create(&thread, NULL, worker, NULL);
+    pthread_join(thread, NULL);
+    return 0;
+}
+"""
+
+
+def test_branch_scan_finds_a_loop_head_inside_the_window() -> None:
+    # push %rbp; mov %rsp,%rbp; call .; jmp back to entry+4 (main at -O0)
+    code = bytes.fromhex("55 4889e5 e800000000 ebf9".replace(" ", ""))
+    assert branches_into(code, 0x1000, 0x1000, 0x1005)
+    # The same loop heading to entry+9 leaves the first five bytes alone.
+    code = bytes.fromhex("55 4889e5 e800000000 ebfe".replace(" ", ""))
+    assert not branches_into(code, 0x1000, 0x1000, 0x1005)
+    # A rel32 jcc back to entry+1.
+    code = bytes.fromhex("90 90 90 90 90 90 0f84f5ffffff".replace(" ", ""))
+    assert branches_into(code, 0x2000, 0x2000, 0x2005)
+
+
+@pytest.mark.parametrize(
+    ("source", "flags", "function"),
+    [(MAIN_LOOP, ("-g", "-O0"), "main"), (WORKER_LOOP, ("-g", "-O1", "-pthread"), "worker")],
+    ids=["main-O0", "worker-O1"],
+)
+def test_running_loop_over_the_entry_is_refused(
+    tmp_path: Path,
+    spawn: SpawnFactory,
+    capsys: pytest.CaptureFixture[str],
+    source: str,
+    flags: tuple[str, ...],
+    function: str,
+) -> None:
+    exe = compile_c(tmp_path, source, flags=flags)
+    target = spawn([exe])
+    target.wait_for(r"^value 1$")
+    remember_maps(target)
+    # Change the looping function itself (its usleep), nothing else.
+    edit(tmp_path / "prog.c", "usleep(20000)", "usleep(10000)")
+    code, err = run_cli(capsys, "reload", "-p", str(target.pid), str(tmp_path / "prog.c"))
+    assert code == 9, err
+    assert f"{function} is running on thread" in err
+    assert "loop jumps back into the first bytes" in err
+    assert len(err.strip().splitlines()) == 1
+    assert_untouched(target)
