@@ -52,6 +52,7 @@ from relive.patch.apply import (
 from relive.patch.binder import Binder
 from relive.patch.entries import EntrySite, iter_entry_sites
 from relive.patch.journal import Journal, load_journal, save_journal
+from relive.patch.lock import process_lock
 from relive.patch.loops import refuse_running_loop_heads
 from relive.patch.modules import (
     RunningModule,
@@ -121,6 +122,17 @@ class Session:
         compdb: Path | None = None,
     ) -> ReloadResult:
         """Compile (``.c``) or take (``.o``) each path and redirect its changed functions."""
+        with process_lock(self.pid):
+            return self._reload(paths, functions, dry_run, cflags, compdb)
+
+    def _reload(
+        self,
+        paths: Sequence[str | Path],
+        functions: Collection[str] | None,
+        dry_run: bool,
+        cflags: Sequence[str] | None,
+        compdb: Path | None,
+    ) -> ReloadResult:
         if not paths:
             raise UsageError("nothing to reload", hint="name at least one .c or .o file")
         for path in map(Path, paths):
@@ -396,6 +408,10 @@ class Session:
 
     def undo(self, functions: Collection[str] | None = None) -> list[str]:
         """Put back the original entry bytes of all (or the named) patched functions."""
+        with process_lock(self.pid):
+            return self._undo(functions)
+
+    def _undo(self, functions: Collection[str] | None) -> list[str]:
         journal = load_journal(self.pid)
         chosen = {
             k: p for k, p in journal.patches.items() if functions is None or p.name in functions
