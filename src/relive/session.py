@@ -120,10 +120,11 @@ class Session:
         dry_run: bool = False,
         cflags: Sequence[str] | None = None,
         compdb: Path | None = None,
+        trust_build: bool = False,
     ) -> ReloadResult:
         """Compile (``.c``) or take (``.o``) each path and redirect its changed functions."""
         with process_lock(self.pid):
-            return self._reload(paths, functions, dry_run, cflags, compdb)
+            return self._reload(paths, functions, dry_run, cflags, compdb, trust_build)
 
     def _reload(
         self,
@@ -132,6 +133,7 @@ class Session:
         dry_run: bool,
         cflags: Sequence[str] | None,
         compdb: Path | None,
+        trust_build: bool,
     ) -> ReloadResult:
         if not paths:
             raise UsageError("nothing to reload", hint="name at least one .c or .o file")
@@ -155,7 +157,16 @@ class Session:
             scratch_dir() as scratch,
         ):
             ctx = _Context(
-                modules, journal, memory, arch, Path(scratch), functions, cflags, compdb, phases
+                modules,
+                journal,
+                memory,
+                arch,
+                Path(scratch),
+                functions,
+                cflags,
+                compdb,
+                phases,
+                trust_build,
             )
             plans = [self._plan(Path(p), i, ctx) for i, p in enumerate(paths)]
             mark = time.perf_counter()
@@ -254,7 +265,13 @@ class Session:
                 module = candidate
                 break
         command = without_lto(
-            get_compile_command(source, cli_flags=ctx.cflags, compdb=ctx.compdb, compile_unit=unit)
+            get_compile_command(
+                source,
+                cli_flags=ctx.cflags,
+                compdb=ctx.compdb,
+                compile_unit=unit,
+                trust_build=ctx.trust_build,
+            )
         )
         for note in command.notes:
             self.emit(Notice(note))
@@ -455,6 +472,8 @@ class _Context:
     cflags: Sequence[str] | None
     compdb: Path | None
     phases: dict[str, float]
+    #: Use compile_commands.json and compilers other users control (--trust-build).
+    trust_build: bool = False
 
 
 def _family(command: CompileCommand) -> str:

@@ -50,6 +50,12 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-I", dest="includes", action="append", default=[], metavar="DIR")
     parser.add_argument("-D", dest="defines", action="append", default=[], metavar="MACRO")
     parser.add_argument("--compdb", type=Path, help="path to compile_commands.json")
+    parser.add_argument(
+        "--trust-build",
+        action="store_true",
+        help="use a compile_commands.json or compiler that another user controls "
+        "(its commands run with relive's rights)",
+    )
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -180,6 +186,7 @@ def _cmd_reload(args: argparse.Namespace, out: Renderer) -> int:
             dry_run=args.dry_run,
             cflags=_cli_flags(args),
             compdb=args.compdb,
+            trust_build=args.trust_build,
         )
 
     if len(pids) == 1:

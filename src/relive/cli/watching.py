@@ -28,6 +28,7 @@ def watch_process(args: argparse.Namespace, out: Renderer, cflags: list[str] | N
     options = WatchOptions(
         cflags=cflags,
         compdb=args.compdb,
+        trust_build=args.trust_build,
         step_ms=args.debounce,
         undo_on_exit=args.undo_on_exit,
     )
@@ -70,6 +71,7 @@ def run_program(args: argparse.Namespace, out: Renderer, cflags: list[str] | Non
     options = WatchOptions(
         cflags=cflags,
         compdb=args.compdb,
+        trust_build=args.trust_build,
         step_ms=args.debounce,
         trigger=trigger.name if trigger else "save",
         poll_ms=100,

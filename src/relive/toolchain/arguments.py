@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["clean_arguments"]
+__all__ = ["OPTIONS_WITH_VALUE", "clean_arguments"]
 
 # Options whose value is the next argument; needed so that value is not taken
 # for a source file (and dropped) when scanning for positional arguments.
@@ -24,6 +24,9 @@ _TAKES_VALUE = frozenset(
         "-dumpbase-ext", "-dumpdir", "--sysroot", "-F",
     }
 )  # fmt: skip
+
+#: Options whose value is the next argument.
+OPTIONS_WITH_VALUE = _TAKES_VALUE
 
 # Output naming, dependency files and linking are relive's business (or
 # irrelevant to compiling one object): drop them together with their value.

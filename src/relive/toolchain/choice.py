@@ -31,6 +31,7 @@ from relive.toolchain.command import (
 )
 from relive.toolchain.compdb import COMPDB_NAME, find_compdb, find_compdb_entry
 from relive.toolchain.producer import parse_producer
+from relive.toolchain.trust import check_trusted_file, find_compiler, screen_flags
 
 __all__ = ["get_compile_command"]
 
@@ -44,6 +45,7 @@ def get_compile_command(
     cli_flags: Sequence[str] | None = None,
     compdb: Path | None = None,
     compile_unit: CompileUnit | None = None,
+    trust_build: bool = False,
 ) -> CompileCommand:
     """Decide how to recompile ``source``.
 
@@ -59,6 +61,10 @@ def get_compile_command(
     "DWARF" (so clang compiles it) with only the -I flags, and a note saying the
     optimisation level is unknown.
 
+    Flags from DWARF pass ``relive.toolchain.trust.screen_flags`` (a note lists
+    what was dropped).  Unless ``trust_build``, a compile_commands.json or a
+    compiler that another user controls raises UntrustedBuild.
+
     Raises UsageError if the source (or an explicit ``compdb``) does not exist.
     """
     if not source.is_file():
@@ -72,6 +78,21 @@ def get_compile_command(
         else ("", ())
     )
 
+    command, database = _choose(source, cli_flags, compdb, compile_unit, family, producer_flags)
+    if not trust_build:
+        _check_trusted(command, database)
+    return command
+
+
+def _choose(
+    source: Path,
+    cli_flags: Sequence[str] | None,
+    compdb: Path | None,
+    compile_unit: CompileUnit | None,
+    family: str,
+    producer_flags: tuple[str, ...],
+) -> tuple[CompileCommand, Path | None]:
+    """The command, and the compile_commands.json it came from (if it did)."""
     if cli_flags is not None:
         return CompileCommand(
             compiler=family or DEFAULT_COMPILER,
@@ -80,7 +101,7 @@ def get_compile_command(
             directory=Path.cwd(),
             source=source,
             origin=ORIGIN_COMMAND_LINE,
-        )
+        ), None
 
     compdb = _explicit_compdb(compdb) if compdb is not None else find_compdb(source)
     missing: tuple[str, ...] = ()
@@ -88,7 +109,7 @@ def get_compile_command(
         entry = find_compdb_entry(compdb, source, producer_flags)
         if entry is not None:
             notes = tuple(_consistency_notes(entry, family, producer_flags))
-            return dataclasses.replace(entry, notes=notes)
+            return dataclasses.replace(entry, notes=notes), compdb
         # Usually a stale database or a file the build does not compile; say so,
         # since the user may believe its flags are in use.
         missing = (f"{compdb} has no entry for {source.name}",)
@@ -103,7 +124,16 @@ def get_compile_command(
             source=source,
             origin=ORIGIN_DEFAULT,
         )
-    return dataclasses.replace(cmd, notes=(*missing, *cmd.notes))
+    return dataclasses.replace(cmd, notes=(*missing, *cmd.notes)), None
+
+
+def _check_trusted(command: CompileCommand, compdb: Path | None) -> None:
+    """Refuse a database or compiler another user controls (UntrustedBuild)."""
+    if compdb is not None:
+        check_trusted_file(compdb, COMPDB_NAME)
+    compiler = find_compiler(command.compiler, command.directory)
+    if compiler is not None:
+        check_trusted_file(compiler, "the compiler")
 
 
 def _explicit_compdb(compdb: Path) -> Path:
@@ -138,6 +168,14 @@ def _dwarf_command(
         notes = (
             f"{unit.producer} recorded no flags, so the optimisation level is unknown; "
             "build with -grecord-command-line or pass --cflags",
+        )
+    # The program's owner wrote these: nothing that loads code or names other tools.
+    flags, dropped = screen_flags(flags)
+    if dropped:
+        notes = (
+            *notes,
+            f"ignoring {' '.join(dropped)} from the DWARF of {source.name}: relive does not "
+            "run plugins, tools or files a program's build chose (pass --cflags to use them)",
         )
     return CompileCommand(
         compiler=family,

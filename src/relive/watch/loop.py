@@ -67,6 +67,7 @@ class WatchOptions:
 
     cflags: Sequence[str] | None = None
     compdb: Path | None = None
+    trust_build: bool = False
     trigger: str = TRIGGER_SAVE
     step_ms: int = 20
     max_batch_ms: int = 1600
@@ -107,6 +108,7 @@ class ReloadTarget(Protocol):
         *,
         cflags: Sequence[str] | None = None,
         compdb: Path | None = None,
+        trust_build: bool = False,
     ) -> ReloadOutcome: ...
     def status(self) -> Sequence[Patched]: ...
     def undo(self, functions: Collection[str] | None = None) -> list[str]: ...
@@ -184,7 +186,9 @@ class Watcher:
         self._scope = Scope.from_paths(self._paths)
         selection = select_units(find_units(modules), self._scope)
         commands = {
-            path: compile_command_for(path, unit, self.options.cflags, self.options.compdb)
+            path: compile_command_for(
+                path, unit, self.options.cflags, self.options.compdb, self.options.trust_build
+            )
             for path, unit in selection.units.items()
         }
         for unit, files in scan_all(commands).items():
@@ -333,7 +337,10 @@ class Watcher:
                 continue
             try:
                 result = target.session.reload(
-                    units, cflags=self.options.cflags, compdb=self.options.compdb
+                    units,
+                    cflags=self.options.cflags,
+                    compdb=self.options.compdb,
+                    trust_build=self.options.trust_build,
                 )
             except ProcessGone:
                 continue  # _check_targets says so

@@ -127,6 +127,9 @@ def compile_command_for(
     unit: CompileUnit | None,
     cflags: Sequence[str] | None,
     compdb: Path | None,
+    trust_build: bool = False,
 ) -> CompileCommand:
     """How ``source`` is compiled, decided as a reload decides it (see relive.toolchain.choice)."""
-    return get_compile_command(source, cli_flags=cflags, compdb=compdb, compile_unit=unit)
+    return get_compile_command(
+        source, cli_flags=cflags, compdb=compdb, compile_unit=unit, trust_build=trust_build
+    )
