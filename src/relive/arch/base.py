@@ -109,6 +109,9 @@ class Arch:
     undo_got_relaxation: Callable[[bytes, bytearray, int], bool]
     #: Whether code bytes ending just before an address end with a call.
     follows_call: Callable[[bytes], bool]
+    #: Whether the PC-relative field at an offset of code is a direct call/jump's
+    #: operand (as opposed to an address being taken).
+    is_branch_field: Callable[[bytes, int], bool]
     #: The dynamic relocation type that stores a TLS module id.
     dtpmod_reloc_type: int
     #: The dynamic relocation type that stores a thread-pointer offset.

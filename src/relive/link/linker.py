@@ -58,7 +58,7 @@ class _Linker:
                 "please report this object",
             )
         place = self.base + section_offset + reloc.offset
-        operands = self._operands(rtype, reloc, place)
+        operands = self._operands(rtype, reloc, place, section)
         value = rtype.compute(operands)
         if not fits(value, rtype.width, rtype.range):
             raise LinkError(
@@ -74,12 +74,16 @@ class _Linker:
         name = self.request.arch.unsupported_relocations.get(number)
         return f"{name} ({number})" if name else f"type {number}"
 
-    def _operands(self, rtype: RelocationType, reloc: Relocation, place: int) -> Operands:
+    def _operands(
+        self, rtype: RelocationType, reloc: Relocation, place: int, section: Section
+    ) -> Operands:
         symbol, need = reloc.symbol, rtype.need
         got_base = self.base + self.layout.got_base
         if need in _TLS_NEEDS or need is Need.GOT_TLS_MODULE:
             return self._tls_operands(rtype, reloc, place, got_base)
         target = self._symbol_address(symbol)
+        if self.request.original_entries and not self._is_branch(rtype, reloc, section):
+            target = self._identity_address(rtype, reloc, target)
         if need is Need.CALL and not fits(target + reloc.addend - place, rtype.width, rtype.range):
             target = self.base + self.layout.stub_offsets[symbol.index]
         slot = 0
@@ -88,6 +92,31 @@ class _Linker:
         return Operands(
             S=target, A=reloc.addend, P=place, G=slot, GOT=got_base, Z=self._symbol_size(symbol)
         )
+
+    def _is_branch(self, rtype: RelocationType, reloc: Relocation, section: Section) -> bool:
+        """A direct call or jump (not an address being taken)."""
+        return (
+            section.is_exec
+            and rtype.pc_relative
+            and self.request.arch.is_branch_field(section.data, reloc.offset)
+        )
+
+    def _identity_address(self, rtype: RelocationType, reloc: Relocation, target: int) -> int:
+        """For an address-taking reference to a replaced function: its original entry."""
+        symbol = reloc.symbol
+        if not symbol.is_defined or symbol.shndx not in self.layout.section_offsets:
+            return target
+        entries = self.request.original_entries
+        if not symbol.is_section:
+            entry = entries.get((symbol.shndx, symbol.value))
+            return target if entry is None else entry
+        if rtype.need is not Need.NOTHING:
+            return target
+        # gas refers to static functions as section+offset; a PC-relative field
+        # is the last 4 bytes of its instruction, so the addend is offset - width.
+        offset = reloc.addend + (rtype.width if rtype.pc_relative else 0)
+        entry = entries.get((symbol.shndx, offset))
+        return target if entry is None else entry - offset
 
     def _symbol_size(self, symbol: ObjSymbol) -> int:
         if symbol.is_defined or symbol.size:

@@ -39,6 +39,11 @@ class LinkRequest:
     load: frozenset[int]
     bound_sections: Mapping[int, Bound] = field(default_factory=dict)
     externals: Mapping[str, Bound] = field(default_factory=dict)
+    #: Loaded functions that replace running ones, keyed by (section index, offset
+    #: in it): their original entry.  Taking such a function's address gives the
+    #: original entry (which jumps to the new body), so ``&f`` is the same in old
+    #: and new code; only direct calls and jumps go straight to the new body.
+    original_entries: Mapping[tuple[int, int], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

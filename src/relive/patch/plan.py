@@ -81,7 +81,9 @@ class ReloadPlan:
         request = self.layout.request
         load = set(request.load) | {d.symbol.shndx for d in callers}
         bound = {k: v for k, v in request.bound_sections.items() if k not in load}
-        self.layout = _lay_out(self.obj, self.binder, request.arch, load, bound)
+        self.layout = _lay_out(
+            self.obj, self.binder, request.arch, load, bound, _original_entries(self.decisions)
+        )
         return [d.name for d in callers]
 
     def iter_with_status(self, *statuses: str) -> list[FunctionDecision]:
@@ -142,20 +144,39 @@ def build_plan(
         for s in obj.iter_section_symbols(i)
         if s.name
     ]
-    layout = _lay_out(obj, binder, arch, load, bound)
+    layout = _lay_out(obj, binder, arch, load, bound, _original_entries(decisions))
     return ReloadPlan(source, binder.module, obj, decisions, layout, binder, new_data)
 
 
 def _lay_out(
-    obj: ObjectFile, binder: Binder, arch: Arch, load: set[int], bound: dict[int, Bound]
+    obj: ObjectFile,
+    binder: Binder,
+    arch: Arch,
+    load: set[int],
+    bound: dict[int, Bound],
+    original_entries: dict[tuple[int, int], int],
 ) -> Layout:
     """Resolve what the loaded sections need and lay the block out."""
     externals = _resolve_externals(obj, binder, load)
     _check_direct_data_reach(obj, arch, binder.module, load, externals)
     request = LinkRequest(
-        obj=obj, arch=arch, load=frozenset(load), bound_sections=bound, externals=externals
+        obj=obj,
+        arch=arch,
+        load=frozenset(load),
+        bound_sections=bound,
+        externals=externals,
+        original_entries=original_entries,
     )
     return plan_layout(request)
+
+
+def _original_entries(decisions: list[FunctionDecision]) -> dict[tuple[int, int], int]:
+    """Functions whose running entry will jump to the new body: ``&f`` stays that entry."""
+    return {
+        (d.symbol.shndx, d.symbol.value): d.old.address
+        for d in decisions
+        if d.status == "changed" and d.old is not None and d.old.is_function
+    }
 
 
 def _decide(

@@ -6,6 +6,7 @@ from relive.arch.base import Arch
 from relive.arch.x86_64.disasm import (
     branches_into,
     follows_call,
+    is_branch_field,
     iter_branch_targets,
     undo_got_relaxation,
 )
@@ -40,6 +41,7 @@ ARCH = Arch(
     find_plt_slot=find_plt_slot,
     undo_got_relaxation=undo_got_relaxation,
     follows_call=follows_call,
+    is_branch_field=is_branch_field,
     dtpmod_reloc_type=R_X86_64_DTPMOD64,
     tpoff_reloc_type=R_X86_64_TPOFF64,
     indirect_extern_data_flags={

@@ -90,6 +90,20 @@ def follows_call(before: bytes) -> bool:
     return False
 
 
+def is_branch_field(code: bytes, field: int) -> bool:
+    """Whether the rel32 at ``field`` is the operand of a direct call, jmp or jcc.
+
+    Only meaningful for PC-relative fields: the byte before a RIP-relative
+    displacement is otherwise a ModRM byte (mod 00, r/m 101), never e8/e9, and
+    never 80-8f after a 0f.  Address-taking (``lea f(%rip)``) is not a branch.
+    """
+    if field < 1 or field > len(code):
+        return False
+    if code[field - 1] in (0xE8, 0xE9):
+        return True
+    return field >= 2 and code[field - 2] == 0x0F and 0x80 <= code[field - 1] <= 0x8F
+
+
 def undo_got_relaxation(new: bytes, old: bytearray, field: int) -> bool:
     """If the linker relaxed the GOT load whose disp32 is at ``field``, restore it.
 
