@@ -51,6 +51,12 @@ from relive.patch.apply import (
 )
 from relive.patch.binder import Binder
 from relive.patch.entries import EntrySite, iter_entry_sites
+from relive.patch.initial import (
+    DataChange,
+    choose_reinit,
+    describe_initial_change,
+    write_initial_values,
+)
 from relive.patch.journal import Journal, load_journal, save_journal
 from relive.patch.lock import process_lock
 from relive.patch.loops import refuse_running_loop_heads
@@ -121,10 +127,14 @@ class Session:
         cflags: Sequence[str] | None = None,
         compdb: Path | None = None,
         trust_build: bool = False,
+        reinit: Collection[str] = (),
     ) -> ReloadResult:
-        """Compile (``.c``) or take (``.o``) each path and redirect its changed functions."""
+        """Compile (``.c``) or take (``.o``) each path and redirect its changed functions.
+
+        ``reinit`` names variables whose changed initial value is copied into the
+        running storage (otherwise the program keeps their current value)."""
         with process_lock(self.pid):
-            return self._reload(paths, functions, dry_run, cflags, compdb, trust_build)
+            return self._reload(paths, functions, dry_run, cflags, compdb, trust_build, reinit)
 
     def _reload(
         self,
@@ -134,6 +144,7 @@ class Session:
         cflags: Sequence[str] | None,
         compdb: Path | None,
         trust_build: bool,
+        reinit: Collection[str],
     ) -> ReloadResult:
         if not paths:
             raise UsageError("nothing to reload", hint="name at least one .c or .o file")
@@ -169,6 +180,7 @@ class Session:
                 trust_build,
             )
             plans = [self._plan(Path(p), i, ctx) for i, p in enumerate(paths)]
+            reinits = self._announce(plans, reinit)
             mark = time.perf_counter()
             if dry_run:
                 self._report(plans, None, result)
@@ -182,7 +194,7 @@ class Session:
                     )
                 )
                 return result
-            self._apply(plans, journal, memory, result, arch)
+            self._apply(plans, journal, memory, result, arch, reinits)
             _lap(phases, "patch", mark)
         self.emit(Timings(dict(phases), result.stopped_us))
         self.emit(
@@ -251,6 +263,24 @@ class Session:
         _lap(ctx.phases, "link", mark)
         return plan
 
+    def _announce(self, plans: list[ReloadPlan], reinit: Collection[str]) -> list[list[DataChange]]:
+        """Say what the plans keep or change that is not a function; the --reinit choices."""
+        changes = [change for plan in plans for change in plan.initial_changed]
+        chosen, unmatched = choose_reinit(changes, reinit)
+        for plan in plans:
+            for note in plan.notices:
+                self.emit(Notice(note))
+            for change in plan.initial_changed:
+                self.emit(Notice(describe_initial_change(change, change in chosen)))
+        if unmatched:
+            self.emit(
+                Notice(
+                    f"--reinit {', '.join(unmatched)}: no variable of the reloaded files by that "
+                    "name has a changed initial value; nothing copied"
+                )
+            )
+        return [[c for c in plan.initial_changed if c in chosen] for plan in plans]
+
     def _call_in_target(self, function: int) -> int:
         """Run ``function()`` in the target (an IFUNC resolver nobody has run yet)."""
         with stop_all(self.pid) as stopped:
@@ -293,6 +323,7 @@ class Session:
         memory: ProcessMemory,
         result: ReloadResult,
         arch: Arch,
+        reinits: list[list[DataChange]],
     ) -> None:
         # Every entry is checked before the first byte is allocated or written.
         sites = [self._entry_sites(plan, journal, memory, arch) for plan in plans]
@@ -308,9 +339,15 @@ class Session:
                     for image, plan_sites in zip(images, sites, strict=True)
                     for site in plan_sites
                 ]
+                values = [
+                    (change.bound.address or 0, plan.link_initial_value(change, image))
+                    for plan, image, changes in zip(plans, images, reinits, strict=True)
+                    for change in changes
+                ]
                 for image in images:
                     write_block(memory, image)
                     protect_code(self.pid, image)
+                write_initial_values(self.pid, values)
                 if writes:
                     report = write_entries(self.pid, writes, arch)
                     result.stopped_us = report.held_seconds * 1e6

@@ -112,6 +112,8 @@ class Arch:
     #: Whether the PC-relative field at an offset of code is a direct call/jump's
     #: operand (as opposed to an address being taken).
     is_branch_field: Callable[[bytes, int], bool]
+    #: The dynamic relocation type that stores load bias + addend (a pointer in a PIE).
+    relative_reloc_type: int
     #: The dynamic relocation type that stores a TLS module id.
     dtpmod_reloc_type: int
     #: The dynamic relocation type that stores a thread-pointer offset.

@@ -67,6 +67,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def _add_watching(parser: argparse.ArgumentParser) -> None:
     _add_flags(parser)
+    _add_reinit(parser)
     parser.add_argument(
         "--debounce",
         type=int,
@@ -99,6 +100,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="only redirect these functions (repeatable)",
     )
     reload.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
+    _add_reinit(reload)
     _add_flags(reload)
     reload.add_argument("--timings", action="store_true", help="print time per phase")
     reload.set_defaults(run=_cmd_reload)
@@ -161,6 +163,16 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_reinit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reinit",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="copy the new initial value of variable NAME into the running program (repeatable)",
+    )
+
+
 def _cli_flags(args: argparse.Namespace) -> list[str] | None:
     flags = shlex.split(args.cflags) if args.cflags else []
     flags += [f"-I{d}" for d in args.includes] + [f"-D{d}" for d in args.defines]
@@ -187,6 +199,7 @@ def _cmd_reload(args: argparse.Namespace, out: Renderer) -> int:
             cflags=_cli_flags(args),
             compdb=args.compdb,
             trust_build=args.trust_build,
+            reinit=args.reinit,
         )
 
     if len(pids) == 1:

@@ -31,6 +31,7 @@ def watch_process(args: argparse.Namespace, out: Renderer, cflags: list[str] | N
         trust_build=args.trust_build,
         step_ms=args.debounce,
         undo_on_exit=args.undo_on_exit,
+        reinit=args.reinit,
     )
     if not args.verbose:
         out.hide(WATCH_QUIET)
@@ -75,6 +76,7 @@ def run_program(args: argparse.Namespace, out: Renderer, cflags: list[str] | Non
         step_ms=args.debounce,
         trigger=trigger.name if trigger else "save",
         poll_ms=100,
+        reinit=args.reinit,
     )
     try:
         watcher = Watcher(

@@ -86,6 +86,7 @@ PT_LOAD = 1
 PT_DYNAMIC = 2
 PT_NOTE = 4
 PT_TLS = 7
+PT_GNU_RELRO = 0x6474E552
 
 # n_type of a note named "GNU"
 NT_GNU_BUILD_ID = 3

@@ -32,6 +32,7 @@ from relive.elf.constants import (
     PAGE_SIZE,
     PT_DYNAMIC,
     PT_LOAD,
+    PT_GNU_RELRO,
     PT_TLS,
     SHF_ALLOC,
     SHN_ABS,
@@ -118,6 +119,8 @@ class ElfImage:
     load_segments: list[LoadSegment]
     first_load_vaddr: int
     tls_segment: TlsSegment | None
+    #: [start, end) link-time addresses made read-only after relocation (PT_GNU_RELRO).
+    relro: tuple[int, int] | None
     soname: str | None
 
     def __init__(self, path: str, identity: _Identity, data: mmap.mmap) -> None:
@@ -191,6 +194,7 @@ class ElfImage:
         table = slice_checked(self.path, data, phoff, phnum * _PHDR.size)
         self.load_segments = []
         self.tls_segment = None
+        self.relro = None
         dynamic: LoadSegment | None = None
         for p_type, flags, offset, vaddr, _, filesz, memsz, align in _PHDR.iter_unpack(table):
             segment = LoadSegment(vaddr, offset, filesz, memsz, flags, align)
@@ -200,6 +204,8 @@ class ElfImage:
                 self.tls_segment = TlsSegment(vaddr, filesz, memsz, align)
             elif p_type == PT_DYNAMIC:
                 dynamic = segment
+            elif p_type == PT_GNU_RELRO:
+                self.relro = (vaddr, vaddr + memsz)
         if not self.load_segments:
             raise BadObject(f"{self.path} has no loadable segments", "pass a linked program")
         self.first_load_vaddr = min(s.vaddr for s in self.load_segments) & ~(PAGE_SIZE - 1)

@@ -104,7 +104,7 @@ class _Linker:
     def _identity_address(self, rtype: RelocationType, reloc: Relocation, target: int) -> int:
         """For an address-taking reference to a replaced function: its original entry."""
         symbol = reloc.symbol
-        if not symbol.is_defined or symbol.shndx not in self.layout.section_offsets:
+        if not symbol.is_defined:
             return target
         entries = self.request.original_entries
         if not symbol.is_section:

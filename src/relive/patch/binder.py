@@ -19,13 +19,14 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from relive.elf.constants import STT_GNU_IFUNC, STT_TLS
+from relive.elf.constants import STB_WEAK, STT_GNU_IFUNC, STT_TLS
 from relive.elf.objfile import ObjectFile, ObjSymbol, Section
 from relive.elf.symtab import ImageSymbol
 from relive.errors import LayoutChanged, LinkError
 from relive.link import Bound
 from relive.patch.journal import SourceRecord
 from relive.patch.modules import RunningModule
+from relive.patch.rules import in_relro, is_label_table
 
 MemoryReader = Callable[[int, int], bytes]
 
@@ -57,6 +58,8 @@ class OldDefinition:
     is_function: bool
     tls_offset: int | None = None
     from_journal: bool = False
+    #: A weak definition (a strong one elsewhere would have won at link time).
+    is_weak: bool = False
 
 
 def is_skipped_section(section: Section) -> bool:
@@ -117,6 +120,7 @@ class Binder:
             size=image_symbol.size,
             is_function=image_symbol.is_function,
             tls_offset=image_symbol.value if tls else None,
+            is_weak=image_symbol.bind == STB_WEAK,
         )
 
     def _find_image_symbol(self, symbol: ObjSymbol) -> ImageSymbol | None:
@@ -174,6 +178,8 @@ class Binder:
         symbols = [s for s in self.obj.iter_section_symbols(index) if s.name]
         if not symbols or not (section.is_write or section.is_tls):
             return None
+        if not section.is_tls and is_label_table(self.obj, index):
+            return None  # code, not state: a new copy goes with the new function
         olds = [(s, self.find_old(s)) for s in symbols]
         found = [(s, o) for s, o in olds if o is not None]
         if not found:
@@ -192,6 +198,19 @@ class Binder:
         if section.is_tls:
             return self._tls_bound(start)
         return Bound(address=start, size=section.size)
+
+    def is_read_only_after_start(self, bound: Bound) -> bool:
+        """Whether bound storage lies in the module's PT_GNU_RELRO range: the
+        program cannot have changed it since start-up, so it is not state."""
+        if bound.address is None or bound.size is None:
+            return False
+        relro = self.module.image.relro
+        if relro is None:
+            return False
+        start = self.module.runtime(relro[0])
+        return in_relro(
+            bound.address, bound.address + bound.size, (start, start + relro[1] - relro[0])
+        )
 
     def _tls_bound(self, block_offset: int) -> Bound:
         module_tls = self.module_tls_offset()

@@ -9,6 +9,7 @@ Whatever cannot be verified counts as changed: redirecting is the safe default.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import struct
 from collections.abc import Callable, Mapping
@@ -16,6 +17,7 @@ from collections.abc import Callable, Mapping
 from relive.arch.base import Need, Range, RelocationType
 from relive.elf.constants import SHF_STRINGS
 from relive.elf.objfile import ObjectFile, ObjSymbol, Relocation
+from relive.errors import ReliveError
 from relive.patch.binder import MemoryReader
 
 #: Where a symbol of the new object is in the running process (None: new memory).
@@ -68,6 +70,12 @@ class FunctionComparer:
         self.module_got_slot = module_got_slot
         self.find_plt_slot = find_plt_slot
         self.undo_got_relaxation = undo_got_relaxation
+
+    def reading(self, read_memory: MemoryReader) -> FunctionComparer:
+        """The same comparer, reading the old side with ``read_memory``."""
+        other = copy.copy(self)
+        other.read_memory = read_memory
+        return other
 
     # -- fingerprints -------------------------------------------------------------
 
@@ -129,6 +137,20 @@ class FunctionComparer:
             )
             for r in relocs
         )
+
+    def matches_data(self, index: int, address: int) -> bool:
+        """Whether data section ``index`` holds what ``address`` holds (as this
+        comparer reads it), its relocated fields pointing at the same things."""
+        section = self.obj.sections[index]
+        new = bytes(section.size) if section.is_nobits else section.data
+        try:
+            old = self.read_memory(address, len(new))
+        except ReliveError:
+            return False
+        relocs = list(self.obj.relocations.get(index, ()))
+        if _masked(new, 0, relocs, self.widths) != _masked(old, 0, relocs, self.widths):
+            return False
+        return all(self._same_target(r, old, address + r.offset, r.offset, 1) for r in relocs)
 
     def _needs(self, reloc: Relocation, need: Need) -> bool:
         rtype = self.types.get(reloc.type)

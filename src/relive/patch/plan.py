@@ -10,11 +10,13 @@ from relive.arch.base import Arch, Need
 from relive.elf.constants import STB_WEAK
 from relive.elf.objfile import ObjectFile, ObjSymbol
 from relive.errors import LinkError
-from relive.link import Bound, Layout, LinkRequest, plan_layout
+from relive.link import Bound, Layout, LinkedImage, LinkRequest, link, plan_layout
 from relive.link.linker import GOT_SYMBOL
 from relive.patch.binder import Binder, OldDefinition, is_skipped_section
 from relive.patch.diff import FunctionComparer
+from relive.patch.initial import DataChange, find_initial_changes
 from relive.patch.modules import RunningModule
+from relive.patch.rules import check_constructors
 
 
 class FarDataReference(LinkError):
@@ -57,6 +59,10 @@ class ReloadPlan:
     layout: Layout
     binder: Binder
     new_data: list[ObjSymbol] = field(default_factory=list)
+    #: Writable variables the program has whose initial value the new source changed.
+    initial_changed: list[DataChange] = field(default_factory=list)
+    #: What the user should know about this plan (said before anything is written).
+    notices: list[str] = field(default_factory=list)
 
     def redirect_callers_instead(self, callee: FunctionDecision) -> list[str]:
         """Stop redirecting ``callee``; redirect the functions of this object that
@@ -86,6 +92,31 @@ class ReloadPlan:
         )
         return [d.name for d in callers]
 
+    def link_initial_value(self, change: DataChange, image: LinkedImage) -> bytes:
+        """The new initial value of ``change``'s variables, relocated for their running
+        storage: pointers in it bound like the new code's (``--reinit``)."""
+        request = self.layout.request
+        bound = dict(request.bound_sections)
+        for index, offset in image.layout.section_offsets.items():
+            bound[index] = Bound(address=image.base + offset)
+        bound.pop(change.index, None)
+        externals = {
+            **request.externals,
+            **_resolve_externals(self.obj, self.binder, {change.index}),
+        }
+        alone = LinkRequest(
+            obj=self.obj,
+            arch=request.arch,
+            load=frozenset({change.index}),
+            bound_sections=bound,
+            externals=externals,
+            original_entries=request.original_entries,
+        )
+        layout = plan_layout(alone)
+        offset = layout.section_offsets[change.index]
+        linked = link(layout, (change.bound.address or 0) - offset)
+        return linked.data[offset : offset + self.obj.sections[change.index].size]
+
     def iter_with_status(self, *statuses: str) -> list[FunctionDecision]:
         """Decisions with one of the given statuses, in object order."""
         return [d for d in self.decisions if d.status in statuses]
@@ -102,11 +133,14 @@ def build_plan(
     """Classify functions, choose what to load and bind, and lay the block out."""
     bound: dict[int, Bound] = {}
     load: set[int] = set()
+    read_only: dict[int, Bound] = {}
     for index, section in enumerate(obj.sections):
         if index == 0 or is_skipped_section(section) or section.is_exec:
             continue
         binding = binder.bind_data_section(index)
-        if binding is not None:
+        if binding is not None and binder.is_read_only_after_start(binding):
+            read_only[index] = binding
+        elif binding is not None:
             bound[index] = binding
         elif section.size and not section.is_tls:
             load.add(index)
@@ -123,11 +157,21 @@ def build_plan(
         arch.find_plt_slot,
         arch.undo_got_relaxation,
     )
+    notices: list[str] = []
+    for index, binding in read_only.items():
+        # Read-only after start-up: not state.  Same content: the running table;
+        # else a new copy, and the functions using it differ from the running ones.
+        if comparer.matches_data(index, binding.address or 0):
+            bound[index] = binding
+        else:
+            load.add(index)
+            notices.append(_describe_new_table(obj, index))
     decisions = [
         _decide(symbol, binder, comparer, previous_fingerprints, only)
         for symbol in obj.iter_functions()
         if obj.sections[symbol.shndx].is_exec
     ]
+    notices.extend(check_constructors(obj, {d.name: d.status for d in decisions}))
     _promote_parents_of_changed_parts(decisions)
     for decision in decisions:
         if decision.status in ("changed", "new"):
@@ -145,7 +189,18 @@ def build_plan(
         if s.name
     ]
     layout = _lay_out(obj, binder, arch, load, bound, _original_entries(decisions))
-    return ReloadPlan(source, binder.module, obj, decisions, layout, binder, new_data)
+    initial = find_initial_changes(obj, binder, comparer, bound, arch.relative_reloc_type)
+    return ReloadPlan(
+        source, binder.module, obj, decisions, layout, binder, new_data, initial, notices
+    )
+
+
+def _describe_new_table(obj: ObjectFile, index: int) -> str:
+    names = ", ".join(s.name for s in obj.iter_section_symbols(index) if s.name)
+    return (
+        f"{names or obj.sections[index].name}: read-only table changed; the new code uses a "
+        "new copy (code that is not reloaded keeps reading the old one)"
+    )
 
 
 def _lay_out(
@@ -190,6 +245,10 @@ def _decide(
     old = binder.find_old(symbol)
     if old is None:
         return FunctionDecision(symbol, None, "new", fingerprint)
+    if symbol.bind == STB_WEAK and not old.is_weak and not old.from_journal:
+        # The static linker let a strong definition of another file win; so does relive.
+        reason = "weak definition: the program uses the strong one of another file"
+        return FunctionDecision(symbol, old, "skipped", fingerprint, reason)
     if only is not None and symbol.name not in only:
         return FunctionDecision(symbol, old, "skipped", fingerprint, "not selected by --function")
     if previous is not None and symbol.name in previous:

@@ -73,6 +73,8 @@ class WatchOptions:
     max_batch_ms: int = 1600
     poll_ms: int = 250
     undo_on_exit: bool = False
+    #: Variables whose changed initial value each reload copies in (``--reinit``).
+    reinit: Sequence[str] = ()
 
 
 class ReloadOutcome(Protocol):
@@ -109,6 +111,7 @@ class ReloadTarget(Protocol):
         cflags: Sequence[str] | None = None,
         compdb: Path | None = None,
         trust_build: bool = False,
+        reinit: Collection[str] = (),
     ) -> ReloadOutcome: ...
     def status(self) -> Sequence[Patched]: ...
     def undo(self, functions: Collection[str] | None = None) -> list[str]: ...
@@ -341,6 +344,7 @@ class Watcher:
                     cflags=self.options.cflags,
                     compdb=self.options.compdb,
                     trust_build=self.options.trust_build,
+                    reinit=self.options.reinit,
                 )
             except ProcessGone:
                 continue  # _check_targets says so

@@ -21,7 +21,13 @@ from relive.arch.x86_64.trampoline import (
     find_landing_pad_size,
     find_plt_slot,
 )
-from relive.elf.constants import EM_X86_64, PAGE_SIZE, R_X86_64_DTPMOD64, R_X86_64_TPOFF64
+from relive.elf.constants import (
+    EM_X86_64,
+    PAGE_SIZE,
+    R_X86_64_DTPMOD64,
+    R_X86_64_RELATIVE,
+    R_X86_64_TPOFF64,
+)
 
 ARCH = Arch(
     name="x86-64",
@@ -42,6 +48,7 @@ ARCH = Arch(
     undo_got_relaxation=undo_got_relaxation,
     follows_call=follows_call,
     is_branch_field=is_branch_field,
+    relative_reloc_type=R_X86_64_RELATIVE,
     dtpmod_reloc_type=R_X86_64_DTPMOD64,
     tpoff_reloc_type=R_X86_64_TPOFF64,
     indirect_extern_data_flags={
