@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from relive.events import Event, FunctionSkipped, Notice
 from support import SpawnFactory, compile_c
+from test_refusals import PROG, assert_untouched, remember_maps, run_cli
 from test_reload import edit, kinds, reload
 
 IDENTITY = r"""
@@ -55,3 +57,183 @@ def test_address_of_a_replaced_function_stays_its_original_entry(
     target.wait_for(r"^SAME 1 1$")
     target.wait_for(r"^new handler$")
     target.wait_for(r"^new quiet$")
+
+
+def notices(events: list[Event]) -> list[str]:
+    """The messages of the Notice events."""
+    return [e.message for e in events if isinstance(e, Notice)]
+
+
+LABELS = r"""
+#include <stdio.h>
+#include <unistd.h>
+volatile int ten = 10;
+__attribute__((noinline)) int run(int op, int x) {
+    static void *labels[] = {&&op_add, &&op_mul};
+    goto *labels[op];
+op_add:
+    return x + 1;
+op_mul:
+    return x * 2;
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { printf("add %d mul %d\n", run(0, ten), run(1, ten)); usleep(20000); }
+}
+"""
+
+
+@pytest.mark.parametrize("opt", ["-O0", "-O2"])
+def test_computed_goto_table_goes_with_its_function(
+    tmp_path: Path, spawn: SpawnFactory, opt: str
+) -> None:
+    exe = compile_c(tmp_path, LABELS, flags=("-g", opt))
+    target = spawn([exe])
+    target.wait_for(r"^add 11 mul 20$")
+    source = tmp_path / "prog.c"
+    # a new local moves every label: the running table would send the new code astray
+    edit(source, "    goto *labels[op];", "    volatile int pad = 3;\n    goto *labels[op];")
+    edit(source, "return x * 2;", "return x * pad;")
+    events = reload(target.pid, source)
+    assert kinds(events)["redirected"] == ["run"]
+    target.wait_for(r"^add 11 mul 30$")
+    target.wait_for(r"^add 11 mul 30$")
+    assert target.alive()
+
+
+WEAK_DEFAULT = r"""
+#include <stdio.h>
+__attribute__((weak)) void hook(void) { printf("weak hook\n"); }
+__attribute__((noinline)) void a_tick(void) { hook(); printf("a says 1\n"); }
+"""
+STRONG = r"""
+#include <stdio.h>
+void hook(void) { printf("strong hook\n"); }
+"""
+WEAK_MAIN = r"""
+#include <stdio.h>
+#include <unistd.h>
+void a_tick(void);
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { a_tick(); usleep(20000); }
+}
+"""
+
+
+def test_weak_definition_never_replaces_the_strong_one(tmp_path: Path, spawn: SpawnFactory) -> None:
+    exe = compile_c(tmp_path, WEAK_MAIN, extra_sources={"a.c": WEAK_DEFAULT, "b.c": STRONG})
+    target = spawn([exe])
+    target.wait_for(r"^strong hook$")
+    edit(tmp_path / "a.c", "weak hook", "new weak hook")
+    edit(tmp_path / "a.c", "a says 1", "a says 2")
+    events = reload(target.pid, tmp_path / "a.c")
+    assert kinds(events)["redirected"] == ["a_tick"]
+    skipped = [e for e in events if isinstance(e, FunctionSkipped)]
+    assert [(e.name, e.reason) for e in skipped] == [
+        ("hook", "weak definition: the program uses the strong one of another file")
+    ]
+    mark = target.mark()
+    target.wait_for(r"^a says 2$", after=mark)
+    mark = target.mark()
+    target.wait_for(r"^a says 2$", after=mark)
+    assert "strong hook" in target.lines[mark:]
+    assert not any("weak hook" in line for line in target.lines)
+
+
+def test_new_constructor_is_refused(
+    tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exe = compile_c(tmp_path, PROG)
+    target = remember_maps(spawn([exe]))
+    target.wait_for(r"^value 1$")
+    edit(
+        tmp_path / "prog.c",
+        "int table[4] = {1, 2, 3, 4};",
+        "int table[4] = {1, 2, 3, 4};\n"
+        "__attribute__((constructor)) static void setup(void) { table[0] = 7; }",
+    )
+    code, err = run_cli(capsys, "reload", "-p", str(target.pid), str(tmp_path / "prog.c"))
+    assert code == 1
+    assert err.strip() == (
+        "relive: error: prog.c: new constructor setup (.init_array): relive runs no "
+        "constructors in a running program (one may wait forever on a lock a held thread "
+        "owns) (call setup() from code the program runs, or restart the program)"
+    )
+    assert_untouched(target)
+
+
+RELRO_TABLE = r"""
+#include <stdio.h>
+#include <unistd.h>
+static void say_a(void) { printf("A\n"); }
+static void say_b(void) { printf("B\n"); }
+struct entry { const char *name; void (*fn)(void); };
+static const struct entry table[] = {{"first", say_a}, {"second", say_b}};
+volatile int which = 0;
+__attribute__((noinline)) void tick(void) {
+    printf("%s:", table[which].name);
+    table[which].fn();
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { tick(); usleep(20000); }
+}
+"""
+
+
+@pytest.mark.parametrize("compiler", ["gcc", "clang"])
+def test_changed_read_only_table_gets_a_new_copy(
+    tmp_path: Path, spawn: SpawnFactory, compiler: str
+) -> None:
+    exe = compile_c(tmp_path, RELRO_TABLE, compiler=compiler, flags=("-g", "-O0", "-fPIE"))
+    target = spawn([exe])
+    target.wait_for(r"^first:A$")
+    edit(tmp_path / "prog.c", '{"first", say_a}', '{"FIRST", say_b}')
+    events = reload(target.pid, tmp_path / "prog.c")
+    assert "tick" in kinds(events)["redirected"]
+    assert (
+        "table: read-only table changed; the new code uses a new copy (code that is not "
+        "reloaded keeps reading the old one)" in notices(events)
+    )
+    target.wait_for(r"^FIRST:B$")
+
+
+INITIAL = r"""
+#include <stdio.h>
+#include <unistd.h>
+static char banner[8] = "abcdefg";
+int limits[3] = {1, 2, 3};
+__attribute__((noinline)) void tick(void) {
+    limits[0]++;
+    printf("%s %d %d\n", banner, limits[0] > 1000, limits[2]);
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { tick(); usleep(20000); }
+}
+"""
+
+
+def test_changed_initial_value_is_kept_and_said_or_copied_in_with_reinit(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    exe = compile_c(tmp_path, INITIAL)
+    target = spawn([exe])
+    target.wait_for(r"^abcdefg 0 3$")
+    source = tmp_path / "prog.c"
+    edit(source, '"abcdefg"', '"ABCDEFG"')
+    edit(source, "{1, 2, 3}", "{2000, 2, 30}")
+    events = reload(target.pid, source)
+    assert notices(events) == [
+        "banner: initial value changed; the program keeps its current value "
+        "(--reinit banner copies the new initial value in)",
+        "limits: initial value changed; the program keeps its current value "
+        "(--reinit limits copies the new initial value in)",
+    ]
+    mark = target.mark()
+    target.wait_for(r"^abcdefg 0 3$", after=mark)  # state kept
+    events = reload(target.pid, source, reinit=["limits"])
+    assert notices(events)[1] == "limits: initial value changed; --reinit copies it in"
+    mark = target.mark()
+    target.wait_for(r"^abcdefg 1 30$", after=mark)  # the new initial value, counting on
