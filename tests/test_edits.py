@@ -6,13 +6,14 @@ leave the target with its old code and nothing mapped.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from relive.events import Event, FunctionSkipped, Notice
 from support import SpawnFactory, compile_c
-from test_refusals import PROG, assert_untouched, remember_maps, run_cli
+from test_refusals import _MAPS_SEEN, PROG, assert_untouched, remember_maps, run_cli
 from test_reload import edit, kinds, reload
 
 IDENTITY = r"""
@@ -237,3 +238,62 @@ def test_changed_initial_value_is_kept_and_said_or_copied_in_with_reinit(
     assert notices(events)[1] == "limits: initial value changed; --reinit copies it in"
     mark = target.mark()
     target.wait_for(r"^abcdefg 1 30$", after=mark)  # the new initial value, counting on
+
+
+REPORT = r"""
+#include <stdio.h>
+__attribute__((noinline)) void report(void) { printf("our report\n"); }
+"""
+REPORT_MAIN = r"""
+#include <unistd.h>
+#include <stdio.h>
+void report(void);
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { report(); usleep(20000); }
+}
+"""
+FOREIGN = r"""
+#include <stdio.h>
+void report(void) { printf("another project's report\n"); }
+int other_helper(void) { return 42; }
+"""
+
+
+def test_a_file_the_program_was_not_built_from_is_refused(
+    tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    exe = compile_c(app, REPORT_MAIN, extra_sources={"report.c": REPORT})
+    target = remember_maps(spawn([exe]))
+    target.wait_for(r"^our report$")
+    foreign = tmp_path / "elsewhere" / "report.c"
+    foreign.parent.mkdir()
+    foreign.write_text(FOREIGN)
+    code, err = run_cli(capsys, "reload", "-p", str(target.pid), str(foreign))
+    assert code == 1
+    assert err.strip() == (
+        f"relive: error: {foreign}: no compile unit of the program or its libraries is this "
+        f"file (close: {app / 'report.c'}) (reload the program's own file, or pass --new-file "
+        "to load it on purpose (it may then only add functions, or replace those named with "
+        "--function))"
+    )
+    # an object none of whose functions the program has
+    obj = tmp_path / "elsewhere" / "other.o"
+    (tmp_path / "elsewhere" / "other.c").write_text("int other_helper(void) { return 42; }\n")
+    subprocess.run(["gcc", "-c", "-g", "-o", obj, obj.with_suffix(".c")], check=True)
+    code, err = run_cli(capsys, "reload", "-p", str(target.pid), str(obj))
+    assert code == 1
+    assert "none of its functions (other_helper) is in the program or its libraries" in err
+    mark = target.mark()
+    target.wait_for(r"^our report$", after=mark)
+    assert Path(f"/proc/{target.pid}/maps").read_text() == _MAPS_SEEN[target.pid]
+    # on purpose: only new functions, unless named
+    code, err = run_cli(capsys, "reload", "--new-file", "-p", str(target.pid), str(foreign))
+    assert code == 0
+    mark = target.mark()
+    target.wait_for(r"^our report$", after=mark)
+    events = reload(target.pid, foreign, new_file=True, functions=["report"])
+    assert kinds(events)["redirected"] == ["report"]
+    target.wait_for(r"^another project's report$")

@@ -51,6 +51,7 @@ from relive.patch.apply import (
 )
 from relive.patch.binder import Binder
 from relive.patch.entries import EntrySite, iter_entry_sites
+from relive.patch.identify import check_object_belongs, check_source_belongs
 from relive.patch.initial import (
     DataChange,
     choose_reinit,
@@ -74,7 +75,7 @@ from relive.process.remote import remote_call
 from relive.process.threads import stop_all
 from relive.statedir import scratch_dir
 from relive.toolchain.choice import get_compile_command
-from relive.toolchain.command import CompileCommand
+from relive.toolchain.command import ORIGIN_COMPDB, CompileCommand
 from relive.toolchain.compiler import compile_object
 from relive.toolchain.lto import without_lto
 
@@ -128,22 +129,23 @@ class Session:
         compdb: Path | None = None,
         trust_build: bool = False,
         reinit: Collection[str] = (),
+        new_file: bool = False,
     ) -> ReloadResult:
         """Compile (``.c``) or take (``.o``) each path and redirect its changed functions.
 
         ``reinit`` names variables whose changed initial value is copied into the
-        running storage (otherwise the program keeps their current value)."""
+        running storage (otherwise the program keeps their current value).
+        ``new_file`` accepts a file the program was not built from: it may then only
+        add functions, or replace those named in ``functions``."""
+        options = _Options(functions, cflags, compdb, trust_build, new_file)
         with process_lock(self.pid):
-            return self._reload(paths, functions, dry_run, cflags, compdb, trust_build, reinit)
+            return self._reload(paths, options, dry_run, reinit)
 
     def _reload(
         self,
         paths: Sequence[str | Path],
-        functions: Collection[str] | None,
+        options: _Options,
         dry_run: bool,
-        cflags: Sequence[str] | None,
-        compdb: Path | None,
-        trust_build: bool,
         reinit: Collection[str],
     ) -> ReloadResult:
         if not paths:
@@ -167,18 +169,7 @@ class Session:
             ProcessMemory(self.pid) as memory,
             scratch_dir() as scratch,
         ):
-            ctx = _Context(
-                modules,
-                journal,
-                memory,
-                arch,
-                Path(scratch),
-                functions,
-                cflags,
-                compdb,
-                phases,
-                trust_build,
-            )
+            ctx = _Context(modules, journal, memory, arch, Path(scratch), phases, options)
             plans = [self._plan(Path(p), i, ctx) for i, p in enumerate(paths)]
             reinits = self._announce(plans, reinit)
             mark = time.perf_counter()
@@ -240,6 +231,8 @@ class Session:
         obj = ObjectFile.open(obj_path, expected_machines=(ctx.arch.elf_machine,))
         if module is None:
             module = find_module_defining(obj, ctx.modules)
+            if not ctx.options.new_file:
+                check_object_belongs(obj, module)
         if not module.image.has_symtab:
             raise BadObject(
                 f"{module.name} is stripped: relive needs its symbol table to find the running "
@@ -303,6 +296,9 @@ class Session:
                 trust_build=ctx.trust_build,
             )
         )
+        known = str(source.resolve()) in ctx.journal.sources  # loaded before (--new-file)
+        if not ctx.options.new_file and not known:
+            check_source_belongs(source, unit, command.origin == ORIGIN_COMPDB, ctx.modules)
         for note in command.notes:
             self.emit(Notice(note))
         return command, module
@@ -505,12 +501,42 @@ class _Context:
     memory: ProcessMemory
     arch: Arch
     scratch: Path
+    phases: dict[str, float]
+    options: _Options
+
+    @property
+    def functions(self) -> Collection[str] | None:
+        """The functions to redirect (None: every changed one).  A --new-file file
+        replaces only those named."""
+        if self.options.new_file and self.options.functions is None:
+            return ()
+        return self.options.functions
+
+    @property
+    def cflags(self) -> Sequence[str] | None:
+        """--cflags, -I, -D."""
+        return self.options.cflags
+
+    @property
+    def compdb(self) -> Path | None:
+        """--compdb."""
+        return self.options.compdb
+
+    @property
+    def trust_build(self) -> bool:
+        """Use compile_commands.json and compilers other users control (--trust-build)."""
+        return self.options.trust_build
+
+
+@dataclass(frozen=True)
+class _Options:
+    """What the caller chose for one reload."""
+
     functions: Collection[str] | None
     cflags: Sequence[str] | None
     compdb: Path | None
-    phases: dict[str, float]
-    #: Use compile_commands.json and compilers other users control (--trust-build).
-    trust_build: bool = False
+    trust_build: bool
+    new_file: bool
 
 
 def _family(command: CompileCommand) -> str:

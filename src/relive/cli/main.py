@@ -101,6 +101,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     reload.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     _add_reinit(reload)
+    reload.add_argument(
+        "--new-file",
+        action="store_true",
+        help="load a file the program was not built from: it may only add functions "
+        "(or replace those named with --function)",
+    )
     _add_flags(reload)
     reload.add_argument("--timings", action="store_true", help="print time per phase")
     reload.set_defaults(run=_cmd_reload)
@@ -200,6 +206,7 @@ def _cmd_reload(args: argparse.Namespace, out: Renderer) -> int:
             compdb=args.compdb,
             trust_build=args.trust_build,
             reinit=args.reinit,
+            new_file=args.new_file,
         )
 
     if len(pids) == 1:
