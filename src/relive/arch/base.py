@@ -74,6 +74,25 @@ class RelocationType:
         return (self.compute.__doc__ or "").strip()
 
 
+@dataclass(frozen=True, slots=True)
+class Instruction:
+    """One decoded instruction, as far as comparing two builds of a function needs."""
+
+    address: int
+    size: int
+    #: What it does, whatever the encoding (a short and a near ``jmp`` are alike).
+    operation: str
+    #: Where a direct branch or call goes (None: not one).
+    branch_target: int | None
+    #: Does nothing (alignment padding).
+    is_padding: bool
+
+    @property
+    def end(self) -> int:
+        """The address of the next instruction."""
+        return self.address + self.size
+
+
 @dataclass(frozen=True)
 class Arch:
     """Everything ISA-specific the linker and patcher use."""
@@ -102,6 +121,8 @@ class Arch:
     #: Whether a direct branch inside ``code`` (at ``address``) lands strictly
     #: between ``low`` and ``high`` (cheap unless one may).
     branches_into: Callable[[bytes, int, int, int], bool]
+    #: The instructions of ``code`` at an address, up to the first undecodable one.
+    decode_instructions: Callable[[bytes, int], list[Instruction]]
     #: For a PLT entry's bytes at ``address``: the GOT slot it jumps through, or None.
     find_plt_slot: Callable[[bytes, int], int | None]
     #: Restore a GOT load the static linker relaxed in ``old`` (see x86_64.disasm);

@@ -9,14 +9,15 @@ Whatever cannot be verified counts as changed: redirecting is the safe default.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import hashlib
 import struct
 from collections.abc import Callable, Mapping
 
-from relive.arch.base import Need, Range, RelocationType
+from relive.arch.base import Instruction, Need, Range, RelocationType
 from relive.elf.constants import SHF_STRINGS
-from relive.elf.objfile import ObjectFile, ObjSymbol, Relocation
+from relive.elf.objfile import ObjectFile, ObjSymbol, Relocation, Section
 from relive.errors import ReliveError
 from relive.patch.binder import MemoryReader
 
@@ -24,10 +25,6 @@ from relive.patch.binder import MemoryReader
 AddressOf = Callable[[ObjSymbol], int | None]
 
 _MAX_CONTENT = 4096
-#: x86-64 RIP-relative fields are mostly the last 4 bytes of the instruction;
-#: the same assumption is made on both sides, so a wrong guess only makes a
-#: function look changed, never unchanged.
-_PC_BIAS = 4
 
 
 def iter_function_relocations(obj: ObjectFile, symbol: ObjSymbol) -> list[Relocation]:
@@ -61,6 +58,7 @@ class FunctionComparer:
         module_got_slot: Callable[[str], int | None],
         find_plt_slot: Callable[[bytes, int], int | None],
         undo_got_relaxation: Callable[[bytes, bytearray, int], bool],
+        decode: Callable[[bytes, int], list[Instruction]],
     ) -> None:
         self.obj = obj
         self.types = relocations
@@ -70,6 +68,7 @@ class FunctionComparer:
         self.module_got_slot = module_got_slot
         self.find_plt_slot = find_plt_slot
         self.undo_got_relaxation = undo_got_relaxation
+        self.decode = decode
 
     def reading(self, read_memory: MemoryReader) -> FunctionComparer:
         """The same comparer, reading the old side with ``read_memory``."""
@@ -111,28 +110,71 @@ class FunctionComparer:
     # -- comparison with the running code ------------------------------------------
 
     def matches_running(self, symbol: ObjSymbol, old_address: int, old_size: int) -> bool:
-        """Whether the running function at ``old_address`` is this one, field for field."""
-        if old_size != symbol.size:
+        """Whether the running function at ``old_address`` does what this one does.
+
+        Both are decoded and compared instruction by instruction, NOPs (alignment
+        padding) left out: a direct branch must go to the same place (a short and
+        a near jump alike, inside the function by instruction index), every other
+        instruction must have the same bytes outside relocated fields, and each
+        relocated field must refer to the same thing.
+        """
+        new_code = function_bytes(self.obj, symbol)
+        old_code = self.read_memory(old_address, old_size)
+        new = _Listing(self.decode(new_code, symbol.value), new_code, symbol.value)
+        old = _Listing(self.decode(old_code, old_address), old_code, old_address)
+        if not (new.complete and old.complete) or len(new.real) != len(old.real):
             return False
-        new = function_bytes(self.obj, symbol)
-        old = bytearray(self.read_memory(old_address, old_size))
         relocs = iter_function_relocations(self.obj, symbol)
+        starts = [i.address for i in new.real]
+        inside: dict[int, list[Relocation]] = {}
+        for r in relocs:
+            at = bisect.bisect_right(starts, r.offset) - 1
+            if at < 0 or r.offset >= new.real[at].end:
+                return False  # a relocated field in padding: nothing to compare it with
+            inside.setdefault(at, []).append(r)
+        return all(
+            self._same_instruction(n, o, new, old, inside.get(k, []))
+            for k, (n, o) in enumerate(zip(new.real, old.real, strict=True))
+        )
+
+    def _same_instruction(
+        self,
+        n: Instruction,
+        o: Instruction,
+        new: _Listing,
+        old: _Listing,
+        relocs: list[Relocation],
+    ) -> bool:
+        if n.branch_target is not None and o.branch_target is not None:
+            if n.operation != o.operation or len(relocs) > 1:
+                return False
+            if relocs:
+                return self._same_branch_target(relocs[0], n, o.branch_target)
+            here = new.index_of(n.branch_target)
+            return here is not None and here == old.index_of(o.branch_target)
+        # Anything else (a GOT call the linker relaxed into a direct one included)
+        # is compared by its bytes and by what its relocated fields refer to.
+        if n.size != o.size:
+            return False
+        new_bytes = new.bytes_of(n)
+        old_bytes = bytearray(old.bytes_of(o))
         relaxed = {
             r.offset
             for r in relocs
             if self._needs(r, Need.GOT_SLOT)
-            and self.undo_got_relaxation(new, old, r.offset - symbol.value)
+            and self.undo_got_relaxation(new_bytes, old_bytes, r.offset - n.address)
         }
-        if _masked(new, symbol.value, relocs, self.widths) != _masked(
-            bytes(old), symbol.value, relocs, self.widths
+        if _masked(new_bytes, n.address, relocs, self.widths) != _masked(
+            bytes(old_bytes), n.address, relocs, self.widths
         ):
             return False
         return all(
             self._same_target(
                 r,
-                bytes(old),
-                old_address + r.offset - symbol.value,
-                r.offset - symbol.value,
+                bytes(old_bytes),
+                o.address + r.offset - n.address,
+                r.offset - n.address,
+                tail=n.end - r.offset,
                 direct=r.offset in relaxed,
             )
             for r in relocs
@@ -152,6 +194,18 @@ class FunctionComparer:
             return False
         return all(self._same_target(r, old, address + r.offset, r.offset, 1) for r in relocs)
 
+    def _same_branch_target(self, reloc: Relocation, n: Instruction, old_target: int) -> bool:
+        """A relocated direct branch: the old one goes where the new one's symbol is."""
+        rtype = self.types.get(reloc.type)
+        if rtype is None or not rtype.pc_relative or rtype.need not in (Need.NOTHING, Need.CALL):
+            return False
+        expected = self.address_of(reloc.symbol)
+        if expected is None:
+            return False
+        if old_target == expected + reloc.addend + n.end - reloc.offset:
+            return True
+        return self._is_plt_entry_for(old_target, reloc.symbol.name)
+
     def _needs(self, reloc: Relocation, need: Need) -> bool:
         rtype = self.types.get(reloc.type)
         return rtype is not None and rtype.need is need
@@ -164,7 +218,13 @@ class FunctionComparer:
         offset: int,
         depth: int = 0,
         direct: bool = False,
+        tail: int | None = None,
     ) -> bool:
+        """Whether the old field at ``place`` refers to what ``reloc`` refers to.
+
+        ``tail`` is the distance from the field to the end of its instruction,
+        which a PC-relative reference is relative to (None: unknown, in data).
+        """
         rtype = self.types.get(reloc.type)
         if rtype is None:
             return False
@@ -180,47 +240,37 @@ class FunctionComparer:
             # G + A - P was stored: the slot is at field + P - A and holds S.
             try:
                 held = struct.unpack("<Q", self.read_memory(old_target, 8))[0]
-            except Exception:
+            except ReliveError:
                 return False
             return bool(held == self.address_of(reloc.symbol))
         expected = self.address_of(reloc.symbol)
         if expected is None:
-            return self._same_content(reloc, old_target, pc_relative, depth)
+            if pc_relative and tail is None:
+                return False  # relative to an unknown base: cannot tell what it means
+            return self._same_content(reloc, old_target, tail or 0, depth)
         if old_target == expected:
             return True
         return need is Need.CALL and self._is_plt_entry_for(old_target, reloc.symbol.name)
 
-    def _same_content(
-        self, reloc: Relocation, old_target: int, pc_relative: bool, depth: int
-    ) -> bool:
+    def _same_content(self, reloc: Relocation, old_target: int, tail: int, depth: int) -> bool:
         """For new-memory data (strings, constants, jump tables): compare what both
-        sides point at, and what the data's own relocated fields point at (a jump
-        table's entries, a table of string pointers), one level deep."""
+        sides point at, within the extent of the object referred to, and what the
+        data's own relocated fields point at (a jump table's entries, a table of
+        string pointers), one level deep."""
         symbol = reloc.symbol
         section = self.obj.sections[symbol.shndx]
-        bias = _PC_BIAS if pc_relative else 0
-        start = symbol.value + reloc.addend + bias
-        if not 0 <= start <= len(section.data) or depth > 1:
+        referred = symbol.value + reloc.addend + tail
+        extent = _extent(section, symbol, referred)
+        if extent is None or depth > 1:
             return False
-        if section.flags & SHF_STRINGS:  # string literals: compare up to the NUL
-            end = section.data.find(b"\0", start)
-            length = (len(section.data) if end < 0 else end + 1) - start
-        elif section.entsize:
-            length = section.entsize
-        else:
-            length = len(section.data) - start
-        length = min(length, _MAX_CONTENT)
-        address = old_target + reloc.addend + bias
+        start, end = extent
+        address = old_target + reloc.addend + tail + start - referred
         try:
-            old = self.read_memory(address, length)
-        except Exception:
+            old = self.read_memory(address, end - start)
+        except ReliveError:
             return False
-        inner = [
-            r
-            for r in self.obj.relocations.get(symbol.shndx, ())
-            if start <= r.offset < start + length
-        ]
-        new = section.data[start : start + length]
+        inner = [r for r in self.obj.relocations.get(symbol.shndx, ()) if start <= r.offset < end]
+        new = section.data[start:end]
         if _masked(new, start, inner, self.widths) != _masked(old, start, inner, self.widths):
             return False
         return all(
@@ -238,3 +288,88 @@ class FunctionComparer:
         except Exception:
             return False
         return self.find_plt_slot(code, address) == slot
+
+
+class _Listing:
+    """One side's decoded function: its instructions, and which are not padding."""
+
+    def __init__(self, instructions: list[Instruction], code: bytes, base: int) -> None:
+        self.code = code
+        self.base = base
+        self.complete = sum(i.size for i in instructions) == len(code)
+        self.real = [i for i in instructions if not i.is_padding]
+        #: Each instruction boundary (padding included) -> index of the next real one.
+        self._index: dict[int, int] = {}
+        pending: list[int] = []
+        count = 0
+        for i in instructions:
+            pending.append(i.address)
+            if not i.is_padding:
+                for address in pending:
+                    self._index[address] = count
+                pending.clear()
+                count += 1
+        for address in pending:
+            self._index[address] = count
+        self._index[base + len(code)] = count
+
+    def index_of(self, address: int) -> int | None:
+        """Which real instruction a branch to ``address`` reaches (None: not a boundary)."""
+        return self._index.get(address)
+
+    def bytes_of(self, instruction: Instruction) -> bytes:
+        """The instruction's bytes."""
+        at = instruction.address - self.base
+        return self.code[at : at + instruction.size]
+
+
+def _extent(section: Section, symbol: ObjSymbol, referred: int) -> tuple[int, int] | None:
+    """The bytes of ``section`` that a reference to offset ``referred`` is about.
+
+    A string is compared to its terminator (a reference one byte before it, as
+    in ``lea .LC47-1(%rip)``, is about the string that follows); a constant of
+    a mergeable section (``.rodata.cst16``) is its whole entry; a named object
+    is its symbol's extent; anything else runs to the end of its section.
+    """
+    data = section.data
+    size = len(data)
+    if section.flags & SHF_STRINGS:
+        step = max(section.entsize, 1)
+        if referred < 0:
+            start = 0
+        elif data[referred : referred + step] == bytes(step):
+            # A terminator: ``s - 1`` of the string after it (an empty string
+            # is then compared with its neighbour: at worst a needless redirect).
+            start = referred + step
+        else:
+            start = referred
+        if start >= size:
+            return None
+        end = _find_terminator(data, start, step)
+        return start, min(end, start + _MAX_CONTENT)
+    if section.entsize:
+        if not 0 <= referred < size:
+            return None
+        start = referred - referred % section.entsize
+        return start, min(start + section.entsize, size)
+    if (
+        not symbol.is_section
+        and symbol.size
+        and symbol.value <= referred < symbol.value + symbol.size
+    ):
+        return symbol.value, symbol.value + min(symbol.size, _MAX_CONTENT)
+    start = max(referred, 0)
+    if start > size:
+        return None
+    return start, min(size, start + _MAX_CONTENT)
+
+
+def _find_terminator(data: bytes, start: int, step: int) -> int:
+    """The end (past the terminator) of the string starting at ``start``."""
+    at = start
+    nul = bytes(step)
+    while at < len(data):
+        if data[at : at + step] == nul:
+            return at + step
+        at += step
+    return len(data)

@@ -156,6 +156,7 @@ def build_plan(
         lambda name: _module_got_slot(binder.module, name),
         arch.find_plt_slot,
         arch.undo_got_relaxation,
+        arch.decode_instructions,
     )
     notices: list[str] = []
     for index, binding in read_only.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from relive.arch.base import Arch
+from relive.arch.x86_64.decode import decode_instructions
 from relive.arch.x86_64.disasm import (
     branches_into,
     follows_call,
@@ -44,6 +45,7 @@ ARCH = Arch(
     find_landing_pad_size=find_landing_pad_size,
     iter_branch_targets=iter_branch_targets,
     branches_into=branches_into,
+    decode_instructions=decode_instructions,
     find_plt_slot=find_plt_slot,
     undo_got_relaxation=undo_got_relaxation,
     follows_call=follows_call,
