@@ -43,13 +43,15 @@ __attribute__((noinline)) double scaled(double *a) {
     __m128d k = _mm_set_pd(3.5, 1.25);
     return _mm_cvtsd_f64(_mm_mul_pd(_mm_loadu_pd(a), k));
 }
+__attribute__((noinline)) const char *blank(int x) { return x > 0 ? "" : "?"; }
 __attribute__((noinline)) double magnitude(double x) { return __builtin_fabs(x); }
 int main(void) {
     setvbuf(stdout, NULL, _IONBF, 0);
     double pair[2] = {2, 4};
     for (;;) {
-        printf("wrap=%d pick=%d count=%d shuffled=%g scaled=%g magnitude=%g\n", wrap(1), pick(7),
-               count_in("-xyzzy", 5), shuffled(_mm_set1_ps(sink)), scaled(pair), magnitude(-2));
+        printf("wrap=%d pick=%d count=%d shuffled=%g scaled=%g magnitude=%g blank=[%s]\n", wrap(1),
+               pick(7), count_in("-xyzzy", 5), shuffled(_mm_set1_ps(sink)), scaled(pair),
+               magnitude(-2), blank(1));
         usleep(20000);
     }
 }
@@ -73,12 +75,15 @@ def test_an_unmodified_file_redirects_nothing(tmp_path: Path, spawn: SpawnFactor
     assert re.search(r"jmp\s+leaf", asm)
     assert re.search(r"leaq\s+-1\+\.LC\d+\(%rip\)", asm)
     assert re.search(r"shufps\s+\$27, \.LC\d+\(%rip\)", asm)
+    assert '.string\t""' in asm  # an empty string: its label points at a terminator
     target = spawn([exe])
-    target.wait_for(r"wrap=6 pick=21 count=5 shuffled=30 scaled=2.5 magnitude=2")
+    target.wait_for(r"wrap=6 pick=21 count=5 shuffled=30 scaled=2.5 magnitude=2 blank=\[\]")
 
     events = kinds(reload(target.pid, source))
     assert "redirected" not in events, events
-    assert {"leaf", "wrap", "pick", "count_in", "shuffle", "scaled"} <= set(events["unchanged"])
+    assert {"leaf", "wrap", "pick", "count_in", "shuffle", "scaled", "blank"} <= set(
+        events["unchanged"]
+    )
 
 
 def test_changes_behind_those_references_are_still_seen(

@@ -326,8 +326,9 @@ class _Listing:
 def _extent(section: Section, symbol: ObjSymbol, referred: int) -> tuple[int, int] | None:
     """The bytes of ``section`` that a reference to offset ``referred`` is about.
 
-    A string is compared to its terminator (a reference one byte before it, as
-    in ``lea .LC47-1(%rip)``, is about the string that follows); a constant of
+    A string is compared to its terminator: the one its label names (``lea
+    .LC47-1(%rip)`` is about .LC47), or, through a section symbol, the one
+    the offset falls in (a terminator there: the string that follows); a constant of
     a mergeable section (``.rodata.cst16``) is its whole entry; a named object
     is its symbol's extent; anything else runs to the end of its section.
     """
@@ -335,7 +336,9 @@ def _extent(section: Section, symbol: ObjSymbol, referred: int) -> tuple[int, in
     size = len(data)
     if section.flags & SHF_STRINGS:
         step = max(section.entsize, 1)
-        if referred < 0:
+        if not symbol.is_section:
+            start = symbol.value  # the string the label names, whatever the addend
+        elif referred < 0:
             start = 0
         elif data[referred : referred + step] == bytes(step):
             # A terminator: ``s - 1`` of the string after it (an empty string
