@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,9 +19,41 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
+
+import pytest
 
 DEFAULT_TIMEOUT = 10.0
+
+#: With RELIVE_TEST_STRICT=1 (set by .ci/run) a test that cannot run on this machine
+#: fails instead of skipping: CI must not pass by running less.
+STRICT = os.environ.get("RELIVE_TEST_STRICT") == "1"
+
+#: The Debian/Ubuntu package of each program the tests may need beyond gcc and make.
+PACKAGE_OF = {"clang": "clang", "readelf": "binutils", "strip": "binutils", "ld": "binutils"}
+
+
+def cannot_run(what: str, why: str, enable: str) -> NoReturn:
+    """Skip the calling test with one line: what is skipped, why, the command that enables it.
+
+    Tests skipped for the same reason from the same place are folded into one
+    line of pytest's summary.  Under RELIVE_TEST_STRICT=1 the test fails instead.
+    """
+    reason = f"{what}: {why}; to run them: {enable}"
+    if STRICT:
+        pytest.fail(f"RELIVE_TEST_STRICT=1 forbids skipping {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def need_program(program: str) -> None:
+    """Skip (see ``cannot_run``) unless ``program`` is on PATH."""
+    if shutil.which(program) is None:
+        package = PACKAGE_OF.get(program, program)
+        cannot_run(
+            f"tests that run {program}",
+            f"{program} is not installed",
+            f"`sudo apt-get install {package}` (or `sudo make test`)",
+        )
 
 
 class CompileFailed(RuntimeError):
@@ -39,8 +72,10 @@ def compile_c(
     """Write ``name.c`` (and ``extra_sources``) into ``tmp_path``; build ``tmp_path/name``.
 
     Extra files ending in ``.c`` are compiled and linked too; others (headers)
-    are only written.  Raises CompileFailed with the compiler's output.
+    are only written.  Raises CompileFailed with the compiler's output; skips the
+    test when ``compiler`` is not installed.
     """
+    need_program(compiler)
     main = tmp_path / f"{name}.c"
     main.write_text(source)
     units = [main]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import shutil
 import struct
 import subprocess
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from relive.elf.constants import (
 from relive.elf.image import ElfImage
 from relive.elf.objfile import ObjectFile
 from relive.errors import BadObject
+from support import need_program
 
 LIBC = Path("/lib/x86_64-linux-gnu/libc.so.6")
 
@@ -57,8 +57,7 @@ int f(void) { static int count; return ++count; }
 
 def build(tmp: Path, sources: dict[str, str], *flags: str, out: str, cc: str = "gcc") -> Path:
     """Write ``sources`` into ``tmp`` and run ``cc`` there (so STT_FILE names are relative)."""
-    if shutil.which(cc) is None:
-        pytest.skip(f"{cc} is not installed")
+    need_program(cc)
     for name, text in sources.items():
         (tmp / name).write_text(text)
     cmd = [cc, *flags, *sources, "-o", out]
@@ -232,8 +231,7 @@ def test_refuses_stripped_rel_and_truncated_objects(tmp_path: Path) -> None:
     with pytest.raises(BadObject, match="truncated"):
         ObjectFile.open(tmp_path / "cut.o")
 
-    if shutil.which("strip") is None:
-        pytest.skip("strip is not installed")
+    need_program("strip")
     subprocess.run(["strip", "--strip-all", str(path)], check=True)
     with pytest.raises(BadObject, match="no symbol table"):
         ObjectFile.open(path)
@@ -492,8 +490,7 @@ def test_libc_gnu_hash_agrees_with_bulk_table(libc: ElfImage) -> None:
         found = libc.find_dynamic_symbol(name)
         assert found is not None, name
         assert (found.value, found.type) in bulk[name], name
-    if shutil.which("readelf") is None:
-        pytest.skip("readelf is not installed")
+    need_program("readelf")
     default = {name: (value, kind) for name, ok, value, kind in readelf_dynsyms(LIBC) if ok}
     for name in names:
         if name in default:

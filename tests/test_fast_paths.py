@@ -22,7 +22,7 @@ from relive.process import procfs, remote
 from relive.process.memory import ProcessMemory
 from relive.process.remote import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE
 from relive.process.threads import pick_idle_thread, stop_one
-from support import SpawnFactory, compile_c
+from support import SpawnFactory, compile_c, need_program
 
 # Names that are tails of other names (a linker may share the string), a weak and a
 # global definition, a copy-relocated libc variable (stdout@GLIBC_2.2.5) and statics.
@@ -112,6 +112,7 @@ def test_compile_units_match_pyelftools(
     tmp_path: Path, compiler: str, flags: tuple[str, ...]
 ) -> None:
     elffile = pytest.importorskip("elftools.elf.elffile")
+    need_program(compiler)
     (tmp_path / "a.c").write_text("int helper(int);\nint main(void) { return helper(1); }\n")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub/b.c").write_text("int helper(int x) { return x * 2; }\n")

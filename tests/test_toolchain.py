@@ -22,9 +22,9 @@ from relive.toolchain.compdb import find_compdb, find_compdb_entry
 from relive.toolchain.compiler import compile_object, read_dependencies
 from relive.toolchain.lto import uses_lto, without_lto
 from relive.toolchain.producer import parse_producer
+from support import need_program
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
-needs_clang = pytest.mark.skipif(shutil.which("clang") is None, reason="clang not installed")
 
 MAIN_C = """\
 #include "util.h"
@@ -252,10 +252,10 @@ def test_dwarf_fallback_with_gcc(project: Path, tmp_path: Path) -> None:
     assert result.object_path.is_file()
 
 
-@needs_clang
 def test_dwarf_fallback_with_clang_without_recorded_command_line(
     project: Path,
 ) -> None:
+    need_program("clang")
     source = write(
         project / "solo.c", "int f(int x) { return x * 3; }\nint main(void) { return f(0); }\n"
     )
@@ -271,8 +271,8 @@ def test_dwarf_fallback_with_clang_without_recorded_command_line(
     assert cmd.notes and "-grecord-command-line" in cmd.notes[0]
 
 
-@needs_clang
 def test_dwarf_fallback_with_clang_recorded_command_line(project: Path, tmp_path: Path) -> None:
+    need_program("clang")
     source = write(
         project / "solo.c", "int f(int x) { return x * SCALE; }\nint main(void) { return f(0); }\n"
     )

@@ -2,18 +2,31 @@
 
 These tests run only with RELIVE_REALWORLD=1 (``make test-realworld`` and
 ``make test`` set it); a plain ``pytest`` skips them, since a cold run builds
-four programs from source (minutes) and needs the packages prepare.sh installs.
+four programs from source (minutes).  They also skip, saying why, on a machine
+that lacks what tests/prepare.sh installs or when the build cache is not usable.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from debsrc import BuildFailed, Recipe, SourceTree, built_tree, locked
+
+from realworld.debsrc import (
+    CACHE,
+    PREPARE,
+    BuildFailed,
+    Recipe,
+    SourceTree,
+    built_tree,
+    cache_problem,
+    locked,
+)
+from support import cannot_run
 
 HERE = Path(__file__).parent
 ENABLED = os.environ.get("RELIVE_REALWORLD") == "1"
@@ -22,16 +35,24 @@ BUILD_TIMEOUT = 1800
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip this folder's tests unless enabled; give them time for a cold build."""
-    skip = pytest.mark.skip(
-        reason="real-program tests: run `make test-realworld` (or set RELIVE_REALWORLD=1)"
-    )
+    """Give this folder's tests time for a cold build."""
     for item in items:
-        if HERE not in item.path.parents:
-            continue
-        item.add_marker(pytest.mark.timeout(BUILD_TIMEOUT))
-        if not ENABLED:
-            item.add_marker(skip)
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.timeout(BUILD_TIMEOUT))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip this folder's tests unless enabled and the machine can build the programs.
+
+    Skipping here rather than in a fixture folds the skips into one line of
+    pytest's summary.
+    """
+    if not ENABLED:
+        pytest.skip(
+            "real-program tests (tests/realworld): off by default, a cold run builds four "
+            "programs (minutes); to run them: `make test` (or RELIVE_REALWORLD=1 pytest)"
+        )
+    _require_machine()
 
 
 # --- recipes: each program's own build system and flags ----------------------
@@ -95,6 +116,38 @@ NANO = Recipe(
     commands=(("sh", "-c", NANO_CONFIGURE), ("make", "-j{jobs}")),
     outputs=("src/nano",),
 )
+
+
+@functools.cache
+def _machine_problem() -> tuple[str, str] | None:
+    """Why this machine cannot build the programs and what fixes it, or None (checked once)."""
+    missing = _missing_packages()
+    if missing:
+        return missing, f"`sudo bash {PREPARE}` (or `sudo make test`)"
+    problem = cache_problem()
+    if problem:
+        return problem, f"set RELIVE_REALWORLD_CACHE to a folder of yours (not {CACHE})"
+    return None
+
+
+def _missing_packages() -> str | None:
+    """What tests/prepare.sh reports missing for these tests (tools, libraries, deb-src)."""
+    check = subprocess.run(
+        ["bash", str(HERE.parent / "prepare.sh"), "--check", "realworld"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if check.returncode == 0:
+        return None
+    return check.stdout.strip() or f"{PREPARE} --check realworld failed: {check.stderr.strip()}"
+
+
+def _require_machine() -> None:
+    """Skip (one line: why, how to enable) unless this machine can build and run them."""
+    problem = _machine_problem()
+    if problem is not None:
+        cannot_run("real-program tests (tests/realworld)", *problem)
 
 
 def _tree(recipe: Recipe) -> Iterator[SourceTree]:

@@ -6,13 +6,14 @@ patches applied); the program's own build system then builds it under
 relive finds the original flags of an edited file itself.
 
 The built tree is kept in ``$RELIVE_REALWORLD_CACHE`` (default
-``/var/tmp/relive-realworld``), one folder per package, version and recipe
-(its commands and the compiler's version), so a later run reuses it as long as
-neither changed.  A lock file per package serialises builds and the tests'
-in-place edits between concurrent runs.  Tests edit sources in the cached tree
-(that is the tree the program's DWARF and compile_commands.json name) through
-``SourceTree.edit``, which keeps a pristine copy and restores it afterwards,
-also after a crash (on the next run).
+``$XDG_CACHE_HOME/relive/realworld``, else ``~/.cache/relive/realworld``: each
+user builds in a folder of their own, never in one another user could write),
+one folder per package, version and recipe (its commands and the compiler's
+version), so a later run reuses it as long as neither changed.  A lock file per
+package serialises builds and the tests' in-place edits between concurrent runs.
+Tests edit sources in the cached tree (that is the tree the program's DWARF and
+compile_commands.json name) through ``SourceTree.edit``, which keeps a pristine
+copy and restores it afterwards, also after a crash (on the next run).
 """
 
 from __future__ import annotations
@@ -30,8 +31,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CACHE = Path(os.environ.get("RELIVE_REALWORLD_CACHE", "/var/tmp/relive-realworld"))
-PREPARE = "tests/realworld/prepare.sh"
+
+def _default_cache() -> Path:
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "relive" / "realworld"
+
+
+CACHE = Path(os.environ.get("RELIVE_REALWORLD_CACHE") or _default_cache())
+PREPARE = "tests/prepare.sh"
 STAMP = "relive-built.json"
 PRISTINE = ".relive-pristine"
 # A package's build on this 2-core machine takes up to ~4 minutes; a wait for
@@ -41,6 +49,28 @@ LOCK_TIMEOUT = 1200.0
 
 class BuildFailed(RuntimeError):
     """Getting or building a package failed; the message says which step and why."""
+
+
+def cache_problem() -> str | None:
+    """Why ``CACHE`` cannot hold this user's builds, or None when it can (created if needed).
+
+    The tests run what they build there, so the folder must be this user's own and
+    writable by no one else (as a shared folder under /var/tmp would not be).
+    """
+    try:
+        if not CACHE.is_dir():
+            CACHE.mkdir(parents=True)
+            CACHE.chmod(0o755)  # whatever the umask: writable by this user alone
+        info = CACHE.stat()
+    except OSError as e:
+        return f"cannot create the build cache {CACHE}: {e.strerror}"
+    if info.st_uid != os.geteuid():
+        return f"the build cache {CACHE} belongs to uid {info.st_uid}, not to this user"
+    if info.st_mode & 0o022:
+        return f"the build cache {CACHE} is writable by other users"
+    if not os.access(CACHE, os.W_OK | os.X_OK):
+        return f"the build cache {CACHE} is not writable"
+    return None
 
 
 @dataclass(frozen=True)
@@ -116,7 +146,6 @@ def restore_pristine(tree: Path) -> None:
 @contextlib.contextmanager
 def locked(package: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     """Hold the package's lock: one run at a time builds or edits its tree."""
-    CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / f"{package}.lock", "w") as lock:
         deadline = time.monotonic() + timeout
         while True:
@@ -159,7 +188,7 @@ def built_tree(recipe: Recipe) -> SourceTree:
         if not folders:
             raise BuildFailed(
                 f"apt-get source {recipe.package} cannot tell a version (no deb-src line?) "
-                f"and {CACHE} holds no build of it; run `bash {PREPARE}` as root"
+                f"and {CACHE} holds no build of it; run `sudo bash {PREPARE}`"
             )
         folder = folders[-1].parent
     else:
@@ -228,7 +257,7 @@ def _run(
             check=False,
         )
     except FileNotFoundError as e:
-        raise BuildFailed(f"{argv[0]} is not installed; run `bash {PREPARE}` as root") from e
+        raise BuildFailed(f"{argv[0]} is not installed; run `sudo bash {PREPARE}`") from e
     if log is not None:
         with log.open("a") as f:
             f.write(f"$ {' '.join(argv)}\n{proc.stdout}{proc.stderr}\n")

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from debsrc import SourceTree
-from realworld_support import assert_reloaded, free_port, relive_reload
 
+from realworld.debsrc import SourceTree
+from realworld.realworld_support import assert_reloaded, free_port, relive_reload
 from support import SpawnFactory, Target
 
 A, TXT = 1, 16

@@ -6,9 +6,8 @@ defined afterwards; print (luaB_print in lbaselib.c) uses the new separator.
 
 from __future__ import annotations
 
-from debsrc import SourceTree
-from realworld_support import assert_reloaded, relive_reload
-
+from realworld.debsrc import SourceTree
+from realworld.realworld_support import assert_reloaded, relive_reload
 from support import SpawnFactory
 
 SEPARATOR = 'lua_writestring("\\t", 1);'

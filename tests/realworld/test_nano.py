@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from debsrc import SourceTree
-from realworld_support import assert_reloaded, relive_reload
 
+from realworld.debsrc import SourceTree
+from realworld.realworld_support import assert_reloaded, relive_reload
 from support import wait_until
 
 NEW_TITLE = "nano (hot-reloaded)"

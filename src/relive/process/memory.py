@@ -71,6 +71,10 @@ class ProcessMemory:
         except (FileNotFoundError, ProcessLookupError):
             raise ProcessGone(f"no such process: {pid}") from None
         except PermissionError as exc:
+            # A process that has exited (a zombie) refuses the open to anyone but
+            # root: that is "gone", not "not permitted".
+            if not procfs.is_alive(pid):
+                raise ProcessGone(f"no such process: {pid}") from None
             raise PermissionDenied(
                 f"cannot open the memory of process {pid}: permission denied",
                 hint="run relive as the process's user or as root",
