@@ -134,6 +134,13 @@ class Target:
         return self.proc.pid
 
     @property
+    def argv(self) -> list[str]:
+        """The command line the program was started with."""
+        args = self.proc.args
+        assert isinstance(args, list), args
+        return [str(arg) for arg in args]
+
+    @property
     def lines(self) -> list[str]:
         """A copy of every output line so far (without newlines)."""
         with self._cond:

@@ -42,7 +42,7 @@ def running(tmp_path: Path, spawn: SpawnFactory) -> Target:
 
 def _refused(capsys: pytest.CaptureFixture[str], target: Target, why: str) -> None:
     """Every command on the target refuses with one line naming ``why``, exit 1."""
-    source = str(Path(target.proc.args[0]).with_suffix(".c"))
+    source = str(Path(target.argv[0]).with_suffix(".c"))
     for argv in (["status"], ["undo"], ["reload", source]):
         code, err = run_cli(capsys, *argv[:1], "-p", str(target.pid), *argv[1:])
         assert code == 1, (argv, err)
@@ -225,7 +225,7 @@ def test_corrupt_journal_never_gives_a_traceback(
     state.mkdir(mode=0o700)
     name = journal_name(running.pid, get_start_time(running.pid))
     (state / name).write_bytes(contents)
-    source = str(Path(running.proc.args[0]).with_suffix(".c"))
+    source = str(Path(running.argv[0]).with_suffix(".c"))
     for argv in (["status"], ["undo"], ["reload", source]):
         code, err = run_cli(capsys, *argv[:1], "-p", str(running.pid), *argv[1:])
         assert code == 1, (argv, err)
