@@ -158,6 +158,10 @@ class Session:
                 )
             if not path.exists():
                 raise UsageError(f"no such file: {path}", hint="check the path")
+            if not path.is_file():  # a FIFO or a device would hang the compile or the read
+                raise UsageError(
+                    f"{path} is not a regular file", hint="name a .c or .o file on disk"
+                )
         result = ReloadResult()
         phases = result.phases_ms
         started = time.perf_counter()

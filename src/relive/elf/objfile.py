@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
@@ -45,6 +46,14 @@ from relive.elf.constants import (
     STT_SECTION,
     STV_DEFAULT,
     machine_name,
+)
+from relive.elf.objcheck import (
+    bad_field,
+    check_relocation_table,
+    check_section_headers,
+    check_shstrndx,
+    check_symbol,
+    target_of,
 )
 from relive.errors import BadObject
 
@@ -372,10 +381,18 @@ class ObjectFile:
         """
         name = os.fspath(path)
         try:
-            with open(name, "rb") as f:
-                data = f.read()
+            # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
             raise BadObject(f"cannot read {name}: {e.strerror}", "check the path") from e
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                # A FIFO would wait forever, /dev/urandom never end.
+                raise BadObject(f"{name} is not a regular file", "pass an object file (.o)")
+            try:
+                data = f.read()
+            except OSError as e:
+                raise BadObject(f"cannot read {name}: {e.strerror}", "check the path") from e
         return cls.from_bytes(data, name, expected_machines)
 
     @classmethod
@@ -395,6 +412,7 @@ class ObjectFile:
             kind = _TYPE_NAMES.get(header.e_type, f"of ELF type {header.e_type}")
             raise BadObject(f"{path} is {kind}, not a relocatable object", "compile with -c")
         shdrs = parse_section_headers(path, data, header)
+        check_shstrndx(path, shstrndx(header, shdrs), shdrs, header.shstrndx)
         sections = _build_sections(path, data, header, shdrs)
         symbols = _read_symbols(path, sections)
         relocations = _LazyRelocations(path, sections, symbols)
@@ -441,6 +459,7 @@ def _build_sections(
     path: str, data: bytes, header: ElfHeader, shdrs: list[SectionHeader]
 ) -> list[Section]:
     names = section_names(path, data, header, shdrs)
+    check_section_headers(path, shdrs, names, len(data))
     sections = []
     end_of_file = len(data)
     for index, (sh, name) in enumerate(zip(shdrs, names, strict=True)):
@@ -482,17 +501,24 @@ def _read_symbols(path: str, sections: list[Section]) -> list[ObjSymbol]:
     )
     usable = len(symtab.data) - len(symtab.data) % SYM_SIZE
     entries = list(struct.iter_unpack(SYM_FORMAT, symtab.data[:usable]))
+    if shndx_table and len(shndx_table) < 4 * len(entries):
+        raise bad_field(
+            path, "the extended section index table", "sh_size", len(shndx_table), "too short"
+        )
     names = _cstrs(strtab, [entry[0] for entry in entries])
+    sizes = [s.size for s in sections]
+    count = len(sections)
     symbols: list[ObjSymbol] = []
     current_file: str | None = None
     for index, (_, info, other, shndx, value, size) in enumerate(entries):
         if shndx_table:
             shndx = resolve_xindex(shndx_table, shndx, index)
         st_type, bind = info & 0xF, info >> 4
-        if st_type == STT_SECTION and shndx < len(sections):
-            name = sections[shndx].name
-        else:
-            name = names[index]
+        is_section = st_type == STT_SECTION and shndx < count
+        name = sections[shndx].name if is_section else names[index]
+        # The common case inline (thousands of symbols); check_symbol says what is wrong.
+        if shndx >= count or (shndx and st_type != STT_SECTION and value + size > sizes[shndx]):
+            check_symbol(path, index, name, st_type, shndx, value, size, sizes)
         if st_type == STT_FILE:
             current_file = name
         file = current_file if bind == STB_LOCAL else None
@@ -518,6 +544,12 @@ class _LazyRelocations(Mapping[int, list[Relocation]]):
                     "build it with gcc or clang for x86-64, which emit RELA relocations",
                 )
             if sec.type == SHT_RELA:
+                target = sections[sec.info]
+                if target.is_alloc:  # what may be loaded; debug sections never are
+                    where = f"section {sec.index} ({sec.name})"
+                    check_relocation_table(
+                        path, where, sec.data, len(symbols), target_of(target.name, target.size)
+                    )
                 self._sources.setdefault(sec.info, []).append(sec)
         self._decoded: dict[int, list[Relocation]] = {}
 
@@ -545,5 +577,6 @@ class _LazyRelocations(Mapping[int, list[Relocation]]):
         for offset, info, addend in struct.iter_unpack(_RELA_FORMAT, sec.data[:usable]):
             sym_index = info >> 32
             if sym_index >= len(symbols):
-                raise _truncated(self._path)
+                where = f"a relocation of section {sec.index} ({sec.name})"
+                raise bad_field(self._path, where, "r_info", info, "no such symbol")
             yield Relocation(offset, info & 0xFFFFFFFF, symbols[sym_index], addend)

@@ -6,7 +6,7 @@ import struct
 
 from relive.arch.base import Need, Operands, RelocationType, fits
 from relive.elf.objfile import ObjSymbol, Relocation, Section
-from relive.errors import LinkError
+from relive.errors import BadObject, LinkError
 from relive.link.model import Bound, GotKey, Layout, LinkedImage
 
 #: The linker-defined symbol that names the GOT (psABI); for new code, relive's GOT.
@@ -57,6 +57,15 @@ class _Linker:
                 hint="relive handles what gcc and clang emit for -O0..-O3, PIE and -fPIC; "
                 "please report this object",
             )
+        if reloc.offset + rtype.width > section.size:
+            # The object's own checks bound r_offset by the section; the field's
+            # width is only known here.  Past the end would write into the next
+            # section (or beyond the block).
+            raise BadObject(
+                f"{self.obj.path} is corrupt: a {rtype.name} relocation at r_offset "
+                f"{reloc.offset:#x} runs past the end of {section.name} ({section.size} bytes)",
+                hint="rebuild the object",
+            )
         place = self.base + section_offset + reloc.offset
         operands = self._operands(rtype, reloc, place, section)
         value = rtype.compute(operands)
@@ -85,7 +94,14 @@ class _Linker:
         if self.request.original_entries and not self._is_branch(rtype, reloc, section):
             target = self._identity_address(rtype, reloc, target)
         if need is Need.CALL and not fits(target + reloc.addend - place, rtype.width, rtype.range):
-            target = self.base + self.layout.stub_offsets[symbol.index]
+            stub = self.layout.stub_offsets.get(symbol.index)
+            if stub is None:
+                raise LinkError(
+                    f"{rtype.name} against {_describe(self.obj.sections, symbol)}: "
+                    "the call is out of reach and has no stub",
+                    hint="the object's call targets are inconsistent; rebuild it",
+                )
+            target = self.base + stub
         slot = 0
         if need is Need.GOT_SLOT:
             slot = self._got_slot(GotKey("address", symbol.index), struct.pack("<Q", target))
