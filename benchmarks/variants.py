@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/variants.py --runs 9 --scenarios many.o --rt
 
 Runs reloads in this process (``relive.attach(pid).reload``), each on a fresh
-target, under these variants of ``relive.patch.apply`` (patched here, for the
+target, under these variants of the reload transaction (``relive.patch.transaction``,
+``relive.patch.block``, ``relive.patch.jumps``) (patched here, for the
 measurement only):
 
 * ``as is``: the code as it stands;
@@ -18,7 +19,7 @@ measurement only):
 * ``both``.
 
 It prints the stall the target measured and relive's ``stopped_us``, medians and
-ranges per variant.  The variants reach into ``apply``'s internals; if those moved,
+ranges per variant.  The variants reach into those modules' internals; if those moved,
 a variant reports itself unavailable instead of measuring something else.
 """
 
@@ -42,7 +43,7 @@ sys.path.insert(0, str(HERE))
 import bench  # noqa: E402
 
 import relive  # noqa: E402
-from relive.patch import apply  # noqa: E402
+from relive.patch import block, jumps, transaction  # noqa: E402
 from relive.process import threads  # noqa: E402
 from relive.process.memory import ProcessMemory  # noqa: E402
 
@@ -62,7 +63,7 @@ def _reach(write: Any) -> tuple[int, int]:
 
 
 def proposed_write_entries(pid: int, writes: list[Any]) -> Any:
-    """``apply.write_entries`` as proposed: everything that can be prepared is
+    """``jumps.write_entries`` as proposed: everything that can be prepared is
     prepared while the program runs, so that the threads are held for one read
     and one write per page of entries, whatever their number."""
     # While the program runs: /proc/PID/mem open, expected and new page contents
@@ -86,17 +87,17 @@ def proposed_write_entries(pid: int, writes: list[Any]) -> Any:
             return found
 
         with threads.stop_all(pid) as stopped:
-            for attempt in range(apply.MAX_ATTEMPTS):
+            for attempt in range(jumps.MAX_ATTEMPTS):
                 found = blockers(stopped)
                 if not found:
                     break
-                if attempt == apply.MAX_ATTEMPTS - 1:
+                if attempt == jumps.MAX_ATTEMPTS - 1:
                     raise RuntimeError(f"thread {found[0][0]} keeps executing {found[0][1]}")
                 stopped.resume_briefly(0.0005 * (2**attempt))
             if prepared.apply(memory):
                 raise RuntimeError("entry bytes changed under the experiment")
             positions = list(stopped.iter_positions())
-        return apply.EntryReport(stopped.stopped_seconds, positions)
+        return jumps.EntryReport(stopped.stopped_seconds, positions)
     finally:
         memory.close()
 
@@ -115,23 +116,19 @@ def _patched(module: Any, **names: Any) -> Iterator[None]:
 
 @contextmanager
 def _mmap_on_one_thread() -> Iterator[None]:
-    original = apply.allocate_and_link
+    original = block.allocate_and_link
 
     def allocate(*args: Any, **kwargs: Any) -> Any:
-        with _patched(apply, stop_all=threads.stop_one):
+        with _patched(block, stop_all=threads.stop_one):
             return original(*args, **kwargs)
 
-    import relive.session
-
-    with _patched(relive.session, allocate_and_link=allocate):
+    with _patched(transaction, allocate_and_link=allocate):
         yield
 
 
 @contextmanager
 def _batched_entries() -> Iterator[None]:
-    import relive.session
-
-    with _patched(relive.session, write_entries=proposed_write_entries):
+    with _patched(transaction, write_entries=proposed_write_entries):
         yield
 
 
@@ -156,14 +153,12 @@ VARIANTS: dict[str, Variant] = {
 
 def _available() -> dict[str, str]:
     """Variant name -> why it cannot run ("" if it can)."""
-    import relive.session
-
     missing = {
-        "mmap on one thread": [(apply, "stop_all"), (relive.session, "allocate_and_link")],
+        "mmap on one thread": [(block, "stop_all"), (transaction, "allocate_and_link")],
         "batched entry writes": [
-            (apply, "EntryReport"),
-            (apply, "MAX_ATTEMPTS"),
-            (relive.session, "write_entries"),
+            (jumps, "EntryReport"),
+            (jumps, "MAX_ATTEMPTS"),
+            (transaction, "write_entries"),
         ],
     }
     missing["both"] = missing["mmap on one thread"] + missing["batched entry writes"]
@@ -215,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {'variant':24} {'stall':>8} {'range':>14} {'held':>8} {'range':>14}")
             for name in VARIANTS:
                 if unavailable[name]:
-                    print(f"  {name:24} unavailable: apply has no {unavailable[name]}")
+                    print(f"  {name:24} unavailable: no {unavailable[name]}")
                     continue
                 stalls = [s for s, _ in figures[name]]
                 held = [h for _, h in figures[name]]

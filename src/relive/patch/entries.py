@@ -1,4 +1,8 @@
-"""Where each changed function's entry jump goes, checked before anything is written."""
+"""Where each changed function's entry jump goes, checked before anything is written.
+
+A function too small for an entry jump is found here (:func:`find_too_small`)
+before the transaction starts, so the plan can reroute it through its callers.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ from functools import cache
 
 from relive.arch.base import Arch
 from relive.errors import UnsafePatch
-from relive.patch.apply import EntryWrite
 from relive.patch.journal import Journal
 from relive.patch.modules import RunningModule
 from relive.patch.original import read_original_code
@@ -16,6 +19,33 @@ from relive.patch.plan import FunctionDecision
 from relive.process.memory import ProcessMemory
 
 _HEAD = 16
+
+
+@dataclass(frozen=True)
+class EntryWrite:
+    """One entry jump: where, what is there now, what goes there."""
+
+    name: str
+    address: int  # first byte overwritten (after a kept landing pad)
+    expected: bytes  # what must be there now
+    new: bytes
+    #: The function's code [start, end): a thread anywhere in it is in the way too
+    #: if ``loops_into_window()`` (a branch inside it targets the replaced bytes).
+    function: tuple[int, int] = (0, 0)
+    loops_into_window: Callable[[], bool] | None = None
+    #: Where the new jump goes (0 when restoring original bytes).
+    target: int = 0
+    #: For the journal: the source file and module the function belongs to.
+    source: str = ""
+    module: str = ""
+
+    def blocks(self, pc: int) -> bool:
+        """Whether a thread at ``pc`` would be hurt by this write."""
+        if self.address < pc < self.address + len(self.new):
+            return True
+        start, end = self.function
+        # Disassembling is only worth it when a thread is inside the function.
+        return start <= pc < end and self.loops_into_window is not None and self.loops_into_window()
 
 
 @dataclass(frozen=True)
@@ -84,23 +114,14 @@ def find_entry_site(
     bytes); ``pristine`` reads a range as the module file holds it (None for
     code relive allocated): the original bytes that undo puts back.  A landing pad
     (endbr64) is kept so indirect calls still land on it.
-    The bytes we may overwrite are the function's own: its size, or up to the
-    next symbol (alignment padding), for functions of the original program.
     """
     old = decision.old
     assert old is not None
     entry = old.address
-    pad = arch.find_landing_pad_size(running[:_HEAD])
-    address = entry + pad
-    need = pad + arch.entry_jump_size
-    available = old.size if old.from_journal else _available_bytes(module, entry, old.size)
+    pad, need, available = _entry_room(decision, running, module, arch)
     if available < need:
-        raise UnsafePatch(
-            f"{decision.name} is {available} bytes long, too small for a {need}-byte entry jump",
-            hint="build it with -fpatchable-function-entry=8 (or make it noinline and larger), "
-            "or reload its callers with --function",
-            function=decision.name,
-        )
+        raise too_small_error(decision, module, running, arch)
+    address = entry + pad
     existing = journal.patches.get(Journal.patch_key(module.path, address))
     current = running[pad:need]
     expected = bytes.fromhex(existing.written) if existing else current
@@ -126,6 +147,51 @@ def find_entry_site(
         function=(entry, entry + len(code)),
         loops_into_window=loops_into_window,
     )
+
+
+def find_too_small(
+    decisions: list[FunctionDecision], module: RunningModule, memory: ProcessMemory, arch: Arch
+) -> tuple[FunctionDecision, bytes] | None:
+    """The first of ``decisions`` whose function is too small for an entry jump, with
+    its code as it is in memory now; None if every one has room."""
+    ranges = []
+    for decision in decisions:
+        assert decision.old is not None
+        ranges.append((decision.old.address, max(decision.old.size, _HEAD)))
+    for decision, code in zip(decisions, memory.read_many(ranges), strict=True):
+        _, need, available = _entry_room(decision, code, module, arch)
+        if available < need:
+            return decision, code
+    return None
+
+
+def too_small_error(
+    decision: FunctionDecision, module: RunningModule, running: bytes, arch: Arch
+) -> UnsafePatch:
+    """The refusal for a function too small for an entry jump (``running``: its code now)."""
+    _, need, available = _entry_room(decision, running, module, arch)
+    return UnsafePatch(
+        f"{decision.name} is {available} bytes long, too small for a {need}-byte entry jump",
+        hint="build it with -fpatchable-function-entry=8 (or make it noinline and larger), "
+        "or reload its callers with --function",
+        function=decision.name,
+    )
+
+
+def _entry_room(
+    decision: FunctionDecision, running: bytes, module: RunningModule, arch: Arch
+) -> tuple[int, int, int]:
+    """(landing pad kept, bytes the jump needs with it, bytes the function has).
+
+    The bytes we may overwrite are the function's own: its size, or up to the
+    next symbol (alignment padding), for functions of the original program.
+    """
+    old = decision.old
+    assert old is not None
+    pad = arch.find_landing_pad_size(running[:_HEAD])
+    need = pad + arch.entry_jump_size
+    available = old.size if old.from_journal else _available_bytes(module, old.address, old.size)
+    return pad, need, available
 
 
 def _available_bytes(module: RunningModule, entry: int, size: int) -> int:

@@ -7,9 +7,10 @@ actually in memory before it is trusted.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -70,6 +71,39 @@ class Journal:
     def patch_key(module: str, entry: int) -> str:
         """Patches are keyed by the entry address within a module."""
         return f"{module}@{entry:#x}"
+
+    def record_generation(
+        self, source: str, fingerprints: Mapping[str, str], definitions: Iterable[Definition]
+    ) -> None:
+        """Remember one reload of ``source``: the fingerprint of each function it
+        loaded or found unchanged (later reloads compare with these) and what now
+        lives in memory relive allocated."""
+        record = self.sources.setdefault(source, SourceRecord())
+        record.generations += 1
+        record.fingerprints.update(fingerprints)
+        for definition in definitions:
+            record.definitions[definition.name] = definition
+
+    def record_entry_patch(self, patch: EntryPatch) -> None:
+        """Remember an entry jump.  A function patched again keeps the original
+        bytes of its first patch (what undo puts back) and counts the patches."""
+        key = self.patch_key(patch.module, patch.entry)
+        existing = self.patches.get(key)
+        if existing is not None:
+            patch = dataclasses.replace(patch, original=existing.original, count=existing.count + 1)
+        self.patches[key] = patch
+
+    def add_regions(self, regions: Iterable[tuple[int, int]]) -> None:
+        """Remember blocks of memory relive mapped: (address, size)."""
+        self.regions.extend(regions)
+
+    def forget_patch(self, key: str) -> None:
+        """Drop an entry patch whose original bytes are back.  The original code
+        runs again, so the next reload of its source compares with that code."""
+        patch = self.patches.pop(key)
+        record = self.sources.get(patch.source)
+        if record is not None:
+            record.fingerprints.pop(patch.name, None)
 
 
 def state_dir() -> Path:

@@ -19,6 +19,15 @@ from relive.patch.modules import RunningModule
 from relive.patch.rules import check_constructors
 
 
+@dataclass(frozen=True)
+class FarData:
+    """Why no plan was made: the new code refers directly (a 32-bit PC-relative
+    access) to these variables of another module, which lie out of reach.
+    Compiling to reach them through the GOT fixes it (see ``patch.planning``)."""
+
+    names: list[str]
+
+
 class FarDataReference(LinkError):
     """New code refers directly to variables of another module that is out of reach."""
 
@@ -87,8 +96,18 @@ class ReloadPlan:
         request = self.layout.request
         load = set(request.load) | {d.symbol.shndx for d in callers}
         bound = {k: v for k, v in request.bound_sections.items() if k not in load}
+        externals = _resolve_externals(self.obj, self.binder, load)
+        far = _find_far_data(self.obj, request.arch, self.module, load, externals)
+        if far:
+            raise FarDataReference(far)
         self.layout = _lay_out(
-            self.obj, self.binder, request.arch, load, bound, _original_entries(self.decisions)
+            self.obj,
+            self.binder,
+            request.arch,
+            load,
+            bound,
+            externals,
+            _original_entries(self.decisions),
         )
         return [d.name for d in callers]
 
@@ -129,8 +148,12 @@ def build_plan(
     arch: Arch,
     previous_fingerprints: dict[str, str] | None,
     only: Collection[str] | None = None,
-) -> ReloadPlan:
-    """Classify functions, choose what to load and bind, and lay the block out."""
+) -> ReloadPlan | FarData:
+    """Classify functions, choose what to load and bind, and lay the block out.
+
+    Returns :class:`FarData` instead of a plan when the new code reaches
+    variables of another module directly and they are too far away.
+    """
     bound: dict[int, Bound] = {}
     load: set[int] = set()
     read_only: dict[int, Bound] = {}
@@ -189,7 +212,11 @@ def build_plan(
         for s in obj.iter_section_symbols(i)
         if s.name
     ]
-    layout = _lay_out(obj, binder, arch, load, bound, _original_entries(decisions))
+    externals = _resolve_externals(obj, binder, load)
+    far = _find_far_data(obj, arch, binder.module, load, externals)
+    if far:
+        return FarData(far)
+    layout = _lay_out(obj, binder, arch, load, bound, externals, _original_entries(decisions))
     initial = find_initial_changes(obj, binder, comparer, bound, arch.relative_reloc_type)
     return ReloadPlan(
         source, binder.module, obj, decisions, layout, binder, new_data, initial, notices
@@ -210,11 +237,10 @@ def _lay_out(
     arch: Arch,
     load: set[int],
     bound: dict[int, Bound],
+    externals: dict[str, Bound],
     original_entries: dict[tuple[int, int], int],
 ) -> Layout:
-    """Resolve what the loaded sections need and lay the block out."""
-    externals = _resolve_externals(obj, binder, load)
-    _check_direct_data_reach(obj, arch, binder.module, load, externals)
+    """Lay the block out: the loaded sections and what they refer to."""
     request = LinkRequest(
         obj=obj,
         arch=arch,
@@ -368,14 +394,14 @@ def _resolve_externals(obj: ObjectFile, binder: Binder, load: set[int]) -> dict[
     return externals
 
 
-def _check_direct_data_reach(
+def _find_far_data(
     obj: ObjectFile,
     arch: Arch,
     module: RunningModule,
     load: set[int],
     externals: dict[str, Bound],
-) -> None:
-    """Raise FarDataReference for direct 32-bit references to far external data.
+) -> list[str]:
+    """Names of far external data the loaded code refers to directly (32-bit), sorted.
 
     Calls get stubs and GOT loads get slots, but a direct data access
     (``mov sym(%rip)``) can only reach what lies within reach of the module.
@@ -392,8 +418,7 @@ def _check_direct_data_reach(
             distance = max(abs(found.address - module.start), abs(found.address - module.end))
             if distance >= arch.jump_reach - (1 << 24):
                 far.add(reloc.symbol.name)
-    if far:
-        raise FarDataReference(sorted(far))
+    return sorted(far)
 
 
 def _common_as_old(binder: Binder, symbol: ObjSymbol) -> Bound | None:

@@ -1,0 +1,243 @@
+"""The plan side of a reload, in order: source -> compile -> object -> plan.
+
+For each file: find how it was compiled (``relive.toolchain``) and compile it
+(a ``.o`` is taken as is), read the object, bind it to the running module and
+decide per function (``patch.plan``).  Two steps may change the plan before
+anything is written, each explicit here:
+
+* :func:`plan_file`: when the new code reaches another module's variables
+  directly and they are out of reach (:class:`FarData`), recompile with the
+  flags that make it go through the GOT, as the running program does;
+* :func:`reroute_too_small`: a changed function too small for an entry jump is
+  replaced through its callers in the same file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from relive.arch.base import Arch
+from relive.elf.dwarf import find_compile_unit
+from relive.elf.objfile import ObjectFile
+from relive.errors import BadObject
+from relive.events import Compiled, DependenciesFound, EventSink, Notice
+from relive.patch.binder import Binder
+from relive.patch.entries import find_too_small, too_small_error
+from relive.patch.identify import check_object_belongs, check_source_belongs
+from relive.patch.initial import DataChange, choose_reinit, describe_initial_change
+from relive.patch.journal import Journal
+from relive.patch.modules import RunningModule, find_module_defining
+from relive.patch.plan import FarData, FarDataReference, ReloadPlan, build_plan
+from relive.process.memory import ProcessMemory
+from relive.process.remote import remote_call
+from relive.process.threads import stop_all
+from relive.toolchain.choice import get_compile_command
+from relive.toolchain.command import ORIGIN_COMPDB, CompileCommand
+from relive.toolchain.compiler import compile_object
+from relive.toolchain.lto import without_lto
+
+
+@dataclass(frozen=True)
+class ReloadOptions:
+    """What the caller chose for one reload."""
+
+    functions: Collection[str] | None = None
+    cflags: Sequence[str] | None = None
+    compdb: Path | None = None
+    #: Use compile_commands.json and compilers other users control (--trust-build).
+    trust_build: bool = False
+    #: Accept a file the program was not built from (--new-file).
+    new_file: bool = False
+
+
+@dataclass
+class PlanContext:
+    """What every file of one reload shares."""
+
+    pid: int
+    modules: list[RunningModule]
+    journal: Journal
+    memory: ProcessMemory
+    arch: Arch
+    scratch: Path
+    #: Milliseconds per phase ("compile", "link", ...), added to as the plan is made.
+    phases: dict[str, float]
+    emit: EventSink
+    options: ReloadOptions
+
+    @property
+    def functions(self) -> Collection[str] | None:
+        """The functions to redirect (None: every changed one).  A --new-file file
+        replaces only those named."""
+        if self.options.new_file and self.options.functions is None:
+            return ()
+        return self.options.functions
+
+
+def plan_reload(paths: Sequence[Path], ctx: PlanContext) -> list[ReloadPlan]:
+    """One plan per file, in order (nothing is written to the process)."""
+    return [plan_file(path, index, ctx) for index, path in enumerate(paths)]
+
+
+def plan_file(path: Path, index: int, ctx: PlanContext) -> ReloadPlan:
+    """Compile ``path`` (a ``.o`` is used as is) and plan its reload."""
+    mark = time.perf_counter()
+    if path.suffix == ".o":
+        lap(ctx.phases, "compile", mark)
+        return _expect_plan(_plan_object(path, path, None, ctx))
+    command, module = _find_command(path, ctx)
+    out_dir = ctx.scratch / str(index)
+    obj_path = _compile(command, out_dir, ctx)
+    lap(ctx.phases, "compile", mark)
+    planned = _plan_object(path, obj_path, module, ctx)
+    if not isinstance(planned, FarData):
+        return planned
+    extra = ctx.arch.indirect_extern_data_flags.get(_family(command))
+    if not extra:
+        raise FarDataReference(planned.names)
+    # The program reaches these variables through its GOT (no copy relocation,
+    # e.g. an LTO build); compile so that the new code does the same.
+    ctx.emit(
+        Notice(
+            f"{', '.join(planned.names)} out of direct reach: recompiling "
+            f"{path.name} with {' '.join(extra)}"
+        )
+    )
+    command = dataclasses.replace(command, flags=(*command.flags, *extra))
+    mark = time.perf_counter()
+    obj_path = _compile(command, out_dir, ctx)
+    lap(ctx.phases, "compile", mark)
+    return _expect_plan(_plan_object(path, obj_path, module, ctx))
+
+
+def announce(
+    plans: list[ReloadPlan], reinit: Collection[str], emit: EventSink
+) -> list[list[DataChange]]:
+    """Say what the plans keep or change that is not a function; return, per plan,
+    the variables whose new initial value ``--reinit`` copies in."""
+    changes = [change for plan in plans for change in plan.initial_changed]
+    chosen, unmatched = choose_reinit(changes, reinit)
+    for plan in plans:
+        for note in plan.notices:
+            emit(Notice(note))
+        for change in plan.initial_changed:
+            emit(Notice(describe_initial_change(change, change in chosen)))
+    if unmatched:
+        emit(
+            Notice(
+                f"--reinit {', '.join(unmatched)}: no variable of the reloaded files by that "
+                "name has a changed initial value; nothing copied"
+            )
+        )
+    return [[c for c in plan.initial_changed if c in chosen] for plan in plans]
+
+
+def reroute_too_small(plan: ReloadPlan, ctx: PlanContext) -> None:
+    """Replace each changed function too small for an entry jump through its callers
+    in the same file; raise UnsafePatch for one that has none there."""
+    while True:
+        found = find_too_small(plan.iter_with_status("changed"), plan.module, ctx.memory, ctx.arch)
+        if found is None:
+            return
+        tiny, running = found
+        callers = plan.redirect_callers_instead(tiny)
+        if not callers:
+            raise too_small_error(tiny, plan.module, running, ctx.arch)
+        ctx.emit(
+            Notice(
+                f"{tiny.name} is too small for an entry jump: reloading its callers "
+                f"{', '.join(callers)} instead (calls from other files or through "
+                "pointers still reach the old code)"
+            )
+        )
+
+
+def lap(phases: dict[str, float], name: str, since: float) -> None:
+    """Add the milliseconds since ``since`` to phase ``name``."""
+    phases[name] = phases.get(name, 0.0) + (time.perf_counter() - since) * 1000
+
+
+def _expect_plan(planned: ReloadPlan | FarData) -> ReloadPlan:
+    if isinstance(planned, FarData):
+        raise FarDataReference(planned.names)
+    return planned
+
+
+def _plan_object(
+    path: Path, obj_path: Path, module: RunningModule | None, ctx: PlanContext
+) -> ReloadPlan | FarData:
+    mark = time.perf_counter()
+    obj = ObjectFile.open(obj_path, expected_machines=(ctx.arch.elf_machine,))
+    if module is None:
+        module = find_module_defining(obj, ctx.modules)
+        if not ctx.options.new_file:
+            check_object_belongs(obj, module)
+    if not module.image.has_symtab:
+        raise BadObject(
+            f"{module.name} is stripped: relive needs its symbol table to find the running "
+            "functions and variables",
+            hint="run an unstripped build (no -s, no strip) of the program",
+        )
+    key = str(path.resolve())
+    record = ctx.journal.sources.get(key)
+    binder = Binder(
+        obj,
+        module,
+        ctx.modules,
+        record,
+        ctx.memory.read,
+        ctx.arch.dtpmod_reloc_type,
+        ctx.arch.tpoff_reloc_type,
+        call_function=lambda function: _call_in_target(ctx.pid, function),
+    )
+    fingerprints = record.fingerprints if record else None
+    planned = build_plan(key, obj, binder, ctx.arch, fingerprints, ctx.functions)
+    lap(ctx.phases, "link", mark)
+    return planned
+
+
+def _call_in_target(pid: int, function: int) -> int:
+    """Run ``function()`` in the target (an IFUNC resolver nobody has run yet)."""
+    with stop_all(pid) as stopped:
+        return remote_call(stopped, function)
+
+
+def _find_command(source: Path, ctx: PlanContext) -> tuple[CompileCommand, RunningModule]:
+    """The compile command of ``source`` and the module it was built into."""
+    module, unit = ctx.modules[0], None
+    for candidate in ctx.modules:
+        unit = find_compile_unit(candidate.file, source)
+        if unit is not None:
+            module = candidate
+            break
+    command = without_lto(
+        get_compile_command(
+            source,
+            cli_flags=ctx.options.cflags,
+            compdb=ctx.options.compdb,
+            compile_unit=unit,
+            trust_build=ctx.options.trust_build,
+        )
+    )
+    known = str(source.resolve()) in ctx.journal.sources  # loaded before (--new-file)
+    if not ctx.options.new_file and not known:
+        check_source_belongs(source, unit, command.origin == ORIGIN_COMPDB, ctx.modules)
+    for note in command.notes:
+        ctx.emit(Notice(note))
+    return command, module
+
+
+def _compile(command: CompileCommand, out_dir: Path, ctx: PlanContext) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    compiled = compile_object(command, out_dir)
+    ctx.emit(Compiled(str(command.source), command.origin, compiled.command, compiled.milliseconds))
+    ctx.emit(DependenciesFound(str(command.source), [str(p) for p in compiled.dependencies]))
+    return compiled.object_path
+
+
+def _family(command: CompileCommand) -> str:
+    return "clang" if "clang" in Path(command.compiler).name else "gcc"

@@ -1,0 +1,226 @@
+"""The reload transaction: what happens, in what order, once the plans are made.
+
+:func:`apply_reload` is the whole sequence:
+
+1. check every entry (``patch.entries``): room for the jump, the bytes there
+   now, and no thread inside a function whose loop re-enters its entry
+   (``patch.loops``), before the first byte is allocated or written;
+2. allocate and link: each plan is linked at a free address within reach of
+   its module, which is mapped read+write in the target (``patch.block``);
+3. write the new code and data while the program runs (nothing jumps there
+   yet), then protect the code pages read+execute; copy in the initial values
+   ``--reinit`` chose (``patch.initial``);
+4. stop every thread, wait until none is in the way, write all entry jumps at
+   once and resume (``patch.jumps``);
+5. on any failure up to here, give the new blocks back: the program is as it was;
+6. record what was done in the journal and save it, all while relive's own
+   SIGINT/SIGTERM/SIGHUP are held, so an interrupted relive never leaves a
+   patch the journal does not know.
+
+:func:`undo_patches` is the reverse transaction: original bytes back, journal
+updated, under the same held signals.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from relive.arch.base import Arch
+from relive.elf.objfile import ObjSymbol
+from relive.link import LinkedImage
+from relive.link.layout import MIN_CODE_ROOM
+from relive.patch.active import iter_active_functions
+from relive.patch.block import allocate_and_link, protect_code, release_block, write_block
+from relive.patch.entries import EntrySite, EntryWrite, iter_entry_sites
+from relive.patch.initial import DataChange, write_initial_values
+from relive.patch.journal import Definition, EntryPatch, Journal, save_journal
+from relive.patch.jumps import write_entries
+from relive.patch.loops import refuse_running_loop_heads
+from relive.patch.plan import ReloadPlan
+from relive.process.memory import ProcessMemory
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What a reload transaction did."""
+
+    #: One linked block per plan, in order.
+    images: list[LinkedImage]
+    #: How long the threads were held to write the entry jumps (0: none written).
+    held_seconds: float
+    #: (function, tid): a replaced function a thread is still inside of; that call
+    #: finishes in the old code.
+    active: list[tuple[str, int]]
+
+
+@contextmanager
+def held_signals() -> Iterator[None]:
+    """Defer SIGINT/SIGTERM/SIGHUP to relive until the transaction is over."""
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def apply_reload(
+    pid: int,
+    plans: list[ReloadPlan],
+    journal: Journal,
+    memory: ProcessMemory,
+    arch: Arch,
+    reinits: list[list[DataChange]],
+) -> Applied:
+    """Load every plan's block, redirect its changed functions and record it all.
+
+    ``reinits`` (one list per plan) are the variables whose new initial value is
+    copied into their running storage (``--reinit``).
+    """
+    # 1. Every entry is checked before the first byte is allocated or written.
+    sites = [
+        list(
+            iter_entry_sites(
+                plan.iter_with_status("changed"), plan.source, plan.module, journal, memory, arch
+            )
+        )
+        for plan in plans
+    ]
+    refuse_running_loop_heads(pid, itertools.chain(*sites), memory, arch)
+    images: list[LinkedImage] = []
+    writes: list[EntryWrite] = []
+    held_seconds = 0.0
+    positions: list[tuple[int, int, int]] | None = None
+    with held_signals():
+        try:
+            # 2. Allocate and link.
+            for plan in plans:
+                images.append(allocate_and_link(pid, plan, arch))
+            writes = _entry_writes(sites, images, arch)
+            values = [
+                (change.bound.address or 0, plan.link_initial_value(change, image))
+                for plan, image, changes in zip(plans, images, reinits, strict=True)
+                for change in changes
+            ]
+            # 3. Write and protect; copy in the chosen initial values.
+            for image in images:
+                write_block(memory, image)
+                protect_code(pid, image)
+            write_initial_values(pid, values)
+            # 4. Stop, check and write the entries.
+            if writes:
+                report = write_entries(pid, writes, arch)
+                held_seconds, positions = report.held_seconds, report.positions
+        except BaseException:
+            # 5. Roll back.
+            for image in images:
+                release_block(pid, image)
+            raise
+        # 6. Record, still inside held_signals: a SIGINT/SIGTERM that came meanwhile
+        # must not leave patches in memory that status and undo know nothing about.
+        _record(journal, plans, images, writes)
+        save_journal(journal)
+    active = [] if positions is None else _find_active(pid, plans, memory, arch, positions)
+    return Applied(images, held_seconds, active)
+
+
+def undo_patches(pid: int, journal: Journal, keys: list[str]) -> list[EntryPatch]:
+    """Put back the original entry bytes of the journal's patches ``keys``."""
+    chosen = [journal.patches[key] for key in keys]
+    writes = [
+        EntryWrite(p.name, p.entry, bytes.fromhex(p.written), bytes.fromhex(p.original))
+        for p in chosen
+    ]
+    if writes:
+        with held_signals():
+            write_entries(pid, writes)
+            for key in keys:
+                journal.forget_patch(key)
+            save_journal(journal)
+    return chosen
+
+
+def _entry_writes(
+    sites: list[list[EntrySite]], images: list[LinkedImage], arch: Arch
+) -> list[EntryWrite]:
+    """Each site's jump to its function's new code."""
+    return [
+        site.jump_to(image.get_symbol_address(site.decision.symbol), arch)
+        for image, plan_sites in zip(images, sites, strict=True)
+        for site in plan_sites
+    ]
+
+
+def _record(
+    journal: Journal, plans: list[ReloadPlan], images: list[LinkedImage], writes: list[EntryWrite]
+) -> None:
+    """Tell the journal what was loaded and which entries jump where."""
+    for plan, image in zip(plans, images, strict=True):
+        fingerprints = {d.name: d.fingerprint for d in plan.decisions if d.status != "skipped"}
+        journal.record_generation(plan.source, fingerprints, _definitions(plan, image))
+    for write in writes:
+        journal.record_entry_patch(
+            EntryPatch(
+                name=write.name,
+                source=write.source,
+                module=write.module,
+                entry=write.address,
+                original=write.expected.hex(),
+                written=write.new.hex(),
+                target=write.target,
+            )
+        )
+    journal.add_regions((image.base, len(image.data)) for image in images)
+
+
+def _definitions(plan: ReloadPlan, image: LinkedImage) -> Iterator[Definition]:
+    """What the block holds that later reloads bind to: new functions and variables."""
+    for d in plan.decisions:
+        if d.status == "new":
+            yield Definition(
+                d.name,
+                image.get_symbol_address(d.symbol),
+                _room(plan, d.symbol),
+                "function",
+                d.symbol.file if d.symbol.is_local else None,
+                d.fingerprint,
+            )
+    for symbol in plan.new_data:
+        section = plan.obj.sections[symbol.shndx]
+        if section.is_write:
+            yield Definition(
+                symbol.name,
+                image.get_symbol_address(symbol),
+                symbol.size,
+                "data",
+                symbol.file if symbol.is_local else None,
+            )
+
+
+def _room(plan: ReloadPlan, symbol: ObjSymbol) -> int:
+    """Bytes a new function may have overwritten by a later entry jump."""
+    alone = [s for s in plan.obj.iter_section_symbols(symbol.shndx) if s.is_function] == [symbol]
+    return max(symbol.size, MIN_CODE_ROOM) if alone and symbol.value == 0 else symbol.size
+
+
+def _find_active(
+    pid: int,
+    plans: list[ReloadPlan],
+    memory: ProcessMemory,
+    arch: Arch,
+    positions: list[tuple[int, int, int]],
+) -> list[tuple[str, int]]:
+    """Replaced functions a thread was inside of when the jumps were written."""
+    ranges = {
+        d.name: (d.old.address, d.old.address + max(d.old.size, 1))
+        for plan in plans
+        for d in plan.iter_with_status("changed")
+        if d.old is not None
+    }
+    if not ranges:
+        return []
+    return list(iter_active_functions(pid, memory, arch, ranges, positions))
