@@ -145,3 +145,18 @@ def test_run_watches_the_sources_of_loaded_shared_libraries(
     edit(folder / "libdemo.c", "return 1;", "return 2;")
     assert wait_event(relive, "watch-reloaded")["redirected"] == ["lib_value"]
     relive.wait_for(r"lib=2")
+
+
+def test_on_signal_reloads_a_file_edited_while_the_program_started(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    exe = compile_c(tmp_path, PROG)
+    edit(tmp_path / "prog.c", "return 1;", "return 2;")  # the build is older than this
+    argv = [*RELIVE, "run", "--on-signal", "INT", "--", str(exe)]
+    relive = spawn(argv, cwd=tmp_path, new_session=True)
+    relive.wait_for(r"prog\.c changed after the program was built: reloaded on the next SIGINT")
+    relive.wait_for(r"value=1 ")
+    os.killpg(relive.pid, signal.SIGINT)
+    relive.wait_for(r"^Caught SIGINT! reloading \.\.\. prog\.c$")
+    relive.wait_for(r"prog\.c: 1 redirected \(value\)")
+    relive.wait_for(r"value=2 ")

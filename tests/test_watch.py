@@ -333,3 +333,37 @@ def test_watch_by_process_name(tmp_path: Path, spawn: SpawnFactory) -> None:
     edit(tmp_path / f"{name}.c", "return 1;", "return 2;")
     assert wait_event(watch, "watch-reloaded")["redirected"] == ["value"]
     target.wait_for(r"value=2 step=1")
+
+
+def test_a_failed_multi_file_save_keeps_the_good_file_pending(
+    tmp_path: Path, spawn: SpawnFactory, program: Target
+) -> None:
+    # A long quiet time: both saves are one burst, one reload.
+    watch, _ = start_watch(spawn, "-p", program.pid, "--debounce", "400")
+    source, util = tmp_path / "prog.c", tmp_path / "util.c"
+    edit(source, "return 1;", "return 2;")
+    edit(util, "return STEP;", "return STEP + 1")
+    failed = wait_event(watch, "watch-failed")
+    assert sorted(failed["sources"]) == sorted([real(source), real(util)])
+    mark = program.mark()
+    program.wait_for(r"value=1 step=1", after=mark)  # neither file applied
+
+    edit(util, "return STEP + 1", "return STEP + 1;")
+    event = wait_event(watch, "watch-reloaded")
+    assert sorted(event["sources"]) == sorted([real(source), real(util)])
+    assert sorted(event["redirected"]) == ["step", "value"]
+    program.wait_for(r"value=2 step=2")
+
+
+def test_a_file_saved_after_the_build_is_pending_when_watching_starts(
+    tmp_path: Path, spawn: SpawnFactory, program: Target
+) -> None:
+    source = tmp_path / "prog.c"
+    edit(source, "return 1;", "return 2;")  # after the build, before watching
+    watch, _ = start_watch(spawn, "-p", program.pid)
+    pending = wait_event(watch, "pending-since-build")
+    assert pending["sources"] == [real(source)]
+    edit(tmp_path / "util.c", "return STEP;", "return STEP + 1;")
+    event = wait_event(watch, "watch-reloaded")
+    assert sorted(event["sources"]) == sorted([real(source), real(tmp_path / "util.c")])
+    program.wait_for(r"value=2 step=2")

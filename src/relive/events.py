@@ -313,6 +313,19 @@ class SaveSkipped(Event):
         return f"{os.path.basename(self.path)}: {self.reason}, not reloaded"
 
 
+class PendingSinceBuild(Event):
+    """Sources saved after the program was built: the next reload includes them."""
+
+    kind: ClassVar[str] = "pending-since-build"
+    sources: list[str]
+    trigger: str
+
+    def __str__(self) -> str:
+        when = "the next save" if self.trigger == "save" else f"the next {self.trigger}"
+        names = _names(self.sources)
+        return f"{names} changed after the program was built: reloaded on {when}"
+
+
 class SignalReload(Event):
     """``--on-signal``: the signal arrived; these translation units are reloaded."""
 

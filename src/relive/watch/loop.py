@@ -34,6 +34,7 @@ from relive.events import (
     EventSink,
     FlagsFromDwarf,
     Notice,
+    PendingSinceBuild,
     SaveSkipped,
     SignalReload,
     TargetExited,
@@ -45,6 +46,7 @@ from relive.events import (
 from relive.patch.modules import load_running_modules
 from relive.process.procfs import is_alive
 from relive.toolchain.command import ORIGIN_DWARF
+from relive.watch.baseline import build_times, changed_since_build
 from relive.watch.changes import ContentTracker, saved_paths
 from relive.watch.deps import DependencyMap, scan_all
 from relive.watch.signals import Wakeup
@@ -160,7 +162,9 @@ class Watcher:
         self._deps = DependencyMap()
         self._content = ContentTracker()
         self._scope = Scope()
-        self._failed: set[Path] = set()
+        #: Units whose content on disk the program does not run yet: saved after the
+        #: build, or part of a reload that failed.  Every reload includes them.
+        self._pending: set[Path] = set()
         self._notices: set[str] = set()
         self._stopping = False
         self._reload_requested = False
@@ -215,6 +219,11 @@ class Watcher:
                 self.options.trigger,
             )
         )
+        self._pending.update(changed_since_build(units, self._deps, build_times(modules)))
+        if self._pending:
+            self.emit(
+                PendingSinceBuild([str(u) for u in sorted(self._pending)], self.options.trigger)
+            )
         dwarf_only = [str(u) for u in units if commands[u].origin == ORIGIN_DWARF]
         if dwarf_only:
             self.emit(FlagsFromDwarf(dwarf_only))
@@ -312,16 +321,16 @@ class Watcher:
             changed = self._content.update(path)
             if not users or changed is None:
                 continue
-            if not changed and not users & self._failed:
+            if not changed and not users & self._pending:
                 self.emit(SaveSkipped(str(path), "content unchanged"))
                 continue
             units |= users
         if units:
-            self._reload(sorted(units), saved)
+            self._reload(sorted(units | self._pending), saved)
 
     def _reload_changed(self) -> None:
         changed = [p for p in sorted(self._watched()) if self._content.update(p)]
-        units = set(self._failed)
+        units = set(self._pending)
         for path in changed:
             units |= self._deps.units_using(path)
         self.emit(SignalReload(self.options.trigger, [str(u) for u in sorted(units)]))
@@ -374,9 +383,9 @@ class Watcher:
                 )
             )
         if failed:
-            self._failed.update(units)
+            self._pending.update(units)
         else:
-            self._failed.difference_update(units)
+            self._pending.difference_update(units)
 
     # -- the end ----------------------------------------------------------------
 
