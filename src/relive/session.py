@@ -100,6 +100,7 @@ class Session:
         trust_build: bool = False,
         reinit: Collection[str] = (),
         new_file: bool = False,
+        allow_layout_change: bool = False,
     ) -> ReloadResult:
         """Compile (``.c``) or take (``.o``) each path and redirect its changed functions.
 
@@ -107,9 +108,13 @@ class Session:
         running storage (otherwise the program keeps their current value).
         ``new_file`` accepts a file the program was not built from: it may then only
         add functions, or replace those named in ``functions``.
+        A type whose layout differs from the one data in the program has is refused
+        (LayoutChanged) unless ``allow_layout_change``.
         The plan side is ``patch.planning``, the transaction ``patch.transaction``.
         """
-        options = ReloadOptions(functions, cflags, compdb, trust_build, new_file)
+        options = ReloadOptions(
+            functions, cflags, compdb, trust_build, new_file, allow_layout_change
+        )
         with process_lock(self.pid):
             return self._reload(paths, options, dry_run, reinit)
 

@@ -128,6 +128,8 @@ class Arch:
     #: Restore a GOT load the static linker relaxed in ``old`` (see x86_64.disasm);
     #: True if it was one, and its field is then a direct PC-relative reference.
     undo_got_relaxation: Callable[[bytes, bytearray, int], bool]
+    #: Addresses of direct calls and tail jumps in ``code`` (at ``address``) to ``target``.
+    find_direct_calls: Callable[[bytes, int, int], list[int]]
     #: Whether code bytes ending just before an address end with a call.
     follows_call: Callable[[bytes], bool]
     #: Whether the PC-relative field at an offset of code is a direct call/jump's

@@ -56,6 +56,12 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
         help="use a compile_commands.json or compiler that another user controls "
         "(its commands run with relive's rights)",
     )
+    parser.add_argument(
+        "--allow-layout-change",
+        action="store_true",
+        help="reload even where a type of data the program holds changed its layout "
+        "(you convert that data yourself)",
+    )
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -207,6 +213,7 @@ def _cmd_reload(args: argparse.Namespace, out: Renderer) -> int:
             trust_build=args.trust_build,
             reinit=args.reinit,
             new_file=args.new_file,
+            allow_layout_change=args.allow_layout_change,
         )
 
     if len(pids) == 1:

@@ -32,6 +32,7 @@ def watch_process(args: argparse.Namespace, out: Renderer, cflags: list[str] | N
         step_ms=args.debounce,
         undo_on_exit=args.undo_on_exit,
         reinit=args.reinit,
+        allow_layout_change=args.allow_layout_change,
     )
     if not args.verbose:
         out.hide(WATCH_QUIET)
@@ -77,6 +78,7 @@ def run_program(args: argparse.Namespace, out: Renderer, cflags: list[str] | Non
         trigger=trigger.name if trigger else "save",
         poll_ms=100,
         reinit=args.reinit,
+        allow_layout_change=args.allow_layout_change,
     )
     try:
         watcher = Watcher(

@@ -30,6 +30,7 @@ from relive.patch.entries import find_too_small, too_small_error
 from relive.patch.identify import check_object_belongs, check_source_belongs
 from relive.patch.initial import DataChange, choose_reinit, describe_initial_change
 from relive.patch.journal import Journal
+from relive.patch.layout_check import check_layouts
 from relive.patch.modules import RunningModule, find_module_defining
 from relive.patch.plan import FarData, FarDataReference, ReloadPlan, build_plan
 from relive.process.memory import ProcessMemory
@@ -52,6 +53,9 @@ class ReloadOptions:
     trust_build: bool = False
     #: Accept a file the program was not built from (--new-file).
     new_file: bool = False
+    #: Reload even where data the program holds changed its layout (a notice, not
+    #: a refusal; see patch.layout_check).
+    allow_layout_change: bool = False
 
 
 @dataclass
@@ -79,8 +83,15 @@ class PlanContext:
 
 
 def plan_reload(paths: Sequence[Path], ctx: PlanContext) -> list[ReloadPlan]:
-    """One plan per file, in order (nothing is written to the process)."""
-    return [plan_file(path, index, ctx) for index, path in enumerate(paths)]
+    """One plan per file, in order (nothing is written to the process).
+
+    Raises LayoutChanged when the new code would use data the program holds
+    with another layout (types checked from DWARF)."""
+    plans = [plan_file(path, index, ctx) for index, path in enumerate(paths)]
+    mark = time.perf_counter()
+    check_layouts(plans, ctx.arch, ctx.options.allow_layout_change, ctx.emit)
+    lap(ctx.phases, "types", mark)
+    return plans
 
 
 def plan_file(path: Path, index: int, ctx: PlanContext) -> ReloadPlan:

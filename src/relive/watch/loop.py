@@ -77,6 +77,8 @@ class WatchOptions:
     undo_on_exit: bool = False
     #: Variables whose changed initial value each reload copies in (``--reinit``).
     reinit: Sequence[str] = ()
+    #: Reload even where data the program holds changed its layout.
+    allow_layout_change: bool = False
 
 
 class ReloadOutcome(Protocol):
@@ -114,6 +116,7 @@ class ReloadTarget(Protocol):
         compdb: Path | None = None,
         trust_build: bool = False,
         reinit: Collection[str] = (),
+        allow_layout_change: bool = False,
     ) -> ReloadOutcome: ...
     def status(self) -> Sequence[Patched]: ...
     def undo(self, functions: Collection[str] | None = None) -> list[str]: ...
@@ -354,6 +357,7 @@ class Watcher:
                     compdb=self.options.compdb,
                     trust_build=self.options.trust_build,
                     reinit=self.options.reinit,
+                    allow_layout_change=self.options.allow_layout_change,
                 )
             except ProcessGone:
                 continue  # _check_targets says so

@@ -19,6 +19,7 @@ from relive.arch.x86_64.trampoline import (
     decode_jmp_rel32,
     encode_far_stub,
     encode_jmp_rel32,
+    find_direct_calls,
     find_landing_pad_size,
     find_plt_slot,
 )
@@ -48,6 +49,7 @@ ARCH = Arch(
     decode_instructions=decode_instructions,
     find_plt_slot=find_plt_slot,
     undo_got_relaxation=undo_got_relaxation,
+    find_direct_calls=find_direct_calls,
     follows_call=follows_call,
     is_branch_field=is_branch_field,
     relative_reloc_type=R_X86_64_RELATIVE,

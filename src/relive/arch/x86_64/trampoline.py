@@ -52,3 +52,22 @@ def find_plt_slot(code: bytes, address: int) -> int | None:
     disp = struct.unpack("<i", code[at + 2 : at + 6])[0]
     slot: int = address + at + 6 + disp
     return slot
+
+
+def find_direct_calls(code: bytes, address: int, target: int) -> list[int]:
+    """Addresses of ``call rel32`` (``e8``) and ``jmp rel32`` (``e9``, tail calls)
+    in ``code`` (at ``address``) whose destination is ``target``.
+
+    A byte scan, not a disassembly: any e8/e9 byte followed by the right
+    displacement counts.  A false hit needs four bytes to equal the one value
+    that reaches ``target`` from that very place, so it is vanishingly rare.
+    """
+    found: list[int] = []
+    for opcode in (b"\xe8", b"\xe9"):
+        at = code.find(opcode)
+        while 0 <= at <= len(code) - 5:
+            rel = struct.unpack_from("<i", code, at + 1)[0]
+            if address + at + 5 + rel == target:
+                found.append(address + at)
+            at = code.find(opcode, at + 1)
+    return sorted(found)

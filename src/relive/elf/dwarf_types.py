@@ -1,0 +1,901 @@
+"""Types, variables and functions of single DWARF compile units, read on demand.
+
+The layout check (``relive.patch.layout_check``) compares what one source file
+declared when the running program was built with what it declares now.  It
+needs a handful of DIEs out of units that can hold hundreds of thousands, so
+nothing is decoded up front: a unit is found by its top DIE, its top-level
+children are indexed by name (skipping their subtrees through ``DW_AT_sibling``
+where the producer gave one, gcc does; by walking them otherwise, as for
+clang), and every other DIE is decoded only when a reference leads to it.
+
+Uses the section and abbreviation machinery of :mod:`relive.elf.dwarf`; DWARF 2
+to 5, 32- and 64-bit, relocatable objects and linked files alike.
+"""
+
+from __future__ import annotations
+
+import bisect
+import mmap
+import operator
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from relive.elf.constants import SHT_RELA
+from relive.elf.dwarf import (
+    _FIXED,
+    _FORM_IMPLICIT_CONST,
+    _FORM_INDIRECT,
+    _FORM_LINE_STRP,
+    _FORM_STRING,
+    _FORM_STRP,
+    _FORM_STRX,
+    _OFFSET,
+    _ULEB,
+    _UNIT_TAGS,
+    _Malformed,
+    _Reader,
+    _Section,
+    _Unit,
+)
+from relive.elf.objfile import SectionHeader
+from relive.errors import BadObject
+
+__all__ = ["Die", "DwarfFile", "TypeUnit", "open_dwarf"]
+
+# Tags (DWARF 5, 7.5.3).
+TAG_ARRAY = 0x01
+TAG_ENUM = 0x04
+TAG_PARAMETER = 0x05
+TAG_LEXICAL_BLOCK = 0x0B
+TAG_MEMBER = 0x0D
+TAG_POINTER = 0x0F
+TAG_REFERENCE = 0x10
+TAG_STRUCT = 0x13
+TAG_SUBROUTINE_TYPE = 0x15
+TAG_TYPEDEF = 0x16
+TAG_UNION = 0x17
+TAG_VARARGS = 0x18
+TAG_SUBRANGE = 0x21
+TAG_BASE = 0x24
+TAG_CONST = 0x26
+TAG_ENUMERATOR = 0x28
+TAG_SUBPROGRAM = 0x2E
+TAG_VARIABLE = 0x34
+TAG_VOLATILE = 0x35
+TAG_RESTRICT = 0x37
+TAG_ATOMIC = 0x47
+TAG_UNSPECIFIED = 0x3B
+
+# Attributes.
+AT_SIBLING = 0x01
+AT_LOCATION = 0x02
+AT_NAME = 0x03
+AT_BYTE_SIZE = 0x0B
+AT_BIT_OFFSET = 0x0C
+AT_BIT_SIZE = 0x0D
+AT_LOW_PC = 0x11
+AT_HIGH_PC = 0x12
+AT_CONST_VALUE = 0x1C
+AT_LOWER_BOUND = 0x22
+AT_UPPER_BOUND = 0x2F
+AT_COUNT = 0x37
+AT_MEMBER_LOCATION = 0x38
+AT_DECLARATION = 0x3C
+AT_ENCODING = 0x3E
+AT_EXTERNAL = 0x3F
+AT_TYPE = 0x49
+AT_RANGES = 0x55
+AT_DATA_BIT_OFFSET = 0x6B
+AT_ADDR_BASE = 0x73
+AT_RNGLISTS_BASE = 0x74
+AT_SPECIFICATION = 0x47
+AT_ABSTRACT_ORIGIN = 0x31
+
+#: Top-level tags the index keeps, by name.
+_INDEXED = frozenset({TAG_VARIABLE, TAG_SUBPROGRAM, TAG_STRUCT, TAG_UNION, TAG_ENUM, TAG_TYPEDEF})
+
+_REF_FORMS = frozenset({0x11, 0x12, 0x13, 0x14, 0x15})  # unit-relative references
+_FORM_REF_ADDR = 0x10
+_FORM_REF_SIG8 = 0x20
+_STRING_FORMS = frozenset({_FORM_STRP, _FORM_LINE_STRP, _FORM_STRING, *_FORM_STRX})
+_FORM_ADDR = 0x01
+_FORM_ADDRX = frozenset({0x1B, 0x29, 0x2A, 0x2B, 0x2C})
+_FORM_SDATA = 0x0D
+_FORM_FLAG_PRESENT = 0x19
+_BLOCK_FORMS = {0x03: 2, 0x04: 4, 0x0A: 1, 0x09: 0, 0x18: 0}
+
+#: A decoded attribute value: an integer (constants, flags, section offsets of
+#: references), a string, or the bytes of a block or expression.
+Value = int | str | bytes
+_K = TypeVar("_K", str, tuple[int, str])
+
+
+@dataclass(frozen=True, slots=True)
+class Die:
+    """One debugging information entry, its attributes decoded.
+
+    References (``DW_AT_type``, ``DW_AT_sibling``...) are offsets in
+    ``.debug_info``, comparable with :attr:`offset`.
+    """
+
+    offset: int
+    tag: int
+    attrs: dict[int, Value]
+    #: Where its first child starts, or None when it has no children.
+    children_at: int | None
+    #: The form each attribute was given in (signed constants need it).
+    forms: dict[int, int]
+
+    def name(self) -> str | None:
+        """DW_AT_name, if any."""
+        value = self.attrs.get(AT_NAME)
+        return value if isinstance(value, str) else None
+
+    def number(self, attr: int) -> int | None:
+        """An integer attribute, or None when absent or not an integer."""
+        value = self.attrs.get(attr)
+        return value if isinstance(value, int) else None
+
+    def ref(self, attr: int) -> int | None:
+        """A reference attribute (a ``.debug_info`` offset), or None."""
+        return self.number(attr)
+
+
+class _Abbrev:
+    """One abbreviation, with what a walk needs precomputed for the unit's sizes."""
+
+    __slots__ = (
+        "declared",
+        "fixed_size",
+        "has_children",
+        "jump",
+        "name",
+        "ops",
+        "prefix",
+        "sibling",
+        "specs",
+        "tag",
+        "widths",
+    )
+
+    def __init__(
+        self, tag: int, has_children: bool, specs: list[tuple[int, int, int]], unit: TypeUnit
+    ) -> None:
+        self.tag = tag
+        self.has_children = has_children
+        self.specs = specs
+        #: Offset of each attribute from the DIE's first attribute, while every
+        #: attribute before it has a fixed size (None after the first that has not).
+        self.prefix: list[int | None] = []
+        #: Bytes of each attribute's value, None where it varies.
+        self.widths = [unit.form_width(form) for _, form, _ in specs]
+        offset: int | None = 0
+        for width in self.widths:
+            self.prefix.append(offset)
+            offset = None if offset is None or width is None else offset + width
+        #: Bytes of all its attributes, when every form has a fixed size.
+        self.fixed_size = offset
+        attrs = [attr for attr, _, _ in specs]
+        #: Attribute index of DW_AT_name and DW_AT_sibling, or -1.
+        self.name = attrs.index(AT_NAME) if AT_NAME in attrs else -1
+        self.sibling = attrs.index(AT_SIBLING) if AT_SIBLING in attrs else -1
+        if self.sibling >= 0 and specs[self.sibling][1] not in _REF_FORMS:
+            self.sibling = -1
+        self.declared = AT_DECLARATION in attrs
+        #: Where DW_AT_sibling is (offset from the first attribute, width; 0 for
+        #: ULEB128) when its position is fixed: a walk jumps over the subtree.
+        self.jump: tuple[int, int] | None = None
+        if self.sibling >= 0 and has_children:
+            at = self.prefix[self.sibling]
+            form = specs[self.sibling][1]
+            if at is not None:
+                self.jump = (at, 0 if form == 0x15 else _FIXED[form])
+        self.ops = _skip_ops(specs, unit)
+
+
+#: Skip operations: a non-negative number skips that many bytes; these skip a value.
+_OP_LEB = -1
+_OP_STRING = -2
+_OP_BLOCK_LEB = -3
+_OP_BLOCK = {0x0A: -4, 0x03: -5, 0x04: -6}  # block1, block2, block4
+_OP_WIDTH = {-4: 1, -5: 2, -6: 4}
+
+
+def _skip_ops(specs: list[tuple[int, int, int]], unit: TypeUnit) -> tuple[int, ...] | None:
+    """How to skip a DIE's attributes quickly; None if a form needs full decoding."""
+    ops: list[int] = []
+    fixed = 0
+    for _, form, _ in specs:
+        width = unit.form_width(form)
+        if width is not None:
+            fixed += width
+            continue
+        if fixed:
+            ops.append(fixed)
+            fixed = 0
+        if form in _ULEB or form == _FORM_SDATA or form == 0x15:
+            ops.append(_OP_LEB)
+        elif form == _FORM_STRING:
+            ops.append(_OP_STRING)
+        elif form in (0x18, 0x09):  # exprloc, block
+            ops.append(_OP_BLOCK_LEB)
+        elif form in _OP_BLOCK:
+            ops.append(_OP_BLOCK[form])
+        else:
+            return None
+    if fixed:
+        ops.append(fixed)
+    return tuple(ops)
+
+
+@dataclass
+class TypeUnit:
+    """One compile unit: its top-level names, and its DIEs decoded on demand."""
+
+    file: DwarfFile
+    #: Offset of the unit header in .debug_info (references are relative to it).
+    start: int
+    end: int
+    top: int
+    abbrev_offset: int
+    unit: _Unit
+    name: str
+    comp_dir: str | None
+    variables: dict[str, int] = field(default_factory=dict)
+    functions: dict[str, int] = field(default_factory=dict)
+    #: (tag, name) -> offset; typedefs under TAG_TYPEDEF.
+    types: dict[tuple[int, str], int] = field(default_factory=dict)
+    _dies: dict[int, Die] = field(default_factory=dict)
+    _abbrevs: dict[int, _Abbrev] = field(default_factory=dict)
+    _indexed: bool = False
+    _declarations: set[int] = field(default_factory=set)
+
+    @property
+    def path(self) -> str:
+        """The unit's source as an absolute path (when the unit says where it was built)."""
+        if os.path.isabs(self.name) or self.comp_dir is None:
+            return os.path.normpath(self.name)
+        return os.path.normpath(os.path.join(self.comp_dir, self.name))
+
+    # -- decoding -----------------------------------------------------------------
+
+    def die(self, offset: int) -> Die:
+        """The DIE at ``offset`` (a .debug_info offset inside this unit)."""
+        found = self._dies.get(offset)
+        if found is None:
+            if not self.start < offset < self.end:
+                raise _Malformed(f"a reference leads out of its unit ({offset:#x})")
+            found = self._decode(offset)[0]
+            self._dies[offset] = found
+        return found
+
+    def top_die(self) -> Die:
+        """The unit's own DIE (name, ranges, bases)."""
+        return self.die(self.top)
+
+    def children(self, die: Die) -> Iterator[Die]:
+        """The children of ``die``, in order."""
+        pos = die.children_at
+        if pos is None:
+            return
+        info = self.file.reader.info
+        while True:
+            code, _ = info.uleb(pos)
+            if code == 0:
+                return
+            child = self._dies.get(pos)
+            if child is None:
+                child, _ = self._decode(pos)
+                self._dies[pos] = child
+            yield child
+            pos = self._skip(pos)
+
+    def _abbrev(self, code: int) -> _Abbrev:
+        found = self._abbrevs.get(code)
+        if found is None:
+            table = self.file.abbrev_table(self.abbrev_offset)
+            entry = table.get(code)
+            if entry is None:
+                raise _Malformed(f"abbreviation {code} missing at {self.abbrev_offset:#x}")
+            found = _Abbrev(*entry, self)
+            self._abbrevs[code] = found
+        return found
+
+    def form_width(self, form: int) -> int | None:
+        """Bytes of a value of ``form`` in this unit; None when it varies."""
+        if form in _OFFSET:
+            return self.unit.offset_size
+        if form == _FORM_ADDR:
+            return self.unit.address_size
+        if form == _FORM_REF_ADDR:
+            return self.unit.address_size if self.unit.version == 2 else self.unit.offset_size
+        if form == _FORM_IMPLICIT_CONST:
+            return 0
+        return _FIXED.get(form)
+
+    def _decode(self, pos: int) -> tuple[Die, int]:
+        """The DIE at ``pos`` and the position just past its attributes."""
+        info = self.file.reader.info
+        code, at = info.uleb(pos)
+        if code == 0:
+            raise _Malformed(f"a reference leads to a null entry ({pos:#x})")
+        abbrev = self._abbrev(code)
+        attrs: dict[int, Value] = {}
+        forms: dict[int, int] = {}
+        for attr, form, implicit in abbrev.specs:
+            value, at, form = self._value(at, form, implicit)
+            if value is not None:
+                attrs[attr] = value
+                forms[attr] = form
+        return Die(pos, abbrev.tag, attrs, at if abbrev.has_children else None, forms), at
+
+    def _value(self, pos: int, form: int, implicit: int) -> tuple[Value | None, int, int]:
+        info = self.file.reader.info
+        unit = self.unit
+        while form == _FORM_INDIRECT:
+            form, pos = info.uleb(pos)
+        if form in _REF_FORMS or form == _FORM_REF_ADDR:
+            return self._reference(pos, form)
+        if form in _STRING_FORMS:
+            return self._string(pos, form, implicit)
+        if form == _FORM_ADDR:
+            return info.uint(pos, unit.address_size), pos + unit.address_size, form
+        if form == _FORM_SDATA:
+            value, pos = info.sleb(pos)
+            return value, pos, form
+        if form == _FORM_IMPLICIT_CONST:
+            return implicit, pos, form
+        if form == _FORM_FLAG_PRESENT:
+            return 1, pos, form
+        if form == _FORM_REF_SIG8:
+            return None, pos + 8, form  # a type unit: not followed
+        if form in _BLOCK_FORMS:
+            return self._block(pos, form)
+        if form in _OFFSET:
+            return info.uint(pos, unit.offset_size), pos + unit.offset_size, form
+        if form in _ULEB:
+            value, pos = info.uleb(pos)
+            return value, pos, form
+        width = _FIXED.get(form)
+        if width is None:
+            raise _Malformed(f"unknown attribute form {form:#x}")
+        return info.uint(pos, width), pos + width, form
+
+    def _reference(self, pos: int, form: int) -> tuple[int, int, int]:
+        """A reference as a .debug_info offset (unit-relative ones made absolute)."""
+        info = self.file.reader.info
+        if form == 0x15:  # ref_udata
+            value, pos = info.uleb(pos)
+            return self.start + value, pos, form
+        if form == _FORM_REF_ADDR:
+            unit = self.unit
+            size = unit.address_size if unit.version == 2 else unit.offset_size
+            return info.uint(pos, size), pos + size, form
+        size = _FIXED[form]
+        return self.start + info.uint(pos, size), pos + size, form
+
+    def _block(self, pos: int, form: int) -> tuple[bytes, int, int]:
+        info = self.file.reader.info
+        length_size = _BLOCK_FORMS[form]
+        if length_size:
+            length = info.uint(pos, length_size)
+            pos += length_size
+        else:
+            length, pos = info.uleb(pos)
+        if pos + length > info.size:
+            raise _Malformed("a block runs past the end of .debug_info")
+        start = info.base + pos
+        return bytes(info.buf[start : start + length]), pos + length, form
+
+    def _string(self, pos: int, form: int, implicit: int) -> tuple[str | None, int, int]:
+        if form == _FORM_STRING:
+            text, pos = self.file.reader.info.cstr(pos)
+            return text.decode("utf-8", "replace"), pos, form
+        reader = self.file.reader
+        raw, pos, form = reader._read_form(pos, form, implicit, self.unit)
+        assert isinstance(raw, int)
+        found = reader._string(form, raw, self.file.str_offsets_base(self), self.unit)
+        return (None if found is None else found.decode("utf-8", "replace")), pos, form
+
+    # -- walking ----------------------------------------------------------------
+
+    def _skip(self, pos: int) -> int:  # noqa: C901 (one loop on purpose: it is the hot path)
+        """The position of the DIE after the one at ``pos`` and all its children.
+
+        The hot loop of the index: one pass, no recursion, values skipped by
+        precomputed operations, subtrees jumped over through DW_AT_sibling.
+        """
+        info = self.file.reader.info
+        buf, base, limit = info.buf, info.base, info.base + info.size
+        abbrevs = self._abbrevs
+        depth = 0
+        while True:
+            if base + pos >= limit:
+                raise _Malformed("a DIE runs past the end of .debug_info")
+            code = buf[base + pos]
+            if code >= 0x80:
+                code, pos = info.uleb(pos)
+            else:
+                pos += 1
+            if code == 0:
+                depth -= 1
+                if depth <= 0:
+                    return pos
+                continue
+            abbrev = abbrevs.get(code) or self._abbrev(code)
+            jump = abbrev.jump
+            if jump is not None:
+                at, width = jump
+                if width:
+                    pos = self.start + int.from_bytes(
+                        buf[base + pos + at : base + pos + at + width], "little"
+                    )
+                else:
+                    pos = self.start + info.uleb(pos + at)[0]
+                if depth == 0:
+                    return pos
+                continue
+            if abbrev.sibling >= 0 and abbrev.has_children:
+                at = self._attribute_position(abbrev, pos, abbrev.sibling)
+                pos = self._reference(at, abbrev.specs[abbrev.sibling][1])[0]
+                if depth == 0:
+                    return pos
+                continue
+            ops = abbrev.ops
+            if ops is None:
+                pos = self._attribute_position(abbrev, pos, len(abbrev.specs))
+            else:
+                for op in ops:
+                    if op >= 0:
+                        pos += op
+                    elif op == _OP_LEB:
+                        while buf[base + pos] & 0x80:
+                            pos += 1
+                        pos += 1
+                    elif op == _OP_BLOCK_LEB:
+                        length, pos = info.uleb(pos)
+                        pos += length
+                    elif op == _OP_STRING:
+                        pos = buf.find(b"\0", base + pos, limit) - base + 1
+                        if pos <= 0:
+                            raise _Malformed("a string is not terminated")
+                    else:
+                        width = _OP_WIDTH[op]
+                        pos += width + info.uint(pos, width)
+            if abbrev.has_children:
+                depth += 1
+            elif depth == 0:
+                return pos
+
+    def _attribute_position(self, abbrev: _Abbrev, at: int, index: int) -> int:
+        """Where attribute ``index`` of a DIE whose attributes start at ``at`` begins."""
+        info = self.file.reader.info
+        buf, base = info.buf, info.base
+        for (_, form, implicit), width in zip(abbrev.specs[:index], abbrev.widths, strict=False):
+            if width is not None:
+                at += width
+            elif form == _FORM_STRING:
+                end = buf.find(b"\0", base + at, base + info.size)
+                if end < 0:
+                    raise _Malformed("a string is not terminated")
+                at = end - base + 1
+            elif form in _ULEB or form == _FORM_SDATA:
+                while buf[base + at] & 0x80:
+                    at += 1
+                at += 1
+            else:
+                at = self._value(at, form, implicit)[1]
+        return at
+
+    def index(self) -> None:
+        """Index the unit's top-level variables, functions and named types."""
+        if self._indexed:
+            return
+        self._indexed = True
+        top = self.top_die()
+        pos = top.children_at
+        if pos is None:
+            return
+        info = self.file.reader.info
+        buf, base = info.buf, info.base
+        abbrevs = self._abbrevs
+        variables, functions, types = self.variables, self.functions, self.types
+        while pos < self.end:
+            code = buf[base + pos]
+            at = pos + 1
+            if code >= 0x80:
+                code, at = info.uleb(pos)
+            if code == 0:
+                break
+            abbrev = abbrevs.get(code) or self._abbrev(code)
+            tag = abbrev.tag
+            if tag in _INDEXED and abbrev.name >= 0:
+                name = self._name_at(abbrev, at)
+                if name is not None:
+                    if tag == TAG_VARIABLE:
+                        self._keep(variables, name, pos, abbrev.declared)
+                    elif tag == TAG_SUBPROGRAM:
+                        self._keep(functions, name, pos, abbrev.declared)
+                    else:
+                        self._keep(types, (tag, name), pos, abbrev.declared)
+            pos = self._skip(pos)
+
+    def _name_at(self, abbrev: _Abbrev, at: int) -> str | None:
+        offset = abbrev.prefix[abbrev.name]
+        pos = (
+            at + offset if offset is not None else self._attribute_position(abbrev, at, abbrev.name)
+        )
+        _, form, implicit = abbrev.specs[abbrev.name]
+        info = self.file.reader.info
+        if form == _FORM_STRP:
+            raw = self.file.reader.str.cstr(info.uint(pos, self.unit.offset_size))[0]
+            return raw.decode("utf-8", "replace")
+        return self._string(pos, form, implicit)[0]
+
+    def _keep(self, table: dict[_K, int], key: _K, offset: int, declared: bool) -> None:
+        """Keep the first definition; a declaration only until a definition comes."""
+        if key not in table or (not declared and table[key] in self._declarations):
+            table[key] = offset
+            if declared:
+                self._declarations.add(offset)
+
+    def find_variable(self, name: str) -> Die | None:
+        """The top-level variable ``name`` (its definition, else its declaration)."""
+        self.index()
+        offset = self.variables.get(name)
+        return None if offset is None else self.die(offset)
+
+    def find_function(self, name: str) -> Die | None:
+        """The top-level function ``name`` (its definition, else its declaration)."""
+        self.index()
+        offset = self.functions.get(name)
+        return None if offset is None else self.die(offset)
+
+    def find_type(self, tag: int, name: str) -> Die | None:
+        """The named struct, union, enum or typedef (a complete one if there is one)."""
+        self.index()
+        offset = self.types.get((tag, name))
+        return None if offset is None else self.die(offset)
+
+    # -- address ranges -----------------------------------------------------------
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """The code address ranges of the unit ([start, end) link-time addresses)."""
+        top = self.top_die()
+        low = self._address(top, AT_LOW_PC)
+        length = top.number(AT_HIGH_PC)
+        if low is not None and length is not None:
+            if top.forms[AT_HIGH_PC] in (_FORM_ADDR, *_FORM_ADDRX):
+                high = self._address(top, AT_HIGH_PC) or 0
+            else:
+                high = low + length  # DWARF 4+: an offset from low_pc
+            if high > low:
+                return [(low, high)]
+        offset = top.number(AT_RANGES)
+        if offset is None:
+            return []
+        if self.unit.version >= 5:
+            return self.file.rnglist(self, top, offset, top.forms[AT_RANGES], low or 0)
+        return self.file.legacy_ranges(offset, low or 0)
+
+    def _address(self, die: Die, attr: int) -> int | None:
+        value = die.number(attr)
+        if value is None or die.forms.get(attr) not in _FORM_ADDRX:
+            return value
+        return self.file.address_entry(self, value)
+
+
+class DwarfFile:
+    """The DWARF of one ELF file, its units found by their source."""
+
+    def __init__(self, path: str, data: mmap.mmap | bytes) -> None:
+        self.path = path
+        self.data = data
+        try:
+            self.reader = _FastReader(path, data)
+            self.units = self._read_units()
+        except _Malformed as e:
+            raise _bad(path, e) from e
+        self._abbrev_tables: dict[int, dict[int, tuple[int, bool, list[tuple[int, int, int]]]]] = {}
+        self.debug_addr: _Section | None = None
+
+    def _read_units(self) -> list[TypeUnit]:
+        reader = self.reader
+        info = reader.info
+        units: list[TypeUnit] = []
+        pos = 0
+        while pos < info.size:
+            start = pos
+            length = info.uint(pos, 4)
+            pos += 4
+            offset_size = 4
+            if length == 0xFFFFFFFF:
+                length = info.uint(pos, 8)
+                pos += 8
+                offset_size = 8
+            elif length >= 0xFFFFFFF0:
+                raise _Malformed(f"reserved unit length {length:#x}")
+            end = pos + length
+            if end > info.size:
+                raise _Malformed("a unit runs past the end of .debug_info")
+            header = reader._unit_header(pos, offset_size)
+            if header is not None:
+                top, abbrev_offset, unit = header
+                code, _ = info.uleb(top)
+                if code:
+                    tag, _specs = reader._find_abbrev(abbrev_offset, code)
+                    found = reader._top_die(top, abbrev_offset, unit) if tag in _UNIT_TAGS else None
+                    if found is not None:
+                        units.append(
+                            TypeUnit(
+                                self, start, end, top, abbrev_offset, unit, found.name,
+                                found.comp_dir,
+                            )
+                        )  # fmt: skip
+            pos = end
+        return units
+
+    def abbrev_table(self, offset: int) -> dict[int, tuple[int, bool, list[tuple[int, int, int]]]]:
+        """The abbreviation table at ``offset``: code -> (tag, has children, specs)."""
+        table = self._abbrev_tables.get(offset)
+        if table is not None:
+            return table
+        table = {}
+        section = self.reader.abbrev
+        pos = offset
+        while True:
+            code, pos = section.uleb(pos)
+            if code == 0:
+                break
+            tag, pos = section.uleb(pos)
+            children = section.uint(pos, 1) == 1
+            pos += 1
+            specs: list[tuple[int, int, int]] = []
+            while True:
+                attr, pos = section.uleb(pos)
+                form, pos = section.uleb(pos)
+                if attr == 0 and form == 0:
+                    break
+                implicit = 0
+                if form == _FORM_IMPLICIT_CONST:
+                    implicit, pos = section.sleb(pos)
+                specs.append((attr, form, implicit))
+            table[code] = (tag, children, specs)
+        self._abbrev_tables[offset] = table
+        return table
+
+    def str_offsets_base(self, unit: TypeUnit) -> int:
+        """DW_AT_str_offsets_base of ``unit`` (read without decoding strings)."""
+        cached = _STR_BASES.get((id(self), unit.start))
+        if cached is not None:
+            return cached
+        reader = self.reader
+        code, pos = reader.info.uleb(unit.top)
+        _, specs = reader._find_abbrev(unit.abbrev_offset, code)
+        base = 2 * unit.unit.offset_size
+        for attr, form, implicit in specs:
+            value, pos, _ = reader._read_form(pos, form, implicit, unit.unit)
+            if attr == 0x72 and isinstance(value, int):
+                base = value
+        _STR_BASES[(id(self), unit.start)] = base
+        return base
+
+    def address_entry(self, unit: TypeUnit, index: int) -> int:
+        """Entry ``index`` of the unit's .debug_addr table (DW_FORM_addrx)."""
+        if self.debug_addr is None:
+            self.debug_addr = self.reader.section(".debug_addr")
+        base = unit.top_die().number(AT_ADDR_BASE) or 8
+        size = unit.unit.address_size
+        return self.debug_addr.uint(base + index * size, size)
+
+    def rnglist(
+        self, unit: TypeUnit, top: Die, value: int, form: int, base: int
+    ) -> list[tuple[int, int]]:
+        """DWARF 5 range list (DW_AT_ranges as an offset or a DW_FORM_rnglistx index)."""
+        section = self.reader.section(".debug_rnglists")
+        if form == 0x23:  # rnglistx
+            lists_base = top.number(AT_RNGLISTS_BASE) or 12
+            value = lists_base + section.uint(
+                lists_base + value * unit.unit.offset_size, unit.unit.offset_size
+            )
+        out: list[tuple[int, int]] = []
+        pos = value
+        size = unit.unit.address_size
+        while True:
+            kind = section.uint(pos, 1)
+            pos += 1
+            if kind == 0:  # end_of_list
+                return out
+            if kind == 1:  # base_addressx
+                index, pos = section.uleb(pos)
+                base = self.address_entry(unit, index)
+            elif kind == 2:  # startx_endx
+                a, pos = section.uleb(pos)
+                b, pos = section.uleb(pos)
+                out.append((self.address_entry(unit, a), self.address_entry(unit, b)))
+            elif kind == 3:  # startx_length
+                a, pos = section.uleb(pos)
+                length, pos = section.uleb(pos)
+                start = self.address_entry(unit, a)
+                out.append((start, start + length))
+            elif kind == 4:  # offset_pair
+                a, pos = section.uleb(pos)
+                b, pos = section.uleb(pos)
+                out.append((base + a, base + b))
+            elif kind == 5:  # base_address
+                base = section.uint(pos, size)
+                pos += size
+            elif kind == 6:  # start_end
+                out.append((section.uint(pos, size), section.uint(pos + size, size)))
+                pos += 2 * size
+            elif kind == 7:  # start_length
+                start = section.uint(pos, size)
+                length, pos = section.uleb(pos + size)
+                out.append((start, start + length))
+            else:
+                raise _Malformed(f"unknown range list entry {kind}")
+
+    def legacy_ranges(self, offset: int, base: int) -> list[tuple[int, int]]:
+        """DWARF 2-4 .debug_ranges pairs."""
+        section = self.reader.section(".debug_ranges")
+        out: list[tuple[int, int]] = []
+        pos = offset
+        while True:
+            start, end = section.uint(pos, 8), section.uint(pos + 8, 8)
+            pos += 16
+            if start == 0 and end == 0:
+                return out
+            if start == (1 << 64) - 1:
+                base = end
+                continue
+            out.append((base + start, base + end))
+
+    def find_unit(self, source: str | None = None) -> TypeUnit | None:
+        """The unit built from ``source`` (an absolute path); the only unit when None.
+
+        Matches like :func:`relive.elf.dwarf.find_compile_unit`: the absolute path,
+        then symlinks resolved, then a basename no other unit shares.
+        """
+        if source is None:
+            return self.units[0] if len(self.units) == 1 else None
+        wanted = os.path.normpath(os.path.abspath(source))
+        real = os.path.realpath(source)
+        for unit in self.units:
+            if (os.path.isabs(unit.name) or unit.comp_dir) and (
+                unit.path == wanted or os.path.realpath(unit.path) == real
+            ):
+                return unit
+        same = {
+            u.path: u for u in self.units if os.path.basename(u.name) == os.path.basename(wanted)
+        }
+        return next(iter(same.values())) if len(same) == 1 else None
+
+    def unit_at(self, address: int) -> TypeUnit | None:
+        """The unit whose code covers the link-time ``address``."""
+        for unit in self.units:
+            try:
+                spans = unit.ranges()
+            except _Malformed:
+                continue
+            if any(start <= address < end for start, end in spans):
+                return unit
+        return None
+
+
+_STR_BASES: dict[tuple[int, int], int] = {}
+
+
+class _FastReader(_Reader):
+    """The shared reader; relocations of a large object looked up, not all decoded."""
+
+    def _relocations(self, target: int) -> dict[int, int]:
+        tables = [
+            shdr
+            for shdr in self.shdrs
+            if shdr.type == SHT_RELA and shdr.info == target and shdr.link < len(self.shdrs)
+        ]
+        if len(tables) != 1:
+            return super()._relocations(target) if tables else {}
+        return _SortedRelocations(self, tables[0])
+
+
+class _SortedRelocations(dict[int, int]):
+    """The relocated values of one debug section, found by binary search.
+
+    gcc writes ``.rela.debug_info`` in offset order, a hundred thousand entries for
+    a large unit, of which a check reads a few hundred: decoding them all would
+    cost more than the check.  Out-of-order tables are decoded into the dict.
+    """
+
+    def __init__(self, reader: _Reader, rela: SectionHeader) -> None:
+        super().__init__()
+        data = bytes(reader.data[rela.offset : rela.offset + rela.size])
+        data = data[: len(data) - len(data) % 24]
+        self._words = memoryview(data).cast("Q")
+        self._signed = memoryview(data).cast("q")
+        self._offsets: list[int] = self._words[0::3].tolist()
+        self._symtab = reader.shdrs[rela.link]
+        self._data = reader.data
+        offsets = self._offsets
+        self._sorted = all(map(operator.le, offsets, offsets[1:]))
+        if not self._sorted:
+            for i in range(len(offsets)):
+                dict.__setitem__(self, offsets[i], self._value(i))
+
+    def _find(self, offset: int) -> int:
+        i = bisect.bisect_left(self._offsets, offset)
+        return i if i < len(self._offsets) and self._offsets[i] == offset else -1
+
+    def _value(self, i: int) -> int:
+        symbol = self._words[3 * i + 1] >> 32
+        value = 0
+        at = self._symtab.offset + symbol * 24 + 8
+        if symbol and at + 8 <= self._symtab.offset + self._symtab.size:
+            value = int.from_bytes(self._data[at : at + 8], "little")
+        addend: int = self._signed[3 * i + 2]
+        return value + addend
+
+    def __contains__(self, offset: object) -> bool:
+        if not self._sorted:
+            return dict.__contains__(self, offset)
+        return isinstance(offset, int) and self._find(offset) >= 0
+
+    def __getitem__(self, offset: int) -> int:
+        if not self._sorted:
+            return dict.__getitem__(self, offset)
+        i = self._find(offset)
+        if i < 0:
+            raise KeyError(offset)
+        return self._value(i)
+
+
+def _bad(path: str, error: Exception) -> BadObject:
+    return BadObject(
+        f"{path} has unreadable DWARF: {error}", "rebuild it with a current gcc or clang"
+    )
+
+
+# One process of `relive watch` checks the same executable on every save.
+_CACHE_SIZE = 8
+_cache: OrderedDict[tuple[int, int, int, int], DwarfFile] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def open_dwarf(path: str | Path) -> DwarfFile:
+    """The DWARF of the ELF file at ``path`` (kept for a few files: content-keyed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise BadObject(
+            f"cannot read {path}: {e.strerror}", "check that the file still exists"
+        ) from e
+    try:
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        with _cache_lock:
+            cached = _cache.get(key)
+            if cached is not None:
+                _cache.move_to_end(key)
+                return cached
+        data: mmap.mmap | bytes = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if st.st_size else b""
+    finally:
+        os.close(fd)
+    found = DwarfFile(str(path), data)
+    with _cache_lock:
+        _cache[key] = found
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return found
+
+
+def malformed_as_bad_object(path: str, error: Exception) -> BadObject:
+    """A reader error met while walking a unit, as the error users see."""
+    return _bad(path, error)
+
+
+Malformed = _Malformed
