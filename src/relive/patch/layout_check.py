@@ -155,18 +155,27 @@ def _find_units(plan: ReloadPlan, emit: EventSink) -> _Units | None:
 
 
 def _referenced_data(plan: ReloadPlan) -> set[str]:
-    """Names of the variables the loaded sections refer to."""
+    """Names of the variables the loaded sections refer to that live in running storage.
+
+    Data loaded anew (new variables, constants, copied tables) is the new code's own.
+    """
     obj = plan.obj
+    request = plan.layout.request
+    bound = request.bound_sections
     names: set[str] = set()
-    for index in plan.layout.request.load:
+    for index in request.load:
         for reloc in obj.relocations.get(index, ()):
             symbol = reloc.symbol
             if symbol.is_function:
                 continue
-            if not symbol.is_section:
-                names.add(symbol.name)
-            elif not obj.sections[symbol.shndx].is_exec:
-                names.update(s.name for s in obj.iter_section_symbols(symbol.shndx) if s.name)
+            if not symbol.is_defined or symbol.is_common:
+                if symbol.name in request.externals:
+                    names.add(symbol.name)
+            elif symbol.shndx in bound and not obj.sections[symbol.shndx].is_exec:
+                if not symbol.is_section:
+                    names.add(symbol.name)
+                else:
+                    names.update(s.name for s in obj.iter_section_symbols(symbol.shndx) if s.name)
     return names
 
 
