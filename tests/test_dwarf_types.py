@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from elftools.dwarf.enums import ENUM_DW_AT, ENUM_DW_TAG
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 
 from relive.elf.dwarf_types import DwarfFile, TypeUnit, open_dwarf
 from relive.patch.type_compare import TypeComparer, describe, type_of
@@ -146,6 +147,7 @@ def _compare_unit(path: Path, ours: DwarfFile) -> int:
                     expected = _expected_value(cu, attr)
                     if name == "DW_AT_const_value" and attr.form.startswith("DW_FORM_data"):
                         size = int(attr.form[-1])
+                        assert isinstance(expected, int)
                         expected &= (1 << (8 * size)) - 1
                         got = got & ((1 << (8 * size)) - 1) if isinstance(got, int) else got
                     if name == "DW_AT_location" and isinstance(got, bytes):
@@ -191,11 +193,10 @@ def test_unit_ranges_match_pyelftools(tmp_path: Path, compiler: str, version: in
     unit = ours.find_unit(str(tmp_path / "types.c"))
     assert unit is not None
     with exe.open("rb") as f:
-        elf = ELFFile(f)
-        main = next(
-            s for s in elf.get_section_by_name(".symtab").iter_symbols() if s.name == "main"
-        )
-        sum_ = next(s for s in elf.get_section_by_name(".symtab").iter_symbols() if s.name == "sum")
+        symtab = ELFFile(f).get_section_by_name(".symtab")
+        assert isinstance(symtab, SymbolTableSection)
+        main = next(s for s in symtab.iter_symbols() if s.name == "main")
+        sum_ = next(s for s in symtab.iter_symbols() if s.name == "sum")
     for symbol in (main, sum_):
         assert ours.unit_at(symbol["st_value"]) is unit
         assert ours.unit_at(symbol["st_value"] + symbol["st_size"] - 1) is unit
