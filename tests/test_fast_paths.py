@@ -206,20 +206,20 @@ def test_stop_one_holds_an_idle_thread_while_the_others_run(
     target.wait_for("got still reading")
 
 
-def test_syscall_instruction_cache_notices_a_changed_mapping(
-    tmp_path: Path, spawn: SpawnFactory
-) -> None:
+def test_gadget_cache_notices_a_changed_mapping(tmp_path: Path, spawn: SpawnFactory) -> None:
     exe = compile_c(tmp_path, BUSY_AND_IDLE, name="busy", link_flags=("-pthread",))
     target = spawn([exe], stdin_pipe=True)
     target.wait_for("spins at")
-    remote._syscall_insn_cache.pop(target.pid, None)
-    found = remote.get_syscall_insn(target.pid)
-    address, key = remote._syscall_insn_cache[target.pid]
-    assert found == address and re.match(r"[0-9a-f]{8,}-[0-9a-f]{8,} ..x. $", key)
-    assert remote.get_syscall_insn(target.pid) == found  # validated from the cache
-    remote._syscall_insn_cache[target.pid] = (address, "0000dead-0000beef r-xp ")
-    assert remote.get_syscall_insn(target.pid) == found  # stale key: searched again
-    assert remote._syscall_insn_cache[target.pid] == (address, key)
+    remote._gadget_cache.pop(target.pid, None)
+    found = remote.get_gadgets(target.pid)
+    assert remote._gadget_cache[target.pid] == found
+    for key in found.keys:
+        assert re.match(r"[0-9a-f]{8,}-[0-9a-f]{8,} ..x. $", key)
+    assert remote.get_gadgets(target.pid) is found  # validated from the cache
+    stale = dataclasses.replace(found, keys=("0000dead-0000beef r-xp ", found.keys[1]))
+    remote._gadget_cache[target.pid] = stale
+    assert remote.get_gadgets(target.pid) == found  # stale key: searched again
+    assert remote._gadget_cache[target.pid] == found
 
 
 # -- batched memory access -------------------------------------------------------------

@@ -58,6 +58,16 @@ class SourceRecord:
 
 
 @dataclass
+class PendingPatch:
+    """An entry write recorded before it is made (see ``patch.wal``)."""
+
+    #: The patch once the jump is written; None: the original bytes go back (undo).
+    after: EntryPatch | None
+    #: The function's fingerprint before this reload, restored if the write never happened.
+    previous_fingerprint: str | None = None
+
+
+@dataclass
 class Journal:
     """The persistent record for one process."""
 
@@ -66,6 +76,8 @@ class Journal:
     patches: dict[str, EntryPatch] = field(default_factory=dict)
     sources: dict[str, SourceRecord] = field(default_factory=dict)
     regions: list[tuple[int, int]] = field(default_factory=list)
+    #: Entry writes under way, keyed like ``patches``: reconciled with memory on load.
+    pending: dict[str, PendingPatch] = field(default_factory=dict)
 
     @staticmethod
     def patch_key(module: str, entry: int) -> str:
@@ -149,7 +161,12 @@ def load_journal(pid: int) -> Journal:
             if found is not None:
                 return inherit_journal(pid, start, _read(ancestor, ancestor_start, found))
         return Journal(pid=pid, start_time=start)
-    return _read(pid, start, data)
+    journal = _read(pid, start, data)
+    if journal.pending:
+        from relive.patch.wal import reconcile
+
+        reconcile(journal)  # a relive died while writing entries: see what it wrote
+    return journal
 
 
 def _read(pid: int, start: int, data: bytes) -> Journal:
@@ -181,11 +198,26 @@ def _parse_journal(pid: int, start: int, data: bytes) -> Journal:
         journal.patches[key] = patch
     for key, value in sources.items():
         journal.sources[key] = _load_source(_expect(value, dict, f"source {key}"), key)
+    pending = _expect(raw.get("pending", {}), dict, "pending")
+    for key, value in pending.items():
+        journal.pending[key] = _load_pending(_expect(value, dict, f"pending {key}"), key)
     for region in regions:
         if not (_is_pair(region) and 0 <= region[0] < _ADDRESS_END and 0 < region[1] < (1 << 40)):
             raise _Invalid(f"region {region!r} is not an address and a size")
         journal.regions.append((region[0], region[1]))
     return journal
+
+
+def _load_pending(raw: dict[str, Any], key: str) -> PendingPatch:
+    after = raw.get("after")
+    previous = raw.get("previous_fingerprint")
+    if not (previous is None or isinstance(previous, str)):
+        raise _Invalid(f"pending {key}: previous_fingerprint is not a string")
+    if after is None:
+        return PendingPatch(None, previous)
+    patch = _build(EntryPatch, after, f"pending {key}")
+    _check_patch(patch, key)
+    return PendingPatch(patch, previous)
 
 
 def _load_source(raw: dict[str, Any], key: str) -> SourceRecord:
@@ -269,11 +301,20 @@ def _check_patch(patch: EntryPatch, key: str) -> None:
         raise _Invalid(f"patch {key}: count {patch.count} is not positive")
 
 
-def save_journal(journal: Journal) -> None:
-    """Write the journal atomically (rename), so a killed relive leaves a whole file."""
+def save_journal(journal: Journal) -> bytes:
+    """Write the journal atomically (rename), so a killed relive leaves a whole file.
+
+    Returns what was written, which ``restore_journal`` can put back.
+    """
     # Plain dicts, no indent: dataclasses.asdict deep-copies, which for thousands
     # of functions costs more than the reload itself.
     data = json.dumps(_as_plain(journal), separators=(",", ":")).encode()
+    write_state_file(journal_name(journal.pid, journal.start_time), data)
+    return data
+
+
+def restore_journal(journal: Journal, data: bytes) -> None:
+    """Put back a journal as ``save_journal`` wrote it (a transaction that wrote nothing)."""
     write_state_file(journal_name(journal.pid, journal.start_time), data)
 
 
@@ -291,4 +332,11 @@ def _as_plain(journal: Journal) -> dict[str, Any]:
             for k, r in journal.sources.items()
         },
         "regions": journal.regions,
+        "pending": {
+            k: {
+                "after": None if p.after is None else vars(p.after),
+                "previous_fingerprint": p.previous_fingerprint,
+            }
+            for k, p in journal.pending.items()
+        },
     }

@@ -10,19 +10,28 @@
 3. write the new code and data while the program runs (nothing jumps there
    yet), then protect the code pages read+execute; copy in the initial values
    ``--reinit`` chose (``patch.initial``);
-4. stop every thread, wait until none is in the way, write all entry jumps at
+4. record in the journal what was loaded and, as pending, the jumps about to be
+   written, and save it (write-ahead, ``patch.wal``);
+5. stop every thread, wait until none is in the way, write all entry jumps at
    once and resume (``patch.jumps``);
-5. on any failure up to here, give the new blocks back: the program is as it was;
-6. record what was done in the journal and save it, all while relive's own
-   SIGINT/SIGTERM/SIGHUP are held, so an interrupted relive never leaves a
-   patch the journal does not know.
+6. on any failure up to here, give the new blocks back and the journal its old
+   contents: the program is as it was (unless some jumps made it into memory:
+   then those are committed and their code kept);
+7. commit the pending jumps and save the journal.
+
+The journal is saved once before anything else (nothing changes in the target
+unless it can be written), and steps 2-7 run while relive's own
+SIGINT/SIGTERM/SIGHUP are held.  A relive killed (SIGKILL) between 4 and 7
+leaves pending jumps that the next load reconciles with memory, so no kill
+leaves a patch the journal does not know.
 
 :func:`undo_patches` is the reverse transaction: original bytes back, journal
-updated, under the same held signals.
+updated, written ahead in the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import signal
 from collections.abc import Iterator
@@ -31,16 +40,24 @@ from dataclasses import dataclass
 
 from relive.arch.base import Arch
 from relive.elf.objfile import ObjSymbol
+from relive.errors import ReliveError
 from relive.link import LinkedImage
 from relive.link.layout import MIN_CODE_ROOM
 from relive.patch.active import iter_active_functions
 from relive.patch.block import allocate_and_link, protect_code, release_block, write_block
 from relive.patch.entries import EntrySite, EntryWrite, iter_entry_sites
 from relive.patch.initial import DataChange, write_initial_values
-from relive.patch.journal import Definition, EntryPatch, Journal, save_journal
+from relive.patch.journal import (
+    Definition,
+    EntryPatch,
+    Journal,
+    restore_journal,
+    save_journal,
+)
 from relive.patch.jumps import write_entries
 from relive.patch.loops import refuse_running_loop_heads
 from relive.patch.plan import ReloadPlan
+from relive.patch.wal import commit, find_done, stage_jumps, stage_undo
 from relive.process.memory import ProcessMemory
 
 
@@ -91,6 +108,8 @@ def apply_reload(
         for plan in plans
     ]
     refuse_running_loop_heads(pid, itertools.chain(*sites), memory, arch)
+    # Nothing changes in the target unless the journal can be written.
+    before = save_journal(journal)
     images: list[LinkedImage] = []
     writes: list[EntryWrite] = []
     held_seconds = 0.0
@@ -111,18 +130,20 @@ def apply_reload(
                 write_block(memory, image)
                 protect_code(pid, image)
             write_initial_values(pid, values)
-            # 4. Stop, check and write the entries.
+            # 4. Write ahead: the journal knows every jump before it is written.
+            stage_jumps(journal, writes)
+            _record(journal, plans, images)
+            save_journal(journal)
+            # 5. Stop, check and write the entries.
             if writes:
                 report = write_entries(pid, writes, arch)
                 held_seconds, positions = report.held_seconds, report.positions
         except BaseException:
-            # 5. Roll back.
-            for image in images:
-                release_block(pid, image)
+            # 6. Roll back.
+            _abandon(pid, journal, memory, images, before)
             raise
-        # 6. Record, still inside held_signals: a SIGINT/SIGTERM that came meanwhile
-        # must not leave patches in memory that status and undo know nothing about.
-        _record(journal, plans, images, writes)
+        # 7. Commit, still inside held_signals.
+        commit(journal)
         save_journal(journal)
     active = [] if positions is None else _find_active(pid, plans, memory, arch, positions)
     return Applied(images, held_seconds, active)
@@ -137,11 +158,34 @@ def undo_patches(pid: int, journal: Journal, keys: list[str]) -> list[EntryPatch
     ]
     if writes:
         with held_signals():
-            write_entries(pid, writes)
-            for key in keys:
-                journal.forget_patch(key)
+            stage_undo(journal, keys)
+            save_journal(journal)  # write-ahead (and refused here if it cannot be)
+            try:
+                write_entries(pid, writes)
+            except BaseException:
+                with ProcessMemory(pid) as memory:
+                    commit(journal, find_done(journal, memory))
+                save_journal(journal)
+                raise
+            commit(journal)
             save_journal(journal)
     return chosen
+
+
+def _abandon(
+    pid: int, journal: Journal, memory: ProcessMemory, images: list[LinkedImage], before: bytes
+) -> None:
+    """After a failed transaction: record the jumps that made it into memory, or, if
+    none did, give back the new blocks and put the journal back as it was."""
+    done = find_done(journal, memory) if journal.pending else set()
+    if done:  # the code those jumps lead to must stay
+        commit(journal, done)
+        save_journal(journal)
+        return
+    for image in images:
+        release_block(pid, image)
+    with contextlib.suppress(ReliveError):  # unwritable: it still holds ``before``
+        restore_journal(journal, before)
 
 
 def _entry_writes(
@@ -155,25 +199,11 @@ def _entry_writes(
     ]
 
 
-def _record(
-    journal: Journal, plans: list[ReloadPlan], images: list[LinkedImage], writes: list[EntryWrite]
-) -> None:
-    """Tell the journal what was loaded and which entries jump where."""
+def _record(journal: Journal, plans: list[ReloadPlan], images: list[LinkedImage]) -> None:
+    """Tell the journal what was loaded (the entry jumps go through ``patch.wal``)."""
     for plan, image in zip(plans, images, strict=True):
         fingerprints = {d.name: d.fingerprint for d in plan.decisions if d.status != "skipped"}
         journal.record_generation(plan.source, fingerprints, _definitions(plan, image))
-    for write in writes:
-        journal.record_entry_patch(
-            EntryPatch(
-                name=write.name,
-                source=write.source,
-                module=write.module,
-                entry=write.address,
-                original=write.expected.hex(),
-                written=write.new.hex(),
-                target=write.target,
-            )
-        )
     journal.add_regions((image.base, len(image.data)) for image in images)
 
 

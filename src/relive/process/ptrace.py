@@ -22,6 +22,7 @@ from relive.arch.x86_64.registers import UserRegs
 PTRACE_PEEKDATA = 2
 PTRACE_POKEDATA = 5
 PTRACE_CONT = 7
+PTRACE_SYSCALL = 24
 PTRACE_SINGLESTEP = 9
 # GETREGS/SETREGS exist on x86 only (aarch64 needs GETREGSET with NT_PRSTATUS).
 PTRACE_GETREGS = 12
@@ -29,10 +30,22 @@ PTRACE_SETREGS = 13
 PTRACE_DETACH = 17
 PTRACE_GETSIGINFO = 0x4202
 PTRACE_SETSIGINFO = 0x4203
+PTRACE_GETREGSET = 0x4204
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_GETSIGMASK = 0x420A
 PTRACE_SETSIGMASK = 0x420B
+
+#: PTRACE_SEIZE option: syscall-stops report SIGTRAP|0x80.  Besides telling them
+#: from a real SIGTRAP, it matters if relive dies in one: the kernel then "delivers"
+#: the stop's code, and 0x85 is no signal at all, where a plain SIGTRAP would kill.
+PTRACE_O_TRACESYSGOOD = 0x1
+#: The stop signal of a syscall-stop under PTRACE_O_TRACESYSGOOD.
+SYSCALL_STOP_SIGNAL = signal.SIGTRAP | 0x80
+#: The regset of the x86 extended state (XSAVE layout, user format).
+NT_X86_XSTATE = 0x202
+#: Large enough for every XSAVE layout (AMX tiles included).
+_XSTATE_MAX = 16384
 
 #: Reported in ``status >> 16`` for a PTRACE_INTERRUPT or group-stop of a seized tracee.
 PTRACE_EVENT_STOP = 128
@@ -112,6 +125,11 @@ def cont(tid: int, signo: int = 0) -> None:
     _call(PTRACE_CONT, tid, 0, signo)
 
 
+def syscall(tid: int, signo: int = 0) -> None:
+    """PTRACE_SYSCALL: resume a ptrace-stopped thread until its next syscall entry or exit."""
+    _call(PTRACE_SYSCALL, tid, 0, signo)
+
+
 def singlestep(tid: int, signo: int = 0) -> None:
     """PTRACE_SINGLESTEP: run one instruction, then stop with SIGTRAP."""
     _call(PTRACE_SINGLESTEP, tid, 0, signo)
@@ -127,6 +145,18 @@ def get_regs(tid: int) -> UserRegs:
 def set_regs(tid: int, regs: UserRegs) -> None:
     """PTRACE_SETREGS: replace the thread's general-purpose registers."""
     _call(PTRACE_SETREGS, tid, 0, ctypes.addressof(regs))
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+def get_xstate(tid: int) -> bytes:
+    """PTRACE_GETREGSET(NT_X86_XSTATE): the thread's FPU/SSE/AVX state, XSAVE layout."""
+    buf = ctypes.create_string_buffer(_XSTATE_MAX)
+    iov = _IoVec(ctypes.addressof(buf), _XSTATE_MAX)
+    _call(PTRACE_GETREGSET, tid, NT_X86_XSTATE, ctypes.addressof(iov))
+    return buf.raw[: iov.len]
 
 
 @dataclass(frozen=True)
@@ -232,9 +262,14 @@ class WaitStatus:
         return self.stopped and self.event == PTRACE_EVENT_STOP
 
     @property
+    def is_syscall_stop(self) -> bool:
+        """A syscall-entry or -exit stop (PTRACE_SYSCALL with PTRACE_O_TRACESYSGOOD)."""
+        return self.stopped and self.event == 0 and self.stop_signal == SYSCALL_STOP_SIGNAL
+
+    @property
     def is_signal_stop(self) -> bool:
         """A signal-delivery-stop: a signal is waiting for the tracer's verdict."""
-        return self.stopped and self.event == 0
+        return self.stopped and self.event == 0 and self.stop_signal != SYSCALL_STOP_SIGNAL
 
     def describe(self) -> str:
         """A short human description, for error messages."""
@@ -244,6 +279,8 @@ class WaitStatus:
             return f"killed by {_signal_name(os.WTERMSIG(self.status))}"
         if self.is_event_stop:
             return f"event-stop ({_signal_name(self.stop_signal)})"
+        if self.is_syscall_stop:
+            return "syscall-stop"
         return f"stopped by {_signal_name(self.stop_signal)}"
 
 

@@ -1,38 +1,60 @@
-"""Run syscalls inside a stopped target: mmap, mprotect and munmap on its behalf.
+"""Run syscalls and functions inside a stopped target, self-restoring at every instant.
 
-The target's own ``syscall`` instruction is borrowed (libc always has one, a
-static executable has its own), so no code is written into the target:
+relive may be killed at any moment (SIGKILL, the OOM killer, a closed
+terminal).  The kernel then detaches, and every thread runs on from the state
+relive left it in.  So a thread relive borrows is only ever pointed at code
+that ends by restoring it, and relive never stops it with a single-step trap
+(a tracer that dies there leaves a SIGTRAP that kills the program):
 
-1. save the thread's registers;
-2. point rip at a ``syscall`` instruction with the arguments in registers;
-3. single-step it and read the result from rax;
-4. restore the saved registers exactly.
+1. save the thread's registers, signal mask and FPU state, and write below its
+   stack pointer (past the red zone) an ``rt_sigreturn`` frame holding them
+   (``arch.x86_64.sigframe``);
+2. point rip at a ``syscall; ret`` in the program's own code with the syscall's
+   arguments in registers and rsp at the frame, whose first word is the address
+   of a ``mov $15,%rax; syscall`` (libc's ``__restore_rt``);
+3. run it to the syscall's exit stop (PTRACE_SYSCALL) and read the result;
+4. stop it again with PTRACE_INTERRUPT and restore the saved registers exactly.
 
-This works on a thread blocked in a syscall (read, nanosleep, futex...): the
-interrupted call's orig_rax and -ERESTART* rax come back in step 4, so the
-kernel restarts it when the thread resumes and the program sees no EINTR.
+If relive dies anywhere in 2-4 the thread finishes the syscall, returns into
+the frame, and rt_sigreturn puts every register, the mask and the FPU state
+back: the program carries on (at worst with a mapping nobody uses).  When
+relive lives, step 4 restores the thread and the frame is never used.
+
+A thread blocked in a syscall (read, nanosleep, futex...) keeps its interrupted
+call's orig_rax and -ERESTART* rax in step 4, so the kernel restarts it on
+release and the program sees no EINTR; the frame instead re-enters the call
+itself.  A function is called the same way: it returns to the ``syscall; ret``
+(its result, an address, is no syscall number; relive reads it at the syscall's
+entry stop and skips the call) and then into the frame.
 """
 
 from __future__ import annotations
 
 import errno as errno_codes
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from relive.arch.x86_64.registers import (
-    CALL_RETURN_ADDRESS,
     MMAP,
     MPROTECT,
     MUNMAP,
-    SYSCALL_INSN,
-    SYSCALL_INSN_SIZE,
+    UserRegs,
     call_result,
     get_pc,
     is_syscall_error,
     prepare_call,
     prepare_syscall,
-    set_pc,
     syscall_name,
     syscall_result,
+)
+from relive.arch.x86_64.sigframe import (
+    SIGRETURN,
+    SYSCALL_RET,
+    build_frame,
+    frame_address,
+    frame_size,
 )
 from relive.errors import ProcessGone, ReliveError
 from relive.process import procfs
@@ -54,12 +76,22 @@ MAP_FIXED_NOREPLACE = 0x100000
 
 _FIRST_CHUNK = 4096
 _SCAN_CHUNK = 1 << 20
-#: Stack bytes below the call's frame saved and restored around a remote call.
-_CALL_STACK_BACKUP = 16 * 1024
+#: Room below the thread's stack pointer left to a called function's own frames.
+CALL_STACK_GAP = 1024
 
-#: pid -> address of a ``syscall`` instruction found in that process, and the
-#: maps-line prefix of its mapping (see ``_is_still_valid``).
-_syscall_insn_cache: dict[int, tuple[int, str]] = {}
+
+@dataclass(frozen=True)
+class Gadgets:
+    """Code of the program that injected work runs through (see the module doc)."""
+
+    syscall_ret: int  # ``syscall; ret``
+    sigreturn: int  # ``mov $15,%rax; syscall``
+    #: The maps-line prefixes of the mappings that hold them (see ``_is_still_valid``).
+    keys: tuple[str, str]
+
+
+#: pid -> the gadgets found in that process.
+_gadget_cache: dict[int, Gadgets] = {}
 
 
 class RemoteSyscallError(ReliveError):
@@ -72,15 +104,15 @@ class RemoteSyscallError(ReliveError):
 
 
 def _iter_candidate_mappings(maps: list[procfs.Mapping]) -> list[procfs.Mapping]:
-    """Executable file-backed mappings, libc first (it surely holds a ``syscall``)."""
+    """Executable file-backed mappings, libc first (it surely holds both sequences)."""
     code = [m for m in maps if m.is_executable and m.is_file_backed]
     return sorted(code, key=lambda m: "libc" not in os.path.basename(m.path))
 
 
-def _scan_mapping(memory: ProcessMemory, mapping: procfs.Mapping) -> int | None:
-    # Chunks grow from one page: libc has a ``syscall`` within its first few pages,
-    # and this runs while the threads are held.
-    overlap = len(SYSCALL_INSN) - 1  # an instruction may straddle two chunks
+def _scan_mapping(memory: ProcessMemory, mapping: procfs.Mapping, pattern: bytes) -> int | None:
+    # Chunks grow from one page: libc has both sequences within its first pages,
+    # and this may run while threads are held.
+    overlap = len(pattern) - 1  # a sequence may straddle two chunks
     start, size = mapping.start, _FIRST_CHUNK
     while start < mapping.end:
         end = min(start + size + overlap, mapping.end)
@@ -88,7 +120,7 @@ def _scan_mapping(memory: ProcessMemory, mapping: procfs.Mapping) -> int | None:
             chunk = memory.read(start, end - start)
         except ReliveError:
             return None  # e.g. a mapping of a truncated file
-        offset = chunk.find(SYSCALL_INSN)
+        offset = chunk.find(pattern)
         if offset >= 0:
             return start + offset
         start += size
@@ -96,27 +128,36 @@ def _scan_mapping(memory: ProcessMemory, mapping: procfs.Mapping) -> int | None:
     return None
 
 
-def find_syscall_insn(pid: int) -> int | None:
-    """Address of a ``syscall`` instruction in the target's executable file mappings.
+def _find_sequence(
+    memory: ProcessMemory, maps: list[procfs.Mapping], pattern: bytes
+) -> tuple[int, str] | None:
+    """The address of ``pattern`` in an executable mapping, and that mapping's key.
 
-    Any occurrence of the two bytes works, even inside another instruction: the
-    CPU decodes from wherever rip points.
+    Any occurrence works, even inside another instruction: the CPU decodes from
+    wherever rip points.
     """
-    found = _find_syscall_insn(pid)
-    return None if found is None else found[0]
+    for mapping in _iter_candidate_mappings(maps):
+        found = _scan_mapping(memory, mapping, pattern)
+        if found is not None:
+            return found, _maps_key(mapping)
+    return None
 
 
-def _find_syscall_insn(pid: int) -> tuple[int, str] | None:
-    """The address and the maps-line prefix of the mapping that holds it."""
-    # Runs while the threads are held: parse only the lines of executable mappings.
+def _find_gadgets(pid: int) -> Gadgets:
+    # May run while threads are held: parse only the lines of executable mappings.
     lines = procfs.read_maps_text(pid).splitlines()
     maps = [procfs.parse_maps_line(line) for line in lines if "xp " in line or "xs " in line]
     with ProcessMemory(pid) as memory:
-        for mapping in _iter_candidate_mappings(maps):
-            found = _scan_mapping(memory, mapping)
-            if found is not None:
-                return found, _maps_key(mapping)
-    return None
+        syscall_ret = _find_sequence(memory, maps, SYSCALL_RET)
+        sigreturn = _find_sequence(memory, maps, SIGRETURN)
+    if syscall_ret is None or sigreturn is None:
+        missing = "syscall; ret" if syscall_ret is None else "an rt_sigreturn sequence"
+        raise ReliveError(
+            f"process {pid} maps no code with {missing}, which relive runs its injected "
+            "syscalls through so that the program survives relive being killed",
+            hint="the program links no C library relive knows; link it with glibc or musl",
+        )
+    return Gadgets(syscall_ret[0], sigreturn[0], (syscall_ret[1], sigreturn[1]))
 
 
 def _maps_key(mapping: procfs.Mapping) -> str:
@@ -124,32 +165,31 @@ def _maps_key(mapping: procfs.Mapping) -> str:
     return f"{mapping.start:08x}-{mapping.end:08x} {mapping.perms} "
 
 
-def _is_still_valid(pid: int, addr: int, key: str) -> bool:
-    """Whether a cached address still holds ``syscall`` in the same executable mapping.
+def _is_still_valid(pid: int, gadgets: Gadgets) -> bool:
+    """Whether cached gadgets still hold their bytes in the same executable mappings.
 
-    Runs while the threads are held, so it looks for the mapping's line in the raw
-    maps text (the same range and permissions) rather than parsing every line.
+    May run while threads are held, so it looks for the mappings' lines in the
+    raw maps text (the same range and permissions) rather than parsing every line.
     """
     text = procfs.read_maps_text(pid)
-    if not (text.startswith(key) or f"\n{key}" in text):
-        return False
+    for key in gadgets.keys:
+        if not (text.startswith(key) or f"\n{key}" in text):
+            return False
     with ProcessMemory(pid) as memory:
-        return memory.read(addr, len(SYSCALL_INSN)) == SYSCALL_INSN
-
-
-def get_syscall_insn(pid: int) -> int:
-    """Address of a ``syscall`` instruction in ``pid``; searched once and cached."""
-    cached = _syscall_insn_cache.get(pid)
-    if cached is not None and _is_still_valid(pid, *cached):
-        return cached[0]
-    found = _find_syscall_insn(pid)
-    if found is None:
-        raise ReliveError(
-            f"no syscall instruction found in the executable mappings of process {pid}",
-            hint="the program maps no code file relive can borrow the instruction from",
+        return (
+            memory.read(gadgets.syscall_ret, len(SYSCALL_RET)) == SYSCALL_RET
+            and memory.read(gadgets.sigreturn, len(SIGRETURN)) == SIGRETURN
         )
-    _syscall_insn_cache[pid] = found
-    return found[0]
+
+
+def get_gadgets(pid: int) -> Gadgets:
+    """The self-restoring sequences of ``pid``; searched once and cached."""
+    cached = _gadget_cache.get(pid)
+    if cached is not None and _is_still_valid(pid, cached):
+        return cached
+    found = _find_gadgets(pid)
+    _gadget_cache[pid] = found
+    return found
 
 
 def _pick_thread(stopped: StoppedProcess) -> int:
@@ -162,30 +202,79 @@ def _pick_thread(stopped: StoppedProcess) -> int:
 def remote_syscall(stopped: StoppedProcess, nr: int, *args: int, tid: int | None = None) -> int:
     """Run syscall ``nr`` with ``args`` on one stopped thread; return its result.
 
-    The thread's registers are restored exactly afterwards.  An error result
+    The thread's registers are restored exactly afterwards; if relive dies
+    meanwhile, the thread restores itself (see the module doc).  An error result
     (-4095..-1) raises RemoteSyscallError naming the syscall and errno.
     """
     tid = _pick_thread(stopped) if tid is None else tid
     try:
-        insn = get_syscall_insn(stopped.pid)
+        gadgets = get_gadgets(stopped.pid)
     except ProcessGone:
         raise ProcessGone(f"process {stopped.pid} exited during the reload") from None
     saved = stopped.get_regs(tid)
-    regs = prepare_syscall(saved, nr, args)
-    set_pc(regs, insn)
+    with _restoring_frame(stopped, tid, saved, saved.rsp, gadgets) as frame:
+        regs = prepare_syscall(saved, nr, args)
+        regs.rip = gadgets.syscall_ret
+        regs.rsp = frame  # the ``ret`` after the syscall goes to the frame's pretcode
+        after = _run(stopped, tid, saved, regs, gadgets, to_exit=True, timeout=0.0)
+    done = gadgets.syscall_ret + 2
+    if get_pc(after) != done:
+        raise ReliveError(
+            f"{syscall_name(nr)} in process {stopped.pid} did not run: the thread "
+            f"stopped at {get_pc(after):#x} instead of {done:#x}"
+        )
+    return _check_result(stopped.pid, nr, syscall_result(after))
+
+
+def _run(
+    stopped: StoppedProcess,
+    tid: int,
+    saved: UserRegs,
+    regs: UserRegs,
+    gadgets: Gadgets,
+    *,
+    to_exit: bool,
+    timeout: float,
+) -> UserRegs:
+    """Run the prepared thread to the ``syscall; ret`` gadget's syscall; restore it."""
     try:
         stopped.set_regs(tid, regs)
-        stopped.single_step(tid)
-        after = stopped.get_regs(tid)
+        return stopped.run_injected(
+            tid, gadgets.syscall_ret + 2, to_exit=to_exit, cancel=not to_exit, timeout=timeout
+        )
     finally:
         if tid in stopped.tids:  # a thread that died has nothing to restore
             stopped.set_regs(tid, saved)
-    if get_pc(after) != insn + SYSCALL_INSN_SIZE:
+
+
+@contextmanager
+def _restoring_frame(
+    stopped: StoppedProcess, tid: int, saved: UserRegs, below: int, gadgets: Gadgets
+) -> Iterator[int]:
+    """Write the frame that restores ``saved`` below ``below``; yield its address.
+
+    The stack bytes it covers (below the red zone: unused) are put back after.
+    """
+    xstate = stopped.get_xstate(tid)
+    size = frame_size(xstate)
+    address = frame_address(below, size)
+    stack = procfs.find_mapping(procfs.read_maps(stopped.pid), address)
+    if stack is None or stack.end < address + size or "w" not in stack.perms:
         raise ReliveError(
-            f"{syscall_name(nr)} in process {stopped.pid} did not run: the thread "
-            f"stopped at {get_pc(after):#x} instead of {insn + SYSCALL_INSN_SIZE:#x}"
+            f"thread {tid} of process {stopped.pid} has no room on its stack at "
+            f"{address:#x} for relive's {size}-byte restore frame",
+            hint="retry when the thread is not on a small alternate signal stack",
         )
-    return _check_result(stopped.pid, nr, syscall_result(after))
+    frame = bytearray(build_frame(saved, stopped.get_sigmask(tid), xstate, address))
+    frame[0:8] = gadgets.sigreturn.to_bytes(8, "little")
+    with ProcessMemory(stopped.pid, poke_tid=tid) as memory:
+        backup = memory.read(address - 8, size + 8)
+        memory.write(address, bytes(frame))
+        try:
+            yield address
+        finally:
+            if tid in stopped.tids:
+                memory.write(address - 8, backup)
 
 
 def _check_result(pid: int, nr: int, result: int) -> int:
@@ -243,27 +332,19 @@ def remote_munmap(stopped: StoppedProcess, addr: int, length: int) -> None:
 def remote_call(stopped: StoppedProcess, function: int, *args: int) -> int:
     """Call ``function(*args)`` on one held thread (the others stay held); its result.
 
-    The thread's registers and every stack byte the call may touch are
-    restored exactly afterwards.  The call returns to an address that faults,
-    so nothing is written into the program's code.  Meant for short functions
-    that take no locks (IFUNC resolvers).
+    The thread's registers and the stack bytes below it are restored exactly
+    afterwards; if relive dies meanwhile, the function returns into the restore
+    frame (see the module doc).  The result must not be a small number (it is
+    taken for a syscall number on the way): meant for IFUNC resolvers, which
+    return an address, are short and take no locks.
     """
     tid = _pick_thread(stopped)
+    gadgets = get_gadgets(stopped.pid)
     saved = stopped.get_regs(tid)
-    regs, slot = prepare_call(saved, function, args)
-    stack = procfs.find_mapping(procfs.read_maps(stopped.pid), slot)
-    if stack is None:
-        raise ReliveError(f"thread {tid} of process {stopped.pid} has no stack below {slot:#x}")
-    low = max(stack.start, slot - _CALL_STACK_BACKUP)
-    with ProcessMemory(stopped.pid, poke_tid=tid) as memory:
-        backup = memory.read(low, slot + 8 - low)
-        try:
-            memory.write(slot, CALL_RETURN_ADDRESS.to_bytes(8, "little"))
-            stopped.set_regs(tid, regs)
-            stopped.run_until_fault_at(tid, CALL_RETURN_ADDRESS)
-            result = call_result(stopped.get_regs(tid))
-        finally:
-            if tid in stopped.tids:
-                stopped.set_regs(tid, saved)
-                memory.write(low, backup)
-    return result
+    with _restoring_frame(stopped, tid, saved, saved.rsp - CALL_STACK_GAP, gadgets) as frame:
+        regs = prepare_call(saved, function, args, frame - 8)
+        with ProcessMemory(stopped.pid, poke_tid=tid) as memory:
+            memory.write(frame - 8, gadgets.syscall_ret.to_bytes(8, "little"))
+        at_entry = _run(stopped, tid, saved, regs, gadgets, to_exit=False, timeout=2.0)
+    # At the syscall's entry stop the called function's result is the syscall number.
+    return call_result(at_entry, from_syscall_entry=True)

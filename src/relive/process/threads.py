@@ -72,11 +72,17 @@ class _Thread:
     current: ptrace.SigInfo | None = None
     #: Signals taken out of the kernel that the thread is still owed.
     owed: list[ptrace.SigInfo] = field(default_factory=list)
+    #: The current stop is a syscall-entry or -exit stop (PTRACE_SYSCALL).
+    in_syscall_stop: bool = False
+    #: The current stop is an event-stop (PTRACE_INTERRUPT).
+    in_event_stop: bool = False
 
     def record_stop(self, status: ptrace.WaitStatus) -> None:
         """Note a ptrace-stop reported by waitpid."""
         self.stopped = True
         self.in_signal_stop = status.is_signal_stop
+        self.in_syscall_stop = status.is_syscall_stop
+        self.in_event_stop = status.is_event_stop
         self.current = ptrace.get_siginfo(self.tid) if status.is_signal_stop else None
 
     def iter_undelivered(self) -> Iterator[ptrace.SigInfo]:
@@ -168,6 +174,22 @@ class StoppedProcess:
         except OSError as exc:
             raise self._thread_error(tid, exc) from exc
 
+    def get_sigmask(self, tid: int) -> int:
+        """The blocked-signal mask of held thread ``tid``."""
+        self._get_thread(tid)
+        try:
+            return ptrace.get_sigmask(tid)
+        except OSError as exc:
+            raise self._thread_error(tid, exc) from exc
+
+    def get_xstate(self, tid: int) -> bytes:
+        """The FPU/SSE/AVX state of held thread ``tid`` (XSAVE layout)."""
+        self._get_thread(tid)
+        try:
+            return ptrace.get_xstate(tid)
+        except OSError as exc:
+            raise self._thread_error(tid, exc) from exc
+
     def iter_pcs(self) -> Iterator[tuple[int, int]]:
         """``(tid, pc)`` for every held thread."""
         for tid in self.tids:
@@ -188,15 +210,40 @@ class StoppedProcess:
         deadline = time.monotonic() + _STEP_TIMEOUT_S
         self._run_masked(tid, ptrace.singlestep, self._is_step_done, deadline)
 
-    def run_until_fault_at(self, tid: int, address: int, timeout: float = 2.0) -> None:
-        """Let held thread ``tid`` run (the others stay held) until it faults at
-        ``address``; the fault is swallowed.  Used to end a remote function call.
+    def run_injected(
+        self, tid: int, at: int, *, to_exit: bool, cancel: bool = False, timeout: float = 0.0
+    ) -> UserRegs:
+        """Run held thread ``tid``, set up by ``remote`` to reach a ``syscall`` whose
+        rip afterwards is ``at``, to that syscall's entry stop (and with ``to_exit``
+        on to its exit stop); return its registers there.  With ``cancel`` the
+        syscall is skipped.  The thread is then stopped again (PTRACE_INTERRUPT)
+        before it runs another instruction, so the caller can restore it.
 
-        Signals that arrive meanwhile stay queued (masked) or are owed, as for
-        :meth:`single_step`; any other fault raises ReliveError.
+        Only syscall-stops and event-stops are used, never a single-step trap: if
+        relive dies in one of them the thread goes on (into the code ``remote``
+        set up to restore it) where a pending SIGTRAP would kill it.
         """
-        deadline = time.monotonic() + timeout
-        self._run_masked(tid, ptrace.cont, lambda t: self._is_fault_at(t, address), deadline)
+        thread = self._get_thread(tid)
+        deadline = time.monotonic() + (timeout or _STEP_TIMEOUT_S)
+        with self._masked(tid):
+            signo = self._hand_back_current(thread)
+
+            def at_syscall(t: _Thread) -> bool:
+                return self._is_syscall_stop_at(t, at)
+
+            self._resume_until(thread, ptrace.syscall, at_syscall, deadline, signo)
+            if to_exit:
+                self._resume_until(thread, ptrace.syscall, at_syscall, deadline, 0)
+            try:
+                regs = ptrace.get_regs(tid)
+                if cancel:
+                    skipped = regs.copy()
+                    skipped.orig_rax = (1 << 64) - 1
+                    ptrace.set_regs(tid, skipped)
+            except OSError as exc:
+                raise self._thread_error(tid, exc) from exc
+            self._resume_until(thread, _interrupt_and_cont, self._is_event_stop, deadline, 0)
+        return regs
 
     def _run_masked(
         self,
@@ -209,31 +256,50 @@ class StoppedProcess:
         is the one wanted.  Blockable signals are masked meanwhile (they stay
         queued); other signals the thread meets are owed to it."""
         thread = self._get_thread(tid)
+        with self._masked(tid):
+            signo = self._hand_back_current(thread)
+            self._resume_until(thread, resume, is_done, deadline, signo)
+
+    @contextlib.contextmanager
+    def _masked(self, tid: int) -> Iterator[None]:
+        """Block every blockable signal of held thread ``tid`` meanwhile."""
         try:
             saved_mask = ptrace.get_sigmask(tid)
             ptrace.set_sigmask(tid, _STEP_SIGMASK)
         except OSError as exc:
             raise self._thread_error(tid, exc) from exc
         try:
-            signo = self._hand_back_current(thread)
-            while True:
-                try:
-                    resume(tid, signo)
-                    signo = 0
-                    status = self._wait(tid, deadline)
-                    if status is None or status.exited:
-                        self._threads.pop(tid, None)
-                        raise self._exited_during_step(tid)
-                    thread.record_stop(status)
-                except OSError as exc:
-                    raise self._thread_error(tid, exc) from exc
-                if is_done(thread):
-                    return
+            yield
         finally:
             self._restore_sigmask(tid, saved_mask)
 
-    def _is_fault_at(self, thread: _Thread, address: int) -> bool:
-        """Classify a stop while a called function runs; True at its return fault."""
+    def _resume_until(
+        self,
+        thread: _Thread,
+        resume: Callable[[int, int], None],
+        is_done: Callable[[_Thread], bool],
+        deadline: float,
+        signo: int,
+    ) -> None:
+        tid = thread.tid
+        while True:
+            try:
+                resume(tid, signo)
+                signo = 0
+                status = self._wait(tid, deadline)
+                if status is None or status.exited:
+                    self._threads.pop(tid, None)
+                    raise self._exited_during_step(tid)
+                thread.record_stop(status)
+            except OSError as exc:
+                raise self._thread_error(tid, exc) from exc
+            if is_done(thread):
+                return
+
+    def _is_syscall_stop_at(self, thread: _Thread, address: int) -> bool:
+        """Classify a stop while injected code runs; True at its syscall's stops."""
+        if thread.in_syscall_stop:
+            return get_pc(ptrace.get_regs(thread.tid)) == address
         info = thread.current
         if info is None:
             return False  # a pending interrupt fired first: run on
@@ -242,12 +308,16 @@ class StoppedProcess:
             thread.owed.append(info)
             return False
         pc = get_pc(ptrace.get_regs(thread.tid))
-        if info.signo == signal.SIGSEGV and pc == address:
-            return True
         raise ReliveError(
-            f"a function called in thread {thread.tid} of process {self.pid} raised "
+            f"code run in thread {thread.tid} of process {self.pid} raised "
             f"{signal.Signals(info.signo).name} at {pc:#x}"
         )
+
+    def _is_event_stop(self, thread: _Thread) -> bool:
+        """True at the event-stop of our PTRACE_INTERRUPT; signals met first are owed."""
+        if thread.in_event_stop:
+            return True
+        return self._is_syscall_stop_at(thread, -1)
 
     def resume_briefly(self, duration_s: float) -> None:
         """Let every thread run for about ``duration_s`` seconds, then stop them all again.
@@ -331,7 +401,7 @@ class StoppedProcess:
     def _seize(self, tid: int) -> bool:
         """Seize and interrupt one thread; False if it vanished or is a zombie."""
         try:
-            ptrace.seize(tid)
+            ptrace.seize(tid, ptrace.PTRACE_O_TRACESYSGOOD)
         except OSError as exc:
             if exc.errno == errno.ESRCH or procfs.find_thread_state(self.pid, tid) in (
                 None, "Z", "X"
@@ -516,6 +586,12 @@ class StoppedProcess:
         if not procfs.is_alive(self.pid):
             return self._exited()
         return ReliveError(f"ptrace on thread {tid} of process {self.pid} failed: {exc}")
+
+
+def _interrupt_and_cont(tid: int, signo: int) -> None:
+    """Queue an interrupt, then resume: the thread stops before its next instruction."""
+    ptrace.interrupt(tid)
+    ptrace.cont(tid, signo)
 
 
 def stop_all(pid: int, timeout: float = 2.0) -> StoppedProcess:

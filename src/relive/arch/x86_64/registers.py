@@ -176,36 +176,31 @@ def make_interrupted_syscall_restart(regs: UserRegs) -> bool:
     return False
 
 
-#: Where a remotely called function "returns" to: address 0 faults at once,
-#: which ends the call without a breakpoint written anywhere.
-CALL_RETURN_ADDRESS = 0
-#: Space left below the thread's stack pointer before the call's frame: far
-#: more than the 128-byte red zone a leaf function may be using.
-CALL_STACK_GAP = 1024
 _CALL_ARG_REGISTERS = ("rdi", "rsi", "rdx", "rcx", "r8", "r9")
 
 
-def prepare_call(regs: UserRegs, function: int, args: Sequence[int]) -> tuple[UserRegs, int]:
+def prepare_call(regs: UserRegs, function: int, args: Sequence[int], slot: int) -> UserRegs:
     """A copy of ``regs`` set up to call ``function(*args)`` (System V ABI).
 
-    Returns the registers and the address of the return-address slot the
-    caller must fill with CALL_RETURN_ADDRESS: at a function's entry
-    (rsp + 8) is 16-byte aligned, and rsp points at the return address.
+    ``slot`` holds the return address (the caller writes it): at a function's
+    entry rsp points at it and (rsp + 8) is 16-byte aligned.
     """
     if len(args) > len(_CALL_ARG_REGISTERS):
         raise ValueError(f"at most 6 register arguments, got {len(args)}")
+    if (slot + 8) % 16:
+        raise ValueError(f"return address slot {slot:#x} breaks the stack alignment")
     new = regs.copy()
-    slot = ((regs.rsp - CALL_STACK_GAP) & ~0xF) - 8
     new.rsp = slot
     new.rip = function
     new.rax = 0  # no vector registers used (matters for variadic callees)
     new.orig_rax = _MASK64  # not in a syscall: nothing to restart
     for name, value in zip(_CALL_ARG_REGISTERS, args, strict=False):
         setattr(new, name, value & _MASK64)
-    return new, slot
+    return new
 
 
-def call_result(regs: UserRegs) -> int:
-    """The integer a called function returned (rax)."""
-    value: int = regs.rax
+def call_result(regs: UserRegs, *, from_syscall_entry: bool = False) -> int:
+    """The integer a called function returned: rax, or, at the entry stop of the
+    syscall it returned into, orig_rax (rax then holds -ENOSYS)."""
+    value: int = regs.orig_rax if from_syscall_entry else regs.rax
     return value

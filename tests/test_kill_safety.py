@@ -1,0 +1,174 @@
+"""relive killed at the worst moment: the target carries on and the journal is exact
+(issue 9 §4).
+
+Every injected syscall runs through a frame that restores the thread by itself
+(``relive.process.remote``), and every entry jump is journalled before it is
+written (``relive.patch.wal``).  These tests kill relive with SIGKILL at each
+ptrace call of one reload (strace's fault injection), and at random instants
+of many reloads, and check each time that the target still runs, that its
+main thread's read() neither failed nor lost input, and that ``status`` lists
+exactly the jumps that are in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import relive
+from support import RELIVE, SpawnFactory, Target, compile_c
+from test_reload import edit
+
+#: Random-instant kills per test run; `make bench` runs 200.
+KILL_RUNS = int(os.environ.get("RELIVE_KILL_RUNS", "30"))
+
+PROG = r"""
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+int table[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+__attribute__((noinline)) int value(void) { return table[0]; }
+static void *ticker(void *arg) {
+    for (;;) { printf("value %d\n", value()); usleep(10000); }
+    return arg;
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    pthread_t thread;
+    pthread_create(&thread, NULL, ticker, NULL);
+    char line[256];
+    for (;;) {  /* the main thread sits in read(): the one relive borrows */
+        ssize_t n = read(0, line, sizeof line - 1);
+        if (n < 0) { printf("read error: %s\n", strerror(errno)); continue; }
+        if (n == 0) return 0;
+        line[n] = 0;
+        printf("got %s", line);
+    }
+}
+"""
+
+
+def entry_bytes(pid: int, exe: Path, name: str) -> tuple[int, bytes, bytes]:
+    """The address of ``name`` in ``pid``, its first 5 bytes in the file and in memory."""
+    from elftools.elf.elffile import ELFFile
+
+    with exe.open("rb") as f:
+        elf = ELFFile(f)
+        symtab = elf.get_section_by_name(".symtab")
+        symbol = symtab.get_symbol_by_name(name)[0]  # type: ignore[union-attr]
+        value = symbol["st_value"]
+        text = elf.get_section(symbol["st_shndx"])
+        offset = value - text["sh_addr"]
+        original = text.data()[offset : offset + 5]
+    resolved = str(exe.resolve())
+    base = min(
+        int(line.split("-")[0], 16)
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+        if line.endswith(resolved)
+    )
+    with open(f"/proc/{pid}/mem", "rb") as mem:
+        mem.seek(base + value)
+        return base + value, original, mem.read(5)
+
+
+def assert_survived_and_exact(target: Target, exe: Path, ping: str) -> None:
+    """Alive, ticking, its read() intact, and status lists exactly the live jumps."""
+    assert target.alive(), f"target died: {target.proc.returncode}"
+    target.wait_for(r"^value \d$", after=target.mark())
+    target.write(f"{ping}\n".encode())
+    target.wait_for(f"^got {ping}$")
+    assert not [line for line in target.lines if "read error" in line]
+    address, original, current = entry_bytes(target.pid, exe, "value")
+    patches = relive.attach(target.pid).status()
+    assert all(p.active for p in patches), patches  # nothing listed that is not in memory
+    if current != original:  # a jump is live: the journal must know it
+        assert [(p.name, p.address) for p in patches] == [("value", address)]
+    else:
+        assert patches == []
+
+
+def start(tmp_path: Path, spawn: SpawnFactory) -> tuple[Target, Path]:
+    exe = compile_c(tmp_path, PROG, link_flags=("-pthread",))
+    target = spawn([exe], stdin_pipe=True)
+    target.wait_for(r"^value 1$")
+    return target, exe
+
+
+def reload_command(pid: int, source: Path) -> list[str]:
+    return [*RELIVE, "reload", "-p", str(pid), str(source)]
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_sigkill_at_every_ptrace_call_of_a_reload(tmp_path: Path, spawn: SpawnFactory) -> None:
+    target, exe = start(tmp_path, spawn)
+    edit(tmp_path / "prog.c", "return table[0];", "return table[1];")
+    trace = tmp_path / "trace.txt"
+    strace = ["strace", "-qq", "-e", "trace=ptrace"]
+    done = subprocess.run(
+        [*strace, "-o", str(trace), *reload_command(target.pid, tmp_path / "prog.c")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    target.wait_for(r"^value 2$")
+    calls = trace.read_text().count("ptrace(")
+    assert calls > 10
+    target.stop()
+    killed_at = []
+    for k in range(1, calls + 1):
+        target = spawn([exe], stdin_pipe=True)
+        target.wait_for(r"^value 1$")
+        inject = f"inject=ptrace:signal=SIGKILL:when={k}"
+        run = subprocess.run(
+            [
+                *strace,
+                "-o",
+                "/dev/null",
+                "-e",
+                inject,
+                *reload_command(target.pid, tmp_path / "prog.c"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if run.returncode == -signal.SIGKILL or run.returncode == 128 + signal.SIGKILL:
+            killed_at.append(k)
+        assert_survived_and_exact(target, exe, f"after kill {k}")
+        target.stop()
+    assert len(killed_at) >= calls - 1  # every call but (maybe) the last was a kill point
+
+
+def test_sigkill_at_random_instants_of_many_reloads(tmp_path: Path, spawn: SpawnFactory) -> None:
+    target, exe = start(tmp_path, spawn)
+    source = tmp_path / "prog.c"
+    chooser = random.Random(9)
+    started = time.monotonic()
+    subprocess.run(reload_command(target.pid, source), check=True, capture_output=True)
+    duration = time.monotonic() - started  # an unedited reload: compile and compare
+    interrupted = 0
+    for run in range(KILL_RUNS):
+        text = source.read_text()
+        current = text.split("return table[", 1)[1].split("]", 1)[0]
+        edit(source, f"return table[{current}];", f"return table[{(int(current) + 1) % 8}];")
+        relive_process = subprocess.Popen(
+            reload_command(target.pid, source),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(chooser.uniform(0.3, 1.1) * duration)
+        relive_process.kill()
+        if relive_process.wait() == -signal.SIGKILL:
+            interrupted += 1
+        assert_survived_and_exact(target, exe, f"run {run}")
+    assert interrupted > 0  # the kills did land inside reloads
