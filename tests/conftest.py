@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from support import SpawnFactory, Target
+from support import VALUE_PROG, SpawnFactory, Target, compile_c, remember_maps
 
 
 @pytest.fixture
@@ -28,3 +28,12 @@ def spawn() -> Iterator[SpawnFactory]:
     yield factory
     for target in started:
         target.stop()
+
+
+@pytest.fixture
+def running(tmp_path: Path, spawn: SpawnFactory) -> Target:
+    """A running ``VALUE_PROG`` (built as ``tmp_path/prog``), its memory map remembered."""
+    exe = compile_c(tmp_path, VALUE_PROG)
+    target = spawn([exe])
+    target.wait_for(r"^value 1$")
+    return remember_maps(target)

@@ -23,6 +23,11 @@ from typing import Any, NoReturn, Protocol
 
 import pytest
 
+import relive
+from relive.cli.main import main
+from relive.events import Event
+from relive.patch.journal import load_journal
+
 DEFAULT_TIMEOUT = 10.0
 
 #: With RELIVE_TEST_STRICT=1 (set by .ci/run) a test that cannot run on this machine
@@ -278,3 +283,76 @@ def save_by_rename(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.swp")
     temporary.write_text(text)
     os.replace(temporary, path)
+
+
+# --- editing sources, reloading, checking a refused reload changed nothing ----------
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    """Replace ``old`` (which must occur) with ``new`` in a source file, saving in place."""
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new))
+
+
+def reload(pid: int, *paths: Path, **options: Any) -> list[Event]:
+    """Reload through the Python API (``Session.reload`` options); return the events."""
+    events: list[Event] = []
+    relive.attach(pid, on_event=events.append).reload(list(paths), **options)
+    return events
+
+
+def kinds(events: Sequence[Event]) -> dict[str, list[str]]:
+    """Function names per event kind (redirected/new/unchanged/skipped)."""
+    out: dict[str, list[str]] = {}
+    for event in events:
+        name = getattr(event, "name", None)
+        if name is not None:
+            out.setdefault(event.kind, []).append(name)
+    return out
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """Run relive's CLI in this process; return its exit code and what it wrote to stderr."""
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    return code, err
+
+
+#: A program that prints "value 1" every 20 ms through two small functions and a table.
+VALUE_PROG = r"""
+#include <stdio.h>
+#include <unistd.h>
+int table[4] = {1, 2, 3, 4};
+__attribute__((noinline)) int value(void) { return table[0]; }
+__attribute__((noinline)) void tick(void) { printf("value %d\n", value()); }
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { tick(); usleep(20000); }
+}
+"""
+
+_MAPS_SEEN: dict[int, str] = {}
+
+
+def remember_maps(target: Target) -> Target:
+    """Note the target's memory map, for ``assert_untouched`` to compare with."""
+    _MAPS_SEEN[target.pid] = Path(f"/proc/{target.pid}/maps").read_text()
+    return target
+
+
+def assert_maps_unchanged(target: Target) -> None:
+    """The target's memory map is the one ``remember_maps`` saw: nothing was mapped."""
+    assert Path(f"/proc/{target.pid}/maps").read_text() == _MAPS_SEEN[target.pid]
+
+
+def assert_untouched(target: Target) -> None:
+    """A ``VALUE_PROG`` target is still running the old code: nothing patched or allocated."""
+    assert_maps_unchanged(target)
+    mark = target.mark()
+    target.wait_for(r"^value 1$", after=mark)
+    assert target.alive()
+    assert relive.attach(target.pid).status() == []
+    assert load_journal(target.pid).regions == []  # nothing was even allocated
+    state = Path(f"/proc/{target.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    assert state in "RS"

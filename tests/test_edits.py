@@ -12,9 +12,18 @@ from pathlib import Path
 import pytest
 
 from relive.events import Event, FunctionSkipped, Notice
-from support import SpawnFactory, compile_c
-from test_refusals import _MAPS_SEEN, PROG, assert_untouched, remember_maps, run_cli
-from test_reload import edit, kinds, reload
+from support import (
+    VALUE_PROG,
+    SpawnFactory,
+    assert_maps_unchanged,
+    assert_untouched,
+    compile_c,
+    edit,
+    kinds,
+    reload,
+    remember_maps,
+    run_cli,
+)
 
 IDENTITY = r"""
 #include <stdio.h>
@@ -145,7 +154,7 @@ def test_weak_definition_never_replaces_the_strong_one(tmp_path: Path, spawn: Sp
 def test_new_constructor_is_refused(
     tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    exe = compile_c(tmp_path, PROG)
+    exe = compile_c(tmp_path, VALUE_PROG)
     target = remember_maps(spawn([exe]))
     target.wait_for(r"^value 1$")
     edit(
@@ -288,7 +297,7 @@ def test_a_file_the_program_was_not_built_from_is_refused(
     assert "none of its functions (other_helper) is in the program or its libraries" in err
     mark = target.mark()
     target.wait_for(r"^our report$", after=mark)
-    assert Path(f"/proc/{target.pid}/maps").read_text() == _MAPS_SEEN[target.pid]
+    assert_maps_unchanged(target)
     # on purpose: only new functions, unless named
     code, err = run_cli(capsys, "reload", "--new-file", "-p", str(target.pid), str(foreign))
     assert code == 0

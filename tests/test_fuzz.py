@@ -17,8 +17,7 @@ import pytest
 from objfuzz import build, make_variants, run_variants
 from relive.elf.objfile import ObjectFile
 from relive.errors import BadObject
-from support import SpawnFactory, Target
-from test_refusals import PROG, assert_untouched, remember_maps, run_cli
+from support import VALUE_PROG, SpawnFactory, Target, assert_untouched, remember_maps, run_cli
 
 SEED = 9
 VARIANTS = 300
@@ -89,7 +88,7 @@ def test_parser_refuses_or_parses_every_flip(tmp_path: Path) -> None:
 def running(tmp_path: Path, spawn: SpawnFactory) -> Target:
     from support import compile_c
 
-    exe = compile_c(tmp_path, PROG)
+    exe = compile_c(tmp_path, VALUE_PROG)
     target = spawn([exe])
     target.wait_for(r"^value 1$")
     return remember_maps(target)

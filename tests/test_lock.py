@@ -10,10 +10,7 @@ from pathlib import Path
 import pytest
 
 import relive.patch.lock
-from support import Target
-from test_refusals import assert_untouched, run_cli
-from test_refusals import running as running
-from test_reload import edit
+from support import Target, assert_untouched, edit, run_cli
 
 
 def hold_lock(pid: int, seconds: float) -> subprocess.Popen[str]:

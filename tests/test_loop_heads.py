@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 
 from relive.arch.x86_64.disasm import branches_into
-from support import SpawnFactory, compile_c
-from test_refusals import assert_untouched, remember_maps, run_cli
-from test_reload import edit
+from support import SpawnFactory, assert_untouched, compile_c, edit, remember_maps, run_cli
 
 MAIN_LOOP = r"""
 #include <stdio.h>

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import relive
 from relive.patch.journal import load_journal
-from support import SpawnFactory, Target, compile_c
-from test_reload import edit, kinds, reload
+from support import SpawnFactory, Target, compile_c, edit, kinds, reload
 
 LTO_MAIN = r"""
 #include <stdio.h>

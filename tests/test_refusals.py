@@ -11,57 +11,16 @@ from pathlib import Path
 import pytest
 
 import relive
-from relive.cli.main import main
-from relive.patch.journal import load_journal
-from support import SpawnFactory, Target, compile_c
-from test_reload import edit
-
-PROG = r"""
-#include <stdio.h>
-#include <unistd.h>
-int table[4] = {1, 2, 3, 4};
-__attribute__((noinline)) int value(void) { return table[0]; }
-__attribute__((noinline)) void tick(void) { printf("value %d\n", value()); }
-int main(void) {
-    setvbuf(stdout, NULL, _IONBF, 0);
-    for (;;) { tick(); usleep(20000); }
-}
-"""
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    code = main(list(argv))
-    err = capsys.readouterr().err
-    return code, err
-
-
-_MAPS_SEEN: dict[int, str] = {}
-
-
-def remember_maps(target: Target) -> Target:
-    """Note the target's memory map, for assert_untouched to compare with."""
-    _MAPS_SEEN[target.pid] = Path(f"/proc/{target.pid}/maps").read_text()
-    return target
-
-
-def assert_untouched(target: Target) -> None:
-    """Still running, still the old code, nothing patched, nothing even allocated."""
-    assert Path(f"/proc/{target.pid}/maps").read_text() == _MAPS_SEEN[target.pid]
-    mark = target.mark()
-    target.wait_for(r"^value 1$", after=mark)
-    assert target.alive()
-    assert relive.attach(target.pid).status() == []
-    assert load_journal(target.pid).regions == []  # nothing was even allocated
-    state = Path(f"/proc/{target.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    assert state in "RS"
-
-
-@pytest.fixture
-def running(tmp_path: Path, spawn: SpawnFactory) -> Target:
-    exe = compile_c(tmp_path, PROG)
-    target = spawn([exe])
-    target.wait_for(r"^value 1$")
-    return remember_maps(target)
+from support import (
+    VALUE_PROG,
+    SpawnFactory,
+    Target,
+    assert_untouched,
+    compile_c,
+    edit,
+    remember_maps,
+    run_cli,
+)
 
 
 def test_no_such_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -208,7 +167,7 @@ def test_too_small_function_is_replaced_through_its_callers(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
     source = (
-        PROG.replace("int value(void) { return table[0]; }", "int value(int x) { return x; }")
+        VALUE_PROG.replace("int value(void) { return table[0]; }", "int value(int x) { return x; }")
         .replace("value())", "value(one))")
         .replace("int table[4]", "volatile int one = 1;\nint table[4]")
     )
@@ -228,7 +187,7 @@ def test_too_small_function_is_replaced_through_its_callers(
 def test_stripped_executable(
     tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    exe = compile_c(tmp_path, PROG, flags=("-O0", "-s"))
+    exe = compile_c(tmp_path, VALUE_PROG, flags=("-O0", "-s"))
     target = spawn([exe])
     target.wait_for(r"^value 1$")
     remember_maps(target)

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 import relive
-from relive.events import Event
-from support import SpawnFactory, compile_c
+from support import SpawnFactory, compile_c, edit, kinds, reload
 
 LOOP_MAIN = r"""
 int main(void) {
@@ -18,30 +17,6 @@ int main(void) {
     for (;;) { tick(); usleep(20000); }
 }
 """
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    """Replace ``old`` (which must occur) with ``new`` in a source file."""
-    text = path.read_text()
-    assert old in text, f"{old!r} not in {path}"
-    path.write_text(text.replace(old, new))
-
-
-def reload(pid: int, *paths: Path, **options: object) -> list[Event]:
-    """Reload through the Python API and return the events it emitted."""
-    events: list[Event] = []
-    relive.attach(pid, on_event=events.append).reload(list(paths), **options)  # type: ignore[arg-type]
-    return events
-
-
-def kinds(events: list[Event]) -> dict[str, list[str]]:
-    """Function names per event kind (redirected/new/unchanged/skipped)."""
-    out: dict[str, list[str]] = {}
-    for e in events:
-        name = getattr(e, "name", None)
-        if name is not None:
-            out.setdefault(e.kind, []).append(name)
-    return out
 
 
 STATE_PROG = (

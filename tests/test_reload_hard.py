@@ -12,8 +12,7 @@ from pathlib import Path
 
 import relive
 from relive.patch.modules import get_main_module, load_running_modules
-from support import SpawnFactory, Target, compile_c
-from test_reload import edit, kinds, reload
+from support import SpawnFactory, Target, compile_c, edit, kinds, reload
 
 THREADS_PROG = r"""
 #include <pthread.h>

@@ -11,7 +11,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from support import RELIVE, SpawnFactory, Target, compile_c, wait_event
+from support import RELIVE, SpawnFactory, Target, compile_c, edit, wait_event
 
 PROG = r"""
 #include <signal.h>
@@ -33,13 +33,6 @@ int main(void) {
     for (long i = 0;; i++) { printf("value=%d i=%ld\n", value(), i); usleep(20000); }
 }
 """
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    """Replace ``old`` (which must occur) with ``new``, saving in place."""
-    text = path.read_text()
-    assert old in text, f"{old!r} not in {path}"
-    path.write_text(text.replace(old, new))
 
 
 def start_run(spawn: SpawnFactory, tmp_path: Path, *options: str, json: bool = False) -> Target:

@@ -13,8 +13,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from support import SpawnFactory, compile_c
-from test_reload import edit, kinds, reload
+from support import SpawnFactory, compile_c, edit, kinds, reload
 
 FLAGS = ("-g", "-O2", "-msse4.1")
 

@@ -17,9 +17,16 @@ import relive
 from relive.patch.journal import journal_name, load_journal
 from relive.process.procfs import get_start_time
 from relive.statedir import StateDirError, find_state_dir, open_state_dir, scratch_dir
-from support import SpawnFactory, Target, compile_c
-from test_refusals import PROG, assert_untouched, remember_maps, run_cli
-from test_reload import edit
+from support import (
+    VALUE_PROG,
+    SpawnFactory,
+    Target,
+    assert_untouched,
+    compile_c,
+    edit,
+    remember_maps,
+    run_cli,
+)
 
 NOBODY = 65534
 
@@ -34,7 +41,7 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def running(tmp_path: Path, spawn: SpawnFactory) -> Target:
-    exe = compile_c(tmp_path, PROG)
+    exe = compile_c(tmp_path, VALUE_PROG)
     target = spawn([exe])
     target.wait_for(r"^value 1$")
     return target

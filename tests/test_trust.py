@@ -17,9 +17,17 @@ from relive.elf.dwarf import CompileUnit
 from relive.events import Compiled, Event, Notice
 from relive.toolchain.choice import get_compile_command
 from relive.toolchain.trust import UntrustedBuild, screen_flags
-from support import SpawnFactory, Target, compile_c
-from test_refusals import PROG, assert_untouched, remember_maps, run_cli
-from test_reload import edit, reload
+from support import (
+    VALUE_PROG,
+    SpawnFactory,
+    Target,
+    assert_untouched,
+    compile_c,
+    edit,
+    reload,
+    remember_maps,
+    run_cli,
+)
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files away")
@@ -75,7 +83,7 @@ def _producer_with_plugin(tmp_path: Path) -> Path:
     an ordinary build is edited: ``-fno-jump-tables`` becomes a plugin of the same
     length.
     """
-    exe = compile_c(tmp_path, PROG, flags=("-g", "-O0", "-fno-jump-tables"))
+    exe = compile_c(tmp_path, VALUE_PROG, flags=("-g", "-O0", "-fno-jump-tables"))
     data = exe.read_bytes()
     assert b"-fno-jump-tables" in data
     exe.write_bytes(data.replace(b"-fno-jump-tables", b"-fplugin=/x/p.so"))
@@ -110,7 +118,7 @@ def _evil_build(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 @pytest.fixture
 def running(tmp_path: Path, spawn: SpawnFactory) -> Target:
-    exe = compile_c(tmp_path, PROG)
+    exe = compile_c(tmp_path, VALUE_PROG)
     target = spawn([exe])
     target.wait_for(r"^value 1$")
     edit(tmp_path / "prog.c", "return table[0];", "return table[1];")

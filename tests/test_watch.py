@@ -22,6 +22,7 @@ from support import (
     SpawnFactory,
     Target,
     compile_c,
+    edit,
     json_events,
     save_by_rename,
     wait_event,
@@ -52,13 +53,6 @@ CONF = "#define STEP 1\n"
 def build(tmp_path: Path, name: str = "prog") -> Path:
     """The test program: NAME.c (value, tick, main) + util.c (step) including conf.h."""
     return compile_c(tmp_path, PROG, name=name, extra_sources={"util.c": UTIL, "conf.h": CONF})
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    """Replace ``old`` (which must occur) with ``new``, saving in place."""
-    text = path.read_text()
-    assert old in text, f"{old!r} not in {path}"
-    path.write_text(text.replace(old, new))
 
 
 def real(path: Path) -> str:
