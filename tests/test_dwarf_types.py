@@ -17,6 +17,7 @@ from elftools.elf.sections import SymbolTableSection
 
 from relive.elf.dwarf_types import DwarfFile, TypeUnit, open_dwarf
 from relive.patch.type_compare import TypeComparer, describe, type_of
+from support import need_program
 
 SOURCE = r"""
 #include <stdarg.h>
@@ -97,6 +98,7 @@ BUILDS = [
 
 
 def _build(tmp_path: Path, compiler: str, version: int, *extra: str) -> tuple[Path, Path]:
+    need_program(compiler)
     (tmp_path / "types.c").write_text(SOURCE)
     flags = [f"-gdwarf-{version}", "-O1", *extra]
     obj = tmp_path / "types.o"

@@ -15,8 +15,7 @@ import pytest
 import relive
 from relive.cli.main import main
 from relive.patch.journal import load_journal
-from support import SpawnFactory, Target, compile_c
-from test_reload import edit
+from support import SpawnFactory, Target, compile_c, edit
 
 STATS_H = "struct stats { long hits; long misses; char tag[8]; };\n"
 
