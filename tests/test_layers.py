@@ -68,3 +68,16 @@ def test_only_arch_knows_instruction_encodings() -> None:
             if needle in text:
                 suspicious.append(f"{path.relative_to(PACKAGE)}: {needle}")
     assert suspicious == []
+
+
+def test_only_arch_imports_an_instruction_set() -> None:
+    """Everything outside arch/ goes through the Arch interface: a second
+    architecture is one new folder under arch/."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.relative_to(PACKAGE).parts[0] == "arch":
+            continue
+        for imported in _imports(path):
+            if imported.startswith("relive.arch.") and imported != "relive.arch.base":
+                offenders.append(f"{path.relative_to(PACKAGE)}: imports {imported}")
+    assert offenders == []

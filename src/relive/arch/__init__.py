@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from relive.arch.base import Arch
+import functools
+import platform
+
+from relive.arch.base import Arch, Registers
 from relive.elf.constants import EM_X86_64, machine_name
-from relive.errors import BadObject
+from relive.errors import BadObject, ReliveError
+
+#: ``uname -m`` of the machines relive runs on, and their ELF machine.
+_HOST_MACHINES = {"x86_64": EM_X86_64, "amd64": EM_X86_64}
 
 
 def get_arch(machine: int) -> Arch:
@@ -17,3 +23,16 @@ def get_arch(machine: int) -> Arch:
         f"{machine_name(machine)} is not supported yet",
         hint="relive reloads x86-64 processes; aarch64 is planned",
     )
+
+
+@functools.cache
+def host_registers() -> Registers:
+    """The registers of the machine relive runs on: ptrace hands them over in its
+    layout, whatever the target (relive traces processes of its own machine)."""
+    machine = platform.machine()
+    if machine not in _HOST_MACHINES:
+        raise ReliveError(
+            f"relive runs on x86-64 Linux; this machine is {machine}",
+            hint="run relive on an x86-64 machine",
+        )
+    return get_arch(_HOST_MACHINES[machine]).registers

@@ -7,8 +7,9 @@ Each ``arch/<isa>/`` package provides one :class:`Arch`; nothing outside
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 class Need(enum.Enum):
@@ -93,6 +94,56 @@ class Instruction:
         return self.address + self.size
 
 
+#: A thread's registers as ptrace reads and writes them: a ctypes structure in the
+#: ISA's layout, opaque outside ``arch/<isa>`` (only :class:`Registers` looks inside).
+RegisterBlock = Any
+
+
+@dataclass(frozen=True)
+class Registers:
+    """How relive reads and changes a held thread: the ISA's ptrace register block
+    and the Linux syscall and function-call conventions on it."""
+
+    #: A zeroed block, for PTRACE_GETREGS to fill.
+    new_block: Callable[[], RegisterBlock]
+    get_pc: Callable[[RegisterBlock], int]
+    set_pc: Callable[[RegisterBlock, int], None]
+    get_sp: Callable[[RegisterBlock], int]
+    set_sp: Callable[[RegisterBlock, int], None]
+    #: A copy of the block set up to run syscall ``nr`` with ``args`` (pc unchanged).
+    prepare_syscall: Callable[[RegisterBlock, int, Sequence[int]], RegisterBlock]
+    #: The syscall's signed result (-errno on failure).
+    syscall_result: Callable[[RegisterBlock], int]
+    is_syscall_error: Callable[[int], bool]
+    syscall_name: Callable[[int], str]
+    #: A copy of a block stopped at a syscall's entry that makes the kernel skip it.
+    cancel_syscall: Callable[[RegisterBlock], RegisterBlock]
+    #: Turn an EINTR only a ptrace stop caused into a restart; True if changed.
+    make_interrupted_syscall_restart: Callable[[RegisterBlock], bool]
+    #: A copy set up to call ``function(*args)`` with its return address in the
+    #: stack slot given last (the caller writes it there).
+    prepare_call: Callable[[RegisterBlock, int, Sequence[int], int], RegisterBlock]
+    #: What a called function returned, read at the entry stop of the syscall
+    #: instruction it returned into.
+    call_result_at_syscall_entry: Callable[[RegisterBlock], int]
+    #: Syscall numbers relive injects.
+    mmap: int
+    mprotect: int
+    munmap: int
+    #: Code relive borrows from the program (see ``process.remote``): a syscall
+    #: followed by a return, and the ``rt_sigreturn`` trampoline.
+    syscall_ret: bytes
+    sigreturn: bytes
+    #: Bytes of the syscall instruction (the pc after it, from its address).
+    syscall_insn_size: int
+    #: The signal frame that restores a thread if relive dies: its size for the
+    #: given FPU state, its address below a stack pointer, and its bytes from the
+    #: saved registers, signal mask, FPU state and the frame's own address.
+    frame_size: Callable[[bytes], int]
+    frame_address: Callable[[int, int], int]
+    build_frame: Callable[[RegisterBlock, int, bytes, int], bytes]
+
+
 @dataclass(frozen=True)
 class Arch:
     """Everything ISA-specific the linker and patcher use."""
@@ -141,6 +192,11 @@ class Arch:
     dtpmod_reloc_type: int
     #: The dynamic relocation type that stores a thread-pointer offset.
     tpoff_reloc_type: int
+    #: How far below the thread pointer the executable's static TLS block starts,
+    #: from its PT_TLS (memsz, align, vaddr): the TLS ABI variant's formula.
+    executable_tls_offset: Callable[[int, int, int], int]
+    #: Registers and syscall conventions, for the process layer (host ISA only).
+    registers: Registers
     #: Compiler flags (per family) that make code reach external data through the
     #: GOT, for programs that do not copy library variables into the executable.
     indirect_extern_data_flags: Mapping[str, tuple[str, ...]]

@@ -19,6 +19,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from relive.arch.base import Arch
 from relive.elf.constants import STB_WEAK, STT_GNU_IFUNC, STT_TLS
 from relive.elf.objfile import ObjectFile, ObjSymbol, Section
 from relive.elf.symtab import ImageSymbol
@@ -77,8 +78,7 @@ class Binder:
         modules: list[RunningModule],
         record: SourceRecord | None,
         read_memory: MemoryReader,
-        dtpmod_reloc_type: int,
-        tpoff_reloc_type: int,
+        arch: Arch,
         call_function: Callable[[int], int] | None = None,
     ) -> None:
         self.obj = obj
@@ -86,8 +86,7 @@ class Binder:
         self.modules = modules
         self.record = record
         self.read_memory = read_memory
-        self.dtpmod_reloc_type = dtpmod_reloc_type
-        self.tpoff_reloc_type = tpoff_reloc_type
+        self.arch = arch
         #: Runs a function of the target (no arguments) and returns its result.
         self.call_function = call_function
         self._externals: dict[str, Bound | None] = {}
@@ -221,20 +220,15 @@ class Binder:
         )
 
     def module_tls_offset(self) -> int | None:
-        """Where the module's TLS block sits below the thread pointer (executables only).
-
-        glibc places the executable's block first (TLS variant II):
-        offset = roundup(memsz - firstbyte, align) + firstbyte, with
-        firstbyte = -p_vaddr mod align; tpoff(sym) = sym - offset.
-        """
+        """Where the module's TLS block sits below the thread pointer: tpoff(sym) is
+        sym - offset.  The executable's comes from the TLS ABI's formula (``Arch``),
+        a library's from a slot the dynamic linker filled."""
         tls = self.module.image.tls_segment
         if tls is None:
             return None
         if not self.module.is_main:
             return self._library_tls_offset()
-        align = max(tls.align, 1)
-        firstbyte = (-tls.vaddr) & (align - 1)
-        return -(-(tls.memsz - firstbyte) // align) * align + firstbyte
+        return self.arch.executable_tls_offset(tls.memsz, tls.align, tls.vaddr)
 
     def _library_tls_offset(self) -> int | None:
         """A library's static TLS offset, from a slot the dynamic linker filled.
@@ -246,7 +240,7 @@ class Binder:
         """
         image = self.module.image
         for reloc in image.dynamic_relocations:
-            if reloc.type != self.tpoff_reloc_type:
+            if reloc.type != self.arch.tpoff_reloc_type:
                 continue
             value = 0
             if reloc.symbol:
@@ -329,7 +323,7 @@ class Binder:
     def _read_module_id(self, module: RunningModule) -> int | None:
         """A library's TLS module id, read from a slot the dynamic linker filled."""
         for reloc in module.image.dynamic_relocations:
-            if reloc.type == self.dtpmod_reloc_type:
+            if reloc.type == self.arch.dtpmod_reloc_type:
                 return _read_pointer(self.read_memory, module.runtime(reloc.offset))
         return None
 

@@ -201,8 +201,7 @@ def _plan_object(
         ctx.modules,
         record,
         ctx.memory.read,
-        ctx.arch.dtpmod_reloc_type,
-        ctx.arch.tpoff_reloc_type,
+        ctx.arch,
         call_function=lambda function: _call_in_target(ctx.pid, function),
     )
     fingerprints = record.fingerprints if record else None

@@ -16,7 +16,8 @@ import signal
 import struct
 from dataclasses import dataclass
 
-from relive.arch.x86_64.registers import UserRegs
+from relive.arch import host_registers
+from relive.arch.base import RegisterBlock
 
 # Request numbers from <sys/ptrace.h> / include/uapi/linux/ptrace.h.
 PTRACE_PEEKDATA = 2
@@ -135,14 +136,14 @@ def singlestep(tid: int, signo: int = 0) -> None:
     _call(PTRACE_SINGLESTEP, tid, 0, signo)
 
 
-def get_regs(tid: int) -> UserRegs:
+def get_regs(tid: int) -> RegisterBlock:
     """PTRACE_GETREGS: the thread's general-purpose registers."""
-    regs = UserRegs()
+    regs = host_registers().new_block()
     _call(PTRACE_GETREGS, tid, 0, ctypes.addressof(regs))
     return regs
 
 
-def set_regs(tid: int, regs: UserRegs) -> None:
+def set_regs(tid: int, regs: RegisterBlock) -> None:
     """PTRACE_SETREGS: replace the thread's general-purpose registers."""
     _call(PTRACE_SETREGS, tid, 0, ctypes.addressof(regs))
 

@@ -8,7 +8,7 @@ that ends by restoring it, and relive never stops it with a single-step trap
 
 1. save the thread's registers, signal mask and FPU state, and write below its
    stack pointer (past the red zone) an ``rt_sigreturn`` frame holding them
-   (``arch.x86_64.sigframe``);
+   (``Arch.registers``; on x86-64 ``arch.x86_64.sigframe``);
 2. point rip at a ``syscall; ret`` in the program's own code with the syscall's
    arguments in registers and rsp at the frame, whose first word is the address
    of a ``mov $15,%rax; syscall`` (libc's ``__restore_rt``);
@@ -36,26 +36,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from relive.arch.x86_64.registers import (
-    MMAP,
-    MPROTECT,
-    MUNMAP,
-    UserRegs,
-    call_result,
-    get_pc,
-    is_syscall_error,
-    prepare_call,
-    prepare_syscall,
-    syscall_name,
-    syscall_result,
-)
-from relive.arch.x86_64.sigframe import (
-    SIGRETURN,
-    SYSCALL_RET,
-    build_frame,
-    frame_address,
-    frame_size,
-)
+from relive.arch import host_registers
+from relive.arch.base import RegisterBlock
 from relive.errors import ProcessGone, ReliveError
 from relive.process import procfs
 from relive.process.memory import ProcessMemory
@@ -148,8 +130,8 @@ def _find_gadgets(pid: int) -> Gadgets:
     lines = procfs.read_maps_text(pid).splitlines()
     maps = [procfs.parse_maps_line(line) for line in lines if "xp " in line or "xs " in line]
     with ProcessMemory(pid) as memory:
-        syscall_ret = _find_sequence(memory, maps, SYSCALL_RET)
-        sigreturn = _find_sequence(memory, maps, SIGRETURN)
+        syscall_ret = _find_sequence(memory, maps, host_registers().syscall_ret)
+        sigreturn = _find_sequence(memory, maps, host_registers().sigreturn)
     if syscall_ret is None or sigreturn is None:
         missing = "syscall; ret" if syscall_ret is None else "an rt_sigreturn sequence"
         raise ReliveError(
@@ -175,10 +157,11 @@ def _is_still_valid(pid: int, gadgets: Gadgets) -> bool:
     for key in gadgets.keys:
         if not (text.startswith(key) or f"\n{key}" in text):
             return False
+    abi = host_registers()
     with ProcessMemory(pid) as memory:
         return (
-            memory.read(gadgets.syscall_ret, len(SYSCALL_RET)) == SYSCALL_RET
-            and memory.read(gadgets.sigreturn, len(SIGRETURN)) == SIGRETURN
+            memory.read(gadgets.syscall_ret, len(abi.syscall_ret)) == abi.syscall_ret
+            and memory.read(gadgets.sigreturn, len(abi.sigreturn)) == abi.sigreturn
         )
 
 
@@ -211,36 +194,41 @@ def remote_syscall(stopped: StoppedProcess, nr: int, *args: int, tid: int | None
         gadgets = get_gadgets(stopped.pid)
     except ProcessGone:
         raise ProcessGone(f"process {stopped.pid} exited during the reload") from None
+    abi = host_registers()
     saved = stopped.get_regs(tid)
-    with _restoring_frame(stopped, tid, saved, saved.rsp, gadgets) as frame:
-        regs = prepare_syscall(saved, nr, args)
-        regs.rip = gadgets.syscall_ret
-        regs.rsp = frame  # the ``ret`` after the syscall goes to the frame's pretcode
+    with _restoring_frame(stopped, tid, saved, abi.get_sp(saved), gadgets) as frame:
+        regs = abi.prepare_syscall(saved, nr, args)
+        abi.set_pc(regs, gadgets.syscall_ret)
+        abi.set_sp(regs, frame)  # the ``ret`` after the syscall goes to the frame's pretcode
         after = _run(stopped, tid, saved, regs, gadgets, to_exit=True, timeout=0.0)
-    done = gadgets.syscall_ret + 2
-    if get_pc(after) != done:
+    done = gadgets.syscall_ret + abi.syscall_insn_size
+    if abi.get_pc(after) != done:
         raise ReliveError(
-            f"{syscall_name(nr)} in process {stopped.pid} did not run: the thread "
-            f"stopped at {get_pc(after):#x} instead of {done:#x}"
+            f"{abi.syscall_name(nr)} in process {stopped.pid} did not run: the thread "
+            f"stopped at {abi.get_pc(after):#x} instead of {done:#x}"
         )
-    return _check_result(stopped.pid, nr, syscall_result(after))
+    return _check_result(stopped.pid, nr, abi.syscall_result(after))
 
 
 def _run(
     stopped: StoppedProcess,
     tid: int,
-    saved: UserRegs,
-    regs: UserRegs,
+    saved: RegisterBlock,
+    regs: RegisterBlock,
     gadgets: Gadgets,
     *,
     to_exit: bool,
     timeout: float,
-) -> UserRegs:
+) -> RegisterBlock:
     """Run the prepared thread to the ``syscall; ret`` gadget's syscall; restore it."""
     try:
         stopped.set_regs(tid, regs)
         return stopped.run_injected(
-            tid, gadgets.syscall_ret + 2, to_exit=to_exit, cancel=not to_exit, timeout=timeout
+            tid,
+            gadgets.syscall_ret + host_registers().syscall_insn_size,
+            to_exit=to_exit,
+            cancel=not to_exit,
+            timeout=timeout,
         )
     finally:
         if tid in stopped.tids:  # a thread that died has nothing to restore
@@ -249,15 +237,16 @@ def _run(
 
 @contextmanager
 def _restoring_frame(
-    stopped: StoppedProcess, tid: int, saved: UserRegs, below: int, gadgets: Gadgets
+    stopped: StoppedProcess, tid: int, saved: RegisterBlock, below: int, gadgets: Gadgets
 ) -> Iterator[int]:
     """Write the frame that restores ``saved`` below ``below``; yield its address.
 
     The stack bytes it covers (below the red zone: unused) are put back after.
     """
+    abi = host_registers()
     xstate = stopped.get_xstate(tid)
-    size = frame_size(xstate)
-    address = frame_address(below, size)
+    size = abi.frame_size(xstate)
+    address = abi.frame_address(below, size)
     stack = procfs.find_mapping(procfs.read_maps(stopped.pid), address)
     if stack is None or stack.end < address + size or "w" not in stack.perms:
         raise ReliveError(
@@ -265,7 +254,7 @@ def _restoring_frame(
             f"{address:#x} for relive's {size}-byte restore frame",
             hint="retry when the thread is not on a small alternate signal stack",
         )
-    frame = bytearray(build_frame(saved, stopped.get_sigmask(tid), xstate, address))
+    frame = bytearray(abi.build_frame(saved, stopped.get_sigmask(tid), xstate, address))
     frame[0:8] = gadgets.sigreturn.to_bytes(8, "little")
     with ProcessMemory(stopped.pid, poke_tid=tid) as memory:
         backup = memory.read(address - 8, size + 8)
@@ -278,10 +267,10 @@ def _restoring_frame(
 
 
 def _check_result(pid: int, nr: int, result: int) -> int:
-    if not is_syscall_error(result):
+    if not host_registers().is_syscall_error(result):
         return result
     code = -result
-    name = syscall_name(nr)
+    name = host_registers().syscall_name(nr)
     symbol = errno_codes.errorcode.get(code, str(code))
     raise RemoteSyscallError(
         f"{name} in process {pid} failed: {symbol} ({os.strerror(code)})",
@@ -292,7 +281,7 @@ def _check_result(pid: int, nr: int, result: int) -> int:
 
 def remote_mmap(stopped: StoppedProcess, length: int, prot: int, flags: int, addr: int = 0) -> int:
     """mmap(addr, length, prot, flags, -1, 0) in the target; the mapping's address."""
-    return remote_syscall(stopped, MMAP, addr, length, prot, flags, -1, 0)
+    return remote_syscall(stopped, host_registers().mmap, addr, length, prot, flags, -1, 0)
 
 
 def try_remote_mmap_at(
@@ -321,12 +310,12 @@ def try_remote_mmap_at(
 
 def remote_mprotect(stopped: StoppedProcess, addr: int, length: int, prot: int) -> None:
     """mprotect(addr, length, prot) in the target."""
-    remote_syscall(stopped, MPROTECT, addr, length, prot)
+    remote_syscall(stopped, host_registers().mprotect, addr, length, prot)
 
 
 def remote_munmap(stopped: StoppedProcess, addr: int, length: int) -> None:
     """munmap(addr, length) in the target."""
-    remote_syscall(stopped, MUNMAP, addr, length)
+    remote_syscall(stopped, host_registers().munmap, addr, length)
 
 
 def remote_call(stopped: StoppedProcess, function: int, *args: int) -> int:
@@ -340,11 +329,13 @@ def remote_call(stopped: StoppedProcess, function: int, *args: int) -> int:
     """
     tid = _pick_thread(stopped)
     gadgets = get_gadgets(stopped.pid)
+    abi = host_registers()
     saved = stopped.get_regs(tid)
-    with _restoring_frame(stopped, tid, saved, saved.rsp - CALL_STACK_GAP, gadgets) as frame:
-        regs = prepare_call(saved, function, args, frame - 8)
+    below = abi.get_sp(saved) - CALL_STACK_GAP
+    with _restoring_frame(stopped, tid, saved, below, gadgets) as frame:
+        regs = abi.prepare_call(saved, function, args, frame - 8)
         with ProcessMemory(stopped.pid, poke_tid=tid) as memory:
             memory.write(frame - 8, gadgets.syscall_ret.to_bytes(8, "little"))
         at_entry = _run(stopped, tid, saved, regs, gadgets, to_exit=False, timeout=2.0)
     # At the syscall's entry stop the called function's result is the syscall number.
-    return call_result(at_entry, from_syscall_entry=True)
+    return abi.call_result_at_syscall_entry(at_entry)

@@ -34,12 +34,8 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from relive.arch.x86_64.registers import (
-    UserRegs,
-    get_pc,
-    get_sp,
-    make_interrupted_syscall_restart,
-)
+from relive.arch import host_registers
+from relive.arch.base import RegisterBlock
 from relive.errors import ProcessGone, ReliveError
 from relive.process import permissions, procfs, ptrace
 
@@ -158,7 +154,7 @@ class StoppedProcess:
         current = 0.0 if self._held_since is None else time.monotonic() - self._held_since
         return self._held_total + current
 
-    def get_regs(self, tid: int) -> UserRegs:
+    def get_regs(self, tid: int) -> RegisterBlock:
         """The registers of held thread ``tid``."""
         self._get_thread(tid)
         try:
@@ -166,7 +162,7 @@ class StoppedProcess:
         except OSError as exc:
             raise self._thread_error(tid, exc) from exc
 
-    def set_regs(self, tid: int, regs: UserRegs) -> None:
+    def set_regs(self, tid: int, regs: RegisterBlock) -> None:
         """Replace the registers of held thread ``tid``."""
         self._get_thread(tid)
         try:
@@ -193,13 +189,13 @@ class StoppedProcess:
     def iter_pcs(self) -> Iterator[tuple[int, int]]:
         """``(tid, pc)`` for every held thread."""
         for tid in self.tids:
-            yield tid, get_pc(self.get_regs(tid))
+            yield tid, host_registers().get_pc(self.get_regs(tid))
 
     def iter_positions(self) -> Iterator[tuple[int, int, int]]:
         """``(tid, pc, sp)`` for every held thread."""
         for tid in self.tids:
             regs = self.get_regs(tid)
-            yield tid, get_pc(regs), get_sp(regs)
+            yield tid, host_registers().get_pc(regs), host_registers().get_sp(regs)
 
     def single_step(self, tid: int) -> None:
         """Execute one instruction on held thread ``tid`` and stop it again.
@@ -212,7 +208,7 @@ class StoppedProcess:
 
     def run_injected(
         self, tid: int, at: int, *, to_exit: bool, cancel: bool = False, timeout: float = 0.0
-    ) -> UserRegs:
+    ) -> RegisterBlock:
         """Run held thread ``tid``, set up by ``remote`` to reach a ``syscall`` whose
         rip afterwards is ``at``, to that syscall's entry stop (and with ``to_exit``
         on to its exit stop); return its registers there.  With ``cancel`` the
@@ -237,9 +233,7 @@ class StoppedProcess:
             try:
                 regs = ptrace.get_regs(tid)
                 if cancel:
-                    skipped = regs.copy()
-                    skipped.orig_rax = (1 << 64) - 1
-                    ptrace.set_regs(tid, skipped)
+                    ptrace.set_regs(tid, host_registers().cancel_syscall(regs))
             except OSError as exc:
                 raise self._thread_error(tid, exc) from exc
             self._resume_until(thread, _interrupt_and_cont, self._is_event_stop, deadline, 0)
@@ -299,7 +293,7 @@ class StoppedProcess:
     def _is_syscall_stop_at(self, thread: _Thread, address: int) -> bool:
         """Classify a stop while injected code runs; True at its syscall's stops."""
         if thread.in_syscall_stop:
-            return get_pc(ptrace.get_regs(thread.tid)) == address
+            return host_registers().get_pc(ptrace.get_regs(thread.tid)) == address
         info = thread.current
         if info is None:
             return False  # a pending interrupt fired first: run on
@@ -307,7 +301,7 @@ class StoppedProcess:
         if info.is_user_sent:
             thread.owed.append(info)
             return False
-        pc = get_pc(ptrace.get_regs(thread.tid))
+        pc = host_registers().get_pc(ptrace.get_regs(thread.tid))
         raise ReliveError(
             f"code run in thread {thread.tid} of process {self.pid} raised "
             f"{signal.Signals(info.signo).name} at {pc:#x}"
@@ -496,7 +490,7 @@ class StoppedProcess:
         if info.is_user_sent:  # e.g. kill -TRAP or SIGSTOP: deliver it later
             thread.owed.append(info)
             return False
-        pc = get_pc(ptrace.get_regs(thread.tid))
+        pc = host_registers().get_pc(ptrace.get_regs(thread.tid))
         raise ReliveError(
             f"single step of thread {thread.tid} in process {self.pid} raised "
             f"{signal.Signals(info.signo).name} at {pc:#x}"
@@ -552,7 +546,7 @@ class StoppedProcess:
     def _restart_interrupted_syscall(thread: _Thread) -> None:
         """Undo the EINTR our stop caused in a syscall the kernel never restarts."""
         regs = ptrace.get_regs(thread.tid)
-        if make_interrupted_syscall_restart(regs):
+        if host_registers().make_interrupted_syscall_restart(regs):
             ptrace.set_regs(thread.tid, regs)
 
     def _reap(self, tid: int) -> None:

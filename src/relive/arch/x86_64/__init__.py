@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from relive.arch.base import Arch
+import functools
+
+from relive.arch.base import Arch, Registers
+from relive.arch.x86_64 import registers, sigframe
 from relive.arch.x86_64.decode import decode_instructions
 from relive.arch.x86_64.disasm import (
     branches_into,
@@ -12,6 +15,7 @@ from relive.arch.x86_64.disasm import (
     undo_got_relaxation,
 )
 from relive.arch.x86_64.relocations import RELOCATIONS, UNSUPPORTED_NAMES
+from relive.arch.x86_64.tls import executable_tls_offset
 from relive.arch.x86_64.trampoline import (
     FAR_STUB_SIZE,
     JMP_REL32_SIZE,
@@ -55,6 +59,33 @@ ARCH = Arch(
     relative_reloc_type=R_X86_64_RELATIVE,
     dtpmod_reloc_type=R_X86_64_DTPMOD64,
     tpoff_reloc_type=R_X86_64_TPOFF64,
+    executable_tls_offset=executable_tls_offset,
+    registers=Registers(
+        new_block=registers.UserRegs,
+        get_pc=registers.get_pc,
+        set_pc=registers.set_pc,
+        get_sp=registers.get_sp,
+        set_sp=registers.set_sp,
+        prepare_syscall=registers.prepare_syscall,
+        syscall_result=registers.syscall_result,
+        is_syscall_error=registers.is_syscall_error,
+        syscall_name=registers.syscall_name,
+        cancel_syscall=registers.cancel_syscall,
+        make_interrupted_syscall_restart=registers.make_interrupted_syscall_restart,
+        prepare_call=registers.prepare_call,
+        call_result_at_syscall_entry=functools.partial(
+            registers.call_result, from_syscall_entry=True
+        ),
+        mmap=registers.MMAP,
+        mprotect=registers.MPROTECT,
+        munmap=registers.MUNMAP,
+        syscall_ret=sigframe.SYSCALL_RET,
+        sigreturn=sigframe.SIGRETURN,
+        syscall_insn_size=registers.SYSCALL_INSN_SIZE,
+        frame_size=sigframe.frame_size,
+        frame_address=sigframe.frame_address,
+        build_frame=sigframe.build_frame,
+    ),
     indirect_extern_data_flags={
         "gcc": ("-mno-direct-extern-access",),
         "clang": ("-fno-direct-access-external-data",),

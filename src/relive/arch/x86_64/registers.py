@@ -109,6 +109,19 @@ def get_sp(regs: UserRegs) -> int:
     return regs.rsp
 
 
+def set_sp(regs: UserRegs, value: int) -> None:
+    """Set the stack pointer (rsp) in place."""
+    regs.rsp = value & _MASK64
+
+
+def cancel_syscall(regs: UserRegs) -> UserRegs:
+    """A copy of ``regs`` (of a thread at a syscall's entry stop) that makes the
+    kernel skip the syscall: orig_rax = -1."""
+    new = regs.copy()
+    new.orig_rax = _MASK64
+    return new
+
+
 def get_syscall_nr(regs: UserRegs) -> int:
     """The number of the syscall the thread is stopped in, or -1 when it is not in one.
 
