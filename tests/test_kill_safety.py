@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 
 import relive
-from support import RELIVE, SpawnFactory, Target, compile_c
-from test_reload import edit
+from support import RELIVE, SpawnFactory, Target, compile_c, edit
 
 #: Random-instant kills per test run; `make bench` runs 200.
 KILL_RUNS = int(os.environ.get("RELIVE_KILL_RUNS", "30"))
