@@ -142,6 +142,12 @@ class Registers:
     frame_size: Callable[[bytes], int]
     frame_address: Callable[[int, int], int]
     build_frame: Callable[[RegisterBlock, int, bytes, int], bytes]
+    #: (epoll fd, timeout ms) of an epoll wait with a finite millisecond timeout,
+    #: from a syscall number and its arguments (as /proc/PID/syscall shows them)...
+    epoll_wait_call: Callable[[int, Sequence[int]], tuple[int, int] | None]
+    #: ... or from a block stopped in it; and how to set the timeout of its restart.
+    epoll_wait_of: Callable[[RegisterBlock], tuple[int, int] | None]
+    set_epoll_timeout: Callable[[RegisterBlock, int], None]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ All ptrace requests must come from the OS thread that called ``stop_all``.
 
 Syscalls a thread was blocked in are restarted by the kernel after release
 (read, nanosleep, futex, poll...), except those signal(7) lists as never
-restarted after a stop, e.g. epoll_wait: it fails with EINTR, as under gdb.
+restarted after a stop, e.g. epoll_wait: it fails with EINTR, which relive
+turns into a restart with the time the wait had left (``waits``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from relive.arch import host_registers
 from relive.arch.base import RegisterBlock
 from relive.errors import ProcessGone, ReliveError
 from relive.process import permissions, procfs, ptrace
+from relive.process.waits import EpollWait, note_epoll_waits, shorten_restarted_wait
 
 #: How long release() waits for a thread that had not reported its stop yet.
 _RELEASE_GRACE_S = 1.0
@@ -103,6 +105,7 @@ class StoppedProcess:
         self._threads: dict[int, _Thread] = {}
         self._owner = threading.get_ident()
         self._held_since: float | None = None
+        self._epoll_waits: dict[int, EpollWait] = {}
         self._held_total = 0.0
 
     @classmethod
@@ -347,6 +350,9 @@ class StoppedProcess:
     def _stop_world(self) -> None:
         self._check_owner()
         procfs.check_alive(self.pid)
+        # Before any thread stops: which ones wait in epoll_wait, and since when.
+        tids = [self._only] if self._only is not None else procfs.iter_thread_ids(self.pid)
+        self._epoll_waits = note_epoll_waits(self.pid, tids)
         self._held_since = time.monotonic()
         try:
             self._seize_until_stable(self._held_since + self.timeout)
@@ -542,11 +548,12 @@ class StoppedProcess:
             # signal arrives, though its siginfo now names relive as the sender.
             ptrace.tgkill(self.pid, thread.tid, info.signo)
 
-    @staticmethod
-    def _restart_interrupted_syscall(thread: _Thread) -> None:
-        """Undo the EINTR our stop caused in a syscall the kernel never restarts."""
+    def _restart_interrupted_syscall(self, thread: _Thread) -> None:
+        """Undo the EINTR our stop caused in a syscall the kernel never restarts
+        (with the time an epoll wait had left)."""
         regs = ptrace.get_regs(thread.tid)
         if host_registers().make_interrupted_syscall_restart(regs):
+            shorten_restarted_wait(regs, self._epoll_waits.get(thread.tid))
             ptrace.set_regs(thread.tid, regs)
 
     def _reap(self, tid: int) -> None:

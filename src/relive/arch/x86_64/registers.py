@@ -189,6 +189,35 @@ def make_interrupted_syscall_restart(regs: UserRegs) -> bool:
     return False
 
 
+#: epoll_wait and epoll_pwait take their timeout in milliseconds as the 4th
+#: argument (r10); epoll_pwait2's is a pointer to the program's timespec.
+_EPOLL_MS_TIMEOUT_SYSCALLS = frozenset({232, 281})
+
+
+def epoll_wait_call(nr: int, args: Sequence[int]) -> tuple[int, int] | None:
+    """(epfd, timeout ms) of an epoll_wait/epoll_pwait call with a finite timeout.
+
+    ``args`` are the six syscall arguments, as /proc/PID/syscall shows them.
+    """
+    if nr not in _EPOLL_MS_TIMEOUT_SYSCALLS or len(args) < 4:
+        return None
+    timeout = _signed64(args[3])
+    if not 0 < timeout < (1 << 31):
+        return None
+    return args[0], timeout
+
+
+def epoll_wait_of(regs: UserRegs) -> tuple[int, int] | None:
+    """(epfd, timeout ms) of the epoll wait ``regs`` are stopped in, as ``epoll_wait_call``."""
+    args = [getattr(regs, name) for name in SYSCALL_ARG_REGISTERS]
+    return epoll_wait_call(get_syscall_nr(regs), args)
+
+
+def set_epoll_timeout(regs: UserRegs, milliseconds: int) -> None:
+    """Make the restart of an epoll wait wait ``milliseconds`` (the 4th argument)."""
+    regs.r10 = max(0, milliseconds) & _MASK64
+
+
 _CALL_ARG_REGISTERS = ("rdi", "rsi", "rdx", "rcx", "r8", "r9")
 
 
