@@ -101,6 +101,7 @@ class Session:
         reinit: Collection[str] = (),
         new_file: bool = False,
         allow_layout_change: bool = False,
+        debug: bool = False,
     ) -> ReloadResult:
         """Compile (``.c``) or take (``.o``) each path and redirect its changed functions.
 
@@ -110,10 +111,16 @@ class Session:
         add functions, or replace those named in ``functions``.
         A type whose layout differs from the one data in the program has is refused
         (LayoutChanged) unless ``allow_layout_change``.
+        ``debug`` (hot-deoptimize) compiles at ``-O0 -g3`` and redirects every function.
         The plan side is ``patch.planning``, the transaction ``patch.transaction``.
         """
+        if debug and any(Path(p).suffix == ".o" for p in paths):
+            raise UsageError(
+                "--debug recompiles sources: it takes .c files, not objects",
+                hint="name the .c file to recompile for debugging",
+            )
         options = ReloadOptions(
-            functions, cflags, compdb, trust_build, new_file, allow_layout_change
+            functions, cflags, compdb, trust_build, new_file, allow_layout_change, debug
         )
         with process_lock(self.pid):
             return self._reload(paths, options, dry_run, reinit)
@@ -146,11 +153,13 @@ class Session:
                 return result
             for plan in plans:
                 reroute_too_small(plan, ctx)
-            applied = apply_reload(self.pid, plans, journal, memory, arch, reinits)
+            applied = apply_reload(self.pid, plans, journal, memory, arch, reinits, modules)
             result.stopped_us = applied.held_seconds * 1e6
             self._report(plans, applied.images, result)
             for name, tid in applied.active:
                 self.emit(FunctionActive(name, tid))
+            for notice in applied.notices:
+                self.emit(Notice(notice))
             lap(phases, "patch", mark)
         self.emit(Timings(dict(phases), result.stopped_us))
         self._finished(result, dry_run=False)
@@ -234,9 +243,11 @@ class Session:
                     f"not patched: {', '.join(sorted(unknown))}",
                     hint="`relive status -p PID` lists what is patched",
                 )
-        restored = undo_patches(self.pid, journal, keys)
+        restored, notices = undo_patches(self.pid, journal, keys)
         for p in restored:
             self.emit(FunctionRestored(p.name, p.entry))
+        for notice in notices:
+            self.emit(Notice(notice))
         return [p.name for p in restored]
 
 

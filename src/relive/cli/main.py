@@ -113,6 +113,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="load a file the program was not built from: it may only add functions "
         "(or replace those named with --function)",
     )
+    reload.add_argument(
+        "--debug",
+        action="store_true",
+        help="hot-deoptimize: recompile at -O0 -g3 and redirect every function, for a debugger",
+    )
     _add_flags(reload)
     reload.add_argument("--timings", action="store_true", help="print time per phase")
     reload.set_defaults(run=_cmd_reload)
@@ -170,6 +175,10 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_target(status)
     status.set_defaults(run=_cmd_status)
 
+    from relive.cli.debugging import add_commands
+
+    add_commands(sub)
+
     for command in (reload, watch, run, doctor, undo, status):
         _add_common(command)
     return parser
@@ -208,6 +217,7 @@ def _cmd_reload(args: argparse.Namespace, out: Renderer) -> int:
             args.files,
             functions=args.functions,
             dry_run=args.dry_run,
+            debug=args.debug,
             cflags=_cli_flags(args),
             compdb=args.compdb,
             trust_build=args.trust_build,

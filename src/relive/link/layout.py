@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from relive.arch.base import Need
-from relive.elf.objfile import ObjectFile, ObjSymbol
+from relive.elf.objfile import ObjectFile, ObjSymbol, Section
 from relive.errors import LinkError
+from relive.link.ehframe import EH_FRAME, TERMINATOR, UNWIND_OBJECT_SIZE
 from relive.link.model import GotKey, Layout, LinkRequest
 
 _GOT_KIND = {
@@ -50,6 +51,12 @@ def plan_layout(request: LinkRequest) -> Layout:
         cursor += request.arch.far_stub_size
     code_size = cursor
     cursor = _place(obj, data, offsets, _align(cursor, request.arch.page_size))
+    eh_frame_offset = unwind_object_offset = None
+    eh_frame = _find_eh_frame(obj)
+    if eh_frame is not None and any(obj.sections[i].is_exec for i in request.load):
+        eh_frame_offset = _align(cursor, 8)
+        unwind_object_offset = _align(eh_frame_offset + eh_frame.size + len(TERMINATOR), 16)
+        cursor = unwind_object_offset + UNWIND_OBJECT_SIZE
     got_base = _align(cursor, 16)
     got_offsets: dict[GotKey, int] = {}
     cursor = got_base
@@ -65,7 +72,16 @@ def plan_layout(request: LinkRequest) -> Layout:
         size=max(cursor, 1),
         code_size=code_size,
         alignment=max([16, *(obj.sections[i].align for i in request.load)]),
+        eh_frame_offset=eh_frame_offset,
+        unwind_object_offset=unwind_object_offset,
     )
+
+
+def _find_eh_frame(obj: ObjectFile) -> Section | None:
+    for section in obj.sections:
+        if section.name == EH_FRAME and section.size and not section.is_nobits:
+            return section
+    return None
 
 
 #: Room every loaded code section gets at least, so that a later reload can put

@@ -7,6 +7,7 @@ import struct
 from relive.arch.base import Need, Operands, RelocationType, fits
 from relive.elf.objfile import ObjSymbol, Relocation, Section
 from relive.errors import BadObject, LinkError
+from relive.link.ehframe import EH_FRAME, disable_fdes
 from relive.link.model import Bound, GotKey, Layout, LinkedImage
 
 #: The linker-defined symbol that names the GOT (psABI); for new code, relive's GOT.
@@ -29,6 +30,8 @@ class _Linker:
         self.base = base
         self.image = bytearray(layout.size)
         self.got_values: dict[GotKey, bytes] = {}
+        #: Addresses of existing functions taken by new code are their original entries.
+        self.takes_identity = bool(layout.request.original_entries)
 
     def run(self) -> bytes:
         for index, offset in self.layout.section_offsets.items():
@@ -38,6 +41,7 @@ class _Linker:
             for reloc in self.obj.relocations.get(index, ()):
                 self._apply(section, offset, reloc)
         self._write_stubs()
+        self._write_eh_frame()
         for key, offset in self.layout.got_offsets.items():
             value = self.got_values.get(key)
             if value is not None:
@@ -47,8 +51,15 @@ class _Linker:
     # -- one relocation -------------------------------------------------------
 
     def _apply(self, section: Section, section_offset: int, reloc: Relocation) -> None:
+        place = self.base + section_offset + reloc.offset
+        encoded = self._encode_field(section, place, reloc)
+        field = section_offset + reloc.offset
+        self.image[field : field + len(encoded)] = encoded
+
+    def _encode_field(self, section: Section, place: int, reloc: Relocation) -> bytes:
+        """The bytes a relocation puts at runtime address ``place`` (none for R_*_NONE)."""
         if reloc.type == 0:  # R_*_NONE
-            return
+            return b""
         rtype = self.request.arch.relocations.get(reloc.type)
         if rtype is None:
             raise LinkError(
@@ -66,7 +77,6 @@ class _Linker:
                 f"{reloc.offset:#x} runs past the end of {section.name} ({section.size} bytes)",
                 hint="rebuild the object",
             )
-        place = self.base + section_offset + reloc.offset
         operands = self._operands(rtype, reloc, place, section)
         value = rtype.compute(operands)
         if not fits(value, rtype.width, rtype.range):
@@ -76,8 +86,7 @@ class _Linker:
                 hint="the new code is too far from what it references; "
                 "rebuild the program as PIE or with -mcmodel=large",
             )
-        field = section_offset + reloc.offset
-        self.image[field : field + rtype.width] = _encode(value, rtype.width)
+        return _encode(value, rtype.width)
 
     def _type_name(self, number: int) -> str:
         name = self.request.arch.unsupported_relocations.get(number)
@@ -91,7 +100,7 @@ class _Linker:
         if need in _TLS_NEEDS or need is Need.GOT_TLS_MODULE:
             return self._tls_operands(rtype, reloc, place, got_base)
         target = self._symbol_address(symbol)
-        if self.request.original_entries and not self._is_branch(rtype, reloc, section):
+        if self.takes_identity and not self._is_branch(rtype, reloc, section):
             target = self._identity_address(rtype, reloc, target)
         if need is Need.CALL and not fits(target + reloc.addend - place, rtype.width, rtype.range):
             stub = self.layout.stub_offsets.get(symbol.index)
@@ -221,6 +230,14 @@ class _Linker:
             )
         return bound
 
+    def _write_eh_frame(self) -> None:
+        """The unwind table of the loaded functions, for the program's unwinder."""
+        offset = self.layout.eh_frame_offset
+        if offset is None:
+            return
+        table = relocate_eh_frame(self.layout, self.base, self.base + offset)
+        self.image[offset : offset + len(table)] = table
+
     def _write_stubs(self) -> None:
         for symbol_index, offset in self.layout.stub_offsets.items():
             target = self._symbol_address(self.obj.symbols[symbol_index])
@@ -246,3 +263,64 @@ def _describe(sections: list[Section], symbol: ObjSymbol) -> str:
     if symbol.is_section and 0 < symbol.shndx < len(sections):
         return f"section {sections[symbol.shndx].name}"
     return symbol.name or f"symbol #{symbol.index}"
+
+
+def relocate_eh_frame(layout: Layout, base: int, address: int) -> bytes:
+    """The object's ``.eh_frame`` relocated to ``address``, FDEs of unloaded code disabled."""
+    for section in layout.request.obj.sections:
+        if section.name == EH_FRAME and section.size:
+            linker = _DetachedLinker(layout, base)
+            table = bytearray(linker.relocate(section.index, address))
+            disable_fdes(table, linker.unresolved)
+            return bytes(table)
+    return b""
+
+
+def relocate_detached(image: LinkedImage, index: int, address: int) -> tuple[bytes, list[int]]:
+    """Section ``index`` of the image's object relocated as if it lived at ``address``.
+
+    For the sections relive does not load (DWARF, ``.eh_frame``), which tools
+    read from the reload's debug object.  A symbol in a section that is neither
+    loaded nor bound resolves to 0 (code that did not change, or another debug
+    section, where 0 plus the addend is the right offset); the offsets of
+    fields relocated against unloaded code are returned so callers can mark
+    what they describe as discarded.  A field that cannot be computed (a TLS
+    offset the process does not have) is left 0.
+    """
+    linker = _DetachedLinker(image.layout, image.base)
+    return linker.relocate(index, address), linker.unresolved
+
+
+class _DetachedLinker(_Linker):
+    def __init__(self, layout: Layout, base: int) -> None:
+        super().__init__(layout, base)
+        # Debug info and unwind tables describe the new code where it is.
+        self.takes_identity = False
+        self.unresolved: list[int] = []
+        self._field = 0
+
+    def relocate(self, index: int, address: int) -> bytes:
+        section = self.obj.sections[index]
+        out = bytearray(section.data)
+        for reloc in self.obj.relocations.get(index, ()):
+            self._field = reloc.offset
+            try:
+                encoded = self._encode_field(section, address + reloc.offset, reloc)
+            except (LinkError, BadObject):
+                self.unresolved.append(reloc.offset)
+                continue
+            out[reloc.offset : reloc.offset + len(encoded)] = encoded
+        return bytes(out)
+
+    def _symbol_address(self, symbol: ObjSymbol) -> int:
+        if symbol.is_defined and not symbol.is_absolute and not symbol.is_common:
+            loaded = symbol.shndx in self.layout.section_offsets
+            section = self.obj.sections[symbol.shndx]
+            bound = self.request.bound_sections.get(symbol.shndx)
+            if section.is_exec and not loaded:
+                # Unchanged code: the program's own debug info describes it.
+                self.unresolved.append(self._field)
+                return 0
+            if not loaded and (bound is None or bound.address is None):
+                return 0 if symbol.is_section else symbol.value
+        return super()._symbol_address(symbol)

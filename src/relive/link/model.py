@@ -68,6 +68,10 @@ class Layout:
     code_size: int
     #: The block's address must be a multiple of this (the largest section alignment).
     alignment: int = 16
+    #: Where the relocated ``.eh_frame`` (and its terminator) goes, if the object has
+    #: one; libgcc's registration record follows it at ``unwind_object_offset``.
+    eh_frame_offset: int | None = None
+    unwind_object_offset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,18 @@ class LinkedImage:
     def find_section_address(self, index: int) -> int | None:
         """The runtime address of a loaded section, or None if it was not loaded."""
         offset = self.layout.section_offsets.get(index)
+        return None if offset is None else self.base + offset
+
+    @property
+    def eh_frame_address(self) -> int | None:
+        """Where the block's unwind table lives in the target (None: it has none)."""
+        offset = self.layout.eh_frame_offset
+        return None if offset is None else self.base + offset
+
+    @property
+    def unwind_object_address(self) -> int | None:
+        """Where libgcc's registration record for the unwind table goes."""
+        offset = self.layout.unwind_object_offset
         return None if offset is None else self.base + offset
 
     def get_symbol_address(self, symbol: ObjSymbol) -> int:

@@ -148,11 +148,13 @@ def build_plan(
     arch: Arch,
     previous_fingerprints: dict[str, str] | None,
     only: Collection[str] | None = None,
+    redirect_all: bool = False,
 ) -> ReloadPlan | FarData:
     """Classify functions, choose what to load and bind, and lay the block out.
 
     Returns :class:`FarData` instead of a plan when the new code reaches
     variables of another module directly and they are too far away.
+    ``redirect_all`` (hot-deoptimize) redirects every function that runs, changed or not.
     """
     bound: dict[int, Bound] = {}
     load: set[int] = set()
@@ -191,7 +193,7 @@ def build_plan(
             load.add(index)
             notices.append(_describe_new_table(obj, index))
     decisions = [
-        _decide(symbol, binder, comparer, previous_fingerprints, only)
+        _decide(symbol, binder, comparer, previous_fingerprints, only, redirect_all)
         for symbol in obj.iter_functions()
         if obj.sections[symbol.shndx].is_exec
     ]
@@ -267,6 +269,7 @@ def _decide(
     comparer: FunctionComparer,
     previous: dict[str, str] | None,
     only: Collection[str] | None,
+    redirect_all: bool = False,
 ) -> FunctionDecision:
     fingerprint = comparer.fingerprint(symbol)
     old = binder.find_old(symbol)
@@ -278,7 +281,9 @@ def _decide(
         return FunctionDecision(symbol, old, "skipped", fingerprint, reason)
     if only is not None and symbol.name not in only:
         return FunctionDecision(symbol, old, "skipped", fingerprint, "not selected by --function")
-    if previous is not None and symbol.name in previous:
+    if redirect_all:
+        same = False
+    elif previous is not None and symbol.name in previous:
         same = previous[symbol.name] == fingerprint
     else:
         same = comparer.matches_running(symbol, old.address, old.size)

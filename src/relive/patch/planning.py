@@ -39,6 +39,7 @@ from relive.process.threads import stop_all
 from relive.toolchain.choice import get_compile_command
 from relive.toolchain.command import ORIGIN_COMPDB, CompileCommand
 from relive.toolchain.compiler import compile_object
+from relive.toolchain.deoptimize import deoptimized
 from relive.toolchain.lto import without_lto
 
 
@@ -56,6 +57,8 @@ class ReloadOptions:
     #: Reload even where data the program holds changed its layout (a notice, not
     #: a refusal; see patch.layout_check).
     allow_layout_change: bool = False
+    #: Hot-deoptimize (--debug): compile at -O0 -g3 and redirect every function.
+    debug: bool = False
 
 
 @dataclass
@@ -101,6 +104,8 @@ def plan_file(path: Path, index: int, ctx: PlanContext) -> ReloadPlan:
         lap(ctx.phases, "compile", mark)
         return _expect_plan(_plan_object(path, path, None, ctx))
     command, module = _find_command(path, ctx)
+    if ctx.options.debug:
+        command = deoptimized(command)
     out_dir = ctx.scratch / str(index)
     obj_path = _compile(command, out_dir, ctx)
     lap(ctx.phases, "compile", mark)
@@ -205,7 +210,9 @@ def _plan_object(
         call_function=lambda function: _call_in_target(ctx.pid, function),
     )
     fingerprints = record.fingerprints if record else None
-    planned = build_plan(key, obj, binder, ctx.arch, fingerprints, ctx.functions)
+    planned = build_plan(
+        key, obj, binder, ctx.arch, fingerprints, ctx.functions, redirect_all=ctx.options.debug
+    )
     lap(ctx.phases, "link", mark)
     return planned
 

@@ -17,7 +17,10 @@
 6. on any failure up to here, give the new blocks back and the journal its old
    contents: the program is as it was (unless some jumps made it into memory:
    then those are committed and their code kept);
-7. commit the pending jumps and save the journal.
+7. commit the pending jumps and save the journal;
+8. once the threads run again, make the new code visible to tools: unwind
+   tables registered with the program's unwinder, a debug object per block,
+   the perf map (``patch.tooling``).
 
 The journal is saved once before anything else (nothing changes in the target
 unless it can be written), and steps 2-7 run while relive's own
@@ -34,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -56,7 +59,9 @@ from relive.patch.journal import (
 )
 from relive.patch.jumps import write_entries
 from relive.patch.loops import refuse_running_loop_heads
+from relive.patch.modules import RunningModule
 from relive.patch.plan import ReloadPlan
+from relive.patch.tooling import publish_new_code, retire_unused_code
 from relive.patch.wal import commit, find_done, stage_jumps, stage_undo
 from relive.process.memory import ProcessMemory
 
@@ -72,6 +77,8 @@ class Applied:
     #: (function, tid): a replaced function a thread is still inside of; that call
     #: finishes in the old code.
     active: list[tuple[str, int]]
+    #: What step 7 could not do (the reload itself stands).
+    notices: list[str]
 
 
 @contextmanager
@@ -92,6 +99,7 @@ def apply_reload(
     memory: ProcessMemory,
     arch: Arch,
     reinits: list[list[DataChange]],
+    modules: Sequence[RunningModule],
 ) -> Applied:
     """Load every plan's block, redirect its changed functions and record it all.
 
@@ -146,11 +154,17 @@ def apply_reload(
         commit(journal)
         save_journal(journal)
     active = [] if positions is None else _find_active(pid, plans, memory, arch, positions)
-    return Applied(images, held_seconds, active)
+    # 8. Tools see the new code.
+    blocks = [(plan.source, image) for plan, image in zip(plans, images, strict=True)]
+    notices = publish_new_code(pid, modules, journal, blocks)
+    return Applied(images, held_seconds, active, notices)
 
 
-def undo_patches(pid: int, journal: Journal, keys: list[str]) -> list[EntryPatch]:
-    """Put back the original entry bytes of the journal's patches ``keys``."""
+def undo_patches(pid: int, journal: Journal, keys: list[str]) -> tuple[list[EntryPatch], list[str]]:
+    """Put back the original entry bytes of the journal's patches ``keys``.
+
+    Returns the patches undone and notices (unwind tables that could not be retired).
+    """
     chosen = [journal.patches[key] for key in keys]
     writes = [
         EntryWrite(p.name, p.entry, bytes.fromhex(p.written), bytes.fromhex(p.original))
@@ -169,7 +183,7 @@ def undo_patches(pid: int, journal: Journal, keys: list[str]) -> list[EntryPatch
                 raise
             commit(journal)
             save_journal(journal)
-    return chosen
+    return chosen, retire_unused_code(pid, journal) if writes else []
 
 
 def _abandon(

@@ -1,0 +1,61 @@
+"""The last step of a reload: make the new code visible to debuggers, profilers and
+the program's own unwinder.  It runs after the threads were released, so it never
+lengthens the stop, and a failure in it leaves the reload in place and becomes a
+notice: the new code runs either way.
+
+* unwind tables registered with libgcc (``patch.unwind``);
+* a debug object per block (``patch.debugfiles``);
+* the perf map ``/tmp/perf-PID.map``.
+
+``undo`` retires the unwind tables of blocks whose code no longer runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from relive.errors import ReliveError
+from relive.link import LinkedImage
+from relive.patch.debugfiles import append_perf_map, refresh_liveness, write_debug_objects
+from relive.patch.journal import Journal
+from relive.patch.modules import RunningModule, load_running_modules
+from relive.patch.unwind import deregister_unwind_tables, find_unwinder, register_unwind_tables
+
+
+def publish_new_code(
+    pid: int,
+    modules: Sequence[RunningModule],
+    journal: Journal,
+    blocks: Sequence[tuple[str, LinkedImage]],
+) -> list[str]:
+    """Register, describe and map the new blocks (``(source, block)``); the notices."""
+    notices = []
+    images = [image for _, image in blocks]
+    registered: list[int] = []
+    unwinder = find_unwinder(modules)
+    if unwinder is not None:
+        try:
+            registered = register_unwind_tables(pid, unwinder, images)
+        except ReliveError as error:
+            notices.append(
+                f"unwind tables not registered ({error.message}): backtrace() and exceptions "
+                "stop at the new code"
+            )
+    try:
+        write_debug_objects(journal, blocks, registered)
+    except ReliveError as error:
+        notices.append(f"no debug object written ({error.message}): gdb shows ?? for new code")
+    append_perf_map(pid, images)
+    return notices
+
+
+def retire_unused_code(pid: int, journal: Journal) -> list[str]:
+    """After an undo: deregister the unwind tables of blocks no longer used; the notices."""
+    try:
+        retired = refresh_liveness(journal)
+        unwinder = find_unwinder(load_running_modules(pid)) if retired else None
+        if unwinder is not None:
+            deregister_unwind_tables(pid, unwinder, retired)
+    except ReliveError as error:
+        return [f"unwind tables of undone code left registered ({error.message})"]
+    return []

@@ -1,0 +1,318 @@
+"""Debuggers and profilers see reloaded code: debug objects, relive gdb, unwind, perf, cores."""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
+
+import relive
+from relive.events import Event, FunctionAdded, FunctionRedirected
+from relive.patch.debugfiles import list_debug_objects
+from relive.process.procfs import get_start_time
+from support import RELIVE, SpawnFactory, compile_c
+
+needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
+
+PROG = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+int counter;
+int leaf(int x) { return x + 1; }
+__attribute__((noinline)) int middle(int v) {
+    int local = v * 2;
+    return leaf(local) + 1;
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { counter = middle(counter) % 1000; printf("c=%d\n", counter); usleep(20000); }
+}
+"""
+
+NEW_MIDDLE = """__attribute__((noinline)) int middle(int v) {
+    int local = v * 3;
+    int extra = local + 7;
+    return leaf(local) + extra - extra + 1;
+}"""
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def _reload(pid: int, *paths: Path, **options: object) -> list[Event]:
+    events: list[Event] = []
+    relive.attach(pid, on_event=events.append).reload(list(paths), **options)  # type: ignore[arg-type]
+    return events
+
+
+def _redirected(events: list[Event]) -> dict[str, int]:
+    return {e.name: e.new_address for e in events if isinstance(e, FunctionRedirected)}
+
+
+def _start_middle(tmp_path: Path, spawn: SpawnFactory, flags: tuple[str, ...] = ("-g", "-O0")):  # type: ignore[no-untyped-def]
+    exe = compile_c(tmp_path, PROG, flags=flags)
+    target = spawn([exe])
+    target.wait_for(r"c=\d+")
+    return exe, target
+
+
+def test_debug_object_has_code_symbols_and_lines_at_runtime_addresses(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    _, target = _start_middle(tmp_path, spawn)
+    source = tmp_path / "prog.c"
+    old = source.read_text()
+    _edit(source, old[old.index("__attribute__") : old.index("int main")], NEW_MIDDLE + "\n")
+    new_middle = _redirected(_reload(target.pid, source))["middle"]
+
+    objects = list_debug_objects(target.pid, get_start_time(target.pid))
+    assert [o.live for o in objects] == [True]
+    with objects[0].path.open("rb") as f:
+        elf = ELFFile(f)
+        symtab = elf.get_section_by_name(".symtab")
+        assert isinstance(symtab, SymbolTableSection)
+        symbols = {s.name: s["st_value"] for s in symtab.iter_symbols()}
+        assert symbols["middle"] == new_middle
+        assert "leaf" not in symbols  # unchanged: the program's own symbols describe it
+        text = elf.get_section_by_name(".text.middle")
+        assert text is not None and text["sh_addr"] == new_middle
+        dwarf = elf.get_dwarf_info()
+        rows = []
+        for cu in dwarf.iter_CUs():
+            program = dwarf.line_program_for_CU(cu)
+            assert program is not None
+            rows += [
+                (entry.state.address, entry.state.line)
+                for entry in program.get_entries()
+                if entry.state is not None and entry.state.address >= new_middle
+            ]
+    lines = {line for address, line in rows if address < new_middle + 0x100}
+    assert {8, 9, 10} <= lines  # the new body's lines, at the new addresses
+    decoded = subprocess.run(
+        ["readelf", "--debug-dump=decodedline", str(objects[0].path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"{new_middle:#x}" in decoded
+
+
+@needs_gdb
+def test_relive_gdb_breaks_in_new_code_and_unwinds_through_it(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    _, target = _start_middle(tmp_path, spawn)
+    source = tmp_path / "prog.c"
+    old = source.read_text()
+    _edit(source, old[old.index("__attribute__") : old.index("int main")], NEW_MIDDLE + "\n")
+    new_middle = _redirected(_reload(target.pid, source))["middle"]
+
+    gdb = subprocess.run(
+        [
+            *RELIVE,
+            "gdb",
+            "-p",
+            str(target.pid),
+            "--",
+            "-batch",
+            "-ex",
+            "break leaf",
+            "-ex",
+            "continue",
+            "-ex",
+            "bt",
+            "-ex",
+            "frame 1",
+            "-ex",
+            "info locals",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    out = gdb.stdout + gdb.stderr
+    assert "relive: loaded 1 reload(s)" in out, out
+    frames = re.findall(
+        r"^#(\d)\s+(?:(0x[0-9a-f]+) in )?(\w+) \(.*\) at .*prog\.c:(\d+)", out, re.M
+    )
+    assert [(f[0], f[2]) for f in frames[:3]] == [("0", "leaf"), ("1", "middle"), ("2", "main")]
+    middle_pc = int(frames[1][1], 16)
+    assert new_middle <= middle_pc < new_middle + 0x100  # the new function's frame
+    assert frames[1][3] == "10"  # the new code's line of the call to leaf
+    assert re.search(r"^extra = -?\d+", out, re.M), out  # a local only the new code has
+    assert target.alive()
+    target.wait_for(r"c=\d+", after=target.mark())
+
+
+def test_perf_map_lists_each_new_function(tmp_path: Path, spawn: SpawnFactory) -> None:
+    _, target = _start_middle(tmp_path, spawn)
+    perf_map = Path(f"/tmp/perf-{target.pid}.map")
+    perf_map.unlink(missing_ok=True)
+    source = tmp_path / "prog.c"
+    _edit(source, "v * 2", "v * 5")
+    _edit(source, "int main", "int added(int x) { return x - 1; }\nint main")
+    _edit(source, "middle(counter) % 1000", "added(middle(counter)) % 1000")
+    events = _reload(target.pid, source)
+    try:
+        addresses = {
+            e.name: e.new_address
+            for e in events
+            if isinstance(e, FunctionRedirected | FunctionAdded)
+        }
+        lines = perf_map.read_text().splitlines()
+        entries = {}
+        for line in lines:
+            start, size, name = line.split(" ", 2)
+            entries[name] = (int(start, 16), int(size, 16))
+        assert set(entries) == {"middle", "added", "main"}
+        for name, (address, length) in entries.items():
+            assert address == addresses[name]
+            assert length > 0
+    finally:
+        perf_map.unlink(missing_ok=True)
+
+
+BACKTRACE_PROG = r"""
+#include <execinfo.h>
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((noinline)) int depth3(void) { void *f[64]; return backtrace(f, 64); }
+__attribute__((noinline)) int depth2(void) { return depth3() + 0; }
+__attribute__((noinline)) int depth1(void) { return depth2() + 0; }
+int main(void) {
+    void *f[4];
+    backtrace(f, 4);  /* glibc loads libgcc_s, the unwinder, on the first call */
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { printf("frames=%d\n", depth1()); usleep(20000); }
+}
+"""
+
+
+def test_backtrace_walks_through_new_frames(tmp_path: Path, spawn: SpawnFactory) -> None:
+    exe = compile_c(tmp_path, BACKTRACE_PROG)
+    target = spawn([exe])
+    before = int(target.wait_for(r"frames=(\d+)").group(1))
+    source = tmp_path / "prog.c"
+    _edit(source, "depth3() + 0", "depth3() + 1000")  # depth2: the middle of the chain
+    _edit(source, "depth2() + 0", "depth2() + 0 * 2")  # and depth1, redirected too
+    _reload(target.pid, source)
+    after = int(target.wait_for(r"frames=(1\d\d\d)", after=target.mark()).group(1))
+    assert after - 1000 == before  # every frame found, through the new depth2
+
+
+@needs_gdb
+def test_relive_gdb_reads_a_core_dumped_by_new_code(tmp_path: Path, spawn: SpawnFactory) -> None:
+    prog = PROG.replace(
+        "int main(void) {", 'int main(void) {\n    (void)chdir(getenv("CORE_DIR"));'
+    )
+    exe = compile_c(tmp_path, prog)
+    env_dir = tmp_path / "cores"
+    env_dir.mkdir()
+    with open("/proc/sys/kernel/core_pattern") as f:
+        if not f.read().startswith("core"):
+            pytest.skip("core_pattern sends cores elsewhere than the working directory")
+    proc = subprocess.Popen(
+        [exe],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "CORE_DIR": str(env_dir)},
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (-1, -1)),
+    )
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        source = tmp_path / "prog.c"
+        _edit(
+            source,
+            "int local = v * 2;",
+            "int local = v * 2;\n    if (v > 0) *(volatile int *)0 = local;",
+        )
+        _reload(proc.pid, source)
+        assert proc.wait(timeout=30) < 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    cores = list(env_dir.glob("core*"))
+    assert cores, "no core was written"
+    gdb = subprocess.run(
+        [*RELIVE, "gdb", "--core", str(cores[0]), str(exe), "--", "-batch", "-ex", "bt"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    out = gdb.stdout + gdb.stderr
+    assert re.search(r"#0 .*middle \(v=\d+\) at .*prog\.c:9", out), out
+    assert re.search(r"#1 .*main \(\) at .*prog\.c:\d+", out), out
+
+
+OPTIMISED_PROG = r"""
+#include <stdio.h>
+#include <unistd.h>
+int counter;
+__attribute__((noinline)) int leaf(int x) { return x + 1; }
+__attribute__((noinline)) int middle(int v) {
+    int local = counter * 3 + v;
+    counter = leaf(local);
+    return counter % 1000;
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { counter = middle(counter) % 1000; printf("c=%d\n", counter); usleep(20000); }
+}
+"""
+
+
+@needs_gdb
+def test_hot_deoptimize_shows_optimised_out_locals(tmp_path: Path, spawn: SpawnFactory) -> None:
+    exe = compile_c(tmp_path, OPTIMISED_PROG, flags=("-g", "-O2"))
+    target = spawn([exe])
+    target.wait_for(r"c=\d+")
+
+    def locals_after_the_call() -> str:
+        run = subprocess.run(
+            [
+                *RELIVE,
+                "gdb",
+                "-p",
+                str(target.pid),
+                "--",
+                "-batch",
+                "-ex",
+                "break prog.c:9",
+                "-ex",
+                "continue",
+                "-ex",
+                "info locals",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        return run.stdout + run.stderr
+
+    assert "local = <optimized out>" in locals_after_the_call()
+    events = _reload(target.pid, tmp_path / "prog.c", debug=True)
+    redirected = _redirected(events)
+    assert {"middle", "leaf"} <= set(redirected)  # every function, changed or not
+    assert re.search(r"^local = \d+", locals_after_the_call(), re.M)
+    target.wait_for(r"c=\d+", after=target.mark())
+    # A plain reload puts optimised code back.
+    back = _redirected(_reload(target.pid, tmp_path / "prog.c"))
+    assert {"middle", "leaf"} <= set(back)
+    target.wait_for(r"c=\d+", after=target.mark())
