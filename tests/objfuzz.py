@@ -324,7 +324,7 @@ def run_variants(
             if _code_and_maps(pid) != (before_maps, before_code) or not _running(pid):
                 report.harmed.append(f"{variant.label}: refused ({error}) but changed the target")
             continue
-        except Exception as error:  # what this harness exists to find
+        except Exception as error:  # noqa: BLE001 - what this harness exists to find
             last = traceback.format_exception(error)[-1].strip()
             report.tracebacks.append((variant.label, last))
             continue

@@ -421,7 +421,7 @@ def test_no_signal_is_lost_while_stopping_repeatedly(tmp_path: Path, spawn: Spaw
                 sent += 1
                 if sent % 8 == 0:
                     time.sleep(0.001)  # pacing the sender, not waiting for output
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which fails
             send_errors.append(exc)
 
     sender = threading.Thread(target=send)

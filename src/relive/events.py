@@ -189,6 +189,21 @@ class Notice(Event):
         return self.message
 
 
+class BlockNotReleased(Event):
+    """A failed reload could not give back a block it had mapped in the target."""
+
+    kind: ClassVar[str] = "block-not-released"
+    address: int
+    size: int
+    reason: str
+
+    def __str__(self) -> str:
+        return (
+            f"could not unmap the {self.size}-byte block at {self.address:#x} after the "
+            f"failed reload ({self.reason}): it stays mapped, unused"
+        )
+
+
 class Timings(Event):
     """Wall time per phase of one operation, and how long threads were held."""
 

@@ -153,7 +153,9 @@ class Session:
                 return result
             for plan in plans:
                 reroute_too_small(plan, ctx)
-            applied = apply_reload(self.pid, plans, journal, memory, arch, reinits, modules)
+            applied = apply_reload(
+                self.pid, plans, journal, memory, arch, reinits, modules, self.emit
+            )
             result.stopped_us = applied.held_seconds * 1e6
             self._report(plans, applied.images, result)
             for name, tid in applied.active:

@@ -14,6 +14,7 @@ from typing import IO, Any
 
 from relive.errors import ReliveError
 from relive.events import (
+    BlockNotReleased,
     CheckResult,
     Compiled,
     DependenciesFound,
@@ -47,6 +48,7 @@ _STYLES: dict[type[Event], str] = {
     FunctionActive: "yellow",
     FunctionRestored: "magenta",
     Notice: "yellow",
+    BlockNotReleased: "yellow",
     Compiled: "dim",
     Timings: "dim",
     ReloadFinished: "bold",

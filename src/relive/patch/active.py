@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from relive.arch.base import Arch
+from relive.errors import ReliveError
 from relive.process.memory import ProcessMemory
 from relive.process.procfs import Mapping, find_mapping, read_maps
 
@@ -53,7 +54,7 @@ def _names_on_stack(
     size = min(stack.end - sp, STACK_SCAN_BYTES) & ~7
     try:
         words = memory.read(sp & ~7, size)
-    except Exception:
+    except ReliveError:  # the stack went away meanwhile: nothing on it
         return set()
     found: set[str] = set()
     low = min(lo for lo, _ in ranges.values())
@@ -71,5 +72,5 @@ def _names_on_stack(
 def _follows_call(memory: ProcessMemory, arch: Arch, address: int) -> bool:
     try:
         return arch.follows_call(memory.read(address - 8, 8))
-    except Exception:
+    except ReliveError:  # not readable: not a return address
         return False

@@ -82,9 +82,7 @@ def protect_code(pid: int, image: LinkedImage) -> None:
 
 
 def release_block(pid: int, image: LinkedImage) -> None:
-    """Give back a block that will not be used (best effort, after a failure)."""
-    try:
-        with stop_one(pid) as stopped:
-            remote_munmap(stopped, image.base, page_round(len(image.data)))
-    except ReliveError:
-        pass
+    """Give back a block that will not be used (after a failure); ReliveError if it
+    cannot be (the caller reports it: the block stays mapped, unused)."""
+    with stop_one(pid) as stopped:
+        remote_munmap(stopped, image.base, page_round(len(image.data)))

@@ -285,7 +285,7 @@ class FunctionComparer:
             return False
         try:
             code = self.read_memory(address, 16)
-        except Exception:
+        except ReliveError:
             return False
         return self.find_plt_slot(code, address) == slot
 

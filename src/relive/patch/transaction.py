@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from relive.arch.base import Arch
 from relive.elf.objfile import ObjSymbol
 from relive.errors import ReliveError
+from relive.events import BlockNotReleased, EventSink
 from relive.link import LinkedImage
 from relive.link.layout import MIN_CODE_ROOM
 from relive.patch.active import iter_active_functions
@@ -100,6 +101,7 @@ def apply_reload(
     arch: Arch,
     reinits: list[list[DataChange]],
     modules: Sequence[RunningModule],
+    emit: EventSink,
 ) -> Applied:
     """Load every plan's block, redirect its changed functions and record it all.
 
@@ -148,7 +150,7 @@ def apply_reload(
                 held_seconds, positions = report.held_seconds, report.positions
         except BaseException:
             # 6. Roll back.
-            _abandon(pid, journal, memory, images, before)
+            _abandon(pid, journal, memory, images, before, emit)
             raise
         # 7. Commit, still inside held_signals.
         commit(journal)
@@ -187,7 +189,12 @@ def undo_patches(pid: int, journal: Journal, keys: list[str]) -> tuple[list[Entr
 
 
 def _abandon(
-    pid: int, journal: Journal, memory: ProcessMemory, images: list[LinkedImage], before: bytes
+    pid: int,
+    journal: Journal,
+    memory: ProcessMemory,
+    images: list[LinkedImage],
+    before: bytes,
+    emit: EventSink,
 ) -> None:
     """After a failed transaction: record the jumps that made it into memory, or, if
     none did, give back the new blocks and put the journal back as it was."""
@@ -197,7 +204,10 @@ def _abandon(
         save_journal(journal)
         return
     for image in images:
-        release_block(pid, image)
+        try:
+            release_block(pid, image)
+        except ReliveError as error:  # said, and the rollback goes on
+            emit(BlockNotReleased(image.base, len(image.data), error.one_line()))
     with contextlib.suppress(ReliveError):  # unwritable: it still holds ``before``
         restore_journal(journal, before)
 

@@ -361,7 +361,10 @@ class Watcher:
                 )
             except ProcessGone:
                 continue  # _check_targets says so
-            except Exception as error:  # a long-running loop reports and goes on
+            # The one handler of any exception: a bug must not end a watch (under
+            # `relive run` that would end the program); it is reported with its
+            # traceback (an InternalError line), not hidden.
+            except Exception as error:  # noqa: BLE001
                 failed = True
                 self.emit(_failure(target.pid, names, error, show_pid))
                 if isinstance(error, CompileError):
