@@ -53,6 +53,9 @@ def test_already_traced(
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "seized"
+        # A change, so that the reload has something to write (an unchanged file
+        # needs no tracing at all).
+        edit(tmp_path / "prog.c", "return table[0];", "return table[1];")
         code, err = run_cli(capsys, "reload", "-p", str(running.pid), str(tmp_path / "prog.c"))
         assert code == 3
         assert "traced" in err and str(holder.pid) in err

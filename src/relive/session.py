@@ -46,7 +46,8 @@ from relive.patch.planning import (
 )
 from relive.patch.transaction import apply_reload, undo_patches
 from relive.process.memory import ProcessMemory
-from relive.process.procfs import check_alive
+from relive.process.permissions import find_other_user
+from relive.process.procfs import check_alive, get_tgid
 from relive.statedir import scratch_dir
 
 
@@ -76,9 +77,17 @@ class ReloadResult:
 
 
 def attach(pid: int, on_event: EventSink | None = None) -> Session:
-    """A session on a running process (raises ProcessGone if there is none)."""
+    """A session on a running process (raises ProcessGone if there is none).
+
+    A thread id stands for its process.  A process relive may not trace is
+    refused here (PermissionDenied), so that ``undo`` and ``status`` of another
+    user's process say so rather than find nothing in this user's journals.
+    """
     check_alive(pid)
-    return Session(pid, on_event or ignore_event)
+    denied = find_other_user(pid)
+    if denied is not None:
+        raise denied
+    return Session(get_tgid(pid), on_event or ignore_event)
 
 
 class Session:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 
 from relive.errors import ProcessGone, UsageError
-from relive.process.procfs import PROC, check_alive, is_alive, iter_pids_by_name
+from relive.process.procfs import PROC, check_alive, get_tgid, is_alive, iter_pids_by_name
 
 __all__ = ["describe", "resolve_pids"]
 
@@ -63,7 +63,7 @@ def resolve_pids(pid: int | None, name: str | None, every: bool) -> list[int]:
     """The pids to act on; raises ProcessGone (none) or UsageError (ambiguous)."""
     if pid is not None:
         check_alive(pid)
-        candidates = [pid]
+        candidates = [get_tgid(pid)]  # a thread id names its process
     else:
         assert name is not None
         candidates = _by_name(name)

@@ -28,8 +28,16 @@ from relive.process.remote import (
 from relive.process.threads import stop_one
 
 
-def allocate_and_link(pid: int, plan: ReloadPlan, arch: Arch) -> LinkedImage:
-    """Link the plan at a reachable free address and map that memory in the target."""
+def allocate_and_link(pid: int, plan: ReloadPlan, arch: Arch, reinit: bool = False) -> LinkedImage:
+    """Link the plan at a reachable free address and map that memory in the target.
+
+    A plan that loads nothing new (every function unchanged, or none selected;
+    its strings and constants alone serve no one) maps nothing unless ``reinit``
+    (initial values to copy may point into the block): its image is empty and
+    the other steps skip it.
+    """
+    if not plan.layout.request.load or (plan.loads_nothing_new and not reinit):
+        return LinkedImage(base=0, data=b"", layout=plan.layout)
     size = page_round(plan.layout.size)
     low_memory = not plan.module.image.is_pie_or_shared
     last_error: LinkError | None = None
@@ -65,6 +73,8 @@ def allocate_and_link(pid: int, plan: ReloadPlan, arch: Arch) -> LinkedImage:
 
 def write_block(memory: ProcessMemory, image: LinkedImage) -> None:
     """Write the new code and data (the program cannot reach it yet)."""
+    if not image.data:
+        return
     memory.write(image.base, image.data)
 
 
@@ -76,7 +86,7 @@ def protect_code(pid: int, image: LinkedImage) -> None:
     read-only pages for a tracer, as for the program's own text.
     """
     code = page_round(image.layout.code_size)
-    if code:
+    if code and image.data:
         with stop_one(pid) as stopped:
             remote_mprotect(stopped, image.base, code, PROT_READ | PROT_EXEC)
 
@@ -84,5 +94,7 @@ def protect_code(pid: int, image: LinkedImage) -> None:
 def release_block(pid: int, image: LinkedImage) -> None:
     """Give back a block that will not be used (after a failure); ReliveError if it
     cannot be (the caller reports it: the block stays mapped, unused)."""
+    if not image.data:
+        return
     with stop_one(pid) as stopped:
         remote_munmap(stopped, image.base, page_round(len(image.data)))

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from relive.elf.buildid import read_build_id
 from relive.elf.constants import PAGE_SIZE
 from relive.elf.image import ElfImage
 from relive.elf.objfile import ObjectFile
-from relive.errors import BadObject, ReliveError
+from relive.errors import BadObject, PermissionDenied, ReliveError
+from relive.process.memory import ProcessMemory
 from relive.process.procfs import Mapping, get_exe_path, read_maps
 
 
@@ -37,8 +39,12 @@ class RunningModule:
 def load_running_modules(pid: int, maps: list[Mapping] | None = None) -> list[RunningModule]:
     """Every ELF file mapped in ``pid``, the executable first, then in load order.
 
-    Files are opened through ``/proc/PID/map_files`` so that a binary rebuilt on
-    disk since the process started is not mistaken for the one that runs.
+    A file replaced on disk since the process mapped it (a rebuild) is not
+    mistaken for the one that runs: the executable is read through
+    ``/proc/PID/exe``, which whoever may trace the process may open; a library
+    through ``/proc/PID/map_files``, which only root may open, or else from disk
+    when the build id there is the one in memory.  Otherwise PermissionDenied
+    says why: a library silently left out would leave its sources unreloadable.
     """
     maps = read_maps(pid) if maps is None else maps
     exe = os.path.realpath(get_exe_path(pid))
@@ -61,7 +67,11 @@ def _find_module(
     first = min(mappings, key=lambda m: m.start)
     if first.offset != 0:
         return None
-    file = _open_path(pid, first, path)
+    file = _open_path(pid, first, path, is_main)
+    if file is None:
+        if not any(m.is_executable for m in mappings):
+            return None  # a replaced data file: not code relive could patch
+        raise _replaced_unreadable(pid, path)
     try:
         image = ElfImage.open(file)
     except (BadObject, OSError):
@@ -78,8 +88,9 @@ def _find_module(
     )
 
 
-def _open_path(pid: int, mapping: Mapping, path: str) -> str:
-    """The path itself, unless it was replaced on disk since it was mapped."""
+def _open_path(pid: int, mapping: Mapping, path: str, is_main: bool) -> str | None:
+    """A path that opens the mapped file: the path itself, unless it was replaced on
+    disk since it was mapped; None when this user cannot open the mapped file."""
     try:
         on_disk = os.stat(path)
         if (on_disk.st_ino, os.major(on_disk.st_dev), os.minor(on_disk.st_dev)) == (
@@ -89,7 +100,43 @@ def _open_path(pid: int, mapping: Mapping, path: str) -> str:
             return path
     except OSError:
         pass
-    return f"/proc/{pid}/map_files/{mapping.start:x}-{mapping.end:x}"
+    if is_main:
+        return f"/proc/{pid}/exe"
+    mapped = f"/proc/{pid}/map_files/{mapping.start:x}-{mapping.end:x}"
+    try:
+        os.close(os.open(mapped, os.O_RDONLY | os.O_CLOEXEC))
+    except PermissionError:
+        # The kernel names a replaced file "PATH (deleted)"; what is at PATH now
+        # may still be the same build (rebuilt from the same source).
+        now = path.removesuffix(" (deleted)")
+        return now if _same_build_on_disk(pid, now, mapping) else None
+    except OSError:
+        pass
+    return mapped
+
+
+def _same_build_on_disk(pid: int, path: str, first: Mapping) -> bool:
+    """Whether the file now at ``path`` has the build id the process has mapped."""
+    found = read_build_id(path)
+    if found is None:
+        return False
+    try:
+        image = ElfImage.open(path)
+        bias = first.start - (image.first_load_vaddr & ~(PAGE_SIZE - 1))
+        with ProcessMemory(pid) as memory:
+            return memory.read(found.vaddr + bias, len(found.note)) == found.note
+    except (ReliveError, OSError):
+        return False
+
+
+def _replaced_unreadable(pid: int, path: str) -> PermissionDenied:
+    name = os.path.basename(path.removesuffix(" (deleted)"))
+    return PermissionDenied(
+        f"{name} was replaced on disk (rebuilt?) since process {pid} loaded it, and the "
+        "build it runs can only be read by root (/proc/PID/map_files); the file there now "
+        "is another build",
+        hint="run relive as root, or restart the program so that it runs the new build",
+    )
 
 
 def _parse_dev(dev: str) -> tuple[int, int]:

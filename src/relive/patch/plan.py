@@ -136,6 +136,11 @@ class ReloadPlan:
         linked = link(layout, (change.bound.address or 0) - offset)
         return linked.data[offset : offset + self.obj.sections[change.index].size]
 
+    @property
+    def loads_nothing_new(self) -> bool:
+        """No function to load and no new variable: the block would serve no one."""
+        return not self.new_data and not self.iter_with_status("changed", "new")
+
     def iter_with_status(self, *statuses: str) -> list[FunctionDecision]:
         """Decisions with one of the given statuses, in object order."""
         return [d for d in self.decisions if d.status in statuses]

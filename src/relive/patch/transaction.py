@@ -127,8 +127,8 @@ def apply_reload(
     with held_signals():
         try:
             # 2. Allocate and link.
-            for plan in plans:
-                images.append(allocate_and_link(pid, plan, arch))
+            for plan, changes in zip(plans, reinits, strict=True):
+                images.append(allocate_and_link(pid, plan, arch, bool(changes)))
             writes = _entry_writes(sites, images, arch)
             values = [
                 (change.bound.address or 0, plan.link_initial_value(change, image))
@@ -228,7 +228,7 @@ def _record(journal: Journal, plans: list[ReloadPlan], images: list[LinkedImage]
     for plan, image in zip(plans, images, strict=True):
         fingerprints = {d.name: d.fingerprint for d in plan.decisions if d.status != "skipped"}
         journal.record_generation(plan.source, fingerprints, _definitions(plan, image))
-    journal.add_regions((image.base, len(image.data)) for image in images)
+    journal.add_regions((image.base, len(image.data)) for image in images if image.data)
 
 
 def _definitions(plan: ReloadPlan, image: LinkedImage) -> Iterator[Definition]:

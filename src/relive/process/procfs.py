@@ -172,6 +172,15 @@ def find_tracer_pid(pid: int) -> int | None:
     return tracer or None
 
 
+def get_tgid(pid: int) -> int:
+    """The process a thread id belongs to (itself for a process id).
+
+    /proc/TID works for any thread, so ``-p TID`` would otherwise act on the
+    process under another name: its journal, lock and status must be the process's.
+    """
+    return int(read_status(pid).get("Tgid", pid))
+
+
 def get_uids(pid: int) -> tuple[int, int, int, int]:
     """Real, effective, saved and filesystem uid of a process."""
     real, effective, saved, fs = (int(x) for x in read_status(pid)["Uid"].split())
