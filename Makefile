@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Python code that ruff checks and formats.
 PY_DIRS := src tests demo benchmarks
 
-.PHONY: demo test test-fast test-realworld prepare bench lint format-check typecheck check clean
+.PHONY: demo test test-fast test-realworld coverage prepare bench lint format-check typecheck check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
@@ -31,6 +31,11 @@ test: prepare
 # Everything but the real programs (1-3 minutes).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The fast suite with line coverage of src/relive, the CLI subprocesses the tests
+# start included (pyproject.toml [tool.coverage.run]).
+coverage: $(STAMP)
+	$(BIN)/python -m pytest -q --cov --cov-report=term-missing:skip-covered
 
 test-realworld: prepare
 	@$(MAKE) --no-print-directory $(STAMP)

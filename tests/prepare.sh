@@ -12,6 +12,8 @@
 #   bash tests/prepare.sh               prepare (or explain what is missing)
 #   bash tests/prepare.sh --check NAME  print why part NAME (clang, realworld) cannot
 #                                       run, exit 1; exit 0 silently when it can
+#   bash tests/prepare.sh --deb-src     print the deb-src stanzas it would add
+#                                       (under $APT_ROOT if set: tests use that)
 set -uo pipefail
 
 CLANG=(clang)
@@ -49,16 +51,18 @@ deb_src_indexed() { apt-get source --print-uris lua5.4 >/dev/null 2>&1; }
 # of sources.list whose URI is Debian's or Ubuntu's (third-party repositories often
 # publish no sources, and a missing index would make apt-get update fail).
 deb_src_lines() {
-  python3 - <<'PY'
+  APT_ROOT="${APT_ROOT:-}" python3 - <<'PY'
 import glob, os, re
+root = os.environ["APT_ROOT"]
 out = []
-for path in ("/etc/apt/sources.list.d/debian.sources", "/etc/apt/sources.list.d/ubuntu.sources"):
+for name in ("debian.sources", "ubuntu.sources"):
+    path = f"{root}/etc/apt/sources.list.d/{name}"
     if os.path.isfile(path):
         for stanza in re.split(r"\n\s*\n", open(path).read()):
             fields = dict(re.findall(r"^([\w-]+):\s*(.*)$", stanza, re.M))
             if "deb" in fields.get("Types", "").split() and fields.get("Enabled", "yes") != "no":
                 out.append(re.sub(r"^Types:.*$", "Types: deb-src", stanza.strip(), flags=re.M))
-for path in ["/etc/apt/sources.list", *sorted(glob.glob("/etc/apt/sources.list.d/*.list"))]:
+for path in [f"{root}/etc/apt/sources.list", *sorted(glob.glob(f"{root}/etc/apt/sources.list.d/*.list"))]:
     if not os.path.isfile(path):
         continue
     for line in open(path):
@@ -97,6 +101,11 @@ why_not() {
       ;;
   esac
 }
+
+if [ "${1:-}" = "--deb-src" ]; then
+  deb_src_lines
+  exit 0
+fi
 
 if [ "${1:-}" = "--check" ]; then
   reasons=$(why_not "${2:?usage: prepare.sh --check clang|realworld}")

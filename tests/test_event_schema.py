@@ -25,8 +25,14 @@ NON_EVENT_KINDS = {"error", "patch"}
 def _all_event_classes() -> list[type[Event]]:
     """Every Event subclass defined anywhere in relive (all modules imported first)."""
     for module in pkgutil.walk_packages(relive.__path__, "relive."):
-        if not module.name.endswith("__main__"):  # that one runs the CLI
+        if module.name.endswith("__main__"):  # that one runs the CLI
+            continue
+        try:
             importlib.import_module(module.name)
+        except ModuleNotFoundError as missing:
+            # A module that runs inside another program (gdb's Python) defines no events.
+            if (missing.name or "relive").startswith("relive"):
+                raise
     found: list[type[Event]] = []
     pending = list(Event.__subclasses__())
     while pending:
