@@ -247,17 +247,6 @@ def _names(paths: Sequence[str], limit: int = 4) -> str:
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
-class DependenciesFound(Event):
-    """The compiler listed the files a translation unit read (itself and its headers)."""
-
-    kind: ClassVar[str] = "dependencies"
-    source: str
-    dependencies: list[str]
-
-    def __str__(self) -> str:
-        return f"{self.source} depends on {len(self.dependencies)} files"
-
-
 class ProcessStarted(Event):
     """``relive run`` started the program."""
 

@@ -39,6 +39,7 @@ from relive.patch.plan import ReloadPlan, iter_orphan_clones
 from relive.patch.planning import (
     PlanContext,
     ReloadOptions,
+    Topic,
     announce,
     lap,
     plan_reload,
@@ -96,6 +97,12 @@ class Session:
     def __init__(self, pid: int, on_event: EventSink) -> None:
         self.pid = pid
         self.emit = on_event
+        #: The files each source read at its latest compile in this session (from
+        #: the compiler's dependency file): how ``watch`` learns a new #include.
+        self.dependencies: dict[Path, tuple[Path, ...]] = {}
+        #: What has been said about each source (its compile command's notes, ...):
+        #: said once per session, so a watch does not repeat it at every save.
+        self.announced: set[tuple[Path, Topic]] = set()
 
     # -- reload ------------------------------------------------------------------
 
@@ -151,7 +158,17 @@ class Session:
         lap(phases, "attach", started)
         with ProcessMemory(self.pid) as memory, scratch_dir() as scratch:
             ctx = PlanContext(
-                self.pid, modules, journal, memory, arch, Path(scratch), phases, self.emit, options
+                self.pid,
+                modules,
+                journal,
+                memory,
+                arch,
+                Path(scratch),
+                phases,
+                self.emit,
+                options,
+                self.dependencies,
+                self.announced,
             )
             plans = plan_reload([Path(p) for p in paths], ctx)
             reinits = announce(plans, reinit, self.emit)

@@ -11,14 +11,12 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from relive.cli.render import Renderer
 from relive.cli.targets import resolve_pids
 from relive.errors import ReliveError
-
-Command = Callable[[argparse.Namespace, Renderer], int]
 
 #: Signals ``run --on-signal`` accepts as the reload trigger.
 _TRIGGERS = ("INT", "QUIT", "HUP", "USR1", "USR2", "TERM")

@@ -17,7 +17,6 @@ from relive.events import (
     BlockNotReleased,
     CheckResult,
     Compiled,
-    DependenciesFound,
     Event,
     FlagsFromDwarf,
     FunctionActive,
@@ -66,7 +65,7 @@ _STYLES: dict[type[Event], str] = {
 _VERDICT_STYLES = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 
 #: Always hidden in text output (JSON shows everything).
-_INTERNAL: frozenset[type[Event]] = frozenset({DependenciesFound})
+_INTERNAL: frozenset[type[Event]] = frozenset()
 #: Hidden in the watch modes' text output, which prints one line per reload.
 WATCH_QUIET: frozenset[type[Event]] = frozenset(
     {

@@ -15,6 +15,7 @@ anything is written, each explicit here:
 from __future__ import annotations
 
 import dataclasses
+import enum
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from relive.arch.base import Arch
 from relive.elf.dwarf import find_compile_unit
 from relive.elf.objfile import ObjectFile
 from relive.errors import BadObject
-from relive.events import Compiled, DependenciesFound, EventSink, Notice
+from relive.events import Compiled, EventSink, Notice
 from relive.patch.binder import Binder
 from relive.patch.entries import find_too_small, too_small_error
 from relive.patch.identify import check_object_belongs, check_source_belongs
@@ -41,6 +42,16 @@ from relive.toolchain.command import ORIGIN_COMPDB, CompileCommand
 from relive.toolchain.compiler import compile_object
 from relive.toolchain.deoptimize import deoptimized
 from relive.toolchain.lto import without_lto
+
+
+class Topic(enum.Enum):
+    """What a notice about one source describes: said once per session (a watch
+    keeps one session for its whole life), not at every reload."""
+
+    #: The compile command's notes (where its flags come from, LTO, ...).
+    COMMAND = "command"
+    #: The recompile that reaches far variables through the GOT.
+    INDIRECT_DATA = "indirect data"
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,10 @@ class PlanContext:
     phases: dict[str, float]
     emit: EventSink
     options: ReloadOptions
+    #: Files each compiled source read, by source (``Session.dependencies``).
+    dependencies: dict[Path, tuple[Path, ...]]
+    #: What this session has already said about each source (``Session.announced``).
+    announced: set[tuple[Path, Topic]]
 
     @property
     def functions(self) -> Collection[str] | None:
@@ -117,12 +132,13 @@ def plan_file(path: Path, index: int, ctx: PlanContext) -> ReloadPlan:
         raise FarDataReference(planned.names)
     # The program reaches these variables through its GOT (no copy relocation,
     # e.g. an LTO build); compile so that the new code does the same.
-    ctx.emit(
-        Notice(
-            f"{', '.join(planned.names)} out of direct reach: recompiling "
-            f"{path.name} with {' '.join(extra)}"
+    if _first_time(ctx, command.source, Topic.INDIRECT_DATA):
+        ctx.emit(
+            Notice(
+                f"{', '.join(planned.names)} out of direct reach: recompiling "
+                f"{path.name} with {' '.join(extra)}"
+            )
         )
-    )
     command = dataclasses.replace(command, flags=(*command.flags, *extra))
     mark = time.perf_counter()
     obj_path = _compile(command, out_dir, ctx)
@@ -243,16 +259,26 @@ def _find_command(source: Path, ctx: PlanContext) -> tuple[CompileCommand, Runni
     known = str(source.resolve()) in ctx.journal.sources  # loaded before (--new-file)
     if not ctx.options.new_file and not known:
         check_source_belongs(source, unit, command.origin == ORIGIN_COMPDB, ctx.modules)
-    for note in command.notes:
-        ctx.emit(Notice(note))
+    if _first_time(ctx, command.source, Topic.COMMAND):
+        for note in command.notes:
+            ctx.emit(Notice(note))
     return command, module
+
+
+def _first_time(ctx: PlanContext, source: Path, topic: Topic) -> bool:
+    """Whether the session has not said this about ``source`` yet (it has now)."""
+    key = (source, topic)
+    if key in ctx.announced:
+        return False
+    ctx.announced.add(key)
+    return True
 
 
 def _compile(command: CompileCommand, out_dir: Path, ctx: PlanContext) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     compiled = compile_object(command, out_dir)
     ctx.emit(Compiled(str(command.source), command.origin, compiled.command, compiled.milliseconds))
-    ctx.emit(DependenciesFound(str(command.source), [str(p) for p in compiled.dependencies]))
+    ctx.dependencies[command.source] = compiled.dependencies
     return compiled.object_path
 
 

@@ -11,9 +11,10 @@ change only if the file's bytes differ from the last ones relive saw.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable
 from pathlib import Path
+
+from relive.watch.paths import real_path
 
 __all__ = ["ContentTracker", "saved_paths"]
 
@@ -26,7 +27,7 @@ def saved_paths(changes: Iterable[tuple[object, str]], watched: set[Path]) -> se
     """
     out: set[Path] = set()
     for _change, name in changes:
-        path = Path(os.path.realpath(name))
+        path = real_path(name)
         if path in watched and path.is_file():
             out.add(path)
     return out

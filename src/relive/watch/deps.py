@@ -6,7 +6,7 @@ The map is filled twice over:
   with ``-MM`` (the unit's own compile flags; no code is generated, so this
   costs a few milliseconds per unit and runs in parallel);
 * after every reload, from the dependency file of the real compile
-  (``CompileResult.dependencies``, reported as a ``DependenciesFound`` event),
+  (``CompileResult.dependencies``, kept in ``Session.dependencies``),
   so a newly added ``#include`` is watched from then on.
 
 System headers are left out (``-MM``/``-MMD``): they do not change under an edit.
@@ -24,15 +24,12 @@ from relive.errors import ReliveError
 from relive.statedir import scratch_dir
 from relive.toolchain.command import CompileCommand
 from relive.toolchain.compiler import read_dependencies
+from relive.watch.paths import real_path
 
 __all__ = ["DependencyMap", "scan_all", "scan_dependencies"]
 
 #: A dependency scan taking longer than this is abandoned (the unit still reloads).
 SCAN_TIMEOUT_S = 30.0
-
-
-def _real(path: str | Path) -> Path:
-    return Path(os.path.realpath(path))
 
 
 class DependencyMap:
@@ -50,7 +47,7 @@ class DependencyMap:
                 users.discard(unit)
                 if not users:
                     del self._users[old]
-        deps = frozenset({unit, *(_real(f) for f in files)})
+        deps = frozenset({unit, *(real_path(f) for f in files)})
         self._deps[unit] = deps
         for path in deps:
             self._users.setdefault(path, set()).add(unit)

@@ -19,18 +19,15 @@ It reloads through the sessions the caller's ``attach`` gives it (the CLI passes
 
 from __future__ import annotations
 
-import os
 import time
 import traceback
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from relive.errors import CompileError, ProcessGone, ReliveError, UsageError
 from relive.events import (
-    DependenciesFound,
-    Event,
     EventSink,
     FlagsFromDwarf,
     Notice,
@@ -44,11 +41,13 @@ from relive.events import (
     WatchStopped,
 )
 from relive.patch.modules import load_running_modules
+from relive.patch.planning import Topic
 from relive.process.procfs import is_alive
 from relive.toolchain.command import ORIGIN_DWARF
 from relive.watch.baseline import build_times, changed_since_build
 from relive.watch.changes import ContentTracker, saved_paths
 from relive.watch.deps import DependencyMap, scan_all
+from relive.watch.paths import real_path
 from relive.watch.signals import Wakeup
 from relive.watch.sources import Scope, compile_command_for, find_units, select_units
 
@@ -118,6 +117,10 @@ class ReloadTarget(Protocol):
         reinit: Collection[str] = (),
         allow_layout_change: bool = False,
     ) -> ReloadOutcome: ...
+    @property
+    def dependencies(self) -> Mapping[Path, tuple[Path, ...]]: ...
+    @property
+    def announced(self) -> set[tuple[Path, Topic]]: ...
     def status(self) -> Sequence[Patched]: ...
     def undo(self, functions: Collection[str] | None = None) -> list[str]: ...
 
@@ -161,14 +164,13 @@ class Watcher:
         self.emit = on_event
         self._paths = list(paths)
         self._on_exit = on_exit
-        self._targets = [_Target(pid, attach(pid, self._sink)) for pid in pids]
+        self._targets = [_Target(pid, attach(pid, self.emit)) for pid in pids]
         self._deps = DependencyMap()
         self._content = ContentTracker()
         self._scope = Scope()
         #: Units whose content on disk the program does not run yet: saved after the
         #: build, or part of a reload that failed.  Every reload includes them.
         self._pending: set[Path] = set()
-        self._notices: set[str] = set()
         self._stopping = False
         self._reload_requested = False
         self._wake = Wakeup()
@@ -213,7 +215,9 @@ class Watcher:
         units = self._reachable_units()
         for unit in units:
             for note in commands[unit].notes:
-                self._sink(Notice(note))
+                self.emit(Notice(note))
+        for target in self._targets:  # said: the reloads need not say it again
+            target.session.announced.update((unit, Topic.COMMAND) for unit in units)
         self.emit(
             WatchStarted(
                 [t.pid for t in self._targets],
@@ -243,20 +247,16 @@ class Watcher:
 
     # -- events from the sessions ---------------------------------------------------
 
-    def _sink(self, event: Event) -> None:
-        if isinstance(event, Notice):
-            if event.message in self._notices:
-                return  # said once is enough for a whole watch
-            self._notices.add(event.message)
-        elif isinstance(event, DependenciesFound):
-            self._learn(event)
-        self.emit(event)
-
-    def _learn(self, event: DependenciesFound) -> None:
-        unit = Path(os.path.realpath(event.source))
-        if unit in self._deps.units() and event.dependencies:
-            self._deps.record(unit, [Path(p) for p in event.dependencies])
-            self._content.remember(self._watched())  # a new #include: its content now
+    def _learn(self, target: _Target) -> None:
+        """What each unit the session compiled read (a new #include): watch it too."""
+        learnt = False
+        for source, files in target.session.dependencies.items():
+            unit = real_path(source)
+            if unit in self._deps.units() and files:
+                self._deps.record(unit, list(files))
+                learnt = True
+        if learnt:
+            self._content.remember(self._watched())  # its content now
 
     # -- the loop ---------------------------------------------------------------
 
@@ -370,6 +370,8 @@ class Watcher:
                 if isinstance(error, CompileError):
                     break  # the same source fails to compile for every process
                 continue
+            finally:
+                self._learn(target)
             now = time.time()
             target.redirected.update(result.redirected)
             phases = result.phases_ms

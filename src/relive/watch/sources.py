@@ -20,16 +20,14 @@ from relive.errors import BadObject, UsageError
 from relive.patch.modules import RunningModule
 from relive.toolchain.choice import get_compile_command
 from relive.toolchain.command import CompileCommand
+from relive.toolchain.lto import without_lto
+from relive.watch.paths import real_path
 
 __all__ = ["Scope", "WatchSet", "compile_command_for", "find_units", "select_units"]
 
 #: DW_LANG_* codes of C (C89, C, C99, C11, C17, C23 in DWARF 5/6 numbering).
 _C_LANGUAGES = frozenset({0x0001, 0x0002, 0x000C, 0x001D, 0x002C, 0x003E})
 _C_SUFFIXES = (".c",)
-
-
-def _real(path: str | Path) -> Path:
-    return Path(os.path.realpath(path))
 
 
 def _is_c_unit(unit: CompileUnit) -> bool:
@@ -49,7 +47,7 @@ def find_units(modules: Sequence[RunningModule]) -> dict[Path, CompileUnit]:
             continue  # a library we cannot read has no sources for us
         for unit in found:
             if _is_c_unit(unit) and os.path.isfile(unit.path):
-                units.setdefault(_real(unit.path), unit)
+                units.setdefault(real_path(unit.path), unit)
     return units
 
 
@@ -77,7 +75,7 @@ class Scope:
         files: set[Path] = set()
         folders: list[Path] = []
         for given in paths:
-            path = _real(given)
+            path = real_path(given)
             if path.is_dir():
                 folders.append(path)
             elif path.is_file():
@@ -95,7 +93,6 @@ class WatchSet:
     """The units to reload and the DWARF unit (if any) each was built from."""
 
     units: dict[Path, CompileUnit | None] = field(default_factory=dict)
-    scope: Scope = field(default_factory=Scope)
 
 
 def select_units(dwarf_units: dict[Path, CompileUnit], scope: Scope) -> WatchSet:
@@ -112,14 +109,14 @@ def select_units(dwarf_units: dict[Path, CompileUnit], scope: Scope) -> WatchSet
     if not dwarf_units:
         for folder in scope.folders:
             for found in sorted(folder.rglob("*.c")):
-                units.setdefault(_real(found), None)
+                units.setdefault(real_path(found), None)
     if not units:
         raise UsageError(
             "no source files to watch: the program's debug info names none that exist here",
             "name the program's .c files or their folder (`relive watch -p PID src/`, "
             "`relive run --watch src/ -- PROGRAM`), or build it with -g",
         )
-    return WatchSet(units, scope)
+    return WatchSet(units)
 
 
 def compile_command_for(
@@ -130,6 +127,8 @@ def compile_command_for(
     trust_build: bool = False,
 ) -> CompileCommand:
     """How ``source`` is compiled, decided as a reload decides it (see relive.toolchain.choice)."""
-    return get_compile_command(
-        source, cli_flags=cflags, compdb=compdb, compile_unit=unit, trust_build=trust_build
+    return without_lto(
+        get_compile_command(
+            source, cli_flags=cflags, compdb=compdb, compile_unit=unit, trust_build=trust_build
+        )
     )
