@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import relive
+from relive.cli.main import main
 from relive.patch.journal import journal_name, load_journal
 from relive.process.procfs import get_start_time
 from relive.statedir import StateDirError, find_state_dir, open_state_dir, scratch_dir
@@ -232,11 +233,72 @@ def test_corrupt_journal_never_gives_a_traceback(
     state.mkdir(mode=0o700)
     name = journal_name(running.pid, get_start_time(running.pid))
     (state / name).write_bytes(contents)
-    source = str(Path(running.argv[0]).with_suffix(".c"))
-    for argv in (["status"], ["undo"], ["reload", source]):
-        code, err = run_cli(capsys, *argv[:1], "-p", str(running.pid), *argv[1:])
-        assert code == 1, (argv, err)
-        assert f"the journal {state / name} is corrupt" in err, err
-        assert len(err.strip().splitlines()) == 1, err
-    (state / name).unlink()
+    source = Path(running.argv[0]).with_suffix(".c")
+    edit(source, "return table[0];", "return table[1];")  # a reload with work to do
+    code, err = run_cli(capsys, "reload", "-p", str(running.pid), str(source))
+    assert code == 1, err
+    assert f"the journal {state / name} is corrupt" in err and "relive undo" in err
+    assert len(err.strip().splitlines()) == 1, err
+    # status says so and finds what is patched from memory (here: nothing) ...
+    code, err = _cli_all(capsys, "status", "-p", str(running.pid))
+    assert code == 0, err
+    assert "is corrupt" in err and "found again by comparing memory" in err
+    assert "Traceback" not in err
+    # ... and undo puts a valid journal in its place.
+    code, err = run_cli(capsys, "undo", "-p", str(running.pid))
+    assert code == 0, err
+    assert load_journal(running.pid).patches == {}
     assert_untouched(running)
+
+
+def _cli_all(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """Like run_cli, with stdout (where notices go) and stderr together."""
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_corrupt_journal_of_a_patched_process(
+    state: Path, running: Target, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The journal is lost after a reload: status finds the jump in memory, undo puts
+    back the executable file's bytes and a new journal."""
+    source = Path(running.argv[0]).with_suffix(".c")
+    edit(source, "return table[0];", "return table[1];")
+    code, err = run_cli(capsys, "reload", "-p", str(running.pid), str(source))
+    assert code == 0, err
+    running.wait_for(r"^value 2$")
+    name = journal_name(running.pid, get_start_time(running.pid))
+    (state / name).write_bytes(b"{garbage")
+    [row] = relive.attach(running.pid).status()
+    assert row.name == "value" and row.active
+    code, err = _cli_all(capsys, "undo", "-p", str(running.pid))
+    assert code == 0, err
+    assert "is corrupt" in err
+    mark = running.mark()
+    running.wait_for(r"^value 1$", after=mark)
+    assert json.loads((state / name).read_text())["patches"] == {}
+    assert relive.attach(running.pid).status() == []
+
+
+def test_undo_puts_back_only_what_the_file_holds(
+    state: Path, running: Target, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A journal that parses but whose original bytes are not the executable's (forged,
+    or from another build) is not believed: undo writes the file's bytes."""
+    source = Path(running.argv[0]).with_suffix(".c")
+    edit(source, "return table[0];", "return table[1];")
+    assert run_cli(capsys, "reload", "-p", str(running.pid), str(source))[0] == 0
+    running.wait_for(r"^value 2$")
+    path = state / journal_name(running.pid, get_start_time(running.pid))
+    raw = json.loads(path.read_text())
+    [patch] = raw["patches"].values()
+    forged = "cc" * (len(patch["original"]) // 2)  # int3s: the process would die
+    patch["original"] = forged
+    path.write_text(json.dumps(raw))
+    code, out = _cli_all(capsys, "undo", "-p", str(running.pid))
+    assert code == 0, out
+    assert f"the bytes it would put back at value ({forged})" in out
+    running.wait_for(r"^value 1$", after=running.mark())
+    assert running.alive()
+    assert relive.attach(running.pid).status() == []

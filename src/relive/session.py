@@ -32,7 +32,7 @@ from relive.events import (
     ignore_event,
 )
 from relive.link import LinkedImage
-from relive.patch.journal import load_journal
+from relive.patch.journal import CorruptJournal, Journal, load_journal, save_journal
 from relive.patch.lock import process_lock
 from relive.patch.modules import get_main_module, load_running_modules
 from relive.patch.plan import ReloadPlan, iter_orphan_clones
@@ -45,10 +45,11 @@ from relive.patch.planning import (
     plan_reload,
     reroute_too_small,
 )
+from relive.patch.recover import check_originals, rebuild_journal
 from relive.patch.transaction import apply_reload, undo_patches
 from relive.process.memory import ProcessMemory
 from relive.process.permissions import find_other_user
-from relive.process.procfs import check_alive, get_tgid
+from relive.process.procfs import check_alive, get_start_time, get_tgid
 from relive.statedir import scratch_dir
 
 
@@ -237,7 +238,7 @@ class Session:
 
     def status(self) -> list[PatchStatus]:
         """Every patch relive applied to this process, checked against memory."""
-        journal = load_journal(self.pid)
+        journal, _ = self._journal_or_rebuilt()
         out = []
         with ProcessMemory(self.pid) as memory:
             for patch in journal.patches.values():
@@ -261,8 +262,29 @@ class Session:
         with process_lock(self.pid):
             return self._undo(functions)
 
+    def _journal_or_rebuilt(self, verify_originals: bool = False) -> tuple[Journal, bool]:
+        """The journal; if it is corrupt (or, with ``verify_originals``, would put back
+        bytes the module files do not hold), one rebuilt from memory and the module
+        files, and True."""
+        try:
+            journal = load_journal(self.pid)
+            if verify_originals:
+                check_originals(self.pid, journal, journal.patches.values())
+            return journal, False
+        except CorruptJournal as corrupt:
+            journal, unchecked = rebuild_journal(self.pid, get_start_time(self.pid))
+            skipped = f" (not compared: {', '.join(unchecked)})" if unchecked else ""
+            self.emit(
+                Notice(
+                    f"{corrupt.message}; what is patched was found again by comparing memory "
+                    f"with the module files{skipped}"
+                )
+            )
+            return journal, True
+
     def _undo(self, functions: Collection[str] | None) -> list[str]:
-        journal = load_journal(self.pid)
+        # Never trust a journal's bytes: put back only what the module files hold.
+        journal, rebuilt = self._journal_or_rebuilt(verify_originals=True)
         keys = [k for k, p in journal.patches.items() if functions is None or p.name in functions]
         if functions is not None:
             unknown = set(functions) - {journal.patches[k].name for k in keys}
@@ -272,6 +294,8 @@ class Session:
                     hint="`relive status -p PID` lists what is patched",
                 )
         restored, notices = undo_patches(self.pid, journal, keys)
+        if rebuilt:
+            save_journal(journal)  # a valid journal replaces the corrupt one
         for p in restored:
             self.emit(FunctionRestored(p.name, p.entry))
         for notice in notices:

@@ -276,7 +276,7 @@ def _cmd_status(args: argparse.Namespace, out: Renderer) -> int:
     import relive
 
     pid = _one_pid(args)
-    rows = relive.attach(pid).status()
+    rows = relive.attach(pid, on_event=out).status()
     if out.json_lines:
         for row in rows:
             out.write_json({"kind": "patch", **row.__dict__})

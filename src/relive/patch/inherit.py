@@ -89,6 +89,23 @@ def inherit_journal(pid: int, start_time: int, ancestor: Journal) -> Journal:
     return journal
 
 
+def find_entry_jumps(pid: int, modules: list[RunningModule]) -> tuple[list[EntryPatch], list[str]]:
+    """Every entry jump in the code of ``modules`` (named, without a source), and the
+    names of the modules whose file is not the build in memory (not compared)."""
+    if not modules:
+        return [], []
+    arch = get_arch(modules[0].image.machine)
+    found: list[EntryPatch] = []
+    unchecked: list[str] = []
+    with ProcessMemory(pid) as memory:
+        for module in modules:
+            try:
+                found.extend(_iter_entry_jumps(module, memory, arch))
+            except ReliveError:
+                unchecked.append(module.name)
+    return found, unchecked
+
+
 def _holds(regions: list[tuple[int, int]], address: int) -> bool:
     return any(start <= address < start + size for start, size in regions)
 

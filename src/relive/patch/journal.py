@@ -139,7 +139,8 @@ class CorruptJournal(ReliveError):
     def __init__(self, path: Path, why: str) -> None:
         super().__init__(
             f"the journal {path} is corrupt ({why}): relive cannot tell what it patched",
-            hint=f"restart the program to be sure of its code, then remove {path}",
+            hint="`relive status -p PID` lists the jumps found in memory; `relive undo -p PID` "
+            "puts back the module files' code there and writes a new journal",
         )
         self.path = path
 
