@@ -195,6 +195,7 @@ def built_tree(recipe: Recipe) -> SourceTree:
         folder = CACHE / f"{recipe.package}_{version}_{key}"
     stamp = folder / STAMP
     if stamp.is_file():
+        _reclaim(folder)
         info = json.loads(stamp.read_text())
         tree = Path(info["tree"])
         if tree.is_dir() and all((tree / out).exists() for out in recipe.outputs):
@@ -215,7 +216,9 @@ def _build(recipe: Recipe, version: str, folder: Path) -> SourceTree:
     with contextlib.suppress(KeyError, PermissionError):
         shutil.chown(folder, user="_apt")
     # (The version has no epoch here, as in file names, so it cannot pin the download.)
-    _check(_run(["apt-get", "source", recipe.package], folder), "apt-get source")
+    fetched = _run(["apt-get", "source", recipe.package], folder)
+    _reclaim(folder)
+    _check(fetched, "apt-get source")
     if not (folder / f"{recipe.package}_{version}.dsc").is_file():
         raise BuildFailed(f"apt-get source {recipe.package} fetched another version than {version}")
     trees = [p for p in folder.iterdir() if p.is_dir()]
@@ -239,6 +242,16 @@ def _build(recipe: Recipe, version: str, folder: Path) -> SourceTree:
     info = {"package": recipe.package, "version": version, "tree": str(tree)}
     (folder / STAMP).write_text(json.dumps({**info, "build_seconds": round(seconds, 1)}))
     return SourceTree(recipe.package, version, tree, seconds, cached=False)
+
+
+def _reclaim(folder: Path) -> None:
+    """Make ``folder`` ours again after apt's download user had it (root only).
+
+    relive refuses a build whose folders another user owns (that user would
+    choose what it compiles), and so would every reload of these trees.
+    """
+    if os.geteuid() == 0 and folder.stat().st_uid != 0:
+        os.chown(folder, 0, 0)
 
 
 def _run(

@@ -77,7 +77,11 @@ def nano(nano_src: SourceTree, tmp_path: Path) -> Iterator[tuple[Tmux, int, Path
     )  # fmt: skip
     pid = tmux.pane_pid()
     try:
-        assert Path(f"/proc/{pid}/comm").read_text().strip() == "nano"
+        # The pane's process is tmux's fork until it has exec'd nano.
+        wait_until(
+            lambda: Path(f"/proc/{pid}/comm").read_text().strip() == "nano",
+            what="the pane runs nano",
+        )
         tmux.wait_for("GNU nano")
         yield tmux, pid, notes
     finally:
