@@ -1042,7 +1042,7 @@ def _extents(layout: Layout) -> dict[str, list[tuple[int, int]]]:
         kinds["code" if section.is_exec else "data"].append((offset, offset + section.size))
     for offset in layout.stub_offsets.values():
         kinds["stub"].append((offset, offset + ARCH.far_stub_size))
-    sizes = {"address": 8, "tpoff": 8, "tls pair": 16, "tls module": 16}
+    sizes = {Need.GOT_SLOT: 8, Need.GOT_TPOFF: 8, Need.GOT_TLS_PAIR: 16, Need.GOT_TLS_MODULE: 16}
     for key, offset in layout.got_offsets.items():
         kinds["got"].append((offset, offset + sizes[key.kind]))
     return kinds
@@ -1078,7 +1078,7 @@ def test_layout_orders_code_stubs_data_got() -> None:
     layout = plan_layout(_request(obj, {1, 2, 3, 4, 5}))
     _check_layout(layout)
     assert set(layout.stub_offsets) == {2}  # ext_fn; the call to "a" stays direct
-    assert {(k.kind, k.symbol_index) for k in layout.got_offsets} == {("address", 3)}
+    assert {(k.kind, k.symbol_index) for k in layout.got_offsets} == {(Need.GOT_SLOT, 3)}
     offsets = layout.section_offsets
     assert offsets[1] < offsets[3] < layout.stub_offsets[2] < offsets[2] < offsets[4]
 

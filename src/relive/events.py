@@ -7,6 +7,7 @@ plain one-line text a user reads.
 
 from __future__ import annotations
 
+import enum
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -380,6 +381,16 @@ class WatchReloaded(Event):
         return text
 
 
+class WatchFailure(enum.StrEnum):
+    """Why a reload of the edit loop did not happen (its value is what the line says)."""
+
+    COMPILE_ERROR = "compile error"
+    #: Refused or failed: a ReliveError other than a compile error.
+    NOT_RELOADED = "not reloaded"
+    #: A bug in relive, reported with its traceback; the watch goes on.
+    INTERNAL_ERROR = "internal error"
+
+
 class WatchFailed(Event):
     """A reload of the edit loop failed; the program keeps its last good code."""
 
@@ -387,7 +398,8 @@ class WatchFailed(Event):
     time: float
     pid: int
     sources: list[str]
-    error: str  # the ReliveError subclass name, e.g. "CompileError"
+    failure: WatchFailure
+    error: str  # the error's class name, e.g. "CompileError", "LinkError"
     message: str
     hint: str
     details: str
@@ -395,7 +407,7 @@ class WatchFailed(Event):
 
     def __str__(self) -> str:
         pid = f"pid {self.pid} " if self.show_pid else ""
-        what = "compile error" if self.error == "CompileError" else "not reloaded"
+        what = self.failure.value
         text = f"{_clock(self.time)} {pid}{_names(self.sources)}: {what}: {self.message}"
         return text + " (the program keeps its last good code)"
 
@@ -435,12 +447,22 @@ class WatchStopped(Event):
         return text
 
 
+class Verdict(enum.StrEnum):
+    """How one check of ``relive doctor`` came out."""
+
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "fail"
+    #: The check could not run (no process given, an earlier check failed).
+    SKIP = "skip"
+
+
 class CheckResult(Event):
-    """One check of ``relive doctor``: verdict ("ok", "warn", "fail", "skip"), detail, fix."""
+    """One check of ``relive doctor``: its verdict, what was found, and the fix."""
 
     kind: ClassVar[str] = "check"
     name: str
-    verdict: str
+    verdict: Verdict
     detail: str
     fix: str = ""
 

@@ -35,7 +35,7 @@ from relive.link import LinkedImage
 from relive.patch.journal import CorruptJournal, Journal, load_journal, save_journal
 from relive.patch.lock import process_lock
 from relive.patch.modules import get_main_module, load_running_modules
-from relive.patch.plan import ReloadPlan, iter_orphan_clones
+from relive.patch.plan import Decision, ReloadPlan, find_orphan_clones
 from relive.patch.planning import (
     PlanContext,
     ReloadOptions,
@@ -211,22 +211,22 @@ class Session:
         for i, plan in enumerate(plans):
             image = images[i] if images else None
             for d in plan.decisions:
-                loaded = image is not None and d.status in ("changed", "new")
+                loaded = image is not None and d.status in (Decision.CHANGED, Decision.NEW)
                 new = image.get_symbol_address(d.symbol) if loaded and image else 0
-                if d.status == "changed":
+                if d.status is Decision.CHANGED:
                     assert d.old is not None
                     result.redirected.append(d.name)
                     self.emit(FunctionRedirected(d.name, d.old.address, new))
-                elif d.status == "new":
+                elif d.status is Decision.NEW:
                     result.added.append(d.name)
                     self.emit(FunctionAdded(d.name, new))
-                elif d.status == "unchanged":
+                elif d.status is Decision.UNCHANGED:
                     result.unchanged.append(d.name)
                     self.emit(FunctionUnchanged(d.name))
                 else:
                     result.skipped.append(d.name)
                     self.emit(FunctionSkipped(d.name, d.reason))
-            for clone in iter_orphan_clones(plan):
+            for clone in find_orphan_clones(plan):
                 self.emit(
                     Notice(
                         f"{clone} (a compiler clone in the running program) has no counterpart "

@@ -174,7 +174,7 @@ class Arch:
     #: How many leading bytes of a function to keep (a landing pad such as endbr64).
     find_landing_pad_size: Callable[[bytes], int]
     #: Code addresses that branches inside ``code`` (at ``address``) target.
-    iter_branch_targets: Callable[[bytes, int], frozenset[int]]
+    branch_targets: Callable[[bytes, int], frozenset[int]]
     #: Whether a direct branch inside ``code`` (at ``address``) lands strictly
     #: between ``low`` and ``high`` (cheap unless one may).
     branches_into: Callable[[bytes, int, int, int], bool]

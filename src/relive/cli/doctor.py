@@ -17,7 +17,7 @@ from pathlib import Path
 
 from relive.elf.dwarf import CompileUnit, iter_compile_units
 from relive.errors import ReliveError
-from relive.events import CheckResult
+from relive.events import CheckResult, Verdict
 from relive.patch.modules import RunningModule, get_main_module, load_running_modules
 from relive.process import permissions
 from relive.process.memory import ProcessMemory
@@ -45,11 +45,13 @@ def run_checks(pid: int | None) -> Iterator[CheckResult]:
         modules = load_running_modules(pid) if pid is not None else []
         main = get_main_module(modules) if modules else None
     except ReliveError as error:
-        yield CheckResult("program", "fail", error.message, error.hint)
+        yield CheckResult("program", Verdict.FAIL, error.message, error.hint)
         return
     yield from _check_compilers(modules)
     if pid is None or main is None:
-        yield CheckResult("program", "skip", "no process given", "pass -p PID to check a program")
+        yield CheckResult(
+            "program", Verdict.SKIP, "no process given", "pass -p PID to check a program"
+        )
         return
     yield from _check_debug_info(main, modules)
     yield from _check_flags(modules)
@@ -64,33 +66,37 @@ def _check_ptrace_policy() -> Iterator[CheckResult]:
     capable = permissions.has_cap_sys_ptrace()
     if scope is None or scope == 0:
         detail = "Yama is not active" if scope is None else "Yama ptrace_scope is 0"
-        yield CheckResult("ptrace scope", "ok", f"{detail}: processes of the same user may attach")
+        yield CheckResult(
+            "ptrace scope", Verdict.OK, f"{detail}: processes of the same user may attach"
+        )
     elif scope == 3:
         block = permissions.find_yama_block(scope)
         assert block is not None
-        yield CheckResult("ptrace scope", "fail", block.message, block.hint)
+        yield CheckResult("ptrace scope", Verdict.FAIL, block.message, block.hint)
     elif capable:
         yield CheckResult(
-            "ptrace scope", "ok", f"Yama ptrace_scope is {scope}, and relive has CAP_SYS_PTRACE"
+            "ptrace scope",
+            Verdict.OK,
+            f"Yama ptrace_scope is {scope}, and relive has CAP_SYS_PTRACE",
         )
     else:
         block = permissions.find_yama_block(scope)
         why = block.message if block else f"Yama ptrace_scope is {scope}"
         yield CheckResult(
             "ptrace scope",
-            "warn" if scope == 1 else "fail",
+            Verdict.WARN if scope == 1 else Verdict.FAIL,
             f"{why}; `relive run` still works (it starts the program itself)",
             block.hint if block else "",
         )
     if os.geteuid() == 0 and not capable:
         missing = permissions.find_missing_capability()
         assert missing is not None
-        yield CheckResult("ptrace capability", "fail", missing.message, missing.hint)
+        yield CheckResult("ptrace capability", Verdict.FAIL, missing.message, missing.hint)
     else:
         who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
         has = "has" if capable else "does not need"
         yield CheckResult(
-            "ptrace capability", "ok", f"relive runs as {who} and {has} CAP_SYS_PTRACE"
+            "ptrace capability", Verdict.OK, f"relive runs as {who} and {has} CAP_SYS_PTRACE"
         )
 
 
@@ -98,21 +104,21 @@ def _check_target_ptrace(pid: int) -> Iterator[CheckResult]:
     try:
         other = permissions.find_other_tracer(pid) or permissions.find_other_user(pid)
     except ReliveError as error:
-        yield CheckResult("ptrace attach", "fail", error.message, error.hint)
+        yield CheckResult("ptrace attach", Verdict.FAIL, error.message, error.hint)
         return
     if other is not None:
-        yield CheckResult("ptrace attach", "fail", other.message, other.hint)
+        yield CheckResult("ptrace attach", Verdict.FAIL, other.message, other.hint)
         return
     try:
         with StoppedProcess.stop_all(pid) as stopped:
             threads = len(stopped.tids)
             held_us = stopped.stopped_seconds * 1e6
     except ReliveError as error:
-        yield CheckResult("ptrace attach", "fail", error.message, error.hint)
+        yield CheckResult("ptrace attach", Verdict.FAIL, error.message, error.hint)
         return
     yield CheckResult(
         "ptrace attach",
-        "ok",
+        Verdict.OK,
         f"stopped and released all {threads} thread{'s' if threads != 1 else ''} "
         f"of pid {pid} ({held_us:.0f} µs); no other tracer",
     )
@@ -147,12 +153,12 @@ def _check_compilers(modules: list[RunningModule]) -> Iterator[CheckResult]:
     for family in sorted(needed):
         path = found.get(family)
         if path:
-            yield CheckResult(f"compiler {family}", "ok", f"{path}: {_version(path)}")
+            yield CheckResult(f"compiler {family}", Verdict.OK, f"{path}: {_version(path)}")
         else:
             what = "the program was built with it" if modules else "relive's default compiler"
             yield CheckResult(
                 f"compiler {family}",
-                "fail",
+                Verdict.FAIL,
                 f"{family} not found on PATH ({what})",
                 f"install {family} (e.g. `apt-get install {family}`)",
             )
@@ -172,17 +178,17 @@ def _check_debug_info(main: RunningModule, modules: list[RunningModule]) -> Iter
     if not main.image.has_symtab:
         yield CheckResult(
             "symbols",
-            "fail",
+            Verdict.FAIL,
             f"{main.name} is stripped: relive cannot find its functions and variables",
             "run an unstripped build (no -s, no `strip`); keep a copy before stripping",
         )
     else:
-        yield CheckResult("symbols", "ok", f"{main.name} has its symbol table")
+        yield CheckResult("symbols", Verdict.OK, f"{main.name} has its symbol table")
     units = _units_of(main)
     if not units:
         yield CheckResult(
             "debug info",
-            "warn",
+            Verdict.WARN,
             f"{main.name} has no DWARF: its sources and flags are unknown "
             "(relive compiles with gcc -g -O0 unless told otherwise)",
             "build with -g, or give the flags: --cflags or compile_commands.json",
@@ -193,11 +199,11 @@ def _check_debug_info(main: RunningModule, modules: list[RunningModule]) -> Iter
     detail = f"{main.name}: {len(units)} compile units"
     if libraries:
         detail += f"; {libraries} loaded librar{'ies' if libraries != 1 else 'y'} with DWARF"
-    yield CheckResult("debug info", "ok", detail)
+    yield CheckResult("debug info", Verdict.OK, detail)
     if missing:
         yield CheckResult(
             "sources",
-            "warn",
+            Verdict.WARN,
             f"{len(missing)} source(s) named in the debug info are not on disk, e.g. {missing[0]}",
             "run relive where the program was built, or name the files explicitly",
         )
@@ -207,7 +213,7 @@ def _check_flags(modules: list[RunningModule]) -> Iterator[CheckResult]:
     units = find_units(modules)
     for count, (source, unit) in enumerate(sorted(units.items())):
         if count == _MAX_SOURCES:
-            yield CheckResult("flags", "skip", f"... and {len(units) - count} more sources")
+            yield CheckResult("flags", Verdict.SKIP, f"... and {len(units) - count} more sources")
             return
         yield _check_source_flags(source, unit)
 
@@ -217,20 +223,22 @@ def _check_source_flags(source: Path, unit: CompileUnit) -> CheckResult:
     try:
         command = compile_command_for(source, unit, None, None)
     except ReliveError as error:
-        return CheckResult(name, "fail", error.message, error.hint)
+        return CheckResult(name, Verdict.FAIL, error.message, error.hint)
     flags = " ".join(command.flags)
     if command.origin == ORIGIN_COMPDB:
-        return CheckResult(name, "ok", f"from compile_commands.json: {command.compiler} {flags}")
+        return CheckResult(
+            name, Verdict.OK, f"from compile_commands.json: {command.compiler} {flags}"
+        )
     if command.origin == ORIGIN_DWARF:
         return CheckResult(
             name,
-            "warn",
+            Verdict.WARN,
             f"from DWARF only ({command.compiler} {flags}): no -D/-I recorded, "
             "a missing -D can silently change the code",
             _BUILD_FIX,
         )
     return CheckResult(
-        name, "warn", f"unknown, the default is used: {command.compiler} {flags}", _BUILD_FIX
+        name, Verdict.WARN, f"unknown, the default is used: {command.compiler} {flags}", _BUILD_FIX
     )
 
 
@@ -238,15 +246,17 @@ def _check_memory(pid: int) -> CheckResult:
     try:
         ProcessMemory(pid).close()
     except ReliveError as error:
-        return CheckResult("/proc/PID/mem", "fail", error.message, error.hint)
+        return CheckResult("/proc/PID/mem", Verdict.FAIL, error.message, error.hint)
     if _force_override() == "never":
         return CheckResult(
             "/proc/PID/mem",
-            "warn",
+            Verdict.WARN,
             f"/proc/{pid}/mem opens for writing, but proc_mem.force_override=never: "
             "code is written with PTRACE_POKEDATA instead (slower, still works)",
         )
-    return CheckResult("/proc/PID/mem", "ok", f"/proc/{pid}/mem opens for reading and writing")
+    return CheckResult(
+        "/proc/PID/mem", Verdict.OK, f"/proc/{pid}/mem opens for reading and writing"
+    )
 
 
 def _force_override() -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from relive.cli.render import Renderer
 from relive.cli.targets import resolve_pids
 from relive.errors import ReliveError
+from relive.events import Verdict
 
 #: Signals ``run --on-signal`` accepts as the reload trigger.
 _TRIGGERS = ("INT", "QUIT", "HUP", "USR1", "USR2", "TERM")
@@ -258,7 +259,7 @@ def _cmd_doctor(args: argparse.Namespace, out: Renderer) -> int:
     failed = False
     for check in run_checks(pid):
         out(check)
-        failed = failed or check.verdict == "fail"
+        failed = failed or check.verdict is Verdict.FAIL
     return 1 if failed else 0
 
 

@@ -33,6 +33,7 @@ from relive.events import (
     TargetExited,
     TargetProcess,
     Timings,
+    Verdict,
     WatchFailed,
     WatchReloaded,
     WatchStarted,
@@ -62,7 +63,12 @@ _STYLES: dict[type[Event], str] = {
     TargetExited: "bold",
     WatchStopped: "bold",
 }
-_VERDICT_STYLES = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
+_VERDICT_STYLES = {
+    Verdict.OK: "green",
+    Verdict.WARN: "yellow",
+    Verdict.FAIL: "bold red",
+    Verdict.SKIP: "dim",
+}
 
 #: Always hidden in text output (JSON shows everything).
 _INTERNAL: frozenset[type[Event]] = frozenset()

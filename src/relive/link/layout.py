@@ -8,11 +8,12 @@ from relive.errors import LinkError
 from relive.link.ehframe import EH_FRAME, TERMINATOR, UNWIND_OBJECT_SIZE
 from relive.link.model import GotKey, Layout, LinkRequest
 
-_GOT_KIND = {
-    Need.GOT_SLOT: ("address", 8),
-    Need.GOT_TPOFF: ("tpoff", 8),
-    Need.GOT_TLS_PAIR: ("tls pair", 16),
-    Need.GOT_TLS_MODULE: ("tls module", 16),
+#: Bytes of the GOT entry each GOT-using relocation needs.
+_GOT_SIZE = {
+    Need.GOT_SLOT: 8,
+    Need.GOT_TPOFF: 8,
+    Need.GOT_TLS_PAIR: 16,
+    Need.GOT_TLS_MODULE: 16,
 }
 
 
@@ -60,7 +61,9 @@ def plan_layout(request: LinkRequest) -> Layout:
     got_base = _align(cursor, 16)
     got_offsets: dict[GotKey, int] = {}
     cursor = got_base
-    for key, size in sorted(got_needs.items(), key=lambda kv: (kv[0].kind, kv[0].symbol_index)):
+    for key, size in sorted(
+        got_needs.items(), key=lambda kv: (kv[0].kind.value, kv[0].symbol_index)
+    ):
         got_offsets[key] = cursor
         cursor += size
     return Layout(
@@ -111,10 +114,9 @@ def _collect_needs(request: LinkRequest) -> tuple[set[int], dict[GotKey, int]]:
                 continue  # reported with full context when relocating
             if rtype.need is Need.CALL and not _is_loaded(request, reloc.symbol):
                 stubs.add(reloc.symbol.index)
-            if rtype.need in _GOT_KIND:
-                kind, size = _GOT_KIND[rtype.need]
+            if rtype.need in _GOT_SIZE:
                 symbol_index = 0 if rtype.need is Need.GOT_TLS_MODULE else reloc.symbol.index
-                got[GotKey(kind, symbol_index)] = size
+                got[GotKey(rtype.need, symbol_index)] = _GOT_SIZE[rtype.need]
     return stubs, got
 
 

@@ -113,7 +113,7 @@ class _Linker:
             target = self.base + stub
         slot = 0
         if need is Need.GOT_SLOT:
-            slot = self._got_slot(GotKey("address", symbol.index), struct.pack("<Q", target))
+            slot = self._got_slot(GotKey(Need.GOT_SLOT, symbol.index), struct.pack("<Q", target))
         return Operands(
             S=target, A=reloc.addend, P=place, G=slot, GOT=got_base, Z=self._symbol_size(symbol)
         )
@@ -160,16 +160,16 @@ class _Linker:
         slot = 0
         if need is Need.GOT_TPOFF:
             value = _require(tpoff, rtype, symbol, "its thread-pointer offset")
-            slot = self._got_slot(GotKey("tpoff", symbol.index), struct.pack("<q", value))
+            slot = self._got_slot(GotKey(Need.GOT_TPOFF, symbol.index), struct.pack("<q", value))
         elif need is Need.GOT_TLS_PAIR:
             module = _require(bound.tls_module_id, rtype, symbol, "its TLS module id")
             value = _require(dtpoff, rtype, symbol, "its offset in the TLS block")
             slot = self._got_slot(
-                GotKey("tls pair", symbol.index), struct.pack("<Qq", module, value)
+                GotKey(Need.GOT_TLS_PAIR, symbol.index), struct.pack("<Qq", module, value)
             )
         elif need is Need.GOT_TLS_MODULE:
             module = _require(bound.tls_module_id, rtype, symbol, "its TLS module id")
-            slot = self._got_slot(GotKey("tls module", 0), struct.pack("<QQ", module, 0))
+            slot = self._got_slot(GotKey(Need.GOT_TLS_MODULE, 0), struct.pack("<QQ", module, 0))
         return Operands(
             A=reloc.addend,
             P=place,

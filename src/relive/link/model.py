@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from relive.arch.base import Arch
+from relive.arch.base import Arch, Need
 from relive.elf.objfile import ObjectFile, ObjSymbol
 
 
@@ -50,7 +50,9 @@ class LinkRequest:
 class GotKey:
     """One GOT entry the new code needs: what it holds, for which symbol."""
 
-    kind: str  # "address", "tpoff", "tls pair", "tls module"
+    #: What the entry holds: Need.GOT_SLOT (an address), GOT_TPOFF, GOT_TLS_PAIR or
+    #: GOT_TLS_MODULE (the one module-id pair of local-dynamic code).
+    kind: Need
     symbol_index: int
 
 

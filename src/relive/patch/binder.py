@@ -25,7 +25,7 @@ from relive.elf.objfile import ObjectFile, ObjSymbol, Section
 from relive.elf.symtab import ImageSymbol
 from relive.errors import LayoutChanged, LinkError
 from relive.link import Bound
-from relive.patch.journal import SourceRecord
+from relive.patch.journal import DefinitionKind, SourceRecord
 from relive.patch.modules import RunningModule
 from relive.patch.rules import in_relro, is_label_table
 
@@ -106,7 +106,7 @@ class Binder:
                     found.name,
                     found.address,
                     found.size,
-                    found.kind == "function",
+                    found.kind is DefinitionKind.FUNCTION,
                     from_journal=True,
                 )
         image_symbol = self._find_image_symbol(symbol)

@@ -27,7 +27,7 @@ AddressOf = Callable[[ObjSymbol], int | None]
 _MAX_CONTENT = 4096
 
 
-def iter_function_relocations(obj: ObjectFile, symbol: ObjSymbol) -> list[Relocation]:
+def function_relocations(obj: ObjectFile, symbol: ObjSymbol) -> list[Relocation]:
     """Relocations whose field lies inside the function's bytes."""
     end = symbol.value + symbol.size
     return [r for r in obj.relocations.get(symbol.shndx, ()) if symbol.value <= r.offset < end]
@@ -80,7 +80,7 @@ class FunctionComparer:
 
     def fingerprint(self, symbol: ObjSymbol) -> str:
         """A digest of the code and of what every relocated field refers to."""
-        relocs = iter_function_relocations(self.obj, symbol)
+        relocs = function_relocations(self.obj, symbol)
         digest = hashlib.sha1(
             _masked(function_bytes(self.obj, symbol), symbol.value, relocs, self.widths)
         )
@@ -124,7 +124,7 @@ class FunctionComparer:
         old = _Listing(self.decode(old_code, old_address), old_code, old_address)
         if not (new.complete and old.complete) or len(new.real) != len(old.real):
             return False
-        relocs = iter_function_relocations(self.obj, symbol)
+        relocs = function_relocations(self.obj, symbol)
         starts = [i.address for i in new.real]
         inside: dict[int, list[Relocation]] = {}
         for r in relocs:

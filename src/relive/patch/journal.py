@@ -8,6 +8,7 @@ actually in memory before it is trusted.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -35,6 +36,13 @@ class EntryPatch:
     updated: float = field(default_factory=time.time)
 
 
+class DefinitionKind(enum.StrEnum):
+    """What a definition in memory relive allocated is (its value is what the file says)."""
+
+    FUNCTION = "function"
+    DATA = "data"
+
+
 @dataclass
 class Definition:
     """A function or variable that lives in memory relive allocated."""
@@ -42,7 +50,7 @@ class Definition:
     name: str
     address: int
     size: int
-    kind: str  # "function", "data", "rodata", "tls"
+    kind: DefinitionKind
     file: str | None  # STT_FILE group for file-local symbols
     fingerprint: str = ""
 
@@ -266,6 +274,8 @@ _FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
     "float": lambda v: _is_int(v) or isinstance(v, float),
     "str | None": lambda v: v is None or isinstance(v, str),
 }
+#: Fields whose JSON string is an enum's value: checked, and read back as the enum.
+_ENUM_FIELDS: dict[str, type[enum.StrEnum]] = {"DefinitionKind": DefinitionKind}
 
 
 def _build(cls: type[_T], raw: Any, what: str) -> _T:
@@ -279,6 +289,11 @@ def _build(cls: type[_T], raw: Any, what: str) -> _T:
         check = _FIELD_CHECKS.get(str(spec.type))
         if check is not None and not check(value):
             raise _Invalid(f"{what}: {name} is not a {spec.type}")
+        kind = _ENUM_FIELDS.get(str(spec.type))
+        if kind is not None:
+            if value not in kind._value2member_map_:
+                raise _Invalid(f"{what}: {name} is not one of {', '.join(kind)}")
+            raw = {**raw, name: kind(value)}
     missing = [
         n
         for n, f in known.items()

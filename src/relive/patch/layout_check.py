@@ -44,7 +44,7 @@ from relive.elf.dwarf_types import (
 from relive.errors import LayoutChanged
 from relive.events import EventSink, Notice
 from relive.patch.modules import RunningModule
-from relive.patch.plan import FunctionDecision, ReloadPlan
+from relive.patch.plan import Decision, FunctionDecision, ReloadPlan
 from relive.patch.type_compare import (
     TypeComparer,
     describe,
@@ -195,7 +195,9 @@ def _check_variables(units: _Units, comparer: TypeComparer) -> Iterator[str]:
 
 def _loaded_functions(plan: ReloadPlan) -> list[str]:
     names = {
-        _CLONE_SUFFIX.sub("", d.name) for d in plan.decisions if d.status in ("changed", "new")
+        _CLONE_SUFFIX.sub("", d.name)
+        for d in plan.decisions
+        if d.status in (Decision.CHANGED, Decision.NEW)
     }
     return sorted(names)
 
@@ -301,7 +303,7 @@ def _hold(
 
 
 def _changed_signatures(units: _Units, comparer: TypeComparer) -> Iterator[_Signature]:
-    for decision in units.plan.iter_with_status("changed"):
+    for decision in units.plan.with_status(Decision.CHANGED):
         if "." in decision.name:
             continue  # compiler clones change their signatures on purpose
         new = units.new.find_function(decision.name)

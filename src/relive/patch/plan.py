@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -39,13 +40,28 @@ class FarDataReference(LinkError):
         self.names = names
 
 
+class Decision(enum.StrEnum):
+    """What a reload does with one function (its value is what reports say)."""
+
+    #: Its code differs: the running entry will jump to the new code.
+    CHANGED = "changed"
+    #: The program has no such function: loaded, reachable from the new code.
+    NEW = "new"
+    UNCHANGED = "unchanged"
+    #: Left as it runs (not selected, or a weak definition a strong one overrides).
+    SKIPPED = "skipped"
+    #: Loaded with its function but never an entry point (``f.cold``, or a function
+    #: too small for an entry jump, reached through its reloaded callers).
+    PART = "part"
+
+
 @dataclass
 class FunctionDecision:
     """What a reload does with one function of the new object."""
 
     symbol: ObjSymbol
     old: OldDefinition | None
-    status: str  # "changed", "new", "unchanged", "skipped", "part" (loaded, not an entry)
+    status: Decision
     fingerprint: str
     reason: str = ""
     #: For a part: its code differs from the running one.
@@ -82,7 +98,7 @@ class ReloadPlan:
             for d in self.decisions
             if d is not callee
             and d.old is not None
-            and d.status in ("changed", "unchanged")
+            and d.status in (Decision.CHANGED, Decision.UNCHANGED)
             and any(
                 r.symbol.shndx == callee.symbol.shndx or r.symbol.name == callee.name
                 for r in self.obj.relocations.get(d.symbol.shndx, ())
@@ -90,9 +106,10 @@ class ReloadPlan:
         ]
         if not callers:
             return []
-        callee.status, callee.reason = "part", "too small for an entry jump: callers reloaded"
+        callee.status = Decision.PART
+        callee.reason = "too small for an entry jump: callers reloaded"
         for caller in callers:
-            caller.status = "changed"
+            caller.status = Decision.CHANGED
         request = self.layout.request
         load = set(request.load) | {d.symbol.shndx for d in callers}
         bound = {k: v for k, v in request.bound_sections.items() if k not in load}
@@ -139,9 +156,9 @@ class ReloadPlan:
     @property
     def loads_nothing_new(self) -> bool:
         """No function to load and no new variable: the block would serve no one."""
-        return not self.new_data and not self.iter_with_status("changed", "new")
+        return not self.new_data and not self.with_status(Decision.CHANGED, Decision.NEW)
 
-    def iter_with_status(self, *statuses: str) -> list[FunctionDecision]:
+    def with_status(self, *statuses: Decision) -> list[FunctionDecision]:
         """Decisions with one of the given statuses, in object order."""
         return [d for d in self.decisions if d.status in statuses]
 
@@ -205,7 +222,7 @@ def build_plan(
     notices.extend(check_constructors(obj, {d.name: d.status for d in decisions}))
     _promote_parents_of_changed_parts(decisions)
     for decision in decisions:
-        if decision.status in ("changed", "new"):
+        if decision.status in (Decision.CHANGED, Decision.NEW):
             load.add(decision.symbol.shndx)
     _load_cold_parts(obj, decisions, load)
     for decision in decisions:
@@ -264,7 +281,7 @@ def _original_entries(decisions: list[FunctionDecision]) -> dict[tuple[int, int]
     return {
         (d.symbol.shndx, d.symbol.value): d.old.address
         for d in decisions
-        if d.status == "changed" and d.old is not None and d.old.is_function
+        if d.status is Decision.CHANGED and d.old is not None and d.old.is_function
     }
 
 
@@ -279,13 +296,15 @@ def _decide(
     fingerprint = comparer.fingerprint(symbol)
     old = binder.find_old(symbol)
     if old is None:
-        return FunctionDecision(symbol, None, "new", fingerprint)
+        return FunctionDecision(symbol, None, Decision.NEW, fingerprint)
     if symbol.bind == STB_WEAK and not old.is_weak and not old.from_journal:
         # The static linker let a strong definition of another file win; so does relive.
         reason = "weak definition: the program uses the strong one of another file"
-        return FunctionDecision(symbol, old, "skipped", fingerprint, reason)
+        return FunctionDecision(symbol, old, Decision.SKIPPED, fingerprint, reason)
     if only is not None and symbol.name not in only:
-        return FunctionDecision(symbol, old, "skipped", fingerprint, "not selected by --function")
+        return FunctionDecision(
+            symbol, old, Decision.SKIPPED, fingerprint, "not selected by --function"
+        )
     if redirect_all:
         same = False
     elif previous is not None and symbol.name in previous:
@@ -296,8 +315,10 @@ def _decide(
         # Not an entry point: only its hot part jumps there, mid-function.  It
         # is loaded with (and reached from) the new hot part, never redirected.
         reason = "cold part, loaded with its function" + ("" if same else " (changed)")
-        return FunctionDecision(symbol, old, "part", fingerprint, reason, differs=not same)
-    return FunctionDecision(symbol, old, "unchanged" if same else "changed", fingerprint)
+        return FunctionDecision(symbol, old, Decision.PART, fingerprint, reason, differs=not same)
+    return FunctionDecision(
+        symbol, old, Decision.UNCHANGED if same else Decision.CHANGED, fingerprint
+    )
 
 
 _COLD = re.compile(r"\.cold(\.\d+)?$")
@@ -313,15 +334,15 @@ def _promote_parents_of_changed_parts(decisions: list[FunctionDecision]) -> None
     """A changed cold part is only reached through a new copy of its function."""
     by_name = {d.name: d for d in decisions}
     for d in decisions:
-        if d.status == "part" and d.differs:
+        if d.status is Decision.PART and d.differs:
             parent = by_name.get(_COLD.sub("", d.name))
-            if parent is not None and parent.status == "unchanged":
-                parent.status = "changed"
+            if parent is not None and parent.status is Decision.UNCHANGED:
+                parent.status = Decision.CHANGED
 
 
 def _load_cold_parts(obj: ObjectFile, decisions: list[FunctionDecision], load: set[int]) -> None:
     """Load every cold part that loaded code jumps to (never the old one)."""
-    parts = {d.symbol.shndx for d in decisions if d.status == "part"}
+    parts = {d.symbol.shndx for d in decisions if d.status is Decision.PART}
     pending = list(load)
     while pending and parts:
         for reloc in obj.relocations.get(pending.pop(), ()):
@@ -331,7 +352,7 @@ def _load_cold_parts(obj: ObjectFile, decisions: list[FunctionDecision], load: s
                 pending.append(target)
 
 
-def iter_orphan_clones(plan: ReloadPlan) -> list[str]:
+def find_orphan_clones(plan: ReloadPlan) -> list[str]:
     """Compiler clones (``.constprop``, ``.isra``, ``.part``) of the reloaded file in
     the running program that the new object does not have: whoever called them
     is reloaded (their call targets changed), the clones themselves stay."""

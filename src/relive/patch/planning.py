@@ -33,7 +33,7 @@ from relive.patch.initial import DataChange, choose_reinit, describe_initial_cha
 from relive.patch.journal import Journal
 from relive.patch.layout_check import check_layouts
 from relive.patch.modules import RunningModule, find_module_defining
-from relive.patch.plan import FarData, FarDataReference, ReloadPlan, build_plan
+from relive.patch.plan import Decision, FarData, FarDataReference, ReloadPlan, build_plan
 from relive.process.memory import ProcessMemory
 from relive.process.remote import remote_call
 from relive.process.threads import stop_all
@@ -172,7 +172,9 @@ def reroute_too_small(plan: ReloadPlan, ctx: PlanContext) -> None:
     """Replace each changed function too small for an entry jump through its callers
     in the same file; raise UnsafePatch for one that has none there."""
     while True:
-        found = find_too_small(plan.iter_with_status("changed"), plan.module, ctx.memory, ctx.arch)
+        found = find_too_small(
+            plan.with_status(Decision.CHANGED), plan.module, ctx.memory, ctx.arch
+        )
         if found is None:
             return
         tiny, running = found

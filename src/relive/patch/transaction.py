@@ -53,6 +53,7 @@ from relive.patch.entries import EntrySite, EntryWrite, iter_entry_sites
 from relive.patch.initial import DataChange, write_initial_values
 from relive.patch.journal import (
     Definition,
+    DefinitionKind,
     EntryPatch,
     Journal,
     restore_journal,
@@ -61,7 +62,7 @@ from relive.patch.journal import (
 from relive.patch.jumps import write_entries
 from relive.patch.loops import refuse_running_loop_heads
 from relive.patch.modules import RunningModule
-from relive.patch.plan import ReloadPlan
+from relive.patch.plan import Decision, ReloadPlan
 from relive.patch.tooling import publish_new_code, retire_unused_code
 from relive.patch.wal import commit, find_done, stage_jumps, stage_undo
 from relive.process.memory import ProcessMemory
@@ -112,7 +113,7 @@ def apply_reload(
     sites = [
         list(
             iter_entry_sites(
-                plan.iter_with_status("changed"), plan.source, plan.module, journal, memory, arch
+                plan.with_status(Decision.CHANGED), plan.source, plan.module, journal, memory, arch
             )
         )
         for plan in plans
@@ -226,7 +227,9 @@ def _entry_writes(
 def _record(journal: Journal, plans: list[ReloadPlan], images: list[LinkedImage]) -> None:
     """Tell the journal what was loaded (the entry jumps go through ``patch.wal``)."""
     for plan, image in zip(plans, images, strict=True):
-        fingerprints = {d.name: d.fingerprint for d in plan.decisions if d.status != "skipped"}
+        fingerprints = {
+            d.name: d.fingerprint for d in plan.decisions if d.status is not Decision.SKIPPED
+        }
         journal.record_generation(plan.source, fingerprints, _definitions(plan, image))
     journal.add_regions((image.base, len(image.data)) for image in images if image.data)
 
@@ -234,12 +237,12 @@ def _record(journal: Journal, plans: list[ReloadPlan], images: list[LinkedImage]
 def _definitions(plan: ReloadPlan, image: LinkedImage) -> Iterator[Definition]:
     """What the block holds that later reloads bind to: new functions and variables."""
     for d in plan.decisions:
-        if d.status == "new":
+        if d.status is Decision.NEW:
             yield Definition(
                 d.name,
                 image.get_symbol_address(d.symbol),
                 _room(plan, d.symbol),
-                "function",
+                DefinitionKind.FUNCTION,
                 d.symbol.file if d.symbol.is_local else None,
                 d.fingerprint,
             )
@@ -250,7 +253,7 @@ def _definitions(plan: ReloadPlan, image: LinkedImage) -> Iterator[Definition]:
                 symbol.name,
                 image.get_symbol_address(symbol),
                 symbol.size,
-                "data",
+                DefinitionKind.DATA,
                 symbol.file if symbol.is_local else None,
             )
 
@@ -272,7 +275,7 @@ def _find_active(
     ranges = {
         d.name: (d.old.address, d.old.address + max(d.old.size, 1))
         for plan in plans
-        for d in plan.iter_with_status("changed")
+        for d in plan.with_status(Decision.CHANGED)
         if d.old is not None
     }
     if not ranges:

@@ -36,6 +36,7 @@ from relive.events import (
     SignalReload,
     TargetExited,
     WatchFailed,
+    WatchFailure,
     WatchReloaded,
     WatchStarted,
     WatchStopped,
@@ -425,10 +426,12 @@ class Watcher:
 
 def _failure(pid: int, sources: list[str], error: Exception, show_pid: bool) -> WatchFailed:
     if isinstance(error, ReliveError):
+        compile_error = isinstance(error, CompileError)
         return WatchFailed(
             time.time(),
             pid,
             sources,
+            WatchFailure.COMPILE_ERROR if compile_error else WatchFailure.NOT_RELOADED,
             type(error).__name__,
             error.message,
             error.hint,
@@ -439,6 +442,7 @@ def _failure(pid: int, sources: list[str], error: Exception, show_pid: bool) -> 
         time.time(),
         pid,
         sources,
+        WatchFailure.INTERNAL_ERROR,
         "InternalError",
         f"relive failed: {type(error).__name__}: {error}",
         "please report this with the details",

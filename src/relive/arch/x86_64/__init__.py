@@ -8,10 +8,10 @@ from relive.arch.base import Arch, Registers
 from relive.arch.x86_64 import registers, sigframe
 from relive.arch.x86_64.decode import decode_instructions
 from relive.arch.x86_64.disasm import (
+    branch_targets,
     branches_into,
     follows_call,
     is_branch_field,
-    iter_branch_targets,
     undo_got_relaxation,
 )
 from relive.arch.x86_64.relocations import RELOCATIONS, UNSUPPORTED_NAMES
@@ -48,7 +48,7 @@ ARCH = Arch(
     far_stub_size=FAR_STUB_SIZE,
     encode_far_stub=encode_far_stub,
     find_landing_pad_size=find_landing_pad_size,
-    iter_branch_targets=iter_branch_targets,
+    branch_targets=branch_targets,
     branches_into=branches_into,
     decode_instructions=decode_instructions,
     find_plt_slot=find_plt_slot,

@@ -22,7 +22,7 @@ def _disassembler() -> Any:
     return md
 
 
-def iter_branch_targets(code: bytes, address: int) -> frozenset[int]:
+def branch_targets(code: bytes, address: int) -> frozenset[int]:
     """Targets of direct jumps inside ``code`` that land within ``code`` itself.
 
     A loop head at entry+k (k < jump size) would be overwritten by an entry
@@ -54,7 +54,7 @@ def branches_into(code: bytes, address: int, low: int, high: int) -> bool:
     """
     if not _may_branch_into(code, address, low, high):
         return False
-    return any(low < target < high for target in iter_branch_targets(code, address))
+    return any(low < target < high for target in branch_targets(code, address))
 
 
 def _may_branch_into(code: bytes, address: int, low: int, high: int) -> bool:
