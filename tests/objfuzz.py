@@ -127,7 +127,7 @@ def _layout(data: bytes) -> _Layout:
 
 
 _SHT_SYMTAB, _SHT_RELA, _SHT_NOBITS = 2, 4, 8
-_SHF_ALLOC = 2
+_SHF_ALLOC, _SHF_MERGE = 2, 0x10
 
 
 # --- variants ----------------------------------------------------------------------
@@ -200,13 +200,13 @@ def _section_field(good: bytes, layout: _Layout, rng: random.Random) -> Variant:
     name = rng.choice(list(_SECTION_FIELDS))
     offset, fmt, values = _SECTION_FIELDS[name]
     value = rng.choice(values)
-    sh_type = layout.sections[index][1]
+    sh_type, flags = layout.sections[index][1], layout.sections[index][2]
     # Only impossible where the field means something: link and entsize of the
     # tables, info of a relocation table (a symbol table's is unused), the offset
     # of a section with contents (.bss has none).
     invalid = {
         "sh_link": sh_type in (_SHT_SYMTAB, _SHT_RELA),
-        "sh_entsize": sh_type in (_SHT_SYMTAB, _SHT_RELA),
+        "sh_entsize": sh_type in (_SHT_SYMTAB, _SHT_RELA) or bool(flags & _SHF_MERGE),
         "sh_info": sh_type == _SHT_RELA,
         "sh_offset": sh_type != _SHT_NOBITS,
     }.get(name, True)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
 from relive.elf.constants import (
+    SHF_MERGE,
     SHN_ABS,
     SHN_COMMON,
     SHN_UNDEF,
@@ -44,6 +45,8 @@ __all__ = [
 MAX_ALIGN = 1 << 20
 #: Largest section or variable: new memory must lie within ±2 GiB of the module.
 MAX_SIZE = 1 << 31
+#: Largest entity of a mergeable section (strings of wide characters, .rodata.cst64).
+MAX_ENTITY = 256
 #: Size of one Elf64_Sym and of one Elf64_Rela.
 ENTRY_SIZE = 24
 
@@ -65,6 +68,8 @@ class _Header(Protocol):
     def info(self) -> int: ...
     @property
     def addralign(self) -> int: ...
+    @property
+    def flags(self) -> int: ...
     @property
     def entsize(self) -> int: ...
 
@@ -113,6 +118,10 @@ def check_section_headers(
             raise bad_field(path, where, "sh_addralign", align, "not a power of two up to 1 MiB")
         if header.type in (SHT_SYMTAB, SHT_RELA):
             _check_table(path, where, header, headers)
+        elif header.flags & SHF_MERGE:
+            entsize = header.entsize
+            if not 0 < entsize <= MAX_ENTITY or entsize & (entsize - 1):
+                raise bad_field(path, where, "sh_entsize", entsize, "not a mergeable entity size")
         elif header.type == SHT_SYMTAB_SHNDX and not 0 < header.link < count:
             raise bad_field(path, where, "sh_link", header.link, f"only {count} sections")
 

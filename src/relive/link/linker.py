@@ -184,8 +184,17 @@ class _Linker:
         )
 
     def _got_slot(self, key: GotKey, value: bytes) -> int:
+        offset = self.layout.got_offsets.get(key)
+        if offset is None:
+            # Only relocations of loaded sections were planned for; one elsewhere
+            # (.eh_frame) that wants a GOT entry is not what a compiler writes.
+            raise LinkError(
+                f"{self.obj.path}: a relocation outside the loaded code needs a GOT entry "
+                f"({key.kind} of symbol #{key.symbol_index})",
+                hint="the object is not what gcc or clang write; rebuild it",
+            )
         self.got_values[key] = value
-        return self.base + self.layout.got_offsets[key]
+        return self.base + offset
 
     # -- symbols ---------------------------------------------------------------
 
