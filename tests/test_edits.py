@@ -155,8 +155,9 @@ def test_new_constructor_is_refused(
     tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     exe = compile_c(tmp_path, VALUE_PROG)
-    target = remember_maps(spawn([exe]))
-    target.wait_for(r"^value 1$")
+    target = spawn([exe])
+    target.wait_for(r"^value 1$")  # its first printf maps the heap: remember after
+    remember_maps(target)
     edit(
         tmp_path / "prog.c",
         "int table[4] = {1, 2, 3, 4};",
@@ -275,8 +276,9 @@ def test_a_file_the_program_was_not_built_from_is_refused(
     app = tmp_path / "app"
     app.mkdir()
     exe = compile_c(app, REPORT_MAIN, extra_sources={"report.c": REPORT})
-    target = remember_maps(spawn([exe]))
-    target.wait_for(r"^our report$")
+    target = spawn([exe])
+    target.wait_for(r"^our report$")  # its first printf maps the heap: remember after
+    remember_maps(target)
     foreign = tmp_path / "elsewhere" / "report.c"
     foreign.parent.mkdir()
     foreign.write_text(FOREIGN)
