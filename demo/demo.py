@@ -3,7 +3,10 @@
 The program is started by ``relive run``, which watches its source file.  The
 demo then edits greet() twice, the way an editor saves (first in place, then
 write-and-rename); each save is reloaded into the running program while its
-counters keep counting.  Finally the program is stopped and relive exits with it.
+counters keep counting.  Then it edits mood(), which gcc inlined into main's
+loop: main never returns, so relive moves its running frame into the new code
+and the change shows at once.  Finally the program is stopped and relive exits
+with it.
 The source is copied to a scratch folder so the repository is left as it is.
 """
 
@@ -108,7 +111,15 @@ def main() -> int:
             marker = re.escape(new.split('"')[1].split("#")[0].split("%")[0].strip())
             out.wait_for(marker)
             out.wait_for(marker)
-        say("state survived both reloads (ticks/total never restarted)")
+        say(
+            "edit 3: mood() is inlined into main's loop, and main never returns: "
+            'relive moves its running frame into the new code ("(calm)" -> "(EXCITED!)")'
+        )
+        save(source, source.read_text().replace('"(calm)"', '"(EXCITED!)"'), in_place=True)
+        out.wait_for(r"moved main on thread \d+ into the new code")
+        out.wait_for(r"\(EXCITED!\)")
+        out.wait_for(r"\(EXCITED!\)")
+        say("state survived every reload (ticks/total never restarted)")
         subprocess.run([*RELIVE, "status", "-p", str(pid)], check=True)
         say(f"stopping the program (kill {pid}): relive run ends with it")
         os.kill(pid, signal.SIGTERM)

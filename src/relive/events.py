@@ -169,6 +169,54 @@ class FunctionActive(Event):
         )
 
 
+class FrameMoved(Event):
+    """A running frame of a redirected function now continues in its new code."""
+
+    kind: ClassVar[str] = "frame-moved"
+    tid: int
+    function: str
+    old: int
+    new: int
+    how: str
+
+    def __str__(self) -> str:
+        return (
+            f"moved {self.function} on thread {self.tid} into the new code: "
+            f"{self.old:#x} -> {self.new:#x} ({self.how})"
+        )
+
+
+class FrameStays(Event):
+    """A running frame that cannot move into the new code, and why."""
+
+    kind: ClassVar[str] = "frame-stays"
+    tid: int
+    function: str
+    reason: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.function} is running on thread {self.tid} and its frame cannot move to the "
+            f"new code: {self.reason}. The new code applies from its next call; if "
+            f"{self.function} never returns (a main loop), move the edited code into a "
+            "function of its own marked __attribute__((noinline)), or restart"
+        )
+
+
+class FrameStaysNew(Event):
+    """After an undo: a thread still inside a function's reloaded code (it was moved there)."""
+
+    kind: ClassVar[str] = "frame-stays-new"
+    tid: int
+    function: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.function} on thread {self.tid} keeps running its reloaded code until that "
+            "call returns (undo does not move frames back)"
+        )
+
+
 class FunctionRestored(Event):
     """An undo put a function's original entry bytes back."""
 

@@ -20,6 +20,9 @@ from relive.arch import get_arch
 from relive.errors import ReliveError, UsageError
 from relive.events import (
     EventSink,
+    FrameMoved,
+    FrameStays,
+    FrameStaysNew,
     FunctionActive,
     FunctionAdded,
     FunctionRedirected,
@@ -32,6 +35,7 @@ from relive.events import (
     ignore_event,
 )
 from relive.link import LinkedImage
+from relive.patch.frames import FramePlan
 from relive.patch.journal import CorruptJournal, Journal, load_journal, save_journal
 from relive.patch.lock import process_lock
 from relive.patch.modules import get_main_module, load_running_modules
@@ -119,6 +123,7 @@ class Session:
         new_file: bool = False,
         allow_layout_change: bool = False,
         debug: bool = False,
+        move_frames: bool = True,
     ) -> ReloadResult:
         """Compile (``.c``) or take (``.o``) each path and redirect its changed functions.
 
@@ -129,6 +134,8 @@ class Session:
         A type whose layout differs from the one data in the program has is refused
         (LayoutChanged) unless ``allow_layout_change``.
         ``debug`` (hot-deoptimize) compiles at ``-O0 -g3`` and redirects every function.
+        With ``move_frames``, threads inside a redirected function continue in its
+        new code where that is provably safe (``patch.frames``).
         The plan side is ``patch.planning``, the transaction ``patch.transaction``.
         """
         if debug and any(Path(p).suffix == ".o" for p in paths):
@@ -140,7 +147,7 @@ class Session:
             functions, cflags, compdb, trust_build, new_file, allow_layout_change, debug
         )
         with process_lock(self.pid):
-            return self._reload(paths, options, dry_run, reinit)
+            return self._reload(paths, options, dry_run, reinit, move_frames)
 
     def _reload(
         self,
@@ -148,6 +155,7 @@ class Session:
         options: ReloadOptions,
         dry_run: bool,
         reinit: Collection[str],
+        move_frames: bool = True,
     ) -> ReloadResult:
         _check_paths(paths)
         result = ReloadResult()
@@ -181,10 +189,11 @@ class Session:
             for plan in plans:
                 reroute_too_small(plan, ctx)
             applied = apply_reload(
-                self.pid, plans, journal, memory, arch, reinits, modules, self.emit
+                self.pid, plans, journal, memory, arch, reinits, modules, self.emit, move_frames
             )
             result.stopped_us = applied.held_seconds * 1e6
             self._report(plans, applied.images, result)
+            self._report_frames(applied.frames)
             for name, tid in applied.active:
                 self.emit(FunctionActive(name, tid))
             for notice in applied.notices:
@@ -193,6 +202,18 @@ class Session:
         self.emit(Timings(dict(phases), result.stopped_us))
         self._finished(result, dry_run=False)
         return result
+
+    def _report_frames(self, plan: FramePlan | None) -> None:
+        """One line per moved frame; one per function and thread whose frame stays."""
+        if plan is None:
+            return
+        for move in plan.moves:
+            self.emit(FrameMoved(move.tid, move.function, move.old, move.new, move.how))
+        said = set()
+        for stay in plan.stays:
+            if (stay.function, stay.tid) not in said:
+                said.add((stay.function, stay.tid))
+                self.emit(FrameStays(stay.tid, stay.function, stay.reason))
 
     def _finished(self, result: ReloadResult, dry_run: bool) -> None:
         self.emit(
@@ -293,11 +314,13 @@ class Session:
                     f"not patched: {', '.join(sorted(unknown))}",
                     hint="`relive status -p PID` lists what is patched",
                 )
-        restored, notices = undo_patches(self.pid, journal, keys)
+        restored, notices, staying = undo_patches(self.pid, journal, keys)
         if rebuilt:
             save_journal(journal)  # a valid journal replaces the corrupt one
         for p in restored:
             self.emit(FunctionRestored(p.name, p.entry))
+        for name, tid in staying:
+            self.emit(FrameStaysNew(tid, name))
         for notice in notices:
             self.emit(Notice(notice))
         return [p.name for p in restored]

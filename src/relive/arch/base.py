@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 
 class Need(enum.Enum):
@@ -151,6 +151,28 @@ class Registers:
 
 
 @dataclass(frozen=True)
+class Resume:
+    """Where a moved frame continues in the new code, and registers it needs set."""
+
+    address: int
+    #: (register name, new value): the frame's copy of a constant the old code set differently.
+    fixups: tuple[tuple[str, int], ...] = ()
+
+
+class FunctionShape(Protocol):
+    """Two versions of a function that a frame can move between (see ``match_shapes``)."""
+
+    def resume(self, old_pc: int) -> Resume | str:
+        """Where a frame at ``old_pc`` continues, or why it cannot move."""
+        ...
+
+
+#: Whether two referenced addresses mean the same thing (the same function, an
+#: equal constant of that many bytes; 0 bytes: a string at that address).
+Equivalent = Callable[[int, int, int], bool]
+
+
+@dataclass(frozen=True)
 class Arch:
     """Everything ISA-specific the linker and patcher use."""
 
@@ -206,6 +228,15 @@ class Arch:
     #: Compiler flags (per family) that make code reach external data through the
     #: GOT, for programs that do not copy library variables into the executable.
     indirect_extern_data_flags: Mapping[str, tuple[str, ...]]
+    #: General registers in DWARF numbering (index = number), then the return column.
+    dwarf_registers: tuple[str, ...] = ()
+    #: Registers a callee preserves: a frame that called out still owns them.
+    callee_saved: tuple[str, ...] = ()
+    #: ``(old code, old address, new code, new address, equivalent)``: the map
+    #: between two versions of a function with the same shape, or why there is none.
+    match_shapes: Callable[[bytes, int, bytes, int, Equivalent], FunctionShape | str] | None = None
+    #: Whether a held thread's registers say it is inside a system call.
+    in_syscall: Callable[[RegisterBlock], bool] | None = None
 
 
 def fits(value: int, width: int, kind: Range) -> bool:

@@ -61,6 +61,12 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
         help="reload even where a type of data the program holds changed its layout "
         "(you convert that data yourself)",
     )
+    parser.add_argument(
+        "--no-move",
+        dest="move_frames",
+        action="store_false",
+        help="never move a running frame into the new code (it finishes in the old code)",
+    )
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -223,6 +229,7 @@ def _cmd_reload(args: argparse.Namespace, out: Renderer) -> int:
             reinit=args.reinit,
             new_file=args.new_file,
             allow_layout_change=args.allow_layout_change,
+            move_frames=args.move_frames,
         )
 
     if len(pids) == 1:

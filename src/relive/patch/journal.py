@@ -34,6 +34,9 @@ class EntryPatch:
     target: int  # where the jump goes
     count: int = 1
     updated: float = field(default_factory=time.time)
+    #: Bytes of code at ``target`` (0: unknown), so that a later reload can find
+    #: threads inside that code and move their frames on.
+    size: int = 0
 
 
 class DefinitionKind(enum.StrEnum):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from relive.arch.base import Arch
 from relive.errors import ReliveError, UnsafePatch
 from relive.patch.entries import EntryWrite
+from relive.patch.frames import FrameMover, FramePlan
 from relive.patch.loops import find_threads_in_loops, loop_head_refusal
 from relive.process.memory import ProcessMemory
 from relive.process.threads import stop_all
@@ -29,17 +30,26 @@ class EntryReport:
 
     held_seconds: float
     positions: list[tuple[int, int, int]]  # (tid, pc, sp) at the moment of writing
+    frames: FramePlan | None = None  # frames moved into new code, and frames that stay
 
 
-def write_entries(pid: int, writes: list[EntryWrite], arch: Arch | None = None) -> EntryReport:
+def write_entries(
+    pid: int,
+    writes: list[EntryWrite],
+    arch: Arch | None = None,
+    frames: FrameMover | None = None,
+) -> EntryReport:
     """Stop every thread, wait until none is in the way, write all jumps, resume.
 
     Everything that can be is prepared while the program runs (the pages of
     the entries read, the blocking ranges indexed), so the threads are held for
     one read and one write per page of entries, however many there are.
     With ``arch``, a function whose loop re-enters its replaced bytes also
-    waits until no thread has a return address into it.
+    waits until no thread has a return address into it.  With ``frames``,
+    frames inside old code move to the new code in the same stop (a thread
+    whose frames all move is in nobody's way).
     """
+    moves = None
     looping = {
         w.name: w.function
         for w in writes
@@ -50,10 +60,16 @@ def write_entries(pid: int, writes: list[EntryWrite], arch: Arch | None = None) 
         blockers = _BlockerIndex(writes)
         with stop_all(pid) as stopped:
             for attempt in range(MAX_ATTEMPTS):
-                found = blockers.find(stopped.iter_pcs())
+                moves = frames.plan(stopped, memory) if frames is not None else None
+                pcs = stopped.iter_pcs()
+                if moves is not None:
+                    pcs = ((t, pc) for t, pc in pcs if not moves.moves_pc(t))
+                found = blockers.find(pcs)
                 in_loop = []
                 if not found and arch is not None:
                     in_loop = find_threads_in_loops(stopped, memory, arch, looping)
+                    if moves is not None:
+                        in_loop = [(t, n) for t, n in in_loop if not moves.covers(t, n)]
                 if not found and not in_loop:
                     break
                 if attempt == MAX_ATTEMPTS - 1:
@@ -69,8 +85,10 @@ def write_entries(pid: int, writes: list[EntryWrite], arch: Arch | None = None) 
             mismatched = prepared.apply(memory)
             if mismatched:
                 _refuse_unexpected(memory, writes[mismatched[0]])
+            if frames is not None and moves is not None:
+                frames.apply(moves, stopped, memory)
             positions = list(stopped.iter_positions())
-    return EntryReport(stopped.stopped_seconds, positions)
+    return EntryReport(stopped.stopped_seconds, positions, moves)
 
 
 class _BlockerIndex:

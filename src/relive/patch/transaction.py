@@ -50,6 +50,12 @@ from relive.link.layout import MIN_CODE_ROOM
 from relive.patch.active import iter_active_functions
 from relive.patch.block import allocate_and_link, protect_code, release_block, write_block
 from relive.patch.entries import EntrySite, EntryWrite, iter_entry_sites
+from relive.patch.frames import (
+    FramePlan,
+    iter_frames_in_new_code,
+    prepare_frame_mover,
+    record_code_sizes,
+)
 from relive.patch.initial import DataChange, write_initial_values
 from relive.patch.journal import (
     Definition,
@@ -81,6 +87,8 @@ class Applied:
     active: list[tuple[str, int]]
     #: What step 7 could not do (the reload itself stands).
     notices: list[str]
+    #: Frames moved into the new code, and frames that stay (None: none looked at).
+    frames: FramePlan | None = None
 
 
 @contextmanager
@@ -103,11 +111,14 @@ def apply_reload(
     reinits: list[list[DataChange]],
     modules: Sequence[RunningModule],
     emit: EventSink,
+    move_frames: bool = False,
 ) -> Applied:
     """Load every plan's block, redirect its changed functions and record it all.
 
     ``reinits`` (one list per plan) are the variables whose new initial value is
-    copied into their running storage (``--reinit``).
+    copied into their running storage (``--reinit``).  With ``move_frames``,
+    frames running the old code move to the new code where that is provably
+    safe (``patch.frames``).
     """
     # 1. Every entry is checked before the first byte is allocated or written.
     sites = [
@@ -118,7 +129,9 @@ def apply_reload(
         )
         for plan in plans
     ]
-    refuse_running_loop_heads(pid, itertools.chain(*sites), memory, arch)
+    if not move_frames:  # else decided while threads are held, after moving frames
+        refuse_running_loop_heads(pid, itertools.chain(*sites), memory, arch)
+    frames = None
     # Nothing changes in the target unless the journal can be written.
     before = save_journal(journal)
     images: list[LinkedImage] = []
@@ -141,33 +154,48 @@ def apply_reload(
                 write_block(memory, image)
                 protect_code(pid, image)
             write_initial_values(pid, values)
+            mover = None
+            if move_frames:  # matched while the program runs
+                mover = prepare_frame_mover(
+                    pid, plans, images, journal, memory, arch, list(modules)
+                )
             # 4. Write ahead: the journal knows every jump before it is written.
             stage_jumps(journal, writes)
             _record(journal, plans, images)
             save_journal(journal)
-            # 5. Stop, check and write the entries.
+            # 5. Stop, check and write the entries (and move frames).
             if writes:
-                report = write_entries(pid, writes, arch)
+                report = write_entries(pid, writes, arch, mover)
                 held_seconds, positions = report.held_seconds, report.positions
+                frames = report.frames
         except BaseException:
             # 6. Roll back.
             _abandon(pid, journal, memory, images, before, emit)
             raise
         # 7. Commit, still inside held_signals.
         commit(journal)
+        record_code_sizes(journal, plans, images)
         save_journal(journal)
     active = [] if positions is None else _find_active(pid, plans, memory, arch, positions)
+    if frames is not None:
+        told = frames.told()
+        active = [(name, tid) for name, tid in active if (name, tid) not in told]
     # 8. Tools see the new code.
     blocks = [(plan.source, image) for plan, image in zip(plans, images, strict=True)]
     notices = publish_new_code(pid, modules, journal, blocks)
-    return Applied(images, held_seconds, active, notices)
+    return Applied(images, held_seconds, active, notices, frames)
 
 
-def undo_patches(pid: int, journal: Journal, keys: list[str]) -> tuple[list[EntryPatch], list[str]]:
+def undo_patches(
+    pid: int, journal: Journal, keys: list[str]
+) -> tuple[list[EntryPatch], list[str], list[tuple[str, int]]]:
     """Put back the original entry bytes of the journal's patches ``keys``.
 
-    Returns the patches undone and notices (unwind tables that could not be retired).
+    Returns the patches undone, notices (unwind tables that could not be
+    retired), and ``(function, tid)`` for threads still inside the reloaded code
+    (frames moved there stay until their call returns).
     """
+    staying: list[tuple[str, int]] = []
     chosen = [journal.patches[key] for key in keys]
     writes = [
         EntryWrite(p.name, p.entry, bytes.fromhex(p.written), bytes.fromhex(p.original))
@@ -178,7 +206,7 @@ def undo_patches(pid: int, journal: Journal, keys: list[str]) -> tuple[list[Entr
             stage_undo(journal, keys)
             save_journal(journal)  # write-ahead (and refused here if it cannot be)
             try:
-                write_entries(pid, writes)
+                report = write_entries(pid, writes)
             except BaseException:
                 with ProcessMemory(pid) as memory:
                     commit(journal, find_done(journal, memory))
@@ -186,7 +214,8 @@ def undo_patches(pid: int, journal: Journal, keys: list[str]) -> tuple[list[Entr
                 raise
             commit(journal)
             save_journal(journal)
-    return chosen, retire_unused_code(pid, journal) if writes else []
+        staying = list(iter_frames_in_new_code(pid, chosen, report.positions))
+    return chosen, retire_unused_code(pid, journal) if writes else [], staying
 
 
 def _abandon(

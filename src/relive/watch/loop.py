@@ -79,6 +79,8 @@ class WatchOptions:
     reinit: Sequence[str] = ()
     #: Reload even where data the program holds changed its layout.
     allow_layout_change: bool = False
+    #: Move running frames into the new code where provably safe (``--no-move``: never).
+    move_frames: bool = True
 
 
 class ReloadOutcome(Protocol):
@@ -117,6 +119,7 @@ class ReloadTarget(Protocol):
         trust_build: bool = False,
         reinit: Collection[str] = (),
         allow_layout_change: bool = False,
+        move_frames: bool = True,
     ) -> ReloadOutcome: ...
     @property
     def dependencies(self) -> Mapping[Path, tuple[Path, ...]]: ...
@@ -359,6 +362,7 @@ class Watcher:
                     trust_build=self.options.trust_build,
                     reinit=self.options.reinit,
                     allow_layout_change=self.options.allow_layout_change,
+                    move_frames=self.options.move_frames,
                 )
             except ProcessGone:
                 continue  # _check_targets says so

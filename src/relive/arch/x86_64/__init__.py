@@ -15,6 +15,7 @@ from relive.arch.x86_64.disasm import (
     undo_got_relaxation,
 )
 from relive.arch.x86_64.relocations import RELOCATIONS, UNSUPPORTED_NAMES
+from relive.arch.x86_64.shapes import CALLEE_SAVED, DWARF_REGISTERS, in_syscall, match_shapes
 from relive.arch.x86_64.tls import executable_tls_offset
 from relive.arch.x86_64.trampoline import (
     FAR_STUB_SIZE,
@@ -93,4 +94,8 @@ ARCH = Arch(
         "gcc": ("-mno-direct-extern-access",),
         "clang": ("-fno-direct-access-external-data",),
     },
+    dwarf_registers=DWARF_REGISTERS,
+    callee_saved=CALLEE_SAVED,
+    match_shapes=match_shapes,
+    in_syscall=in_syscall,
 )
