@@ -455,8 +455,9 @@ def test_a_loop_over_the_entry_whose_shape_changed_is_refused_untouched(
     tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     exe = compile_c(tmp_path, HEAD_MAIN_LOOP, flags=("-g", "-O0"))
-    target = remember_maps(spawn([exe]))
+    target = spawn([exe])
     target.wait_for(r"^value 1$")
+    remember_maps(target)  # once the loader is done (it changes protections at start)
     edit(tmp_path / "prog.c", "usleep(20000);", "usleep(20000); counter += 2;")
     code, err = run_cli(capsys, "reload", "-p", str(target.pid), str(tmp_path / "prog.c"))
     assert code == 9, err
