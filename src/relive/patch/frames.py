@@ -27,7 +27,7 @@ from relive.patch.active import iter_active_functions
 from relive.patch.journal import EntryPatch, Journal
 from relive.patch.modules import RunningModule
 from relive.patch.original import read_original_code
-from relive.patch.plan import ReloadPlan
+from relive.patch.plan import Decision, ReloadPlan
 from relive.patch.stacks import Frame, FrameTables, Location, Registers, unwind
 from relive.process.memory import ProcessMemory
 from relive.process.procfs import find_mapping, read_maps
@@ -244,7 +244,7 @@ def _iter_versions(
     """``(name, module, old start, size, is original, new address, new code)``."""
     for plan, image in zip(plans, images, strict=True):
         record = journal.sources.get(plan.source)
-        for d in plan.iter_with_status("changed"):
+        for d in plan.with_status(Decision.CHANGED):
             if d.old is None or not d.symbol.size:
                 continue
             new_address = image.get_symbol_address(d.symbol)
@@ -312,7 +312,7 @@ class _Equivalence:
         self.entries: dict[int, int] = {}
         for plan, image in zip(plans, images, strict=True):
             for d in plan.decisions:
-                if d.old is not None and d.status == "changed":
+                if d.old is not None and d.status is Decision.CHANGED:
                     self.entries[d.old.address] = image.get_symbol_address(d.symbol)
 
     def __call__(self, old: int, new: int, size: int) -> bool:
@@ -364,7 +364,7 @@ def record_code_sizes(journal: Journal, plans: list[ReloadPlan], images: list[Li
     """Note in each entry patch how long the code it jumps to is (for the next reload)."""
     sizes: dict[int, int] = {}
     for plan, image in zip(plans, images, strict=True):
-        for d in plan.iter_with_status("changed"):
+        for d in plan.with_status(Decision.CHANGED):
             sizes[image.get_symbol_address(d.symbol)] = d.symbol.size
     for patch in journal.patches.values():
         size = sizes.get(patch.target)
