@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import shutil
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 
 import relive
-from support import RELIVE, SpawnFactory, Target, compile_c, edit
+from support import RELIVE, SpawnFactory, Target, assert_untouched, compile_c, edit, reload
 
 #: Random-instant kills per test run; `make bench` runs 200.
 KILL_RUNS = int(os.environ.get("RELIVE_KILL_RUNS", "30"))
@@ -171,3 +172,61 @@ def test_sigkill_at_random_instants_of_many_reloads(tmp_path: Path, spawn: Spawn
             interrupted += 1
         assert_survived_and_exact(target, exe, f"run {run}")
     assert interrupted > 0  # the kills did land inside reloads
+
+
+def _limit_file_size() -> None:
+    """In the child: every file write past 16 bytes fails (EFBIG), as on a full disk."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))
+
+
+def test_an_unwritable_journal_refuses_before_touching_the_target(
+    running: Target, tmp_path: Path
+) -> None:
+    edit(tmp_path / "prog.c", "return table[0];", "return table[1];")
+    obj = tmp_path / "new.o"
+    flags = ["-g", "-O0", "-ffunction-sections", "-fdata-sections"]
+    subprocess.run(["gcc", "-c", *flags, "-o", obj, tmp_path / "prog.c"], check=True)
+    done = subprocess.run(
+        reload_command(running.pid, obj),
+        preexec_fn=_limit_file_size,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("relive: error: cannot write ")
+    assert "File too large" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1  # no traceback
+    assert_untouched(running)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_sigkill_at_every_ptrace_call_of_an_undo(tmp_path: Path, spawn: SpawnFactory) -> None:
+    exe = compile_c(tmp_path, PROG, link_flags=("-pthread",))
+    edit(tmp_path / "prog.c", "return table[0];", "return table[1];")
+    undo = [*RELIVE, "undo", "-p"]
+    strace = ["strace", "-qq", "-e", "trace=ptrace"]
+    calls = None
+    k = 0
+    while calls is None or k < calls:
+        target = spawn([exe], stdin_pipe=True)
+        target.wait_for(r"^value 1$")
+        reload(target.pid, tmp_path / "prog.c")
+        target.wait_for(r"^value 2$")
+        if calls is None:  # a first, uninterrupted undo counts the ptrace calls
+            trace = tmp_path / "undo-trace.txt"
+            subprocess.run([*strace, "-o", str(trace), *undo, str(target.pid)], check=True)
+            calls = trace.read_text().count("ptrace(")
+            assert calls > 2
+            target.wait_for(r"^value 1$")
+        else:
+            inject = f"inject=ptrace:signal=SIGKILL:when={k}"
+            subprocess.run(
+                [*strace, "-o", "/dev/null", "-e", inject, *undo, str(target.pid)],
+                capture_output=True,
+                check=False,
+            )
+        assert_survived_and_exact(target, exe, f"undo killed at {k}")
+        target.stop()
+        k += 1

@@ -174,6 +174,13 @@ def write_state_file(name: str, data: bytes) -> None:
         finally:
             os.close(fd)
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError as e:  # a full disk, a file size limit, a read-only file system
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise StateDirError(
+            f"cannot write {state_file_path(name)}: {e.strerror or e}",
+            hint="free some space in the state directory, or set RELIVE_STATE_DIR",
+        ) from e
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dir_fd)
