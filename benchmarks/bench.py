@@ -26,7 +26,7 @@ What is measured, and how:
   low: the patch phase also reports each function after the jumps are in); for the
   floor, from spawning it to its first line of code after imports.
 * attach, compile, link, patch: relive's own phases (``--timings``).
-* threads held: relive's ``stopped_us`` (the stop that writes the entry jumps); the
+* threads stopped: relive's ``stopped_us`` (the stop that writes the entry jumps); the
   floor's seize-to-detach time.
 * exit: from the new code running to the command's exit.
 
@@ -91,7 +91,7 @@ METRICS: list[tuple[str, str, str | None]] = [
     ("link_ms", "  parse + link", None),
     ("patch_ms", "  patch (mmap, write, stop)", None),
     ("phases_ms", "  all four phases", None),
-    ("held_ms", "  threads held (entry stop)", "held_ms"),
+    ("stopped_ms", "  threads stopped (entry stop)", "stopped_ms"),
     ("exit_ms", "exit after new code", "exit_ms"),
     ("wall_ms", "command wall time", "wall_ms"),
     ("cpu_ms", "command CPU time (+ gcc)", "cpu_ms"),
@@ -236,7 +236,7 @@ def run_floor(target: targets.Target) -> dict[str, float]:
         meter.close()
     line = json.loads(out.splitlines()[-1])
     figures["startup_ms"] = (line["started"] - figures.pop("_t0")) * 1e3
-    figures["held_ms"] = line["held_s"] * 1e3
+    figures["stopped_ms"] = line["stopped_s"] * 1e3
     return figures
 
 
@@ -256,7 +256,7 @@ def run_relive(relive: str, target: targets.Target, use_object: bool) -> dict[st
         if event.get("kind") == "timings":
             for phase, ms in event["phases_ms"].items():
                 figures[f"{phase}_ms"] = ms
-            figures["held_ms"] = event["stopped_us"] / 1e3
+            figures["stopped_ms"] = event["stopped_us"] / 1e3
         elif event.get("kind") == "reloaded":
             figures["redirected"] = event["redirected"]
     if figures.get("redirected") != len(target.changed):

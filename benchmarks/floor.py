@@ -5,7 +5,7 @@
 Seizes and interrupts every thread of PID, writes each HEX at ADDR through
 /proc/PID/mem (a bare ADDR re-writes the 5 bytes already there, a write that costs
 the same as a jump), detaches, and prints one JSON line: when the script started
-(``time.monotonic()``, after its imports) and how long the threads were held.
+(``time.monotonic()``, after its imports) and how long the threads were stopped.
 
 It deliberately does none of relive's work (no rescan for new threads, no signal
 bookkeeping, no check of thread positions): it is the floor relive is compared with.
@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
         addr, _, data = spec.partition("=")
         writes.append((int(addr, 0), bytes.fromhex(data) if data else None))
     fd = os.open(f"/proc/{pid}/mem", os.O_RDWR)
-    held_from = time.monotonic()
+    stopped_from = time.monotonic()
     tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
     for tid in tids:
         _call(PTRACE_SEIZE, tid)
@@ -56,9 +56,9 @@ def main(argv: list[str]) -> int:
         os.pwrite(fd, os.pread(fd, 5, address) if new is None else new, address)
     for tid in tids:
         _call(PTRACE_DETACH, tid)
-    held_until = time.monotonic()
+    stopped_until = time.monotonic()
     os.close(fd)
-    print(json.dumps({"started": STARTED, "held_s": held_until - held_from}), flush=True)
+    print(json.dumps({"started": STARTED, "stopped_s": stopped_until - stopped_from}), flush=True)
     return 0
 
 

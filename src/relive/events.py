@@ -254,7 +254,7 @@ class BlockNotReleased(Event):
 
 
 class Timings(Event):
-    """Wall time per phase of one operation, and how long threads were held."""
+    """Wall time per phase of one operation, and how long threads were stopped."""
 
     kind: ClassVar[str] = "timings"
     phases_ms: dict[str, float] = field(default_factory=dict)

@@ -191,7 +191,7 @@ class Session:
             applied = apply_reload(
                 self.pid, plans, journal, memory, arch, reinits, modules, self.emit, move_frames
             )
-            result.stopped_us = applied.held_seconds * 1e6
+            result.stopped_us = applied.stopped_seconds * 1e6
             self._report(plans, applied.images, result)
             self._report_frames(applied.frames)
             for name, tid in applied.active:

@@ -112,7 +112,7 @@ def _check_target_ptrace(pid: int) -> Iterator[CheckResult]:
     try:
         with StoppedProcess.stop_all(pid) as stopped:
             threads = len(stopped.tids)
-            held_us = stopped.stopped_seconds * 1e6
+            stopped_us = stopped.stopped_seconds * 1e6
     except ReliveError as error:
         yield CheckResult("ptrace attach", Verdict.FAIL, error.message, error.hint)
         return
@@ -120,7 +120,7 @@ def _check_target_ptrace(pid: int) -> Iterator[CheckResult]:
         "ptrace attach",
         Verdict.OK,
         f"stopped and released all {threads} thread{'s' if threads != 1 else ''} "
-        f"of pid {pid} ({held_us:.0f} µs); no other tracer",
+        f"of pid {pid} ({stopped_us:.0f} µs); no other tracer",
     )
 
 

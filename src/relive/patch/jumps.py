@@ -26,9 +26,9 @@ MAX_ATTEMPTS = 12
 
 @dataclass(frozen=True)
 class EntryReport:
-    """What ``write_entries`` saw: time held, and where each thread stood."""
+    """What ``write_entries`` saw: how long the threads were stopped, and where each stood."""
 
-    held_seconds: float
+    stopped_seconds: float
     positions: list[tuple[int, int, int]]  # (tid, pc, sp) at the moment of writing
     frames: FramePlan | None = None  # frames moved into new code, and frames that stay
 

@@ -80,8 +80,8 @@ class Applied:
 
     #: One linked block per plan, in order.
     images: list[LinkedImage]
-    #: How long the threads were held to write the entry jumps (0: none written).
-    held_seconds: float
+    #: How long the threads were stopped to write the entry jumps (0: none written).
+    stopped_seconds: float
     #: (function, tid): a replaced function a thread is still inside of; that call
     #: finishes in the old code.
     active: list[tuple[str, int]]
@@ -136,7 +136,7 @@ def apply_reload(
     before = save_journal(journal)
     images: list[LinkedImage] = []
     writes: list[EntryWrite] = []
-    held_seconds = 0.0
+    stopped_seconds = 0.0
     positions: list[tuple[int, int, int]] | None = None
     with held_signals():
         try:
@@ -166,7 +166,7 @@ def apply_reload(
             # 5. Stop, check and write the entries (and move frames).
             if writes:
                 report = write_entries(pid, writes, arch, mover)
-                held_seconds, positions = report.held_seconds, report.positions
+                stopped_seconds, positions = report.stopped_seconds, report.positions
                 frames = report.frames
         except BaseException:
             # 6. Roll back.
@@ -183,7 +183,7 @@ def apply_reload(
     # 8. Tools see the new code.
     blocks = [(plan.source, image) for plan, image in zip(plans, images, strict=True)]
     notices = publish_new_code(pid, modules, journal, blocks)
-    return Applied(images, held_seconds, active, notices, frames)
+    return Applied(images, stopped_seconds, active, notices, frames)
 
 
 def undo_patches(

@@ -104,9 +104,9 @@ class StoppedProcess:
         self._only: int | None = None
         self._threads: dict[int, _Thread] = {}
         self._owner = threading.get_ident()
-        self._held_since: float | None = None
+        self._stopped_since: float | None = None
         self._epoll_waits: dict[int, EpollWait] = {}
-        self._held_total = 0.0
+        self._stopped_total = 0.0
 
     @classmethod
     def stop_all(cls, pid: int, timeout: float = 2.0) -> StoppedProcess:
@@ -154,8 +154,8 @@ class StoppedProcess:
 
         Includes the current hold; the gaps of ``resume_briefly`` do not count.
         """
-        current = 0.0 if self._held_since is None else time.monotonic() - self._held_since
-        return self._held_total + current
+        current = 0.0 if self._stopped_since is None else time.monotonic() - self._stopped_since
+        return self._stopped_total + current
 
     def get_regs(self, tid: int) -> RegisterBlock:
         """The registers of held thread ``tid``."""
@@ -330,7 +330,7 @@ class StoppedProcess:
 
     def release(self) -> None:
         """Detach every thread, handing back owed signals.  Idempotent."""
-        if self._held_since is None:
+        if self._stopped_since is None:
             return
         self._check_owner()
         failures: list[OSError] = []
@@ -340,8 +340,8 @@ class StoppedProcess:
             except OSError as exc:  # keep going: never leave a thread stopped
                 failures.append(exc)
         self._threads.clear()
-        self._held_total += time.monotonic() - self._held_since
-        self._held_since = None
+        self._stopped_total += time.monotonic() - self._stopped_since
+        self._stopped_since = None
         if failures:
             raise ReliveError(f"could not detach from process {self.pid}: {failures[0]}")
 
@@ -353,9 +353,9 @@ class StoppedProcess:
         # Before any thread stops: which ones wait in epoll_wait, and since when.
         tids = [self._only] if self._only is not None else procfs.iter_thread_ids(self.pid)
         self._epoll_waits = note_epoll_waits(self.pid, tids)
-        self._held_since = time.monotonic()
+        self._stopped_since = time.monotonic()
         try:
-            self._seize_until_stable(self._held_since + self.timeout)
+            self._seize_until_stable(self._stopped_since + self.timeout)
         except BaseException:
             self.release()
             raise
@@ -566,7 +566,7 @@ class StoppedProcess:
     def _get_thread(self, tid: int) -> _Thread:
         self._check_owner()
         thread = self._threads.get(tid)
-        if thread is None or self._held_since is None:
+        if thread is None or self._stopped_since is None:
             raise ReliveError(f"thread {tid} of process {self.pid} is not stopped by relive")
         return thread
 
