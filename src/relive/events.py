@@ -1,13 +1,17 @@
-"""Event objects: the only way the core reports what it does.
+"""Event objects: the only way the core reports what it does, and the JSON protocol.
 
 The core never prints.  Each operation emits events to a callback; the CLI
 renders them with rich or as JSON lines (``--json``).  ``str(event)`` is the
-plain one-line text a user reads.
+plain one-line text a user reads; :meth:`Event.to_json` is the line ``--json``
+writes.  Every JSON line relive writes is an event of this module, the CLI's
+own ones included (:class:`ErrorReported`, :class:`PatchListed`): its ``kind``
+and fields are the protocol.
 """
 
 from __future__ import annotations
 
 import enum
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -90,6 +94,10 @@ class Event:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict with a ``kind`` key."""
         return {"kind": self.kind, **{name: getattr(self, name) for name, _ in self._fields}}
+
+    def to_json(self) -> str:
+        """The event as one JSON object on one line (enums as their values)."""
+        return json.dumps(self.to_dict(), default=str)
 
 
 EventSink = Callable[[Event], None]
@@ -517,3 +525,43 @@ class CheckResult(Event):
     def __str__(self) -> str:
         text = f"{self.verdict.upper():4} {self.name}: {self.detail}"
         return f"{text}\n     fix: {self.fix}" if self.fix else text
+
+
+class ErrorReported(Event):
+    """A command failed: the error relive reports, with its exit code (``--json``)."""
+
+    kind: ClassVar[str] = "error"
+    type: str  # the error's class name, e.g. "CompileError"
+    message: str
+    hint: str
+    details: str
+    exit_code: int
+    #: The process it concerns, when a command acts on several.
+    pid: int | None = None
+
+    def __str__(self) -> str:
+        where = f" (pid {self.pid})" if self.pid is not None else ""
+        line = f"{self.message} ({self.hint})" if self.hint else self.message
+        return f"relive: error{where}: {line}"
+
+
+class PatchListed(Event):
+    """One patched function, as ``relive status`` lists it."""
+
+    kind: ClassVar[str] = "patch"
+    name: str
+    source: str
+    address: int
+    target: int
+    count: int
+    updated: float
+    #: The jump is really in memory.
+    active: bool
+
+    def __str__(self) -> str:
+        when = time.strftime("%H:%M:%S", time.localtime(self.updated))
+        state = "active" if self.active else "NOT IN MEMORY (overwritten?)"
+        return (
+            f"{self.name:24} {self.address:#x} -> {self.target:#x}  {self.source}  "
+            f"x{self.count}  {when}  {state}"
+        )

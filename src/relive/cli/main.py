@@ -10,14 +10,13 @@ import argparse
 import os
 import shlex
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from relive.cli.render import Renderer
 from relive.cli.targets import resolve_pids
 from relive.errors import ReliveError
-from relive.events import Verdict
+from relive.events import PatchListed, Verdict
 
 #: Signals ``run --on-signal`` accepts as the reload trigger.
 _TRIGGERS = ("INT", "QUIT", "HUP", "USR1", "USR2", "TERM")
@@ -284,20 +283,15 @@ def _cmd_status(args: argparse.Namespace, out: Renderer) -> int:
     import relive
 
     pid = _one_pid(args)
-    rows = relive.attach(pid, on_event=out).status()
+    rows = [PatchListed(**vars(row)) for row in relive.attach(pid, on_event=out).status()]
     if out.json_lines:
         for row in rows:
-            out.write_json({"kind": "patch", **row.__dict__})
+            out(row)
         return 0
     if not rows:
         print(f"pid {pid}: nothing patched")
     for row in rows:
-        when = time.strftime("%H:%M:%S", time.localtime(row.updated))
-        state = "active" if row.active else "NOT IN MEMORY (overwritten?)"
-        print(
-            f"{row.name:24} {row.address:#x} -> {row.target:#x}  {row.source}  "
-            f"x{row.count}  {when}  {state}"
-        )
+        print(row)
     return 0
 
 

@@ -7,7 +7,6 @@ modes may keep a live status line at the bottom; piped, the text is plain; with
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterable
 from typing import IO, Any
@@ -17,6 +16,7 @@ from relive.events import (
     BlockNotReleased,
     CheckResult,
     Compiled,
+    ErrorReported,
     Event,
     FlagsFromDwarf,
     FunctionActive,
@@ -114,7 +114,7 @@ class Renderer:
 
     def __call__(self, event: Event) -> None:
         if self.json_lines:
-            self.write_json(event.to_dict())
+            print(event.to_json(), file=self.stream, flush=True)  # editors read as it comes
             return
         if type(event) in self.hidden:
             return
@@ -162,26 +162,14 @@ class Renderer:
 
     # -- outside the event stream ------------------------------------------------
 
-    def write_json(self, payload: dict[str, Any]) -> None:
-        """One JSON object per line, flushed (editors read it as it comes)."""
-        print(json.dumps(payload, default=str), file=self.stream, flush=True)
-
     def error(self, error: ReliveError, pid: int | None = None) -> None:
         """The one-line error (plus details such as compiler diagnostics)."""
+        reported = ErrorReported(
+            type(error).__name__, error.message, error.hint, error.details, error.exit_code, pid
+        )
         if self.json_lines:
-            payload = {
-                "kind": "error",
-                "type": type(error).__name__,
-                "message": error.message,
-                "hint": error.hint,
-                "details": error.details,
-                "exit_code": error.exit_code,
-            }
-            if pid is not None:
-                payload["pid"] = pid
-            self.write_json(payload)
+            self(reported)
             return
         if error.details:
             print(error.details.rstrip(), file=sys.stderr)
-        where = f" (pid {pid})" if pid is not None else ""
-        print(f"relive: error{where}: {error.one_line()}", file=sys.stderr, flush=True)
+        print(reported, file=sys.stderr, flush=True)
