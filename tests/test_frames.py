@@ -463,3 +463,21 @@ def test_a_loop_over_the_entry_whose_shape_changed_is_refused_untouched(
     assert code == 9, err
     assert "loop jumps back into the first bytes" in err
     assert_untouched(target)
+
+
+def test_a_frame_left_in_an_earlier_reload_moves_later(tmp_path: Path, spawn: SpawnFactory) -> None:
+    exe = _build(tmp_path, MAIN_LOOP, "gcc", "-O1")
+    target = spawn([exe])
+    _tick(target, "face 3 word old")
+    value = 3
+    for round_, move in enumerate([False, True, False, False, True]):
+        new = 40 + round_
+        edit(tmp_path / "prog.c", f"return {value};", f"return {new};")
+        events = reload(target.pid, tmp_path / "prog.c", move_frames=move)
+        # Without moving, main stays where it is (the original code, then an earlier
+        # reload's code that no entry jumps to any more); moving finds it there.
+        assert len(_moves(events, "main")) == (1 if move else 0), [str(e) for e in events]
+        if move:
+            _tick(target, f"face {new} word old")
+        value = new
+    assert target.alive()

@@ -24,7 +24,7 @@ from relive.arch.base import Arch, FunctionShape
 from relive.errors import ReliveError
 from relive.link import LinkedImage
 from relive.patch.active import iter_active_functions
-from relive.patch.journal import EntryPatch, Journal
+from relive.patch.journal import DefinitionKind, EntryPatch, Journal
 from relive.patch.modules import RunningModule
 from relive.patch.original import read_original_code
 from relive.patch.plan import Decision, ReloadPlan
@@ -253,7 +253,7 @@ def _iter_versions(
             if d.old.size and not d.old.from_journal:
                 yield d.name, plan.module, d.old.address, d.old.size, True, new_address, new_code
             previous = record.definitions.get(d.name) if record else None
-            if previous is not None and previous.kind == "function" and previous.size:
+            if previous is not None and previous.kind is DefinitionKind.FUNCTION and previous.size:
                 yield (
                     d.name,
                     plan.module,
@@ -264,7 +264,11 @@ def _iter_versions(
                     new_code,
                 )
             for patch in journal.patches.values():
-                if patch.name == d.name and patch.source == plan.source and patch.size:
+                if patch.name != d.name or patch.source != plan.source:
+                    continue
+                for address, size in patch.earlier:
+                    yield d.name, plan.module, address, size, False, new_address, new_code
+                if patch.size:
                     yield (
                         d.name,
                         plan.module,
@@ -360,13 +364,33 @@ def iter_frames_in_new_code(
         yield from iter_active_functions(pid, memory, arch, ranges, positions)
 
 
-def record_code_sizes(journal: Journal, plans: list[ReloadPlan], images: list[LinkedImage]) -> None:
-    """Note in each entry patch how long the code it jumps to is (for the next reload)."""
+#: How many earlier versions of a function's code a journal remembers.
+MAX_EARLIER = 32
+
+
+def code_history(journal: Journal) -> dict[str, list[list[int]]]:
+    """Per entry patch, the code its reloads loaded so far (taken before a reload)."""
+    return {
+        key: [*p.earlier, [p.target, p.size]][-MAX_EARLIER:] if p.size else list(p.earlier)
+        for key, p in journal.patches.items()
+    }
+
+
+def record_code_sizes(
+    journal: Journal,
+    plans: list[ReloadPlan],
+    images: list[LinkedImage],
+    history: dict[str, list[list[int]]],
+) -> None:
+    """Note in each entry patch how long the code it jumps to is, and the code
+    earlier reloads loaded (``history``, from :func:`code_history`): a later reload
+    finds threads inside any of it and moves their frames on."""
     sizes: dict[int, int] = {}
     for plan, image in zip(plans, images, strict=True):
         for d in plan.with_status(Decision.CHANGED):
             sizes[image.get_symbol_address(d.symbol)] = d.symbol.size
-    for patch in journal.patches.values():
+    for key, patch in journal.patches.items():
         size = sizes.get(patch.target)
         if size:
             patch.size = size
+            patch.earlier = [r for r in history.get(key, []) if r[0] != patch.target]

@@ -37,6 +37,9 @@ class EntryPatch:
     #: Bytes of code at ``target`` (0: unknown), so that a later reload can find
     #: threads inside that code and move their frames on.
     size: int = 0
+    #: ``[address, size]`` of the code earlier reloads jumped to (threads may still
+    #: be in it), newest last.
+    earlier: list[list[int]] = field(default_factory=list)
 
 
 class DefinitionKind(enum.StrEnum):
@@ -276,6 +279,7 @@ _FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
     "int": _is_int,
     "float": lambda v: _is_int(v) or isinstance(v, float),
     "str | None": lambda v: v is None or isinstance(v, str),
+    "list[list[int]]": lambda v: isinstance(v, list) and all(map(_is_pair, v)),
 }
 #: Fields whose JSON string is an enum's value: checked, and read back as the enum.
 _ENUM_FIELDS: dict[str, type[enum.StrEnum]] = {"DefinitionKind": DefinitionKind}

@@ -52,6 +52,7 @@ from relive.patch.block import allocate_and_link, protect_code, release_block, w
 from relive.patch.entries import EntrySite, EntryWrite, iter_entry_sites
 from relive.patch.frames import (
     FramePlan,
+    code_history,
     iter_frames_in_new_code,
     prepare_frame_mover,
     record_code_sizes,
@@ -132,6 +133,7 @@ def apply_reload(
     if not move_frames:  # else decided while threads are held, after moving frames
         refuse_running_loop_heads(pid, itertools.chain(*sites), memory, arch)
     frames = None
+    history = code_history(journal)
     # Nothing changes in the target unless the journal can be written.
     before = save_journal(journal)
     images: list[LinkedImage] = []
@@ -174,7 +176,7 @@ def apply_reload(
             raise
         # 7. Commit, still inside held_signals.
         commit(journal)
-        record_code_sizes(journal, plans, images)
+        record_code_sizes(journal, plans, images, history)
         save_journal(journal)
     active = [] if positions is None else _find_active(pid, plans, memory, arch, positions)
     if frames is not None:
