@@ -7,6 +7,7 @@ the jump would crash the thread still looping there.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,36 @@ def test_running_loop_over_the_entry_is_refused(
     assert "loop jumps back into the first bytes" in err
     assert len(err.strip().splitlines()) == 1
     assert_untouched(target)
+
+
+def _branches_into_by_brute_force(code: bytes, address: int, low: int, high: int) -> bool:
+    """Every offset tried as a rel8 or rel32 branch: what the byte scan must never miss."""
+    rel8 = {*range(0x70, 0x80), 0xEB, 0xE0, 0xE1, 0xE2, 0xE3}
+    for i in range(len(code) - 1):
+        if (
+            code[i] in rel8
+            and low
+            < address + i + 2 + int.from_bytes(code[i + 1 : i + 2], "little", signed=True)
+            < high
+        ):
+            return True
+        for opcode, size in ((b"\xe9", 5), (b"\x0f", 6)):
+            if code[i : i + 1] != opcode or i + size > len(code):
+                continue
+            if opcode == b"\x0f" and not 0x80 <= code[i + 1] <= 0x8F:
+                continue
+            rel = int.from_bytes(code[i + size - 4 : i + size], "little", signed=True)
+            if low < address + i + size + rel < high:
+                return True
+    return False
+
+
+def test_branch_scan_never_misses_a_candidate() -> None:
+    from relive.arch.x86_64.disasm import _may_branch_into
+
+    chooser = random.Random(9)
+    for _ in range(3000):
+        code = bytes(chooser.randrange(256) for _ in range(chooser.randrange(6, 260)))
+        low = 0x1000 + chooser.choice((0, 4))
+        if _branches_into_by_brute_force(code, 0x1000, low, low + 5):
+            assert _may_branch_into(code, 0x1000, low, low + 5), code.hex()

@@ -9,7 +9,11 @@ from typing import Any
 #: Opcodes of direct branches with an 8-bit displacement: jcc, jmp, loop*, jrcxz.
 _REL8_OPCODES = frozenset([*range(0x70, 0x80), 0xEB, 0xE0, 0xE1, 0xE2, 0xE3])
 #: ``jmp rel32`` (e9) and ``jcc rel32`` (0f 80..8f), with their lengths.
-_REL32_BRANCH = re.compile(rb"\xe9|\x0f[\x80-\x8f]")
+_REL32_BRANCH = re.compile(rb"\xe9|\x0f[\x80-\x8f]")  # never overlap
+#: A rel8 branch opcode followed by a negative displacement.
+#: (The displacement is a lookahead, so that overlapping candidates are all found:
+#: e0-e3 and eb are negative displacements themselves.)
+_BACKWARD_REL8 = re.compile(rb"[\x70-\x7f\xe0-\xe3\xeb](?=[\x80-\xff])")
 
 
 @cache
@@ -58,19 +62,27 @@ def branches_into(code: bytes, address: int, low: int, high: int) -> bool:
 
 
 def _may_branch_into(code: bytes, address: int, low: int, high: int) -> bool:
-    # A rel8 branch reaches at most 129 bytes back: only the first bytes can matter.
-    for i in range(min(len(code) - 1, high - address + 127)):
-        if code[i] in _REL8_OPCODES:
-            rel = code[i + 1] - 256 if code[i + 1] >= 128 else code[i + 1]
-            if low < address + i + 2 + rel < high:
-                return True
+    start, end = low - address, high - address  # the window, as offsets into code
+    # A rel8 branch reaches at most 128 bytes back, so only the first bytes matter,
+    # and past the window only a backward one (negative displacement) can land in it.
+    for i in range(min(len(code) - 1, end)):
+        if code[i] in _REL8_OPCODES and start < i + 2 + _signed8(code[i + 1]) < end:
+            return True
+    for match in _BACKWARD_REL8.finditer(code, 0, end + 128):
+        i = match.start()
+        if start < i + 2 + _signed8(code[i + 1]) < end:
+            return True
     for match in _REL32_BRANCH.finditer(code):
-        end = match.end() + 4
-        if end <= len(code):
-            rel = int.from_bytes(code[match.end() : end], "little", signed=True)
-            if low < address + end + rel < high:
+        field_end = match.end() + 4
+        if field_end <= len(code):
+            rel = int.from_bytes(code[match.end() : field_end], "little", signed=True)
+            if start < field_end + rel < end:
                 return True
     return False
+
+
+def _signed8(byte: int) -> int:
+    return byte - 256 if byte >= 128 else byte
 
 
 def follows_call(before: bytes) -> bool:
