@@ -17,43 +17,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from relive.arch import get_arch
-from relive.errors import ReliveError, UsageError
+from relive.errors import ReliveError
 from relive.events import (
     EventSink,
-    FrameMoved,
-    FrameStays,
     FrameStaysNew,
     FunctionActive,
-    FunctionAdded,
-    FunctionRedirected,
     FunctionRestored,
-    FunctionSkipped,
-    FunctionUnchanged,
     Notice,
     ReloadFinished,
     Timings,
     ignore_event,
 )
-from relive.link import LinkedImage
-from relive.patch.frames import FramePlan
-from relive.patch.journal import CorruptJournal, Journal, load_journal, save_journal
+from relive.patch.journal import load_journal, save_journal
 from relive.patch.lock import process_lock
 from relive.patch.modules import get_main_module, load_running_modules
-from relive.patch.plan import Decision, ReloadPlan, find_orphan_clones
 from relive.patch.planning import (
     PlanContext,
     ReloadOptions,
     Topic,
     announce,
+    check_paths,
     lap,
     plan_reload,
     reroute_too_small,
 )
-from relive.patch.recover import check_originals, rebuild_journal
+from relive.patch.recover import load_or_rebuild_journal
+from relive.patch.report import FunctionOutcomes, report_decisions, report_frames
 from relive.patch.transaction import apply_reload, undo_patches
 from relive.process.memory import ProcessMemory
 from relive.process.permissions import find_other_user
-from relive.process.procfs import check_alive, get_start_time, get_tgid
+from relive.process.procfs import check_alive, get_tgid
 from relive.statedir import scratch_dir
 
 
@@ -138,11 +131,7 @@ class Session:
         new code where that is provably safe (``patch.frames``).
         The plan side is ``patch.planning``, the transaction ``patch.transaction``.
         """
-        if debug and any(Path(p).suffix == ".o" for p in paths):
-            raise UsageError(
-                "--debug recompiles sources: it takes .c files, not objects",
-                hint="name the .c file to recompile for debugging",
-            )
+        check_paths(paths, debug)
         options = ReloadOptions(
             functions, cflags, compdb, trust_build, new_file, allow_layout_change, debug
         )
@@ -157,7 +146,6 @@ class Session:
         reinit: Collection[str],
         move_frames: bool = True,
     ) -> ReloadResult:
-        _check_paths(paths)
         result = ReloadResult()
         phases = result.phases_ms
         started = time.perf_counter()
@@ -183,7 +171,7 @@ class Session:
             reinits = announce(plans, reinit, self.emit)
             mark = time.perf_counter()
             if dry_run:
-                self._report(plans, None, result)
+                self._take(report_decisions(plans, None, self.emit), result)
                 self._finished(result, dry_run=True)
                 return result
             for plan in plans:
@@ -192,8 +180,8 @@ class Session:
                 self.pid, plans, journal, memory, arch, reinits, modules, self.emit, move_frames
             )
             result.stopped_us = applied.stopped_seconds * 1e6
-            self._report(plans, applied.images, result)
-            self._report_frames(applied.frames)
+            self._take(report_decisions(plans, applied.images, self.emit), result)
+            report_frames(applied.frames, self.emit)
             for name, tid in applied.active:
                 self.emit(FunctionActive(name, tid))
             for notice in applied.notices:
@@ -203,17 +191,12 @@ class Session:
         self._finished(result, dry_run=False)
         return result
 
-    def _report_frames(self, plan: FramePlan | None) -> None:
-        """One line per moved frame; one per function and thread whose frame stays."""
-        if plan is None:
-            return
-        for move in plan.moves:
-            self.emit(FrameMoved(move.tid, move.function, move.old, move.new, move.how))
-        said = set()
-        for stay in plan.stays:
-            if (stay.function, stay.tid) not in said:
-                said.add((stay.function, stay.tid))
-                self.emit(FrameStays(stay.tid, stay.function, stay.reason))
+    @staticmethod
+    def _take(outcomes: FunctionOutcomes, result: ReloadResult) -> None:
+        result.redirected += outcomes.redirected
+        result.added += outcomes.added
+        result.unchanged += outcomes.unchanged
+        result.skipped += outcomes.skipped
 
     def _finished(self, result: ReloadResult, dry_run: bool) -> None:
         self.emit(
@@ -226,40 +209,11 @@ class Session:
             )
         )
 
-    def _report(
-        self, plans: list[ReloadPlan], images: list[LinkedImage] | None, result: ReloadResult
-    ) -> None:
-        for i, plan in enumerate(plans):
-            image = images[i] if images else None
-            for d in plan.decisions:
-                loaded = image is not None and d.status in (Decision.CHANGED, Decision.NEW)
-                new = image.get_symbol_address(d.symbol) if loaded and image else 0
-                if d.status is Decision.CHANGED:
-                    assert d.old is not None
-                    result.redirected.append(d.name)
-                    self.emit(FunctionRedirected(d.name, d.old.address, new))
-                elif d.status is Decision.NEW:
-                    result.added.append(d.name)
-                    self.emit(FunctionAdded(d.name, new))
-                elif d.status is Decision.UNCHANGED:
-                    result.unchanged.append(d.name)
-                    self.emit(FunctionUnchanged(d.name))
-                else:
-                    result.skipped.append(d.name)
-                    self.emit(FunctionSkipped(d.name, d.reason))
-            for clone in find_orphan_clones(plan):
-                self.emit(
-                    Notice(
-                        f"{clone} (a compiler clone in the running program) has no counterpart "
-                        "in the new code: its callers were reloaded instead"
-                    )
-                )
-
     # -- undo and status ------------------------------------------------------------
 
     def status(self) -> list[PatchStatus]:
         """Every patch relive applied to this process, checked against memory."""
-        journal, _ = self._journal_or_rebuilt()
+        journal, _ = load_or_rebuild_journal(self.pid, self.emit)
         out = []
         with ProcessMemory(self.pid) as memory:
             for patch in journal.patches.values():
@@ -283,29 +237,9 @@ class Session:
         with process_lock(self.pid):
             return self._undo(functions)
 
-    def _journal_or_rebuilt(self, verify_originals: bool = False) -> tuple[Journal, bool]:
-        """The journal; if it is corrupt (or, with ``verify_originals``, would put back
-        bytes the module files do not hold), one rebuilt from memory and the module
-        files, and True."""
-        try:
-            journal = load_journal(self.pid)
-            if verify_originals:
-                check_originals(self.pid, journal, journal.patches.values())
-            return journal, False
-        except CorruptJournal as corrupt:
-            journal, unchecked = rebuild_journal(self.pid, get_start_time(self.pid))
-            skipped = f" (not compared: {', '.join(unchecked)})" if unchecked else ""
-            self.emit(
-                Notice(
-                    f"{corrupt.message}; what is patched was found again by comparing memory "
-                    f"with the module files{skipped}"
-                )
-            )
-            return journal, True
-
     def _undo(self, functions: Collection[str] | None) -> list[str]:
         # Never trust a journal's bytes: put back only what the module files hold.
-        journal, rebuilt = self._journal_or_rebuilt(verify_originals=True)
+        journal, rebuilt = load_or_rebuild_journal(self.pid, self.emit, verify_originals=True)
         keys = [k for k, p in journal.patches.items() if functions is None or p.name in functions]
         if functions is not None:
             unknown = set(functions) - {journal.patches[k].name for k in keys}
@@ -324,18 +258,3 @@ class Session:
         for notice in notices:
             self.emit(Notice(notice))
         return [p.name for p in restored]
-
-
-def _check_paths(paths: Sequence[str | Path]) -> None:
-    if not paths:
-        raise UsageError("nothing to reload", hint="name at least one .c or .o file")
-    for path in map(Path, paths):
-        if path.suffix not in (".c", ".o"):
-            raise UsageError(
-                f"{path}: relive reloads C sources (.c) and objects (.o)",
-                hint="name the .c file that defines the functions you changed",
-            )
-        if not path.exists():
-            raise UsageError(f"no such file: {path}", hint="check the path")
-        if not path.is_file():  # a FIFO or a device would hang the compile or the read
-            raise UsageError(f"{path} is not a regular file", hint="name a .c or .o file on disk")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from relive.elf.objfile import parse_elf_header, parse_section_headers, section_names
+from relive.errors import ReliveError
 
 #: Pointer encodings (DW_EH_PE_*): low nibble is the format, high nibble how it applies.
 _PE_OMIT = 0xFF
@@ -465,12 +466,8 @@ def load_frame_table(path: str) -> FrameTable | None:
     try:
         st = os.stat(path)
         return _load_file_table(path, (st.st_ino, st.st_mtime_ns, st.st_size))
-    except (OSError, ValueError, CfiError):
+    except (OSError, ValueError, CfiError, ReliveError):  # a malformed file: no table
         return None
-    except Exception as error:  # a malformed file is "no table", never a crash
-        if type(error).__module__.startswith("relive"):
-            return None
-        raise
 
 
 def pack_row(row: Row) -> list[object]:

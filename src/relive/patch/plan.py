@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from relive.errors import LinkError
 from relive.link import Bound, Layout, LinkedImage, LinkRequest, link, plan_layout
 from relive.link.linker import GOT_SYMBOL
 from relive.patch.binder import Binder, OldDefinition, is_skipped_section
+from relive.patch.decision import Decision as Decision
 from relive.patch.diff import FunctionComparer
 from relive.patch.initial import DataChange, find_initial_changes
 from relive.patch.modules import RunningModule
@@ -38,21 +38,6 @@ class FarDataReference(LinkError):
             hint="rebuild the program as PIE, or compile with -mno-direct-extern-access",
         )
         self.names = names
-
-
-class Decision(enum.StrEnum):
-    """What a reload does with one function (its value is what reports say)."""
-
-    #: Its code differs: the running entry will jump to the new code.
-    CHANGED = "changed"
-    #: The program has no such function: loaded, reachable from the new code.
-    NEW = "new"
-    UNCHANGED = "unchanged"
-    #: Left as it runs (not selected, or a weak definition a strong one overrides).
-    SKIPPED = "skipped"
-    #: Loaded with its function but never an entry point (``f.cold``, or a function
-    #: too small for an entry jump, reached through its reloaded callers).
-    PART = "part"
 
 
 @dataclass

@@ -24,7 +24,7 @@ from pathlib import Path
 from relive.arch.base import Arch
 from relive.elf.dwarf import find_compile_unit
 from relive.elf.objfile import ObjectFile
-from relive.errors import BadObject
+from relive.errors import BadObject, UsageError
 from relive.events import Compiled, EventSink, Notice
 from relive.patch.binder import Binder
 from relive.patch.entries import find_too_small, too_small_error
@@ -98,6 +98,27 @@ class PlanContext:
         if self.options.new_file and self.options.functions is None:
             return ()
         return self.options.functions
+
+
+def check_paths(paths: Sequence[str | Path], debug: bool = False) -> None:
+    """Refuse (UsageError) a reload of nothing, or of what is not a .c or .o file."""
+    if debug and any(Path(p).suffix == ".o" for p in paths):
+        raise UsageError(
+            "--debug recompiles sources: it takes .c files, not objects",
+            hint="name the .c file to recompile for debugging",
+        )
+    if not paths:
+        raise UsageError("nothing to reload", hint="name at least one .c or .o file")
+    for path in map(Path, paths):
+        if path.suffix not in (".c", ".o"):
+            raise UsageError(
+                f"{path}: relive reloads C sources (.c) and objects (.o)",
+                hint="name the .c file that defines the functions you changed",
+            )
+        if not path.exists():
+            raise UsageError(f"no such file: {path}", hint="check the path")
+        if not path.is_file():  # a FIFO or a device would hang the compile or the read
+            raise UsageError(f"{path} is not a regular file", hint="name a .c or .o file on disk")
 
 
 def plan_reload(paths: Sequence[Path], ctx: PlanContext) -> list[ReloadPlan]:

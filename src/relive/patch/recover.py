@@ -14,13 +14,38 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from relive.errors import ReliveError
+from relive.events import EventSink, Notice
 from relive.patch.inherit import find_entry_jumps
-from relive.patch.journal import CorruptJournal, EntryPatch, Journal, journal_path
+from relive.patch.journal import CorruptJournal, EntryPatch, Journal, journal_path, load_journal
 from relive.patch.modules import RunningModule, load_running_modules
 from relive.patch.original import read_original_code
 from relive.process.memory import ProcessMemory
+from relive.process.procfs import get_start_time
 
-__all__ = ["check_originals", "rebuild_journal"]
+__all__ = ["check_originals", "load_or_rebuild_journal", "rebuild_journal"]
+
+
+def load_or_rebuild_journal(
+    pid: int, emit: EventSink, verify_originals: bool = False
+) -> tuple[Journal, bool]:
+    """The journal of ``pid``; if it is corrupt (or, with ``verify_originals``, would
+    put back bytes the module files do not hold), one rebuilt from memory and the
+    module files, said in a notice, and True."""
+    try:
+        journal = load_journal(pid)
+        if verify_originals:
+            check_originals(pid, journal, journal.patches.values())
+        return journal, False
+    except CorruptJournal as corrupt:
+        journal, unchecked = rebuild_journal(pid, get_start_time(pid))
+        skipped = f" (not compared: {', '.join(unchecked)})" if unchecked else ""
+        emit(
+            Notice(
+                f"{corrupt.message}; what is patched was found again by comparing memory "
+                f"with the module files{skipped}"
+            )
+        )
+        return journal, True
 
 
 def rebuild_journal(pid: int, start_time: int) -> tuple[Journal, list[str]]:

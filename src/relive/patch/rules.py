@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from relive.elf.objfile import ObjectFile, ObjSymbol
 from relive.errors import ReliveError
+from relive.patch.decision import Decision
 
 _CONSTRUCTOR_SECTIONS = (".init_array", ".ctors", ".preinit_array")
 
@@ -88,24 +89,23 @@ def _function_at(obj: ObjectFile, symbol: ObjSymbol, addend: int) -> ObjSymbol |
     )
 
 
-def check_constructors(obj: ObjectFile, statuses: Mapping[str, str]) -> list[str]:
+def check_constructors(obj: ObjectFile, statuses: Mapping[str, Decision]) -> list[str]:
     """Refuse new constructors; notices for changed ones (they are not run again).
 
-    ``statuses`` maps the object's functions to their plan status ("new",
-    "changed", "unchanged", ...).
+    ``statuses`` maps the object's functions to their plan decision.
     """
     notices = []
     for constructor in find_constructors(obj):
         name = constructor.function.name
-        status = statuses.get(name, "new")
-        if status == "new":
+        status = statuses.get(name, Decision.NEW)
+        if status is Decision.NEW:
             raise ReliveError(
                 f"{obj.source_name or obj.path}: new constructor {name} ({constructor.section}): "
                 "relive runs no constructors in a running program (one may wait forever on a "
                 "lock a held thread owns)",
                 hint=f"call {name}() from code the program runs, or restart the program",
             )
-        if status == "changed":
+        if status is Decision.CHANGED:
             notices.append(
                 f"{name} is a constructor: the program ran it at start-up; "
                 "its new code runs only when something calls it"

@@ -1,0 +1,80 @@
+"""What a reload tells its caller: one event per function and per thread frame.
+
+The session reports through these after the transaction (or after planning, for
+a dry run): a line per function says what will run, the promise a user relies on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from relive.events import (
+    EventSink,
+    FrameMoved,
+    FrameStays,
+    FunctionAdded,
+    FunctionRedirected,
+    FunctionSkipped,
+    FunctionUnchanged,
+    Notice,
+)
+from relive.link import LinkedImage
+from relive.patch.frames import FramePlan
+from relive.patch.plan import Decision, ReloadPlan, find_orphan_clones
+
+
+@dataclass
+class FunctionOutcomes:
+    """The names of the functions a reload redirected, added, left or skipped."""
+
+    redirected: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def report_decisions(
+    plans: list[ReloadPlan], images: list[LinkedImage] | None, emit: EventSink
+) -> FunctionOutcomes:
+    """One event per function of every plan (``images``: None for a dry run), and a
+    notice per compiler clone the new code no longer has."""
+    outcomes = FunctionOutcomes()
+    for i, plan in enumerate(plans):
+        image = images[i] if images else None
+        for d in plan.decisions:
+            loaded = image is not None and d.status in (Decision.CHANGED, Decision.NEW)
+            new = image.get_symbol_address(d.symbol) if loaded and image else 0
+            if d.status is Decision.CHANGED:
+                assert d.old is not None
+                outcomes.redirected.append(d.name)
+                emit(FunctionRedirected(d.name, d.old.address, new))
+            elif d.status is Decision.NEW:
+                outcomes.added.append(d.name)
+                emit(FunctionAdded(d.name, new))
+            elif d.status is Decision.UNCHANGED:
+                outcomes.unchanged.append(d.name)
+                emit(FunctionUnchanged(d.name))
+            else:
+                outcomes.skipped.append(d.name)
+                emit(FunctionSkipped(d.name, d.reason))
+        for clone in find_orphan_clones(plan):
+            emit(
+                Notice(
+                    f"{clone} (a compiler clone in the running program) has no counterpart "
+                    "in the new code: its callers were reloaded instead"
+                )
+            )
+    return outcomes
+
+
+def report_frames(plan: FramePlan | None, emit: EventSink) -> None:
+    """One line per moved frame; one per function and thread whose frame stays."""
+    if plan is None:
+        return
+    for move in plan.moves:
+        emit(FrameMoved(move.tid, move.function, move.old, move.new, move.how))
+    said = set()
+    for stay in plan.stays:
+        if (stay.function, stay.tid) not in said:
+            said.add((stay.function, stay.tid))
+            emit(FrameStays(stay.tid, stay.function, stay.reason))
