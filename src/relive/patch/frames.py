@@ -28,7 +28,7 @@ from relive.patch.journal import DefinitionKind, EntryPatch, Journal
 from relive.patch.modules import RunningModule
 from relive.patch.original import read_original_code
 from relive.patch.plan import Decision, ReloadPlan
-from relive.patch.stacks import Frame, FrameTables, Location, Registers, unwind
+from relive.patch.stacks import Frame, FrameTables, Location, Registers, StackWindow, unwind
 from relive.process.memory import ProcessMemory
 from relive.process.procfs import find_mapping, read_maps
 from relive.process.samples import sample_positions
@@ -108,17 +108,27 @@ class FrameMover:
         self.registers = Registers(arch.dwarf_registers, arch.callee_saved)
         self.arch = arch
 
+    def warm(
+        self, memory: ProcessMemory, positions: list[tuple[int, int | None, int | None]]
+    ) -> None:
+        """Walk the stacks of blocked threads before they are held (from their PC and
+        stack pointer alone), so that the walk while they are held finds its unwind
+        rows worked out already."""
+        for _, pc, sp in positions:
+            if pc is None or sp is None:
+                continue
+            values = {self.registers.pc: pc, self.registers.stack_pointer: sp}
+            stack = StackWindow(memory.read, sp)
+            unwind(values, self.registers, stack.word, self.tables.find_row)
+
     def plan(self, stopped: StoppedProcess, memory: ProcessMemory) -> FramePlan:
         """Walk every held thread's stack; decide each frame inside old code."""
         plan = FramePlan()
-
-        def read_word(address: int) -> int:
-            return int.from_bytes(memory.read(address, 8), "little")
-
         for tid in stopped.tids:
             regs = stopped.get_regs(tid)
             values = {name: int(getattr(regs, name)) for name in self.registers.dwarf}
-            frames, complete = unwind(values, self.registers, read_word, self.tables.find_row)
+            stack = StackWindow(memory.read, values[self.registers.stack_pointer])
+            frames, complete = unwind(values, self.registers, stack.word, self.tables.find_row)
             if complete:
                 plan.complete.add(tid)
             in_syscall = self.arch.in_syscall is None or self.arch.in_syscall(regs)
@@ -207,7 +217,8 @@ def prepare_frame_mover(
     pairs = list(_iter_versions(plans, images, journal))
     if not pairs:
         return None
-    wanted = _functions_maybe_running(pid, memory, arch, pairs)
+    positions = sample_positions(pid)
+    wanted = _functions_maybe_running(pid, memory, arch, pairs, positions)
     if not wanted:
         return None
     equivalent = _Equivalence(pid, plans, images, memory)
@@ -228,7 +239,9 @@ def prepare_frame_mover(
             versions.append(_Version(name, start, start + size, None, _not_same_shape(shape)))
         else:
             versions.append(_Version(name, start, start + size, shape, ""))
-    return FrameMover(versions, FrameTables(modules), arch)
+    mover = FrameMover(versions, FrameTables(modules), arch)
+    mover.warm(memory, positions)
+    return mover
 
 
 def _not_same_shape(detail: str) -> str:
@@ -281,11 +294,14 @@ def _iter_versions(
 
 
 def _functions_maybe_running(
-    pid: int, memory: ProcessMemory, arch: Arch, pairs: list[_Pair]
+    pid: int,
+    memory: ProcessMemory,
+    arch: Arch,
+    pairs: list[_Pair],
+    positions: list[tuple[int, int | None, int | None]],
 ) -> set[str]:
     """Names a thread may be inside of, from a look at the threads without stopping them."""
     names = {p[0] for p in pairs}
-    positions = sample_positions(pid)
     if len(names) <= MATCH_ALL_LIMIT and any(pc is None for _, pc, _ in positions):
         return names  # a running thread: it could be anywhere
     ranges: dict[str, tuple[int, int]] = {}

@@ -47,8 +47,16 @@ class FrameTables:
             table = load_frame_table(module.file)
             if table is not None:
                 self.ranges.append((module.start, module.end, module.bias, table))
+        #: Rows already worked out (warmed before threads are held, see ``warm``).
+        self._rows: dict[int, Row | None] = {}
 
     def find_row(self, address: int) -> Row | None:
+        """The unwind row at ``address`` (None: no table covers it)."""
+        if address not in self._rows:
+            self._rows[address] = self._find_row(address)
+        return self._rows[address]
+
+    def _find_row(self, address: int) -> Row | None:
         for start, end, bias, table in self.ranges:
             if start <= address < end:
                 try:
@@ -75,6 +83,28 @@ class Registers:
         if 0 <= number < len(self.dwarf):
             return self.dwarf[number]
         raise KeyError(number)
+
+
+class StackWindow:
+    """Reads of one stack, served from a single read of its top (while held)."""
+
+    def __init__(self, read: Callable[[int, int], bytes], sp: int) -> None:
+        self.read = read
+        self.base = sp & ~7
+        self.data = b""
+        to_page_end = 4096 - (self.base & 4095)
+        for size in (to_page_end + 8192, to_page_end):  # a stack may end in a few pages
+            try:
+                self.data = read(self.base, size)
+                break
+            except (ReliveError, OSError):
+                continue
+
+    def word(self, address: int) -> int:
+        offset = address - self.base
+        if 0 <= offset <= len(self.data) - 8:
+            return int.from_bytes(self.data[offset : offset + 8], "little")
+        return int.from_bytes(self.read(address, 8), "little")
 
 
 def unwind(

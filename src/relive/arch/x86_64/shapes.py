@@ -319,6 +319,7 @@ class ShapeMap:
     tainted: list[frozenset[str]] = field(default_factory=list)
     live: list[frozenset[str]] = field(default_factory=list)
     _reaching: dict[str, list[frozenset[int]]] = field(default_factory=dict)
+    _resumes: dict[int, Resume | str] = field(default_factory=dict)
 
     @property
     def changed(self) -> list[str]:
@@ -327,8 +328,19 @@ class ShapeMap:
             f"{i.address:#x}: {i.text}" for i, d in zip(self.old, self.differs, strict=True) if d
         ]
 
+    def prepare(self) -> None:
+        """Work out :meth:`resume` for every return address (after each call) now,
+        before threads are held; a PC elsewhere is worked out when asked."""
+        for k, insn in enumerate(self.old[:-1]):
+            if insn.kind == "call":
+                self._resumes[self.old[k + 1].address] = self._resume(self.old[k + 1].address)
+
     def resume(self, old_pc: int) -> Resume | str:
         """Where a frame at ``old_pc`` continues, or why it cannot move."""
+        found = self._resumes.get(old_pc)
+        return found if found is not None else self._resume(old_pc)
+
+    def _resume(self, old_pc: int) -> Resume | str:
         i = self.index.get(old_pc)
         if i is None:
             return f"{old_pc:#x} is not an instruction boundary of the old code"
@@ -414,6 +426,7 @@ def match_shapes(
     shape = ShapeMap(old, new, differs, successors, index)
     shape.tainted = _taint(old, differs, successors)
     shape.live = _liveness(old, successors)
+    shape.prepare()
     return shape
 
 
