@@ -230,3 +230,57 @@ def test_sigkill_at_every_ptrace_call_of_an_undo(tmp_path: Path, spawn: SpawnFac
         assert_survived_and_exact(target, exe, f"undo killed at {k}")
         target.stop()
         k += 1
+
+
+FP_BUSY = r"""
+#include <stdio.h>
+int table[2] = {1, 2};
+__attribute__((noinline)) int value(void) { return table[0]; }
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    double x = 0.0, y = 0.0;  /* at -O2 both live in xmm registers */
+    for (unsigned long n = 1;; n++) {
+        x += 1.0;
+        y += 0.5;
+        if (x != (double)n || y * 2.0 != x) {
+            printf("FP ERROR at %lu\n", n);
+            x = (double)n;
+            y = n / 2.0;
+        }
+        if ((n & 0xffffff) == 0) printf("value %d\n", value());
+    }
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_sigkill_while_a_busy_thread_runs_an_injected_syscall(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    """The borrowed thread is busy (no idle one): its registers, including the SSE
+    ones its loop keeps its values in, come back from the restore frame."""
+    exe = compile_c(tmp_path, FP_BUSY, flags=("-g", "-O2"))
+    edit(tmp_path / "prog.c", "return table[0];", "return table[1];")
+    strace = ["strace", "-qq", "-e", "trace=ptrace"]
+    target = spawn([exe])
+    target.wait_for(r"^value 1$")
+    trace = tmp_path / "trace.txt"
+    command = reload_command(target.pid, tmp_path / "prog.c")
+    subprocess.run([*strace, "-o", str(trace), *command], check=True, capture_output=True)
+    target.wait_for(r"^value 2$")
+    target.stop()
+    calls = [line for line in trace.read_text().splitlines() if "ptrace(" in line]
+    setregs = [k for k, line in enumerate(calls, 1) if "PTRACE_SETREGS" in line]
+    assert len(setregs) >= 2
+    # Every kill point while the first injected syscall has the thread.
+    for k in range(setregs[0] + 1, setregs[1] + 1):
+        target = spawn([exe])
+        target.wait_for(r"^value 1$")
+        inject = f"inject=ptrace:signal=SIGKILL:when={k}"
+        command = reload_command(target.pid, tmp_path / "prog.c")
+        subprocess.run([*strace, "-o", "/dev/null", "-e", inject, *command], capture_output=True)
+        target.wait_for(r"^value \d$", after=target.mark())
+        target.wait_for(r"^value \d$", after=target.mark())  # it keeps going
+        assert target.alive()
+        assert not [line for line in target.lines if "ERROR" in line], k
+        target.stop()
