@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from relive.arch.base import Arch
@@ -25,7 +25,7 @@ from relive.elf.objfile import ObjectFile, ObjSymbol, Section
 from relive.elf.symtab import ImageSymbol
 from relive.errors import LayoutChanged, LinkError
 from relive.link import Bound
-from relive.patch.journal import DefinitionKind, SourceRecord
+from relive.patch.journal import Definition, DefinitionKind, SourceRecord
 from relive.patch.modules import RunningModule
 from relive.patch.rules import in_relro, is_label_table
 
@@ -80,6 +80,9 @@ class Binder:
         read_memory: MemoryReader,
         arch: Arch,
         call_function: Callable[[int], int] | None = None,
+        earlier: Mapping[str, Definition] | None = None,
+        peers: Mapping[str, int] | None = None,
+        provisional: int = 0,
     ) -> None:
         self.obj = obj
         self.module = module
@@ -89,6 +92,16 @@ class Binder:
         self.arch = arch
         #: Runs a function of the target (no arguments) and returns its result.
         self.call_function = call_function
+        #: New global functions and variables earlier reloads of other files added.
+        self.earlier = earlier or {}
+        #: Names that other files of this same reload define and the process does
+        #: not (name -> index of that file): one symbol space for one reload.
+        self.peers = peers or {}
+        #: Where a peer's symbol is assumed to be until its block has an address
+        #: (an address in reach of this module, so that a trial link succeeds).
+        self.provisional = provisional
+        #: The peer symbols the new code uses (name -> index of the defining file).
+        self.peer_refs: dict[str, int] = {}
         self._externals: dict[str, Bound | None] = {}
         self._file_groups: set[str] | None = None
         self._locals_by_name: dict[str, list[ImageSymbol]] | None = None
@@ -280,6 +293,18 @@ class Binder:
             if symbol.type == STT_GNU_IFUNC:
                 return Bound(address=self._resolve_ifunc(module, symbol), size=symbol.size)
             return Bound(address=module.runtime(symbol.value), size=symbol.size)
+        return self._resolve_added(name)
+
+    def _resolve_added(self, name: str) -> Bound | None:
+        """A function or variable that relive added: in an earlier reload of another
+        file (the journal knows it), or in another file of this reload."""
+        earlier = self.earlier.get(name)
+        if earlier is not None:
+            return Bound(address=earlier.address, size=earlier.size)
+        peer = self.peers.get(name)
+        if peer is not None:
+            self.peer_refs[name] = peer
+            return Bound(address=self.provisional)
         return None
 
     def _external_tls(self, module: RunningModule, symbol: ImageSymbol) -> Bound:

@@ -8,9 +8,12 @@ its code pages become read+execute: no page is ever writable and executable.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+
 from relive.arch.base import Arch
 from relive.errors import LinkError, ReliveError
-from relive.link import LinkedImage, link
+from relive.link import Bound, LinkedImage, link
 from relive.patch.placement import iter_candidate_addresses, page_round
 from relive.patch.plan import ReloadPlan
 from relive.process.memory import ProcessMemory
@@ -68,6 +71,47 @@ def allocate_and_link(pid: int, plan: ReloadPlan, arch: Arch, reinit: bool = Fal
     raise ReliveError(
         f"no free address within reach of {plan.module.name} for {size} bytes of new code",
         hint="the address space near the module is full; restart the program",
+    )
+
+
+def link_across(plans: Sequence[ReloadPlan], images: Sequence[LinkedImage]) -> list[LinkedImage]:
+    """Relink each block that uses a function or variable another block of the same
+    reload defines, now that every block has its address.
+
+    Until then such a symbol was bound to a provisional address in reach (see
+    ``Binder.peers``): the layout, stubs and GOT slots do not depend on the value.
+    """
+    linked = list(images)
+    for index, plan in enumerate(plans):
+        refs = plan.binder.peer_refs
+        if not refs:
+            continue
+        request = plan.layout.request
+        resolved = {
+            name: _peer_address(name, plans[peer], images[peer]) for name, peer in refs.items()
+        }
+        externals = {**request.externals, **resolved}
+        layout = dataclasses.replace(
+            plan.layout, request=dataclasses.replace(request, externals=externals)
+        )
+        linked[index] = link(layout, images[index].base)
+    return linked
+
+
+def _peer_address(name: str, plan: ReloadPlan, image: LinkedImage) -> Bound:
+    """Where ``name``, defined by ``plan``, lives: in its block, or (when that file's
+    definition was not loaded) wherever the plan binds it."""
+    for symbol in plan.obj.symbols:
+        if symbol.name == name and symbol.is_defined and not symbol.is_local:
+            address = image.find_section_address(symbol.shndx)
+            if address is not None:
+                return Bound(address=address + symbol.value, size=symbol.size)
+            bound = plan.layout.request.bound_sections.get(symbol.shndx)
+            if bound is not None and bound.address is not None:
+                return Bound(address=bound.address + symbol.value, size=symbol.size)
+    raise LinkError(
+        f"{name}: defined by {plan.source} but neither loaded nor bound",
+        hint="this is a relive bug: please report it with both files",
     )
 
 

@@ -123,6 +123,18 @@ class Journal:
         """Remember blocks of memory relive mapped: (address, size)."""
         self.regions.extend(regions)
 
+    def added_globals(self, excluding: str) -> dict[str, Definition]:
+        """Global functions and variables relive added, from sources other than
+        ``excluding`` (the file being reloaded, which brings its own)."""
+        return {
+            name: definition
+            for source, record in self.sources.items()
+            if source != excluding
+            for name, definition in record.definitions.items()
+            if definition.file is None
+            and definition.kind in (DefinitionKind.FUNCTION, DefinitionKind.DATA)
+        }
+
     def forget_patch(self, key: str) -> None:
         """Drop an entry patch whose original bytes are back.  The original code
         runs again, so the next reload of its source compares with that code."""

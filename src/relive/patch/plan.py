@@ -404,8 +404,8 @@ def _resolve_externals(obj: ObjectFile, binder: Binder, load: set[int]) -> dict[
     if missing:
         raise LinkError(
             f"the new code needs {', '.join(sorted(missing))}, which the process does not define",
-            hint="define it in the reloaded file, or link the library that provides it and "
-            "restart the program",
+            hint="define it in the reloaded file, reload the file that defines it in the same "
+            "command, or link the library that provides it and restart the program",
         )
     return externals
 

@@ -5,7 +5,7 @@ For each file: find how it was compiled (``relive.toolchain``) and compile it
 decide per function (``patch.plan``).  Two steps may change the plan before
 anything is written, each explicit here:
 
-* :func:`plan_file`: when the new code reaches another module's variables
+* :func:`plan_unit`: when the new code reaches another module's variables
   directly and they are out of reach (:class:`FarData`), recompile with the
   flags that make it go through the GOT, as the running program does;
 * :func:`reroute_too_small`: a changed function too small for an entry jump is
@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,32 +124,69 @@ def check_paths(paths: Sequence[str | Path], debug: bool = False) -> None:
 def plan_reload(paths: Sequence[Path], ctx: PlanContext) -> list[ReloadPlan]:
     """One plan per file, in order (nothing is written to the process).
 
+    Every file is compiled first: the files of one reload share one symbol
+    space, so a function or variable one of them adds can be used by another
+    (the transaction gives each its final address once every block has one).
+
     Raises LayoutChanged when the new code would use data the program holds
-    with another layout (types checked from DWARF)."""
-    plans = [plan_file(path, index, ctx) for index, path in enumerate(paths)]
+    with another layout (types checked from DWARF).
+    """
+    units = [_compile_unit(path, index, ctx) for index, path in enumerate(paths)]
+    peers = _peer_symbols(units, ctx) if len(units) > 1 else {}
+    plans = [
+        plan_unit(unit, {name: i for name, i in peers.items() if i != index}, ctx)
+        for index, unit in enumerate(units)
+    ]
     mark = time.perf_counter()
     check_layouts(plans, ctx.arch, ctx.options.allow_layout_change, ctx.emit)
     lap(ctx.phases, "types", mark)
     return plans
 
 
-def plan_file(path: Path, index: int, ctx: PlanContext) -> ReloadPlan:
-    """Compile ``path`` (a ``.o`` is used as is) and plan its reload."""
+@dataclass(frozen=True)
+class _Unit:
+    """One file of a reload, compiled (or a ``.o`` taken as is)."""
+
+    path: Path
+    index: int
+    object_path: Path
+    #: How it was compiled (None for a ``.o``) and the module it belongs to.
+    command: CompileCommand | None
+    module: RunningModule | None
+
+
+def _compile_unit(path: Path, index: int, ctx: PlanContext) -> _Unit:
     mark = time.perf_counter()
     if path.suffix == ".o":
         lap(ctx.phases, "compile", mark)
-        return _expect_plan(_plan_object(path, path, None, ctx))
+        return _Unit(path, index, path, None, None)
     command, module = _find_command(path, ctx)
     if ctx.options.debug:
         command = deoptimized(command)
-    out_dir = ctx.scratch / str(index)
-    obj_path = _compile(command, out_dir, ctx)
+    obj_path = _compile(command, ctx.scratch / str(index), ctx)
     lap(ctx.phases, "compile", mark)
-    planned = _plan_object(path, obj_path, module, ctx)
+    return _Unit(path, index, obj_path, command, module)
+
+
+def _peer_symbols(units: Sequence[_Unit], ctx: PlanContext) -> dict[str, int]:
+    """Global functions and variables each file defines (name -> file index)."""
+    peers: dict[str, int] = {}
+    for unit in units:
+        obj = ObjectFile.open(unit.object_path, expected_machines=(ctx.arch.elf_machine,))
+        for symbol in obj.symbols:
+            if symbol.is_defined and not symbol.is_local and not symbol.is_section:
+                peers.setdefault(symbol.name, unit.index)
+    return peers
+
+
+def plan_unit(unit: _Unit, peers: Mapping[str, int], ctx: PlanContext) -> ReloadPlan:
+    """Plan one compiled file; ``peers``: names other files of the reload define."""
+    path, module, command = unit.path, unit.module, unit.command
+    planned = _plan_object(path, unit.object_path, module, ctx, peers)
     if not isinstance(planned, FarData):
         return planned
-    extra = ctx.arch.indirect_extern_data_flags.get(_family(command))
-    if not extra:
+    extra = ctx.arch.indirect_extern_data_flags.get(_family(command)) if command else None
+    if command is None or not extra:
         raise FarDataReference(planned.names)
     # The program reaches these variables through its GOT (no copy relocation,
     # e.g. an LTO build); compile so that the new code does the same.
@@ -162,9 +199,9 @@ def plan_file(path: Path, index: int, ctx: PlanContext) -> ReloadPlan:
         )
     command = dataclasses.replace(command, flags=(*command.flags, *extra))
     mark = time.perf_counter()
-    obj_path = _compile(command, out_dir, ctx)
+    obj_path = _compile(command, ctx.scratch / str(unit.index), ctx)
     lap(ctx.phases, "compile", mark)
-    return _expect_plan(_plan_object(path, obj_path, module, ctx))
+    return _expect_plan(_plan_object(path, obj_path, module, ctx, peers))
 
 
 def announce(
@@ -223,7 +260,11 @@ def _expect_plan(planned: ReloadPlan | FarData) -> ReloadPlan:
 
 
 def _plan_object(
-    path: Path, obj_path: Path, module: RunningModule | None, ctx: PlanContext
+    path: Path,
+    obj_path: Path,
+    module: RunningModule | None,
+    ctx: PlanContext,
+    peers: Mapping[str, int],
 ) -> ReloadPlan | FarData:
     mark = time.perf_counter()
     obj = ObjectFile.open(obj_path, expected_machines=(ctx.arch.elf_machine,))
@@ -247,6 +288,9 @@ def _plan_object(
         ctx.memory.read,
         ctx.arch,
         call_function=lambda function: _call_in_target(ctx.pid, function),
+        earlier=ctx.journal.added_globals(excluding=key),
+        peers=peers,
+        provisional=module.start,
     )
     fingerprints = record.fingerprints if record else None
     planned = build_plan(

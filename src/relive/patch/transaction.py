@@ -7,6 +7,8 @@
    (``patch.loops``), before the first byte is allocated or written;
 2. allocate and link: each plan is linked at a free address within reach of
    its module, which is mapped read+write in the target (``patch.block``);
+   a file that uses a function or variable another file of the reload adds is
+   linked again once that file's block has its address (``link_across``);
 3. write the new code and data while the program runs (nothing jumps there
    yet), then protect the code pages read+execute; copy in the initial values
    ``--reinit`` chose (``patch.initial``);
@@ -48,7 +50,13 @@ from relive.events import BlockNotReleased, EventSink
 from relive.link import LinkedImage
 from relive.link.layout import MIN_CODE_ROOM
 from relive.patch.active import iter_active_functions
-from relive.patch.block import allocate_and_link, protect_code, release_block, write_block
+from relive.patch.block import (
+    allocate_and_link,
+    link_across,
+    protect_code,
+    release_block,
+    write_block,
+)
 from relive.patch.entries import EntrySite, EntryWrite, iter_entry_sites
 from relive.patch.frames import (
     FramePlan,
@@ -142,9 +150,10 @@ def apply_reload(
     positions: list[tuple[int, int, int]] | None = None
     with held_signals():
         try:
-            # 2. Allocate and link.
+            # 2. Allocate and link (again, for files that use what another adds).
             for plan, changes in zip(plans, reinits, strict=True):
                 images.append(allocate_and_link(pid, plan, arch, bool(changes)))
+            images[:] = link_across(plans, images)
             writes = _entry_writes(sites, images, arch)
             values = [
                 (change.bound.address or 0, plan.link_initial_value(change, image))
