@@ -16,7 +16,12 @@ from collections.abc import Sequence
 
 from relive.errors import ReliveError
 from relive.link import LinkedImage
-from relive.patch.debugfiles import append_perf_map, refresh_liveness, write_debug_objects
+from relive.patch.debugfiles import (
+    append_perf_map,
+    prune_expired,
+    refresh_liveness,
+    write_debug_objects,
+)
 from relive.patch.journal import Journal
 from relive.patch.modules import RunningModule, load_running_modules
 from relive.patch.unwind import deregister_unwind_tables, find_unwinder, register_unwind_tables
@@ -42,6 +47,7 @@ def publish_new_code(
                 "stop at the new code"
             )
     try:
+        prune_expired()
         write_debug_objects(journal, blocks, registered)
     except ReliveError as error:
         notices.append(f"no debug object written ({error.message}): gdb shows ?? for new code")
