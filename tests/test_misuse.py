@@ -272,3 +272,23 @@ def test_unselected_change_maps_nothing(
     )
     assert code == 0, err
     assert_untouched(running)
+
+
+@pytest.mark.parametrize("case", ["emptied", "empty-new-file", "no-such-function"])
+def test_reload_of_nothing_maps_nothing(
+    running: Target, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    source = tmp_path / "prog.c"
+    if case == "emptied":
+        source.write_text("")
+        argv = [str(source)]
+    elif case == "empty-new-file":
+        source = tmp_path / "other.c"
+        source.write_text("")
+        argv = ["--new-file", str(source)]
+    else:
+        # (a usage error once --function checks its names; either way nothing is mapped)
+        argv = ["--function", "no_such_function", str(source)]
+    code, err = run_cli(capsys, "reload", "-p", str(running.pid), *argv)
+    assert code in (0, 2), err
+    assert_untouched(running)
