@@ -191,7 +191,14 @@ def check_relocation_table(
     path: str, where: str, data: bytes, symbol_count: int, target: _Target
 ) -> None:
     """Every relocation names a symbol that exists and a place inside its section."""
-    for number, (offset, info, _) in enumerate(_RELA.iter_unpack(data)):
+    entries = list(_RELA.iter_unpack(data))
+    # The common case in two passes over tuples; the slow loop only names the culprit.
+    if not entries or (
+        max(info for _, info, _ in entries) >> 32 < symbol_count
+        and max(offset for offset, _, _ in entries) < target.size
+    ):
+        return
+    for number, (offset, info, _) in enumerate(entries):
         if info >> 32 >= symbol_count:
             raise bad_field(
                 path,
