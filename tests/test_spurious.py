@@ -23,6 +23,21 @@ PROG = r"""
 #include <smmintrin.h>
 volatile int sink;
 static __attribute__((noinline)) int leaf(int x) { return x * 3 + sink; }
+static const char *const names[] = {"", "one", "two", ""};
+/* Two jump tables in one section, after a tail call (a 2-byte jmp) that shifts them. */
+__attribute__((noinline)) int dispatch(int op, int x) {
+    if (__builtin_expect(x < 0, 1)) return leaf(x);
+    switch (op) {
+    case 0: x += 11; break; case 1: x *= 13; break; case 2: x -= 17; break;
+    case 3: x ^= 19; break; case 4: x <<= 2; break; case 5: x |= 23; break;
+    default: return x;
+    }
+    switch (x & 7) {
+    case 0: return x + names[1][0]; case 1: return x * 3; case 2: return x - 29;
+    case 3: return x ^ 31; case 4: return x + 37; case 5: return x * 41;
+    default: return x + (int)sizeof names[0];
+    }
+}
 __attribute__((noinline)) int wrap(int x) { return leaf(x + 1); }
 __attribute__((noinline)) int pick(int x) { if (x > 5) return leaf(x); return x - sink; }
 __attribute__((noinline)) int count_in(const char *s, int n) {
@@ -43,14 +58,16 @@ __attribute__((noinline)) double scaled(double *a) {
     return _mm_cvtsd_f64(_mm_mul_pd(_mm_loadu_pd(a), k));
 }
 __attribute__((noinline)) const char *blank(int x) { return x > 0 ? "" : "?"; }
+__attribute__((noinline)) const char *name(int i) { return names[i & 3]; }
 __attribute__((noinline)) double magnitude(double x) { return __builtin_fabs(x); }
 int main(void) {
     setvbuf(stdout, NULL, _IONBF, 0);
     double pair[2] = {2, 4};
     for (;;) {
-        printf("wrap=%d pick=%d count=%d shuffled=%g scaled=%g magnitude=%g blank=[%s]\n", wrap(1),
+        printf("wrap=%d pick=%d count=%d shuffled=%g scaled=%g magnitude=%g blank=[%s]", wrap(1),
                pick(7), count_in("-xyzzy", 5), shuffled(_mm_set1_ps(sink)), scaled(pair),
                magnitude(-2), blank(1));
+        printf(" dispatch=%d name=[%s%s]\n", dispatch(2 + sink, 40), name(sink), name(1 + sink));
         usleep(20000);
     }
 }
@@ -75,14 +92,25 @@ def test_an_unmodified_file_redirects_nothing(tmp_path: Path, spawn: SpawnFactor
     assert re.search(r"leaq\s+-1\+\.LC\d+\(%rip\)", asm)
     assert re.search(r"shufps\s+\$27, \.LC\d+\(%rip\)", asm)
     assert '.string\t""' in asm  # an empty string: its label points at a terminator
+    assert len(re.findall(r"\.long\t\.L\d+-\.L\d+", asm)) >= 12  # two jump tables
     target = spawn([exe])
-    target.wait_for(r"wrap=6 pick=21 count=5 shuffled=30 scaled=2.5 magnitude=2 blank=\[\]")
+    target.wait_for(
+        r"wrap=6 pick=21 count=5 shuffled=30 scaled=2.5 magnitude=2 blank=\[\] dispatch=31 name=\[one\]"
+    )
 
     events = kinds(reload(target.pid, source))
     assert "redirected" not in events, events
-    assert {"leaf", "wrap", "pick", "count_in", "shuffle", "scaled", "blank"} <= set(
-        events["unchanged"]
-    )
+    assert {
+        "leaf",
+        "wrap",
+        "pick",
+        "count_in",
+        "shuffle",
+        "scaled",
+        "blank",
+        "dispatch",
+        "name",
+    } <= set(events["unchanged"])
 
 
 def test_changes_behind_those_references_are_still_seen(

@@ -104,6 +104,17 @@ DNSMASQ = Recipe(
     outputs=("src/dnsmasq",),
 )
 
+# sqlite3's own autoconf build: the amalgamation (sqlite3.c, ~250k lines, generated
+# with tclsh) and the shell, with configure's default -g -O2, no -ffunction-sections.
+SQLITE = Recipe(
+    package="sqlite3",
+    commands=(
+        ("sh", "-c", "./configure -q --disable-tcl --disable-readline --disable-editline"),
+        ("make", "-j{jobs}", "sqlite3"),
+    ),
+    outputs=("sqlite3", "sqlite3.c"),
+)
+
 # nano as Debian configures it (hardening=+all: -fstack-protector-strong,
 # -D_FORTIFY_SOURCE=2, -z relro -z now, PIE), with autotools' make.
 NANO_CONFIGURE = (
@@ -199,6 +210,12 @@ def dnsmasq_src(dnsmasq_tree: SourceTree) -> Iterator[SourceTree]:
     """The dnsmasq tree; files a test edits are restored after it."""
     yield dnsmasq_tree
     dnsmasq_tree.restore()
+
+
+@pytest.fixture(scope="session")
+def sqlite_tree() -> Iterator[SourceTree]:
+    """sqlite3 (amalgamation and shell) built from Debian's source package."""
+    yield from _tree(SQLITE)
 
 
 @pytest.fixture(scope="session")

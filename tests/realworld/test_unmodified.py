@@ -74,3 +74,14 @@ def test_redis_unmodified_redirects_nothing(
     server.wait_for(r"Ready to accept connections", timeout=30)
     sources = [redis_src.path / "src" / name for name in REDIS_FILES]
     assert_nothing_redirected(dry_run(server.pid, sources), at_least=800)
+
+
+def test_sqlite3_amalgamation_unmodified_redirects_nothing(
+    sqlite_tree: SourceTree, spawn: SpawnFactory
+) -> None:
+    shell = spawn([sqlite_tree.path / "sqlite3"], cwd=sqlite_tree.path, stdin_pipe=True)
+    shell.write(b"create table t(x); insert into t values (41); select x + 1 from t;\n")
+    shell.wait_for(r"^42$")
+    result = dry_run(shell.pid, [sqlite_tree.path / "sqlite3.c"])
+    assert_nothing_redirected(result, at_least=1400)
+    assert "sqlite3_step" in result.names("unchanged")

@@ -14,6 +14,7 @@ import copy
 import hashlib
 import struct
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from relive.arch.base import Instruction, Need, Range, RelocationType
 from relive.elf.constants import SHF_STRINGS
@@ -69,6 +70,9 @@ class FunctionComparer:
         self.find_plt_slot = find_plt_slot
         self.undo_got_relaxation = undo_got_relaxation
         self.decode = decode
+        #: The function being compared (its jump tables point into it).
+        self._current: _Compared | None = None
+        self._referred: dict[int, list[int]] | None = None
 
     def reading(self, read_memory: MemoryReader) -> FunctionComparer:
         """The same comparer, reading the old side with ``read_memory``."""
@@ -132,10 +136,14 @@ class FunctionComparer:
             if at < 0 or r.offset >= new.real[at].end:
                 return False  # a relocated field in padding: nothing to compare it with
             inside.setdefault(at, []).append(r)
-        return all(
-            self._same_instruction(n, o, new, old, inside.get(k, []))
-            for k, (n, o) in enumerate(zip(new.real, old.real, strict=True))
-        )
+        self._current = _Compared(symbol.shndx, new, old)
+        try:
+            return all(
+                self._same_instruction(n, o, new, old, inside.get(k, []))
+                for k, (n, o) in enumerate(zip(new.real, old.real, strict=True))
+            )
+        finally:
+            self._current = None
 
     def _same_instruction(
         self,
@@ -219,11 +227,15 @@ class FunctionComparer:
         depth: int = 0,
         direct: bool = False,
         tail: int | None = None,
+        table: tuple[int, int] | None = None,
     ) -> bool:
         """Whether the old field at ``place`` refers to what ``reloc`` refers to.
 
         ``tail`` is the distance from the field to the end of its instruction,
         which a PC-relative reference is relative to (None: unknown, in data).
+        ``table`` is, for a field inside data, where that data was referred to
+        (new section offset, old address): a jump table's entries are relative
+        to it.
         """
         rtype = self.types.get(reloc.type)
         if rtype is None:
@@ -235,6 +247,9 @@ class FunctionComparer:
         signed = rng is not Range.UNSIGNED
         value = int.from_bytes(raw, "little", signed=signed)
         pc_relative = rtype.pc_relative
+        current = self._current
+        if table is not None and current is not None and reloc.symbol.shndx == current.shndx:
+            return self._same_code_position(reloc, value, pc_relative, table)
         old_target = (place + value if pc_relative else value) - reloc.addend
         if need is Need.GOT_SLOT and not direct:
             # G + A - P was stored: the slot is at field + P - A and holds S.
@@ -242,29 +257,81 @@ class FunctionComparer:
                 held = struct.unpack("<Q", self.read_memory(old_target, 8))[0]
             except ReliveError:
                 return False
-            return bool(held == self.address_of(reloc.symbol))
+            expected = self.address_of(reloc.symbol)
+            if expected is None and reloc.symbol.is_defined and not reloc.symbol.is_common:
+                # New-memory data the program reached through its GOT: compare it.
+                return self._same_content(reloc.symbol, reloc.symbol.value, held, depth, True)
+            return bool(held == expected)
         expected = self.address_of(reloc.symbol)
         if expected is None:
             if pc_relative and tail is None:
                 return False  # relative to an unknown base: cannot tell what it means
-            return self._same_content(reloc, old_target, tail or 0, depth)
+            shift = reloc.addend + (tail or 0)
+            referred = reloc.symbol.value + shift
+            return self._same_content(
+                reloc.symbol, referred, old_target + shift, depth, exact=depth > 0
+            )
         if old_target == expected:
             return True
         return need is Need.CALL and self._is_plt_entry_for(old_target, reloc.symbol.name)
 
-    def _same_content(self, reloc: Relocation, old_target: int, tail: int, depth: int) -> bool:
+    def _referred_offsets(self, shndx: int) -> list[int]:
+        """Offsets into section ``shndx`` that the object's relocations point at."""
+        if self._referred is None:
+            self._referred = {}
+            for relocs in self.obj.relocations.values():
+                for r in relocs:
+                    rtype = self.types.get(r.type)
+                    bias = rtype.width if rtype is not None and rtype.pc_relative else 0
+                    offsets = self._referred.setdefault(r.symbol.shndx, [])
+                    offsets.append(r.symbol.value + r.addend + bias)
+        return self._referred.get(shndx, [])
+
+    def _same_code_position(
+        self,
+        reloc: Relocation,
+        value: int,
+        pc_relative: bool,
+        table: tuple[int, int],
+    ) -> bool:
+        """A table entry pointing into the function being compared (a jump table):
+        both must reach the same instruction, whatever the encodings before it.
+
+        PC-relative entries (``.long .L5-.L4``) are relative to the table's start,
+        the point the code referred to; absolute ones hold the address.
+        """
+        current = self._current
+        assert current is not None
+        new_base, old_base = table
+        field = reloc.offset
+        if pc_relative:
+            new_offset = reloc.symbol.value + reloc.addend - (field - new_base)
+            old_address = old_base + value
+        else:
+            new_offset = reloc.symbol.value + reloc.addend
+            old_address = value
+        here = current.new.index_of(new_offset)
+        return here is not None and here == current.old.index_of(old_address)
+
+    def _same_content(
+        self, symbol: ObjSymbol, referred: int, old_referred: int, depth: int, exact: bool = False
+    ) -> bool:
         """For new-memory data (strings, constants, jump tables): compare what both
-        sides point at, within the extent of the object referred to, and what the
+        sides point at (``referred`` in the new section, ``old_referred`` in the
+        process), within the extent of the object referred to, and what the
         data's own relocated fields point at (a jump table's entries, a table of
-        string pointers), one level deep."""
-        symbol = reloc.symbol
+        string pointers), one level deep.  ``exact``: the offset is the object's
+        own (a data relocation), not an instruction's view of it."""
         section = self.obj.sections[symbol.shndx]
-        referred = symbol.value + reloc.addend + tail
-        extent = _extent(section, symbol, referred)
+        extent = _extent(section, symbol, referred, exact)
         if extent is None or depth > 1:
             return False
         start, end = extent
-        address = old_target + reloc.addend + tail + start - referred
+        if symbol.is_section and not section.entsize:
+            # Several tables in one section: this one ends where the next one
+            # another reference points at begins.
+            end = min([end, *(o for o in self._referred_offsets(symbol.shndx) if o > start)])
+        address = old_referred + start - referred
         try:
             old = self.read_memory(address, end - start)
         except ReliveError:
@@ -274,7 +341,14 @@ class FunctionComparer:
         if _masked(new, start, inner, self.widths) != _masked(old, start, inner, self.widths):
             return False
         return all(
-            self._same_target(r, old, address + r.offset - start, r.offset - start, depth + 1)
+            self._same_target(
+                r,
+                old,
+                address + r.offset - start,
+                r.offset - start,
+                depth + 1,
+                table=(referred, old_referred),
+            )
             for r in inner
         )
 
@@ -288,6 +362,15 @@ class FunctionComparer:
         except ReliveError:
             return False
         return self.find_plt_slot(code, address) == slot
+
+
+@dataclass(frozen=True)
+class _Compared:
+    """The function ``matches_running`` is comparing: its section and both listings."""
+
+    shndx: int
+    new: _Listing
+    old: _Listing
 
 
 class _Listing:
@@ -323,7 +406,9 @@ class _Listing:
         return self.code[at : at + instruction.size]
 
 
-def _extent(section: Section, symbol: ObjSymbol, referred: int) -> tuple[int, int] | None:
+def _extent(
+    section: Section, symbol: ObjSymbol, referred: int, exact: bool = False
+) -> tuple[int, int] | None:
     """The bytes of ``section`` that a reference to offset ``referred`` is about.
 
     A string is compared to its terminator: the one its label names (``lea
@@ -331,12 +416,15 @@ def _extent(section: Section, symbol: ObjSymbol, referred: int) -> tuple[int, in
     the offset falls in (a terminator there: the string that follows); a constant of
     a mergeable section (``.rodata.cst16``) is its whole entry; a named object
     is its symbol's extent; anything else runs to the end of its section.
+    ``exact``: ``referred`` is the string's own offset (a pointer held in data).
     """
     data = section.data
     size = len(data)
     if section.flags & SHF_STRINGS:
         step = max(section.entsize, 1)
-        if not symbol.is_section:
+        if exact:
+            start = referred  # a pointer in data: the string it holds, even ""
+        elif not symbol.is_section:
             start = symbol.value  # the string the label names, whatever the addend
         elif referred < 0:
             start = 0
