@@ -95,7 +95,8 @@ def test_an_unmodified_file_redirects_nothing(tmp_path: Path, spawn: SpawnFactor
     assert len(re.findall(r"\.long\t\.L\d+-\.L\d+", asm)) >= 12  # two jump tables
     target = spawn([exe])
     target.wait_for(
-        r"wrap=6 pick=21 count=5 shuffled=30 scaled=2.5 magnitude=2 blank=\[\] dispatch=31 name=\[one\]"
+        r"wrap=6 pick=21 count=5 shuffled=30 scaled=2.5 magnitude=2 blank=\[\] "
+        r"dispatch=31 name=\[one\]"
     )
 
     events = kinds(reload(target.pid, source))
