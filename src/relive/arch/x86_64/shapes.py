@@ -100,19 +100,29 @@ class _Insn:
     defs: frozenset[str]  # fully overwritten
     written: frozenset[str]  # written at all (partly, too)
     constant: tuple[str, int] | None  # (register, value) when it sets a register to a constant
+    sp_delta: int | None = None  # stack pointer relative to the entry, before it
 
 
 def _decode(code: bytes, address: int) -> list[_Insn] | None:
-    """Every instruction of ``code`` with its shape key, or None if it does not decode."""
+    """Every instruction of ``code`` with its shape key, or None if it does not decode
+    (or a branch lands inside an instruction)."""
     end = address + len(code)
-    out: list[_Insn] = []
-    sp_delta: int | None = 0
+    raw = []
     decoded = 0
     for insn in _disassembler().disasm(code, address):
         decoded += insn.size
         operands = list(insn.operands)
         key, values, inner, direct = _shape_key(insn, operands, address, end)
-        kind = _kind(insn, direct)
+        raw.append((insn, operands, key, values, inner, _kind(insn, direct)))
+    if decoded != len(code):
+        return None
+    index = {r[0].address: k for k, r in enumerate(raw)}
+    if any(r[4] is not None and r[4] not in index for r in raw):
+        return None
+    successors = _flow([r[5] for r in raw], [r[4] for r in raw], index)
+    deltas = _sp_deltas([(r[0], r[1]) for r in raw], [r[5] for r in raw], successors)
+    out: list[_Insn] = []
+    for (insn, operands, key, values, inner, kind), sp_delta in zip(raw, deltas, strict=True):
         uses, defs, written = _effects(insn, operands, kind, sp_delta, inner is not None)
         out.append(
             _Insn(
@@ -127,12 +137,35 @@ def _decode(code: bytes, address: int) -> list[_Insn] | None:
                 defs,
                 written,
                 _constant(insn, operands, insn.mnemonic),
+                sp_delta,
             )
         )
-        sp_delta = _next_sp_delta(insn, insn.mnemonic, operands, sp_delta)
-    if decoded != len(code):
-        return None
     return out
+
+
+def _sp_deltas(
+    code: list[tuple[Any, list[Any]]], kinds: list[str], successors: list[tuple[int, ...]]
+) -> list[int | None]:
+    """The stack pointer relative to the entry before each instruction, following
+    the control flow (None where it is unknown or paths disagree)."""
+    unseen = object()
+    deltas: list[object] = [unseen] * len(code)
+    if code:
+        deltas[0] = 0
+    work = [0] if code else []
+    while work:
+        k = work.pop()
+        before = deltas[k]
+        insn, operands = code[k]
+        after = None if before is None else _next_sp_delta(insn, insn.mnemonic, operands, before)  # type: ignore[arg-type]
+        for s in successors[k]:
+            if deltas[s] is unseen:
+                deltas[s] = after
+                work.append(s)
+            elif deltas[s] != after and kinds[k] != "indirect" and deltas[s] is not None:
+                deltas[s] = None  # paths disagree
+                work.append(s)
+    return [d if isinstance(d, int) else None for d in deltas]
 
 
 def _shape_key(
@@ -442,18 +475,25 @@ def _values_differ(a: _Insn, b: _Insn, equivalent: Equivalent) -> bool:
 
 
 def _successors(code: list[_Insn], index: dict[int, int]) -> list[tuple[int, ...]]:
-    everything = tuple(range(len(code)))
+    return _flow([i.kind for i in code], [i.inner_target for i in code], index)
+
+
+def _flow(
+    kinds: list[str], inner_targets: list[int | None], index: dict[int, int]
+) -> list[tuple[int, ...]]:
+    """The successors of each instruction (a jump table may go anywhere)."""
+    everything = tuple(range(len(kinds)))
     out: list[tuple[int, ...]] = []
-    for k, insn in enumerate(code):
-        following = (k + 1,) if k + 1 < len(code) else ()
-        if insn.kind == "indirect":
-            out.append(everything)  # a jump table: anywhere in the function
-        elif insn.kind in ("ret", "stop"):
+    for k, (kind, target) in enumerate(zip(kinds, inner_targets, strict=True)):
+        following = (k + 1,) if k + 1 < len(kinds) else ()
+        if kind == "indirect":
+            out.append(everything)
+        elif kind in ("ret", "stop"):
             out.append(())
-        elif insn.kind == "jump":
-            out.append((index[insn.inner_target],) if insn.inner_target is not None else ())
-        elif insn.kind == "cond" and insn.inner_target is not None:
-            out.append((*following, index[insn.inner_target]))
+        elif kind == "jump":
+            out.append((index[target],) if target is not None else ())
+        elif kind == "cond" and target is not None:
+            out.append((*following, index[target]))
         else:
             out.append(following)
     return out
