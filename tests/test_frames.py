@@ -102,9 +102,19 @@ def test_an_edit_inlined_into_main_shows_at_once(
     assert after > before  # the loop's counter carried on: same frame, new code
 
 
-@pytest.mark.parametrize(("compiler", "level"), [("gcc", "-O0"), ("gcc", "-O2"), ("clang", "-O2")])
-@pytest.mark.parametrize("change", sorted(SHAPE_EDITS))
-def test_a_loop_whose_shape_changed_stays_in_the_old_code_and_says_why(
+@pytest.mark.parametrize(
+    ("compiler", "level", "change"),
+    [
+        ("gcc", "-O0", "call"),
+        ("clang", "-O0", "call"),
+        ("gcc", "-O2", "call"),
+        ("gcc", "-O2", "local"),
+        ("clang", "-O2", "call"),
+        ("clang", "-O2", "local"),
+    ],
+    ids=lambda v: v,
+)
+def test_a_loop_whose_frame_changed_stays_in_the_old_code_and_says_why(
     tmp_path: Path, spawn: SpawnFactory, compiler: str, level: str, change: str
 ) -> None:
     exe = _build(tmp_path, MAIN_LOOP, compiler, level)
@@ -117,7 +127,10 @@ def test_a_loop_whose_shape_changed_stays_in_the_old_code_and_says_why(
     (stays,) = _stays(events, "main")
     assert re.match(
         rf"main is running on thread {target.pid} and its frame cannot move to the new code: "
-        r"its new code has another shape \(\d+ instructions became \d+\)\. .*noinline.*restart",
+        r"(frame size \d+ -> \d+ bytes \(at the call to \w+\)"
+        r"|.* carries a value into the rest of the function at the call to \w+, .*"
+        r"|its new code has another shape .*)\. "
+        r"The new code applies from its next call; .*noinline.*restart",
         stays,
     ), stays
     # The old code runs on, untouched: more ticks, still the old value.
@@ -128,6 +141,72 @@ def test_a_loop_whose_shape_changed_stays_in_the_old_code_and_says_why(
         mark = target.mark()
     assert later > first
     assert target.proc.poll() is None
+
+
+def test_the_issues_refusal_names_the_frame_size_and_the_call(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    exe = _build(tmp_path, MAIN_LOOP, "gcc", "-O0")
+    target = spawn([exe])
+    _tick(target, "face 3 word old")
+    edit(tmp_path / "prog.c", *SHAPE_EDITS["call"])
+    (stays,) = _stays(reload(target.pid, tmp_path / "prog.c"), "main")
+    assert re.search(r": frame size 32 -> 48 bytes \(at the call to usleep\)\. ", stays), stays
+
+
+O0_LOOP = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    long i = 0;
+    for (;;) {
+        printf("tick %ld\n", i++);
+        usleep(20000);
+    }
+}
+"""
+
+
+CALL_ADDED = ("usleep(20000);", 'printf("then %ld\\n", i * 10);\n        usleep(20000);')
+LOCAL_ADDED = (
+    "usleep(20000);",
+    'long twice = i * 2;\n        printf("then %ld\\n", twice * 5);\n        usleep(20000);',
+)
+
+
+@pytest.mark.parametrize(
+    ("compiler", "change"),
+    [("gcc", CALL_ADDED), ("clang", CALL_ADDED), ("gcc", LOCAL_ADDED)],
+    ids=["gcc-call", "clang-call", "gcc-local"],
+)
+def test_an_O0_loop_moves_at_its_matching_call_site(
+    tmp_path: Path, spawn: SpawnFactory, compiler: str, change: tuple[str, str]
+) -> None:
+    exe = _build(tmp_path, O0_LOOP, compiler, "-O0")
+    target = spawn([exe])
+    before = int(target.wait_for(r"tick (\d+)").group(1))
+    edit(tmp_path / "prog.c", *change)
+    events = reload(target.pid, tmp_path / "prog.c")
+    moved = _moves(events, "main")
+    assert [m.how for m in moved] == ["matching call site"], [str(e) for e in events]
+    value = int(target.wait_for(r"then (\d+)").group(1))
+    assert value > before * 10  # computed from the loop's own counter, which carried on
+
+
+def test_an_O0_frame_that_grew_stays(tmp_path: Path, spawn: SpawnFactory) -> None:
+    exe = _build(tmp_path, O0_LOOP, "clang", "-O0")
+    target = spawn([exe])
+    target.wait_for(r"tick \d+")
+    edit(tmp_path / "prog.c", *LOCAL_ADDED)  # clang gives the new local a slot of its own
+    events = reload(target.pid, tmp_path / "prog.c")
+    (stays,) = _stays(events, "main")
+    assert re.search(r": frame size (\d+) -> (\d+) bytes \(at the call to \w+\)\. ", stays), stays
+    mark = target.mark()
+    for _ in range(3):
+        target.wait_for(r"tick \d+", after=mark)
+        mark = target.mark()
+    assert not any(line.startswith("then") for line in target.lines)
 
 
 def test_no_move_keeps_the_frame_in_the_old_code(tmp_path: Path, spawn: SpawnFactory) -> None:
@@ -458,7 +537,12 @@ def test_a_loop_over_the_entry_whose_shape_changed_is_refused_untouched(
     target = spawn([exe])
     target.wait_for(r"^value 1$")
     remember_maps(target)  # once the loader is done (it changes protections at start)
-    edit(tmp_path / "prog.c", "usleep(20000);", "usleep(20000); counter += 2;")
+    # A local array: the frame grows, so it cannot move at the call either.
+    edit(
+        tmp_path / "prog.c",
+        "usleep(20000);",
+        "usleep(20000); char pad[64]; pad[counter % 64] = 1; counter += pad[0];",
+    )
     code, err = run_cli(capsys, "reload", "-p", str(target.pid), str(tmp_path / "prog.c"))
     assert code == 9, err
     assert "loop jumps back into the first bytes" in err

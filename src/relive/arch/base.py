@@ -157,6 +157,8 @@ class Resume:
     address: int
     #: (register name, new value): the frame's copy of a constant the old code set differently.
     fixups: tuple[tuple[str, int], ...] = ()
+    #: How the counterpart was found (for the report).
+    how: str = "same shape"
 
 
 class FunctionShape(Protocol):
@@ -235,6 +237,10 @@ class Arch:
     #: ``(old code, old address, new code, new address, equivalent)``: the map
     #: between two versions of a function with the same shape, or why there is none.
     match_shapes: Callable[[bytes, int, bytes, int, Equivalent], FunctionShape | str] | None = None
+    #: ``(old code, old address, new code, new address, equivalent)``: each call of
+    #: the old code with its counterpart and what the new code needs of the frame
+    #: after it (``CallSite`` objects), or why there are none.
+    match_call_sites: Callable[[bytes, int, bytes, int, Equivalent], list[Any] | str] | None = None
     #: Whether a held thread's registers say it is inside a system call.
     in_syscall: Callable[[RegisterBlock], bool] | None = None
 

@@ -24,6 +24,7 @@ from relive.arch.base import Arch, FunctionShape
 from relive.errors import ReliveError
 from relive.link import LinkedImage
 from relive.patch.active import iter_active_functions
+from relive.patch.callsites import match_call_sites
 from relive.patch.journal import DefinitionKind, EntryPatch, Journal
 from relive.patch.modules import RunningModule
 from relive.patch.original import read_original_code
@@ -164,7 +165,7 @@ class FrameMover:
                 version.name,
                 frame.pc,
                 resume.address,
-                HOW_SAME_SHAPE,
+                resume.how,
                 frame.pc_slot,
                 tuple(fixups),
             )
@@ -221,9 +222,9 @@ def prepare_frame_mover(
     wanted = _functions_maybe_running(pid, memory, arch, pairs, positions)
     if not wanted:
         return None
-    equivalent = _Equivalence(pid, plans, images, memory)
+    equivalent = _Equivalence(pid, plans, images, memory, arch)
     versions = []
-    for name, module, start, size, is_original, new_address, new_code in pairs:
+    for name, module, start, size, is_original, new_address, new_code, plan in pairs:
         if name not in wanted:
             continue
         try:
@@ -235,6 +236,18 @@ def prepare_frame_mover(
             versions.append(_Version(name, start, start + size, None, error.message))
             continue
         shape = arch.match_shapes(old_code, start, new_code, new_address, equivalent)
+        if isinstance(shape, str) and is_original and arch.match_call_sites is not None:
+            sites = match_call_sites(
+                arch.match_call_sites,
+                (old_code, start, module.file, plan.source),
+                (new_code, new_address, plan.obj.path, plan.source),
+                name,
+                equivalent,
+                _CalleeNames(module, memory, arch),
+            )
+            if not isinstance(sites, str):
+                versions.append(_Version(name, start, start + size, sites, _not_same_shape(shape)))
+                continue
         if isinstance(shape, str):
             versions.append(_Version(name, start, start + size, None, _not_same_shape(shape)))
         else:
@@ -244,11 +257,36 @@ def prepare_frame_mover(
     return mover
 
 
+class _CalleeNames:
+    """The name of a called address, for messages ("usleep", not 0x55d0...)."""
+
+    def __init__(self, module: RunningModule, memory: ProcessMemory, arch: Arch) -> None:
+        self.module = module
+        self.memory = memory
+        self.arch = arch
+
+    def __call__(self, address: int) -> str:
+        image = self.module.image
+        vaddr = address - self.module.bias
+        for symbol in image.iter_functions():
+            if symbol.value <= vaddr < symbol.value + max(symbol.size, 1):
+                return symbol.name
+        try:
+            slot = self.arch.find_plt_slot(self.memory.read(address, 16), address)
+        except ReliveError:
+            slot = None
+        if slot is not None:
+            for relocation in image.dynamic_relocations:
+                if relocation.offset == slot - self.module.bias and relocation.symbol:
+                    return str(relocation.symbol)
+        return f"{address:#x}"
+
+
 def _not_same_shape(detail: str) -> str:
     return f"its new code has another shape ({detail})"
 
 
-_Pair = tuple[str, RunningModule, int, int, bool, int, bytes]
+_Pair = tuple[str, RunningModule, int, int, bool, int, bytes, ReloadPlan]
 
 
 def _iter_versions(
@@ -264,7 +302,16 @@ def _iter_versions(
             offset = new_address - image.base
             new_code = image.data[offset : offset + d.symbol.size]
             if d.old.size and not d.old.from_journal:
-                yield d.name, plan.module, d.old.address, d.old.size, True, new_address, new_code
+                yield (
+                    d.name,
+                    plan.module,
+                    d.old.address,
+                    d.old.size,
+                    True,
+                    new_address,
+                    new_code,
+                    plan,
+                )
             previous = record.definitions.get(d.name) if record else None
             if previous is not None and previous.kind is DefinitionKind.FUNCTION and previous.size:
                 yield (
@@ -275,12 +322,13 @@ def _iter_versions(
                     False,
                     new_address,
                     new_code,
+                    plan,
                 )
             for patch in journal.patches.values():
                 if patch.name != d.name or patch.source != plan.source:
                     continue
                 for address, size in patch.earlier:
-                    yield d.name, plan.module, address, size, False, new_address, new_code
+                    yield d.name, plan.module, address, size, False, new_address, new_code, plan
                 if patch.size:
                     yield (
                         d.name,
@@ -290,6 +338,7 @@ def _iter_versions(
                         False,
                         new_address,
                         new_code,
+                        plan,
                     )
 
 
@@ -324,10 +373,16 @@ class _Equivalence:
     """
 
     def __init__(
-        self, pid: int, plans: list[ReloadPlan], images: list[LinkedImage], memory: ProcessMemory
+        self,
+        pid: int,
+        plans: list[ReloadPlan],
+        images: list[LinkedImage],
+        memory: ProcessMemory,
+        arch: Arch | None = None,
     ) -> None:
         self.memory = memory
         self.images = images
+        self.arch = arch
         self.maps = read_maps(pid)
         self.entries: dict[int, int] = {}
         for plan, image in zip(plans, images, strict=True):
@@ -338,6 +393,8 @@ class _Equivalence:
     def __call__(self, old: int, new: int, size: int) -> bool:
         if self.entries.get(old) == new:
             return True
+        if size == 0 and self._final(old) == self._final(new) != old:
+            return True  # a PLT entry and a call stub that both lead to one function
         mapping = find_mapping(self.maps, old)
         if mapping is None or "w" in mapping.perms:
             return False
@@ -347,6 +404,18 @@ class _Equivalence:
             return self._cstring(old) == self._cstring(new)
         except ReliveError:
             return False
+
+    def _final(self, address: int) -> int:
+        """Where a PLT entry or a call stub at ``address`` jumps (else ``address``)."""
+        if self.arch is None:
+            return address
+        try:
+            slot = self.arch.find_plt_slot(self._read(address, 16), address)
+            if slot is None:
+                return address
+            return int.from_bytes(self._read(slot, 8), "little")
+        except ReliveError:
+            return address
 
     def _read(self, address: int, size: int) -> bytes:
         for image in self.images:

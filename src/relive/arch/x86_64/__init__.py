@@ -15,7 +15,13 @@ from relive.arch.x86_64.disasm import (
     undo_got_relaxation,
 )
 from relive.arch.x86_64.relocations import RELOCATIONS, UNSUPPORTED_NAMES
-from relive.arch.x86_64.shapes import CALLEE_SAVED, DWARF_REGISTERS, in_syscall, match_shapes
+from relive.arch.x86_64.shapes import (
+    CALLEE_SAVED,
+    DWARF_REGISTERS,
+    in_syscall,
+    match_call_sites,
+    match_shapes,
+)
 from relive.arch.x86_64.tls import executable_tls_offset
 from relive.arch.x86_64.trampoline import (
     FAR_STUB_SIZE,
@@ -97,5 +103,6 @@ ARCH = Arch(
     dwarf_registers=DWARF_REGISTERS,
     callee_saved=CALLEE_SAVED,
     match_shapes=match_shapes,
+    match_call_sites=match_call_sites,
     in_syscall=in_syscall,
 )

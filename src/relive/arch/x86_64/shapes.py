@@ -22,6 +22,7 @@ state, kept across reloads as everywhere else in relive.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -545,3 +546,138 @@ def _liveness(code: list[_Insn], successors: list[tuple[int, ...]]) -> list[froz
 def in_syscall(regs: Any) -> bool:
     """Whether a held thread stopped inside a system call (``orig_rax`` is its number)."""
     return bool(int(regs.orig_rax) & 0xFFFFFFFFFFFFFFFF != 0xFFFFFFFFFFFFFFFF)
+
+
+#: What a call leaves for its caller: the callee's results, and the stack pointer.
+_CALL_RESULTS = frozenset({"rax", "rdx", "xmm0", "xmm1", "rsp"})
+
+
+@dataclass(frozen=True)
+class CallSite:
+    """A call of the old code and its counterpart in the new code (same callee, same
+    ordinal among the calls to it), and what the new code needs of the frame after it."""
+
+    old_return: int
+    new_return: int
+    callee: int
+    #: Frame bytes below the CFA at the return address (old, new).
+    frame_size: tuple[int, int]
+    #: CFA-relative offsets of stack slots the new code reads after the call.
+    live_slots: frozenset[int]
+    #: Registers (besides the call's results) the new code reads after the call.
+    live_registers: frozenset[str]
+    #: Where the frame pointer points, relative to the CFA (None: no frame pointer).
+    frame_pointer: int | None
+    #: Why the frame cannot move here ("" if the frame's layout allows it).
+    problem: str = ""
+
+
+def match_call_sites(
+    old_code: bytes,
+    old_address: int,
+    new_code: bytes,
+    new_address: int,
+    equivalent: Equivalent,
+) -> list[CallSite] | str:
+    """Each call of the old code paired with its counterpart in the new code, with
+    the frame checks that do not need debug information done."""
+    old = _decode(old_code, old_address)
+    new = _decode(new_code, new_address)
+    if old is None or new is None:
+        return "the code does not disassemble cleanly"
+    old_frame, new_frame = _frame_facts(old), _frame_facts(new)
+    new_live = _liveness(new, _successors(new, {i.address: k for k, i in enumerate(new)}))
+    sites = []
+    for ko, kn, callee, problem in _pair_calls(old, new, old_address, new_address, equivalent):
+        if ko + 1 >= len(old) or kn + 1 >= len(new):
+            continue
+        after_old, after_new = old[ko + 1], new[kn + 1]
+        sizes = (-(after_old.sp_delta or 0) + 8, -(after_new.sp_delta or 0) + 8)
+        if not problem and (after_old.sp_delta is None or after_new.sp_delta is None):
+            problem = "the frame's size there is not known"
+        elif not problem and sizes[0] != sizes[1]:
+            problem = f"frame size {sizes[0]} -> {sizes[1]} bytes"
+        elif not problem and old_frame != new_frame:
+            problem = "callee-saved registers are saved in other places"
+        # After a call, only callee-saved registers and the frame still hold what
+        # the code before it computed (the others the callee may have changed).
+        live = new_live[kn + 1] - _CALL_RESULTS
+        slots = set()
+        registers = set()
+        for location in live:
+            offset = _cfa_offset(location, new_frame[1])
+            if offset is not None:
+                slots.add(offset)
+            elif location in CALLEE_SAVED and not (location == "rbp" and new_frame[1] is not None):
+                registers.add(location)
+        sites.append(
+            CallSite(
+                after_old.address,
+                after_new.address,
+                callee,
+                sizes,
+                frozenset(slots),
+                frozenset(registers),
+                new_frame[1],
+                problem,
+            )
+        )
+    return sites
+
+
+def _pair_calls(
+    old: list[_Insn], new: list[_Insn], old_address: int, new_address: int, equivalent: Equivalent
+) -> Iterator[tuple[int, int, int, str]]:
+    """``(old index, new index, callee, problem)`` for calls with the same callee and
+    ordinal; calls to a callee that the new code calls a different number of times
+    are paired with a problem (no counterpart can be told)."""
+    old_calls = [
+        (k, _callee(i, old_address, new_address)) for k, i in enumerate(old) if i.kind == "call"
+    ]
+    new_calls = [
+        (k, _callee(i, new_address, new_address)) for k, i in enumerate(new) if i.kind == "call"
+    ]
+    for target in dict.fromkeys(t for _, t in old_calls if t is not None):
+        mine = [k for k, t in old_calls if t == target]
+        theirs = [
+            k for k, t in new_calls if t is not None and (t == target or equivalent(target, t, 0))
+        ]
+        if len(mine) != len(theirs):
+            for k in mine:
+                yield k, k, target, f"{len(mine)} calls to {target:#x} became {len(theirs)}"
+            continue
+        for ko, kn in zip(mine, theirs, strict=True):
+            yield ko, kn, target, ""
+
+
+def _callee(insn: _Insn, own: int, new_own: int) -> int | None:
+    """The direct call's target (a recursive call names the new function's start)."""
+    if insn.inner_target is not None:
+        return new_own if insn.inner_target == own else None
+    return insn.values[0][0] if insn.values else None
+
+
+def _frame_facts(code: list[_Insn]) -> tuple[tuple[tuple[str, int], ...], int | None]:
+    """Where callee-saved registers are pushed (CFA-relative) and where the frame
+    pointer points (CFA-relative; None when rbp is no frame pointer)."""
+    saved = []
+    frame_pointer = None
+    for insn in code:
+        if insn.sp_delta is None:
+            continue
+        if insn.text.startswith("push "):
+            register = _canonical(insn.text.split()[1])
+            if register in CALLEE_SAVED:
+                saved.append((register, insn.sp_delta - 16))
+        elif insn.text == "mov rbp, rsp":
+            frame_pointer = insn.sp_delta - 8
+    return tuple(sorted(set(saved))), frame_pointer
+
+
+def _cfa_offset(location: str, frame_pointer: int | None) -> int | None:
+    """The CFA-relative offset of a frame slot named by the dataflow (None: not a slot)."""
+    if location.startswith("[cfa"):
+        return int(location[4:-1])
+    if location.startswith("[rbp") and frame_pointer is not None:
+        return frame_pointer + int(location[4:-1])
+    return None
