@@ -1,13 +1,14 @@
-"""Fixtures shared by all tests."""
+"""Fixtures shared by all tests, and the ``needs_root`` marker."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from support import VALUE_PROG, SpawnFactory, Target, compile_c, remember_maps
+from support import VALUE_PROG, SpawnFactory, Target, cannot_run, compile_c, remember_maps
 
 
 @pytest.fixture
@@ -37,3 +38,13 @@ def running(tmp_path: Path, spawn: SpawnFactory) -> Target:
     target = spawn([exe])
     target.wait_for(r"^value 1$")
     return remember_maps(target)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip ``@pytest.mark.needs_root`` tests for other users (one line in the summary)."""
+    if item.get_closest_marker("needs_root") is not None and os.geteuid() != 0:
+        cannot_run(
+            "tests that give files to another user",
+            "only root can chown files away",
+            "`sudo make test`",
+        )

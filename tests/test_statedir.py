@@ -92,7 +92,7 @@ def test_open_to_others_is_refused(
     assert_untouched(running)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a folder away")
+@pytest.mark.needs_root
 def test_owned_by_another_user_is_refused(
     state: Path, running: Target, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -30,7 +30,7 @@ from support import (
 )
 
 NOBODY = 65534
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files away")
+needs_root = pytest.mark.needs_root
 
 DANGEROUS = [
     "-fplugin=/tmp/x.so",
