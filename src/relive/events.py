@@ -127,8 +127,12 @@ class FunctionRedirected(Event):
     name: str
     old_address: int
     new_address: int
+    #: A --dry-run plan: nothing was written (new_address is 0).
+    dry_run: bool = False
 
     def __str__(self) -> str:
+        if self.dry_run:
+            return f"would redirect {self.name} (at {self.old_address:#x})"
         return f"redirected {self.name}: {self.old_address:#x} -> {self.new_address:#x}"
 
 
@@ -138,8 +142,12 @@ class FunctionAdded(Event):
     kind: ClassVar[str] = "new"
     name: str
     new_address: int
+    #: A --dry-run plan: nothing was loaded (new_address is 0).
+    dry_run: bool = False
 
     def __str__(self) -> str:
+        if self.dry_run:
+            return f"would add new function {self.name}"
         return f"new {self.name} at {self.new_address:#x}"
 
 

@@ -43,6 +43,7 @@ from relive.patch.planning import (
 )
 from relive.patch.recover import load_or_rebuild_journal
 from relive.patch.report import FunctionOutcomes, report_decisions, report_frames
+from relive.patch.selection import check_selected
 from relive.patch.transaction import apply_reload, undo_patches
 from relive.process.memory import ProcessMemory
 from relive.process.permissions import find_other_user
@@ -168,6 +169,7 @@ class Session:
                 self.announced,
             )
             plans = plan_reload([Path(p) for p in paths], ctx)
+            check_selected(plans, options.functions)
             reinits = announce(plans, reinit, self.emit)
             mark = time.perf_counter()
             if dry_run:

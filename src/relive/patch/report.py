@@ -47,10 +47,10 @@ def report_decisions(
             if d.status is Decision.CHANGED:
                 assert d.old is not None
                 outcomes.redirected.append(d.name)
-                emit(FunctionRedirected(d.name, d.old.address, new))
+                emit(FunctionRedirected(d.name, d.old.address, new, dry_run=images is None))
             elif d.status is Decision.NEW:
                 outcomes.added.append(d.name)
-                emit(FunctionAdded(d.name, new))
+                emit(FunctionAdded(d.name, new, dry_run=images is None))
             elif d.status is Decision.UNCHANGED:
                 outcomes.unchanged.append(d.name)
                 emit(FunctionUnchanged(d.name))

@@ -1,0 +1,62 @@
+"""What relive says is what happened: usage errors, dry runs, status and undo (issue 11 §6)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from relive.cli.main import main
+from support import (
+    VALUE_PROG,
+    SpawnFactory,
+    Target,
+    assert_untouched,
+    compile_c,
+    remember_maps,
+    run_cli,
+)
+
+
+@pytest.fixture
+def running(tmp_path: Path, spawn: SpawnFactory) -> Target:
+    target = spawn([compile_c(tmp_path, VALUE_PROG)])
+    target.wait_for(r"^value 1$")
+    return remember_maps(target)
+
+
+def test_an_unknown_function_is_a_usage_error_naming_close_ones(
+    running: Target, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "prog.c"
+    source.write_text(source.read_text().replace("return table[0];", "return table[1];"))
+    code, err = run_cli(
+        capsys, "reload", "-p", str(running.pid), "--function", "valeu", str(source)
+    )
+    assert code == 2, err
+    assert "no function valeu in prog.c" in err
+    assert "did you mean value?" in err
+    assert_untouched(running)
+
+
+def test_a_dry_run_prints_the_plan_in_words(
+    running: Target, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "prog.c"
+    source.write_text(
+        source.read_text().replace("return table[0];", "return table[1];")
+        + "int added(void) { return 5; }\n"
+    )
+    code, out = run_cli_out(capsys, "reload", "--dry-run", "-p", str(running.pid), str(source))
+    assert code == 0
+    assert re.search(r"^would redirect value \(at 0x[0-9a-f]+\)$", out, re.M), out
+    assert re.search(r"^would add new function added$", out, re.M), out
+    assert "0x0" not in out
+    assert_untouched(running)
+
+
+def run_cli_out(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """Run relive's CLI in this process; return its exit code and its stdout."""
+    code = main(list(argv))
+    return code, capsys.readouterr().out
