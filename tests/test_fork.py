@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import relive
+from relive.cli.main import main
 from relive.patch.modules import load_running_modules
 from relive.patch.original import read_original_code
 from relive.process.memory import ProcessMemory
@@ -132,3 +135,29 @@ def test_original_code_comes_from_the_file_not_from_patched_memory(
         relive.attach(parent.pid).reload([source])
         assert memory.read(address, symbol.size) != before
         assert read_original_code(main, address, symbol.size, memory.read) == before
+
+
+def test_status_and_undo_take_all_for_the_workers_of_a_program(
+    tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exe = compile_c(tmp_path, FORKING_PROG)
+    source = tmp_path / "prog.c"
+    parent = spawn([exe], stdin_pipe=True)
+    _edit_value(source, 2)
+    relive.attach(parent.pid).reload([source])
+    workers = [_fork_child(parent), _fork_child(parent)]
+
+    assert main(["status", "-p", str(workers[0])]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["FUNCTION", "ENTRY", "->"]
+    assert out[1].split()[0] == "value" and "active" in out[1]
+
+    assert main(["status", "--all", "-p", str(parent.pid)]) == 0
+    out = capsys.readouterr().out
+    assert sum(line.startswith("value ") for line in out.splitlines()) == 3
+
+    assert main(["undo", "--all", "-p", str(parent.pid)]) == 0
+    for worker in workers:
+        _child_prints(parent, worker, 1)
+    assert main(["status", "--all", "-p", str(parent.pid)]) == 0
+    assert capsys.readouterr().out.count("nothing patched") == 3

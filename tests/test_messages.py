@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from relive.cli.main import main
+from relive.events import WatchStopped
 from support import (
     VALUE_PROG,
     SpawnFactory,
@@ -60,3 +61,20 @@ def run_cli_out(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, st
     """Run relive's CLI in this process; return its exit code and its stdout."""
     code = main(list(argv))
     return code, capsys.readouterr().out
+
+
+def test_compiler_warnings_are_shown(
+    running: Target, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "prog.c"
+    source.write_text('#warning "mind the gap"\n' + source.read_text())
+    code, out = run_cli_out(capsys, "reload", "--dry-run", "-p", str(running.pid), str(source))
+    assert code == 0
+    assert re.search(r"prog\.c:1:\d+: warning: #warning .*mind the gap", out), out
+
+
+def test_grammar_of_one_function_kept_by_watch() -> None:
+    one = str(WatchStopped("stopped", [], ["value"]))
+    assert "1 reloaded function stays in place (--undo-on-exit reverts it)" in one
+    two = str(WatchStopped("stopped", [], ["value", "tick"]))
+    assert "2 reloaded functions stay in place (--undo-on-exit reverts them)" in two

@@ -120,6 +120,17 @@ class Compiled(Event):
         return f"compiled {self.source} ({self.flags_origin} flags) in {self.milliseconds:.0f} ms"
 
 
+class CompilerWarnings(Event):
+    """What the compiler printed while compiling successfully (warnings), as it printed it."""
+
+    kind: ClassVar[str] = "compiler-warnings"
+    source: str
+    text: str
+
+    def __str__(self) -> str:
+        return self.text.rstrip()
+
+
 class FunctionRedirected(Event):
     """An existing function's entry now jumps to new code."""
 
@@ -504,9 +515,11 @@ class WatchStopped(Event):
         if self.undone:
             text += f"; undid {_names(self.undone, 5)}"
         if self.kept:
+            one = len(self.kept) == 1
             text += (
-                f"; {len(self.kept)} reloaded function{'s' if len(self.kept) != 1 else ''} "
-                "stay in place (--undo-on-exit reverts them)"
+                f"; {len(self.kept)} reloaded function{'' if one else 's'} "
+                f"{'stays' if one else 'stay'} in place (--undo-on-exit reverts "
+                f"{'it' if one else 'them'})"
             )
         return text
 
@@ -566,10 +579,16 @@ class PatchListed(Event):
     #: The jump is really in memory.
     active: bool
 
+    #: The column titles ``relive status`` prints above the rows.
+    HEADER: ClassVar[str] = (
+        f"{'FUNCTION':24} {'ENTRY':>14} -> {'NEW CODE':14}  {'RELOADS':>7}  "
+        f"{'LAST':8}  {'STATE':6}  SOURCE"
+    )
+
     def __str__(self) -> str:
         when = time.strftime("%H:%M:%S", time.localtime(self.updated))
         state = "active" if self.active else "NOT IN MEMORY (overwritten?)"
         return (
-            f"{self.name:24} {self.address:#x} -> {self.target:#x}  {self.source}  "
-            f"x{self.count}  {when}  {state}"
+            f"{self.name:24} {self.address:>#14x} -> {self.target:<#14x}  {self.count:>7}  "
+            f"{when:8}  {state:6}  {self.source or '(inherited from the parent)'}"
         )

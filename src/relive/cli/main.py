@@ -10,7 +10,7 @@ import argparse
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from relive.cli.render import Renderer
@@ -171,12 +171,12 @@ def _build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(run=_cmd_doctor)
 
     undo = sub.add_parser("undo", help="restore the original entry of patched functions")
-    _add_target(undo)
+    _add_target(undo, every=True)
     undo.add_argument("functions", nargs="*", metavar="FUNCTION")
     undo.set_defaults(run=_cmd_undo)
 
     status = sub.add_parser("status", help="list what is patched")
-    _add_target(status)
+    _add_target(status, every=True)
     status.set_defaults(run=_cmd_status)
 
     from relive.cli.debugging import add_commands
@@ -210,8 +210,6 @@ def _one_pid(args: argparse.Namespace) -> int:
 
 def _cmd_reload(args: argparse.Namespace, out: Renderer) -> int:
     import relive
-    from relive.events import TargetProcess
-    from relive.process.procfs import get_process_name
 
     out.show_timings = args.timings
     pids = resolve_pids(args.pid, args.name, args.every)
@@ -231,15 +229,22 @@ def _cmd_reload(args: argparse.Namespace, out: Renderer) -> int:
             move_frames=args.move_frames,
         )
 
+    return _each_process(pids, reload, out)
+
+
+def _each_process(pids: list[int], act: Callable[[int], None], out: Renderer) -> int:
+    """``act`` on each process, each one on its own: one failing leaves the others done."""
+    from relive.events import TargetProcess
+    from relive.process.procfs import get_process_name
+
     if len(pids) == 1:
-        reload(pids[0])
+        act(pids[0])
         return 0
-    # Each process is its own transaction: one failing leaves the others reloaded.
     code = 0
     for pid in pids:
         try:
             out(TargetProcess(pid, get_process_name(pid)))
-            reload(pid)
+            act(pid)
         except ReliveError as error:
             out.error(error, pid=pid)
             code = code or error.exit_code
@@ -272,27 +277,30 @@ def _cmd_doctor(args: argparse.Namespace, out: Renderer) -> int:
 def _cmd_undo(args: argparse.Namespace, out: Renderer) -> int:
     import relive
 
-    session = relive.attach(_one_pid(args), on_event=out)
-    restored = session.undo(args.functions or None)
-    if not restored and not out.json_lines:
-        print("nothing to undo")
-    return 0
+    def undo(pid: int) -> None:
+        restored = relive.attach(pid, on_event=out).undo(args.functions or None)
+        if not restored and not out.json_lines:
+            print(f"pid {pid}: nothing to undo")
+
+    return _each_process(resolve_pids(args.pid, args.name, args.every), undo, out)
 
 
 def _cmd_status(args: argparse.Namespace, out: Renderer) -> int:
     import relive
 
-    pid = _one_pid(args)
-    rows = [PatchListed(**vars(row)) for row in relive.attach(pid, on_event=out).status()]
-    if out.json_lines:
-        for row in rows:
-            out(row)
-        return 0
-    if not rows:
-        print(f"pid {pid}: nothing patched")
-    for row in rows:
-        print(row)
-    return 0
+    def status(pid: int) -> None:
+        rows = [PatchListed(**vars(row)) for row in relive.attach(pid, on_event=out).status()]
+        if out.json_lines:
+            for row in rows:
+                out(row)
+        elif not rows:
+            print(f"pid {pid}: nothing patched")
+        else:
+            print(PatchListed.HEADER)
+            for row in rows:
+                print(row)
+
+    return _each_process(resolve_pids(args.pid, args.name, args.every), status, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

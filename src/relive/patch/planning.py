@@ -25,7 +25,7 @@ from relive.arch.base import Arch
 from relive.elf.dwarf import find_compile_unit
 from relive.elf.objfile import ObjectFile
 from relive.errors import BadObject, UsageError
-from relive.events import Compiled, EventSink, Notice
+from relive.events import Compiled, CompilerWarnings, EventSink, Notice
 from relive.patch.binder import Binder
 from relive.patch.entries import find_too_small, too_small_error
 from relive.patch.identify import check_object_belongs, check_source_belongs
@@ -345,6 +345,8 @@ def _compile(command: CompileCommand, out_dir: Path, ctx: PlanContext) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     compiled = compile_object(command, out_dir)
     ctx.emit(Compiled(str(command.source), command.origin, compiled.command, compiled.milliseconds))
+    if compiled.warnings.strip():
+        ctx.emit(CompilerWarnings(str(command.source), compiled.warnings))
     ctx.dependencies[command.source] = compiled.dependencies
     return compiled.object_path
 

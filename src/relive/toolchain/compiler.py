@@ -27,7 +27,9 @@ __all__ = ["CompileResult", "compile_object", "read_dependencies"]
 SECTION_FLAGS = ("-ffunction-sections", "-fdata-sections")
 
 COMPILE_ERROR_HINT = "fix the error and save again; the program keeps running its current code"
-NO_COMPILER_HINT = "install gcc/clang or pass --cc"
+NO_COMPILER_HINT = (
+    "install that compiler, or name an installed one in a compile_commands.json (--compdb)"
+)
 
 _ELF_MAGIC = b"\x7fELF"
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
