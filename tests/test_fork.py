@@ -148,9 +148,9 @@ def test_status_and_undo_take_all_for_the_workers_of_a_program(
     workers = [_fork_child(parent), _fork_child(parent)]
 
     assert main(["status", "-p", str(workers[0])]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[0].split()[:3] == ["FUNCTION", "ENTRY", "->"]
-    assert out[1].split()[0] == "value" and "active" in out[1]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["FUNCTION", "ENTRY", "->"]
+    assert lines[1].split()[0] == "value" and "active" in lines[1]
 
     assert main(["status", "--all", "-p", str(parent.pid)]) == 0
     out = capsys.readouterr().out
