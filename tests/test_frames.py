@@ -565,3 +565,38 @@ def test_a_frame_left_in_an_earlier_reload_moves_later(tmp_path: Path, spawn: Sp
             _tick(target, f"face {new} word old")
         value = new
     assert target.alive()
+
+
+INLINED_HELPER = r"""
+#include <stdio.h>
+#include <unistd.h>
+long total;
+void face(long i) { total += i; printf("face %ld total %ld\n", i, total); }
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (long i = 0;; i++) { face(i); usleep(20000); }
+}
+"""
+
+
+def test_the_refusal_names_the_inlined_function_and_the_way_out(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    exe = _build(tmp_path, INLINED_HELPER, "gcc", "-O2")
+    target = spawn([exe])
+    target.wait_for(r"face \d+ total")
+    edit(tmp_path / "prog.c", "total += i;", "total += i; if (i % 2) total--;")
+    events = reload(target.pid, tmp_path / "prog.c")
+    (stays,) = _stays(events, "main")
+    assert stays.startswith(
+        f"face() is inlined into main, which is running on thread {target.pid}; its frame "
+        "cannot move to the new code ("
+    ), stays
+    assert stays.endswith(
+        "The change applies from main's next call; if it never returns, mark face "
+        "__attribute__((noinline)), or restart"
+    ), stays
+    # the old loop runs on: its inlined copy of face() keeps the old arithmetic
+    first = int(target.wait_for(r"face (\d+) total").group(1))
+    later = int(target.wait_for(r"face (\d+) total").group(1))
+    assert later == first + 1

@@ -220,8 +220,19 @@ class FrameStays(Event):
     tid: int
     function: str
     reason: str
+    #: Changed functions inlined into ``function`` (comma-separated; "" if none known).
+    inlined: str = ""
 
     def __str__(self) -> str:
+        if self.inlined:
+            names = self.inlined.split(", ")
+            verb = "is" if len(names) == 1 else "are"
+            return (
+                f"{', '.join(n + '()' for n in names)} {verb} inlined into {self.function}, "
+                f"which is running on thread {self.tid}; its frame cannot move to the new "
+                f"code ({self.reason}). The change applies from {self.function}'s next call; "
+                f"if it never returns, mark {names[0]} __attribute__((noinline)), or restart"
+            )
         return (
             f"{self.function} is running on thread {self.tid} and its frame cannot move to the "
             f"new code: {self.reason}. The new code applies from its next call; if "

@@ -22,6 +22,7 @@ from typing import Any
 
 from relive.arch.base import Equivalent, Resume
 from relive.elf.dwarf_types import (
+    AT_ABSTRACT_ORIGIN,
     AT_BYTE_SIZE,
     AT_TYPE,
     TAG_LEXICAL_BLOCK,
@@ -100,8 +101,9 @@ def match_call_sites(
             continue
         if site.live_registers:
             registers = ", ".join(sorted(site.live_registers))
+            verb = "carries" if len(site.live_registers) == 1 else "carry"
             resumes[site.old_return] = (
-                f"{registers} carries a value into the rest of the function {where}, "
+                f"{registers} {verb} a value into the rest of the function {where}, "
                 "and no debug information says it is the same variable in both versions"
             )
             continue
@@ -141,6 +143,37 @@ def _check_slots(
                 f"CFA{new_at or 0:+d} ({after.size} bytes)"
             )
     return ""
+
+
+_TAG_INLINED_SUBROUTINE = 0x1D
+
+
+def inlined_functions(path: str, source: str, function: str) -> list[str]:
+    """Names of the functions DWARF says were inlined into ``function`` (for messages)."""
+    try:
+        dwarf = open_dwarf(path)
+        unit = dwarf.find_unit(str(Path(source))) or dwarf.find_unit(None)
+        die = unit.find_function(function) if unit is not None else None
+        if unit is None or die is None:
+            return []
+        found: list[str] = []
+        _inlined(unit, die, found, 0)
+        return found
+    except (ReliveError, Malformed, IndexError):
+        return []
+
+
+def _inlined(unit: TypeUnit, die: Any, found: list[str], depth: int) -> None:
+    if depth > _MAX_TYPE_CHAIN:
+        return
+    for child in unit.children(die):
+        if child.tag == _TAG_INLINED_SUBROUTINE:
+            origin = child.ref(AT_ABSTRACT_ORIGIN)
+            name = unit.die(origin).name() if origin is not None else None
+            if name and name not in found:
+                found.append(name)
+        if child.children_at is not None:
+            _inlined(unit, child, found, depth + 1)
 
 
 def _variable_homes(path: str, source: str, function: str) -> dict[str, _Home] | None:

@@ -24,7 +24,7 @@ from relive.arch.base import Arch, FunctionShape
 from relive.errors import ReliveError
 from relive.link import LinkedImage
 from relive.patch.active import iter_active_functions
-from relive.patch.callsites import match_call_sites
+from relive.patch.callsites import inlined_functions, match_call_sites
 from relive.patch.journal import DefinitionKind, EntryPatch, Journal
 from relive.patch.modules import RunningModule
 from relive.patch.original import read_original_code
@@ -61,6 +61,8 @@ class FrameStay:
     tid: int
     function: str
     reason: str
+    #: Changed functions inlined into it (the edit the user made is in one of them).
+    inlined: tuple[str, ...] = ()
 
 
 @dataclass
@@ -98,6 +100,7 @@ class _Version:
     end: int
     shape: FunctionShape | None
     why_not: str
+    inlined: tuple[str, ...] = ()
 
 
 class FrameMover:
@@ -142,21 +145,23 @@ class FrameMover:
         if version is None:
             return
         if version.shape is None:
-            plan.stays.append(FrameStay(tid, version.name, version.why_not))
+            plan.stays.append(FrameStay(tid, version.name, version.why_not, version.inlined))
             return
         if frame.pc_slot is None and in_syscall:
-            plan.stays.append(FrameStay(tid, version.name, "it is inside a system call"))
+            plan.stays.append(
+                FrameStay(tid, version.name, "it is inside a system call", version.inlined)
+            )
             return
         resume = version.shape.resume(frame.pc)
         if isinstance(resume, str):
-            plan.stays.append(FrameStay(tid, version.name, resume))
+            plan.stays.append(FrameStay(tid, version.name, resume, version.inlined))
             return
         fixups = []
         for register, value in resume.fixups:
             location = frame.locations.get(register)
             if location is None:
                 reason = f"where the frame's {register} is kept is unknown"
-                plan.stays.append(FrameStay(tid, version.name, reason))
+                plan.stays.append(FrameStay(tid, version.name, reason, version.inlined))
                 return
             fixups.append((location, value))
         plan.moves.append(
@@ -236,6 +241,14 @@ def prepare_frame_mover(
             versions.append(_Version(name, start, start + size, None, error.message))
             continue
         shape = arch.match_shapes(old_code, start, new_code, new_address, equivalent)
+        inlined: tuple[str, ...] = ()
+        if isinstance(shape, str) and is_original:
+            changed = {d.name for p in plans for d in p.with_status(Decision.CHANGED)}
+            inlined = tuple(
+                f
+                for f in inlined_functions(module.file, plan.source, name)
+                if f in changed and f != name
+            )
         if isinstance(shape, str) and is_original and arch.match_call_sites is not None:
             sites = match_call_sites(
                 arch.match_call_sites,
@@ -246,10 +259,12 @@ def prepare_frame_mover(
                 _CalleeNames(module, memory, arch),
             )
             if not isinstance(sites, str):
-                versions.append(_Version(name, start, start + size, sites, _not_same_shape(shape)))
+                why = _not_same_shape(shape)
+                versions.append(_Version(name, start, start + size, sites, why, inlined))
                 continue
         if isinstance(shape, str):
-            versions.append(_Version(name, start, start + size, None, _not_same_shape(shape)))
+            why = _not_same_shape(shape)
+            versions.append(_Version(name, start, start + size, None, why, inlined))
         else:
             versions.append(_Version(name, start, start + size, shape, ""))
     mover = FrameMover(versions, FrameTables(modules), arch)

@@ -77,4 +77,4 @@ def report_frames(plan: FramePlan | None, emit: EventSink) -> None:
     for stay in plan.stays:
         if (stay.function, stay.tid) not in said:
             said.add((stay.function, stay.tid))
-            emit(FrameStays(stay.tid, stay.function, stay.reason))
+            emit(FrameStays(stay.tid, stay.function, stay.reason, ", ".join(stay.inlined)))
