@@ -163,9 +163,14 @@ def test_stale_scratch_folders_are_removed(state: Path) -> None:
     for folder in (dead, alive):
         folder.mkdir()
         (folder / "x.o").write_bytes(b"\x7fELF")
+    half_written = state / ".1-2.json.999999999.tmp"
+    being_written = state / f".1-2.json.{os.getppid()}.tmp"
+    for file in (half_written, being_written):
+        file.write_bytes(b"{")
     with scratch_dir():
         pass
     assert not dead.exists() and alive.exists()
+    assert not half_written.exists() and being_written.exists()
 
 
 def test_reload_leaves_no_scratch(state: Path, running: Target, tmp_path: Path) -> None:

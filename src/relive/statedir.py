@@ -209,8 +209,8 @@ def _create_exclusive(name: str, dir_fd: int) -> int:
 def scratch_dir() -> Iterator[Path]:
     """A private scratch folder in the state directory, removed afterwards.
 
-    Scratch folders that relives killed before they could clean up left behind
-    (their pid no longer runs) are removed first.
+    Scratch folders and half-written state files that relives killed before they
+    could clean up left behind (their pid no longer runs) are removed first.
     """
     path, dir_fd = open_state_dir()
     os.close(dir_fd)
@@ -228,11 +228,16 @@ def _remove_stale_scratch(state: Path) -> None:
     except OSError:
         return
     for name in names:
-        if not name.startswith(SCRATCH_PREFIX):
-            continue
-        owner = name[len(SCRATCH_PREFIX) :].partition("-")[0]
-        if owner.isdigit() and not _pid_exists(int(owner)):
-            shutil.rmtree(state / name, ignore_errors=True)
+        if name.startswith(SCRATCH_PREFIX):
+            owner = name[len(SCRATCH_PREFIX) :].partition("-")[0]
+            if owner.isdigit() and not _pid_exists(int(owner)):
+                shutil.rmtree(state / name, ignore_errors=True)
+        elif name.startswith(".") and name.endswith(".tmp"):
+            # ".NAME.PID.tmp": a state file a killed relive was writing.
+            owner = name.removesuffix(".tmp").rpartition(".")[2]
+            if owner.isdigit() and not _pid_exists(int(owner)):
+                with contextlib.suppress(OSError):
+                    os.unlink(state / name)
 
 
 def _pid_exists(pid: int) -> bool:
