@@ -31,6 +31,8 @@ static struct stats *stats;
 long scale(int x);
 __attribute__((noinline)) void tick(void) {
     struct point { int x, y; } here = {1, 2};
+    static long calls;
+    calls++;
     counter++;
     stats->hits++;
     printf("tick %ld hits %ld mode %d level %d scale %ld at %d\n", (long)counter, stats->hits,
@@ -129,6 +131,21 @@ def test_enum_value_changed(
     target = start(tmp_path, spawn, "gcc")
     edit(tmp_path / "prog.c", "SLOW, FAST", "SLOW, MEDIUM, FAST")
     refused(target, capsys, tmp_path / "prog.c", f"enum mode: value FAST changed 1 -> 2{HINT}")
+
+
+@pytest.mark.parametrize("compiler", ["gcc", "clang"])
+def test_function_static_changed(
+    tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str], compiler: str
+) -> None:
+    target = start(tmp_path, spawn, compiler)
+    edit(tmp_path / "prog.c", "static long calls;", "static double calls;")
+    long_name = "long int" if compiler == "gcc" else "long"
+    refused(
+        target,
+        capsys,
+        tmp_path / "prog.c",
+        f"calls (static in tick): type {long_name} became double{HINT}",
+    )
 
 
 def test_array_bound_changed(

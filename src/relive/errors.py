@@ -65,7 +65,9 @@ class LinkError(ReliveError):
 
 
 class LayoutChanged(ReliveError):
-    """A global's size differs between the running program and the new object."""
+    """Data the running program holds would change size, type or layout in the new
+    code (a global's size, a type compared from DWARF, a function's signature while
+    callers elsewhere still use the old one)."""
 
     exit_code = 8
 

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import bisect
 import mmap
-import operator
 import os
+import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from relive.elf.constants import SHT_RELA
 from relive.elf.dwarf import (
@@ -96,6 +96,10 @@ AT_RNGLISTS_BASE = 0x74
 AT_SPECIFICATION = 0x47
 AT_ABSTRACT_ORIGIN = 0x31
 
+#: Type entries whose children describe them (members, enumerators, bounds, parameters).
+_TYPE_TAGS_WITH_CHILDREN = frozenset(
+    {TAG_STRUCT, TAG_UNION, TAG_ENUM, TAG_ARRAY, TAG_SUBROUTINE_TYPE}
+)
 #: Top-level tags the index keeps, by name.
 _INDEXED = frozenset({TAG_VARIABLE, TAG_SUBPROGRAM, TAG_STRUCT, TAG_UNION, TAG_ENUM, TAG_TYPEDEF})
 
@@ -115,8 +119,7 @@ Value = int | str | bytes
 _K = TypeVar("_K", str, tuple[int, str])
 
 
-@dataclass(frozen=True, slots=True)
-class Die:
+class Die(NamedTuple):
     """One debugging information entry, its attributes decoded.
 
     References (``DW_AT_type``, ``DW_AT_sibling``...) are offsets in
@@ -130,6 +133,8 @@ class Die:
     children_at: int | None
     #: The form each attribute was given in (signed constants need it).
     forms: dict[int, int]
+    #: Where the entry after it starts when it has no children (else its first child).
+    end: int
 
     def name(self) -> str | None:
         """DW_AT_name, if any."""
@@ -160,6 +165,8 @@ class _Abbrev:
         "sibling",
         "specs",
         "tag",
+        "to_sibling",
+        "unpack",
         "widths",
     )
 
@@ -196,6 +203,63 @@ class _Abbrev:
             if at is not None:
                 self.jump = (at, 0 if form == 0x15 else _FIXED[form])
         self.ops = _skip_ops(specs, unit)
+        #: Skip operations up to DW_AT_sibling when its position varies.
+        self.to_sibling: tuple[int, ...] | None = None
+        if self.sibling >= 0 and has_children and self.jump is None:
+            self.to_sibling = _skip_ops(specs[: self.sibling], unit)
+        #: How to read the wanted attributes in one ``struct`` call (None: sizes vary).
+        self.unpack = _build_unpacker(self, unit.file.reader.relocatable)
+
+
+#: The attributes the layout check reads; others are skipped when decoding.
+_WANTED_ATTRS = frozenset(
+    {
+        AT_SIBLING, AT_LOCATION, AT_NAME, AT_BYTE_SIZE, AT_BIT_OFFSET, AT_BIT_SIZE,
+        AT_LOW_PC, AT_HIGH_PC, AT_CONST_VALUE, AT_LOWER_BOUND, AT_UPPER_BOUND, AT_COUNT,
+        AT_MEMBER_LOCATION, AT_DECLARATION, AT_ENCODING, AT_EXTERNAL, AT_TYPE, AT_RANGES,
+        AT_DATA_BIT_OFFSET, AT_ADDR_BASE, AT_RNGLISTS_BASE, AT_SPECIFICATION,
+        AT_ABSTRACT_ORIGIN,
+    }
+)  # fmt: skip
+_STRUCT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+#: A ``struct`` layout of a DIE's attributes, and per wanted attribute: index in
+#: the unpacked tuple (-1: a constant), attribute, form, offset, constant value.
+_Unpacker = tuple[struct.Struct, list[tuple[int, int, int, int, int, int]]]
+
+
+def _build_unpacker(abbrev: _Abbrev, relocatable: bool) -> _Unpacker | None:
+    if abbrev.fixed_size is None:
+        return None
+    fmt = "<"
+    wanted: list[tuple[int, int, int, int, int, int]] = []
+    index = 0
+    for (attr, form, implicit), width, offset in zip(
+        abbrev.specs, abbrev.widths, abbrev.prefix, strict=True
+    ):
+        assert width is not None and offset is not None
+        if attr not in _WANTED_ATTRS:
+            fmt += f"{width}x" if width else ""
+        elif width == 0:
+            constant = 1 if form == _FORM_FLAG_PRESENT else implicit
+            wanted.append((-1, attr, form, offset, constant, _KIND_CONSTANT))
+        elif width in _STRUCT_CODES:
+            fmt += _STRUCT_CODES[width]
+            if form in _REF_FORMS:
+                kind = _KIND_REF
+            elif form == _FORM_STRP:
+                kind = _KIND_STRP
+            elif form in _STRING_FORMS or (relocatable and (form in _OFFSET or form == _FORM_ADDR)):
+                kind = _KIND_DECODE
+            else:
+                kind = _KIND_RAW
+            wanted.append((index, attr, form, offset, implicit, kind))
+            index += 1
+        else:
+            return None  # three-byte forms
+    return struct.Struct(fmt), wanted
+
+
+_KIND_RAW, _KIND_REF, _KIND_STRP, _KIND_CONSTANT, _KIND_DECODE = range(5)
 
 
 #: Skip operations: a non-negative number skips that many bytes; these skip a value.
@@ -278,8 +342,8 @@ class TypeUnit:
         """The unit's own DIE (name, ranges, bases)."""
         return self.die(self.top)
 
-    def children(self, die: Die) -> Iterator[Die]:
-        """The children of ``die``, in order."""
+    def children(self, die: Die, tags: frozenset[int] | None = None) -> Iterator[Die]:
+        """The children of ``die``, in order (only those with one of ``tags``)."""
         pos = die.children_at
         if pos is None:
             return
@@ -288,12 +352,15 @@ class TypeUnit:
             code, _ = info.uleb(pos)
             if code == 0:
                 return
+            if tags is not None and (self._abbrevs.get(code) or self._abbrev(code)).tag not in tags:
+                pos = self._skip(pos)
+                continue
             child = self._dies.get(pos)
             if child is None:
                 child, _ = self._decode(pos)
                 self._dies[pos] = child
             yield child
-            pos = self._skip(pos)
+            pos = child.end if child.children_at is None else self._skip(pos)
 
     def _abbrev(self, code: int) -> _Abbrev:
         found = self._abbrevs.get(code)
@@ -324,7 +391,11 @@ class TypeUnit:
         code, at = info.uleb(pos)
         if code == 0:
             raise _Malformed(f"a reference leads to a null entry ({pos:#x})")
-        abbrev = self._abbrev(code)
+        abbrev = self._abbrevs.get(code) or self._abbrev(code)
+        if pos != self.top:
+            fast = abbrev.unpack
+            if fast is not None:
+                return self._decode_fixed(pos, at, abbrev, fast)
         attrs: dict[int, Value] = {}
         forms: dict[int, int] = {}
         for attr, form, implicit in abbrev.specs:
@@ -332,7 +403,35 @@ class TypeUnit:
             if value is not None:
                 attrs[attr] = value
                 forms[attr] = form
-        return Die(pos, abbrev.tag, attrs, at if abbrev.has_children else None, forms), at
+        return Die(pos, abbrev.tag, attrs, at if abbrev.has_children else None, forms, at), at
+
+    def _decode_fixed(self, pos: int, at: int, abbrev: _Abbrev, fast: _Unpacker) -> tuple[Die, int]:
+        """A DIE whose attributes all have fixed sizes: one unpack, wanted values only."""
+        layout, wanted = fast
+        info = self.file.reader.info
+        end = at + layout.size
+        if end > info.size:
+            raise _Malformed("a DIE runs past the end of .debug_info")
+        values = layout.unpack_from(info.buf, info.base + at)
+        attrs: dict[int, Value] = {}
+        forms: dict[int, int] = {}
+        for index, attr, form, offset, constant, kind in wanted:
+            value: Value | None
+            if kind == _KIND_RAW:
+                value = values[index]
+            elif kind == _KIND_REF:
+                value = self.start + values[index]
+            elif kind == _KIND_STRP:
+                value = self.file.debug_string(info.relocs.get(at + offset, values[index]))
+            elif kind == _KIND_CONSTANT:
+                value = constant
+            else:  # other strings, relocated addresses and offsets
+                value = self._value(at + offset, form, constant)[0]
+            if value is not None:
+                attrs[attr] = value
+                forms[attr] = form
+        children = end if abbrev.has_children else None
+        return Die(pos, abbrev.tag, attrs, children, forms, end), end
 
     def _value(self, pos: int, form: int, implicit: int) -> tuple[Value | None, int, int]:
         info = self.file.reader.info
@@ -404,7 +503,7 @@ class TypeUnit:
 
     # -- walking ----------------------------------------------------------------
 
-    def _skip(self, pos: int) -> int:  # noqa: C901 (one loop on purpose: it is the hot path)
+    def _skip(self, pos: int) -> int:
         """The position of the DIE after the one at ``pos`` and all its children.
 
         The hot loop of the index: one pass, no recursion, values skipped by
@@ -429,20 +528,8 @@ class TypeUnit:
                 continue
             abbrev = abbrevs.get(code) or self._abbrev(code)
             jump = abbrev.jump
-            if jump is not None:
-                at, width = jump
-                if width:
-                    pos = self.start + int.from_bytes(
-                        buf[base + pos + at : base + pos + at + width], "little"
-                    )
-                else:
-                    pos = self.start + info.uleb(pos + at)[0]
-                if depth == 0:
-                    return pos
-                continue
-            if abbrev.sibling >= 0 and abbrev.has_children:
-                at = self._attribute_position(abbrev, pos, abbrev.sibling)
-                pos = self._reference(at, abbrev.specs[abbrev.sibling][1])[0]
+            if jump is not None or abbrev.to_sibling is not None:
+                pos = self._sibling(abbrev, pos)
                 if depth == 0:
                     return pos
                 continue
@@ -450,27 +537,47 @@ class TypeUnit:
             if ops is None:
                 pos = self._attribute_position(abbrev, pos, len(abbrev.specs))
             else:
-                for op in ops:
-                    if op >= 0:
-                        pos += op
-                    elif op == _OP_LEB:
-                        while buf[base + pos] & 0x80:
-                            pos += 1
-                        pos += 1
-                    elif op == _OP_BLOCK_LEB:
-                        length, pos = info.uleb(pos)
-                        pos += length
-                    elif op == _OP_STRING:
-                        pos = buf.find(b"\0", base + pos, limit) - base + 1
-                        if pos <= 0:
-                            raise _Malformed("a string is not terminated")
-                    else:
-                        width = _OP_WIDTH[op]
-                        pos += width + info.uint(pos, width)
+                pos = self._run_ops(ops, pos)
             if abbrev.has_children:
                 depth += 1
             elif depth == 0:
                 return pos
+
+    def _sibling(self, abbrev: _Abbrev, pos: int) -> int:
+        """The DW_AT_sibling of a DIE whose attributes start at ``pos``."""
+        info = self.file.reader.info
+        if abbrev.jump is not None:
+            at, width = abbrev.jump
+            if width:
+                start = info.base + pos + at
+                return self.start + int.from_bytes(info.buf[start : start + width], "little")
+            return self.start + info.uleb(pos + at)[0]
+        assert abbrev.to_sibling is not None
+        at = self._run_ops(abbrev.to_sibling, pos)
+        return self._reference(at, abbrev.specs[abbrev.sibling][1])[0]
+
+    def _run_ops(self, ops: tuple[int, ...], pos: int) -> int:
+        """Apply skip operations from ``pos``; the position after the values."""
+        info = self.file.reader.info
+        buf, base, limit = info.buf, info.base, info.base + info.size
+        for op in ops:
+            if op >= 0:
+                pos += op
+            elif op == _OP_LEB:
+                while buf[base + pos] & 0x80:
+                    pos += 1
+                pos += 1
+            elif op == _OP_BLOCK_LEB:
+                length, pos = info.uleb(pos)
+                pos += length
+            elif op == _OP_STRING:
+                pos = buf.find(b"\0", base + pos, limit) - base + 1
+                if pos <= 0:
+                    raise _Malformed("a string is not terminated")
+            else:
+                width = _OP_WIDTH[op]
+                pos += width + info.uint(pos, width)
+        return pos
 
     def _attribute_position(self, abbrev: _Abbrev, at: int, index: int) -> int:
         """Where attribute ``index`` of a DIE whose attributes start at ``at`` begins."""
@@ -533,8 +640,7 @@ class TypeUnit:
         _, form, implicit = abbrev.specs[abbrev.name]
         info = self.file.reader.info
         if form == _FORM_STRP:
-            raw = self.file.reader.str.cstr(info.uint(pos, self.unit.offset_size))[0]
-            return raw.decode("utf-8", "replace")
+            return self.file.debug_string(info.uint(pos, self.unit.offset_size))
         return self._string(pos, form, implicit)[0]
 
     def _keep(self, table: dict[_K, int], key: _K, offset: int, declared: bool) -> None:
@@ -543,6 +649,27 @@ class TypeUnit:
             table[key] = offset
             if declared:
                 self._declarations.add(offset)
+
+    def preload(self) -> None:
+        """Index the unit and decode every type its named types reach.
+
+        Meant for a background thread while the compiler runs: afterwards the
+        running program's side of a comparison costs dictionary lookups only.
+        """
+        self.index()
+        pending = list(self.types.values())
+        seen: set[int] = set()
+        while pending:
+            offset = pending.pop()
+            if offset in seen:
+                continue
+            seen.add(offset)
+            die = self.die(offset)
+            ref = die.ref(AT_TYPE)
+            if ref is not None:
+                pending.append(ref)
+            if die.tag in _TYPE_TAGS_WITH_CHILDREN:
+                pending.extend(child.offset for child in self.children(die))
 
     def find_variable(self, name: str) -> Die | None:
         """The top-level variable ``name`` (its definition, else its declaration)."""
@@ -603,6 +730,7 @@ class DwarfFile:
             raise _bad(path, e) from e
         self._abbrev_tables: dict[int, dict[int, tuple[int, bool, list[tuple[int, int, int]]]]] = {}
         self.debug_addr: _Section | None = None
+        self._strings: dict[int, str] = {}
 
     def _read_units(self) -> list[TypeUnit]:
         reader = self.reader
@@ -639,6 +767,14 @@ class DwarfFile:
                         )  # fmt: skip
             pos = end
         return units
+
+    def debug_string(self, offset: int) -> str:
+        """The .debug_str string at ``offset`` (names repeat: decoded once)."""
+        found = self._strings.get(offset)
+        if found is None:
+            found = self.reader.str.cstr(offset)[0].decode("utf-8", "replace")
+            self._strings[offset] = found
+        return found
 
     def abbrev_table(self, offset: int) -> dict[int, tuple[int, bool, list[tuple[int, int, int]]]]:
         """The abbreviation table at ``offset``: code -> (tag, has children, specs)."""
@@ -822,7 +958,7 @@ class _SortedRelocations(dict[int, int]):
         self._symtab = reader.shdrs[rela.link]
         self._data = reader.data
         offsets = self._offsets
-        self._sorted = all(map(operator.le, offsets, offsets[1:]))
+        self._sorted = offsets == sorted(offsets)
         if not self._sorted:
             for i in range(len(offsets)):
                 dict.__setitem__(self, offsets[i], self._value(i))
@@ -839,6 +975,12 @@ class _SortedRelocations(dict[int, int]):
             value = int.from_bytes(self._data[at : at + 8], "little")
         addend: int = self._signed[3 * i + 2]
         return value + addend
+
+    def get(self, offset: int, default: int | None = None) -> int | None:  # type: ignore[override]
+        if not self._sorted:
+            return dict.get(self, offset, default)
+        i = self._find(offset)
+        return default if i < 0 else self._value(i)
 
     def __contains__(self, offset: object) -> bool:
         if not self._sorted:

@@ -19,16 +19,20 @@ calls it is refused always.  Only the units of the reloaded sources are read.
 from __future__ import annotations
 
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from relive.arch.base import Arch
 from relive.elf.dwarf_types import (
+    AT_ABSTRACT_ORIGIN,
     AT_LOCATION,
     TAG_ARRAY,
     TAG_ENUM,
     TAG_LEXICAL_BLOCK,
+    TAG_MEMBER,
     TAG_PARAMETER,
     TAG_POINTER,
     TAG_STRUCT,
@@ -41,7 +45,7 @@ from relive.elf.dwarf_types import (
     TypeUnit,
     open_dwarf,
 )
-from relive.errors import LayoutChanged
+from relive.errors import LayoutChanged, ReliveError
 from relive.events import EventSink, Notice
 from relive.patch.modules import RunningModule
 from relive.patch.plan import Decision, FunctionDecision, ReloadPlan
@@ -59,6 +63,9 @@ _TAG_INLINED = 0x1D
 _STATIC_LOCATION_OPS = frozenset({0x03, 0xA1, 0xFB})
 _CLONE_SUFFIX = re.compile(r"\.(constprop|isra|part|cold|lto_priv)(\.\d+)*$|\.cold$")
 _PF_X = 1
+_LOCAL_TAGS = frozenset({TAG_LEXICAL_BLOCK, _TAG_INLINED, TAG_PARAMETER, TAG_VARIABLE})
+_MEMBER_TAGS = frozenset({TAG_MEMBER})
+_BLOCK_TAGS = frozenset({TAG_LEXICAL_BLOCK, _TAG_INLINED})
 HINT = (
     "objects already in the program keep the old layout; restart to change it, or reload "
     "with --allow-layout-change if you convert them yourself"
@@ -85,6 +92,29 @@ class _Signature:
     new: Die
 
 
+_warming: list[threading.Thread] = []
+
+
+def prepare_layout_check(module: RunningModule, source: Path) -> None:
+    """Read the running module's DWARF for ``source`` while the compiler runs.
+
+    Only reads the program's file on disk; whatever goes wrong is left for
+    :func:`check_layouts` to meet (and report) again.
+    """
+    thread = threading.Thread(target=_preload, args=(module.file, source), daemon=True)
+    _warming.append(thread)
+    thread.start()
+
+
+def _preload(file: str, source: Path) -> None:
+    try:
+        unit = open_dwarf(file).find_unit(str(source))
+        if unit is not None:
+            unit.preload()
+    except (ReliveError, Malformed):
+        pass  # check_layouts reads it again and says what is wrong
+
+
 def check_layouts(
     plans: Sequence[ReloadPlan], arch: Arch, allow_layout_change: bool, emit: EventSink
 ) -> None:
@@ -94,6 +124,8 @@ def check_layouts(
     what the user takes on); changed signatures with callers elsewhere are
     refused either way.  Units without DWARF get a notice that nothing was checked.
     """
+    while _warming:
+        _warming.pop().join()
     changes: list[str] = []
     signatures: list[_Signature] = []
     pairs: list[_Units] = []
@@ -162,20 +194,23 @@ def _referenced_data(plan: ReloadPlan) -> set[str]:
     obj = plan.obj
     request = plan.layout.request
     bound = request.bound_sections
+    symbols = {
+        reloc.symbol.index: reloc.symbol
+        for index in request.load
+        for reloc in obj.relocations.get(index, ())
+    }
     names: set[str] = set()
-    for index in request.load:
-        for reloc in obj.relocations.get(index, ()):
-            symbol = reloc.symbol
-            if symbol.is_function:
-                continue
-            if not symbol.is_defined or symbol.is_common:
-                if symbol.name in request.externals:
-                    names.add(symbol.name)
-            elif symbol.shndx in bound and not obj.sections[symbol.shndx].is_exec:
-                if not symbol.is_section:
-                    names.add(symbol.name)
-                else:
-                    names.update(s.name for s in obj.iter_section_symbols(symbol.shndx) if s.name)
+    for symbol in symbols.values():
+        if symbol.is_function:
+            continue
+        if not symbol.is_defined or symbol.is_common:
+            if symbol.name in request.externals:
+                names.add(symbol.name)
+        elif symbol.shndx in bound and not obj.sections[symbol.shndx].is_exec:
+            if not symbol.is_section:
+                names.add(symbol.name)
+            else:
+                names.update(s.name for s in obj.iter_section_symbols(symbol.shndx) if s.name)
     return names
 
 
@@ -203,33 +238,46 @@ def _loaded_functions(plan: ReloadPlan) -> list[str]:
 
 
 def _check_functions(units: _Units, comparer: TypeComparer) -> Iterator[str]:
+    held: dict[tuple[int, str], Die] = {}
+    seen: set[int] = set()
+    inlined: set[int] = set()
     for name in _loaded_functions(units.plan):
         new = units.new.find_function(name)
         if new is None:
             continue
         old = units.old.find_function(name)
-        held: dict[tuple[int, str], Die] = {}
-        seen: set[int] = set()
         _frame_roots(units.new, type_of(units.new, new), held, seen)
-        for kind, child in _iter_locals(units.new, new):
+        for kind, child in _iter_locals(units.new, new, inlined):
             if kind == "static":
                 yield from _compare_static(units, comparer, name, old, child)
             else:
                 _frame_roots(units.new, type_of(units.new, child), held, seen)
-        for (tag, type_name), die in held.items():
-            before = units.old.find_type(tag, type_name)
-            if before is None:
-                continue  # a type the running unit does not know: new code's own
-            found = comparer.compare(before, die)
-            if found is not None:
-                yield f"{type_name}: {found}"
+    for (tag, type_name), die in held.items():
+        before = units.old.find_type(tag, type_name)
+        if before is None:
+            continue  # a type the running unit does not know: new code's own
+        found = comparer.compare(before, die)
+        if found is not None:
+            yield f"{type_name}: {found}"
 
 
-def _iter_locals(unit: TypeUnit, function: Die) -> Iterator[tuple[str, Die]]:
-    """("frame" or "static", DIE) for each parameter and variable, blocks included."""
-    for child in unit.children(function):
-        if child.tag in (TAG_LEXICAL_BLOCK, _TAG_INLINED):
-            yield from _iter_locals(unit, child)
+def _iter_locals(
+    unit: TypeUnit, function: Die, inlined: set[int] | None = None
+) -> Iterator[tuple[str, Die]]:
+    """("frame" or "static", DIE) for each parameter and variable, blocks included.
+
+    A function inlined here is visited once through its abstract instance (where
+    its parameters and variables have their types), however often it was inlined.
+    """
+    for child in unit.children(function, _LOCAL_TAGS):
+        if child.tag == _TAG_INLINED:
+            origin = child.ref(AT_ABSTRACT_ORIGIN)
+            if inlined is not None and origin is not None and origin not in inlined:
+                inlined.add(origin)
+                yield from _iter_locals(unit, unit.die(origin), inlined)
+            yield from _iter_nested(unit, child, inlined)
+        elif child.tag == TAG_LEXICAL_BLOCK:
+            yield from _iter_locals(unit, child, inlined)
         elif child.tag == TAG_PARAMETER:
             yield "frame", child
         elif child.tag == TAG_VARIABLE:
@@ -240,6 +288,19 @@ def _iter_locals(unit: TypeUnit, function: Die) -> Iterator[tuple[str, Die]]:
                 and (location[0] in _STATIC_LOCATION_OPS)
             )
             yield ("static" if static else "frame"), child
+
+
+def _iter_nested(unit: TypeUnit, block: Die, inlined: set[int] | None) -> Iterator[tuple[str, Die]]:
+    """Functions inlined inside an inlined function (its own locals come from its origin)."""
+    for child in unit.children(block, _BLOCK_TAGS):
+        if child.tag == TAG_LEXICAL_BLOCK:
+            yield from _iter_nested(unit, child, inlined)
+        else:
+            origin = child.ref(AT_ABSTRACT_ORIGIN)
+            if inlined is not None and origin is not None and origin not in inlined:
+                inlined.add(origin)
+                yield from _iter_locals(unit, unit.die(origin), inlined)
+            yield from _iter_nested(unit, child, inlined)
 
 
 def _compare_static(
@@ -274,7 +335,7 @@ def _frame_roots(
     if stripped.tag == TAG_POINTER:
         _hold(unit, type_of(unit, stripped), held, seen)
     elif stripped.tag in (TAG_STRUCT, TAG_UNION):
-        for member in unit.children(stripped):
+        for member in unit.children(stripped, _MEMBER_TAGS):
             _frame_roots(unit, type_of(unit, member), held, seen)
     elif stripped.tag == TAG_ARRAY:
         _frame_roots(unit, type_of(unit, stripped), held, seen)

@@ -31,7 +31,7 @@ from relive.patch.entries import find_too_small, too_small_error
 from relive.patch.identify import check_object_belongs, check_source_belongs
 from relive.patch.initial import DataChange, choose_reinit, describe_initial_change
 from relive.patch.journal import Journal
-from relive.patch.layout_check import check_layouts
+from relive.patch.layout_check import check_layouts, prepare_layout_check
 from relive.patch.modules import RunningModule, find_module_defining
 from relive.patch.plan import Decision, FarData, FarDataReference, ReloadPlan, build_plan
 from relive.process.memory import ProcessMemory
@@ -163,6 +163,7 @@ def _compile_unit(path: Path, index: int, ctx: PlanContext) -> _Unit:
     command, module = _find_command(path, ctx)
     if ctx.options.debug:
         command = deoptimized(command)
+    prepare_layout_check(module, path)
     obj_path = _compile(command, ctx.scratch / str(index), ctx)
     lap(ctx.phases, "compile", mark)
     return _Unit(path, index, obj_path, command, module)

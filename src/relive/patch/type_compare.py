@@ -46,6 +46,10 @@ from relive.elf.dwarf_types import (
     TypeUnit,
 )
 
+_PARAMETER_TAGS = frozenset({TAG_PARAMETER, TAG_VARARGS})
+_SUBRANGE_TAGS = frozenset({TAG_SUBRANGE})
+_MEMBER_TAGS = frozenset({TAG_MEMBER})
+_ENUMERATOR_TAGS = frozenset({TAG_ENUMERATOR})
 _QUALIFIERS = frozenset({TAG_CONST, TAG_VOLATILE, TAG_RESTRICT, TAG_ATOMIC, TAG_TYPEDEF})
 _KIND_WORD = {TAG_STRUCT: "struct", TAG_UNION: "union", TAG_ENUM: "enum"}
 _AGGREGATES = frozenset({TAG_STRUCT, TAG_UNION})
@@ -128,7 +132,7 @@ def _describe_function(unit: TypeUnit, die: Die, middle: str, depth: int) -> str
 def describe_parameters(unit: TypeUnit, die: Die, depth: int = 0) -> str:
     """``int, long int`` for the parameters of a function or function type."""
     params = []
-    for child in unit.children(die):
+    for child in unit.children(die, _PARAMETER_TAGS):
         if child.tag == TAG_PARAMETER:
             params.append(describe(unit, type_of(unit, child), depth + 1))
         elif child.tag == TAG_VARARGS:
@@ -139,7 +143,7 @@ def describe_parameters(unit: TypeUnit, die: Die, depth: int = 0) -> str:
 def array_bounds(unit: TypeUnit, die: Die) -> list[int | None]:
     """Element counts of each dimension (None: unknown or variable)."""
     bounds: list[int | None] = []
-    for child in unit.children(die):
+    for child in unit.children(die, _SUBRANGE_TAGS):
         if child.tag != TAG_SUBRANGE:
             continue
         count = child.number(AT_COUNT)
@@ -292,7 +296,7 @@ class _Member:
 def _members(unit: TypeUnit, die: Die) -> dict[str, _Member]:
     found: dict[str, _Member] = {}
     anonymous = 0
-    for child in unit.children(die):
+    for child in unit.children(die, _MEMBER_TAGS):
         if child.tag != TAG_MEMBER:
             continue
         name = child.name()
@@ -345,7 +349,7 @@ def _enumerators(unit: TypeUnit, die: Die, size: int) -> dict[str, int]:
     mask = (1 << (8 * size)) - 1
     return {
         child.name() or "": (child.number(AT_CONST_VALUE) or 0) & mask
-        for child in unit.children(die)
+        for child in unit.children(die, _ENUMERATOR_TAGS)
         if child.tag == TAG_ENUMERATOR
     }
 
@@ -356,25 +360,24 @@ def _signed(value: int, size: int) -> int:
 
 
 def signature_differs(comparer: TypeComparer, old: Die, new: Die, depth: int = 0) -> bool:
-    """Whether two functions (or function types) take or return different things."""
-    if comparer.compare(type_of(comparer.old, old), type_of(comparer.new, new), depth + 1):
-        return True
-    old_params = _parameters(comparer.old, old)
-    new_params = _parameters(comparer.new, new)
-    if len(old_params) != len(new_params):
-        return True
-    return any(
-        (a is None) != (b is None) or comparer.compare(a, b, depth + 1) is not None
-        for a, b in zip(old_params, new_params, strict=True)
-    )
+    """Whether two functions (or function types) take or return different things.
+
+    Compared by shape (``long int``, ``struct stats *``), not by the layouts of
+    the structs named: a struct that data holds is compared on its own, and
+    following every parameter of every function pointer would compare a large
+    program's whole type graph on each reload.
+    """
+    del depth  # shapes are not recursive
+    return signature(comparer.old, old) != signature(comparer.new, new)
 
 
-def _parameters(unit: TypeUnit, die: Die) -> list[Die | None]:
-    """Parameter types; None stands for ``...``."""
-    found: list[Die | None] = []
-    for child in unit.children(die):
-        if child.tag == TAG_PARAMETER:
-            found.append(type_of(unit, child) or child)  # untyped: compare as itself
-        elif child.tag == TAG_VARARGS:
-            found.append(None)
-    return found
+def signature(unit: TypeUnit, die: Die) -> tuple[str, ...]:
+    """Return type then parameter types of a function or function type, as shapes."""
+    shapes = [_shape(unit, type_of(unit, die))]
+    for child in unit.children(die, _PARAMETER_TAGS):
+        shapes.append("..." if child.tag == TAG_VARARGS else _shape(unit, type_of(unit, child)))
+    return tuple(shapes)
+
+
+def _shape(unit: TypeUnit, die: Die | None) -> str:
+    return describe(unit, strip(unit, die)[0])
