@@ -316,7 +316,8 @@ class TypeUnit:
     types: dict[tuple[int, str], int] = field(default_factory=dict)
     _dies: dict[int, Die] = field(default_factory=dict)
     _abbrevs: dict[int, _Abbrev] = field(default_factory=dict)
-    _indexed: bool = False
+    #: Where indexing goes on (-1: not started; None: done).
+    _next: int | None = -1
     _declarations: set[int] = field(default_factory=set)
 
     @property
@@ -600,14 +601,21 @@ class TypeUnit:
         return at
 
     def index(self) -> None:
-        """Index the unit's top-level variables, functions and named types."""
-        if self._indexed:
-            return
-        self._indexed = True
-        top = self.top_die()
-        pos = top.children_at
+        """Index all of the unit's top-level variables, functions and named types."""
+        self._index_until(None, None, False)
+
+    def _index_until(self, table: dict[_K, int] | None, key: _K | None, any_kind: bool) -> None:
+        """Index top-level entries until ``table`` has ``key`` (a definition unless
+        ``any_kind``), or to the end.  Lookups stop early: a large unit's new code is
+        usually found long before its end."""
+        pos = self._next
         if pos is None:
             return
+        if pos < 0:
+            pos = self.top_die().children_at
+            if pos is None:
+                self._next = None
+                return
         info = self.file.reader.info
         buf, base = info.buf, info.base
         abbrevs = self._abbrevs
@@ -621,6 +629,7 @@ class TypeUnit:
                 break
             abbrev = abbrevs.get(code) or self._abbrev(code)
             tag = abbrev.tag
+            found = False
             if tag in _INDEXED and abbrev.name >= 0:
                 name = self._name_at(abbrev, at)
                 if name is not None:
@@ -630,7 +639,22 @@ class TypeUnit:
                         self._keep(functions, name, pos, abbrev.declared)
                     else:
                         self._keep(types, (tag, name), pos, abbrev.declared)
+                    found = table is not None and self._has(table, key, any_kind)
             pos = self._skip(pos)
+            if found:
+                self._next = pos
+                return
+        self._next = None
+
+    def _has(self, table: dict[_K, int], key: _K | None, any_kind: bool) -> bool:
+        offset = table.get(key) if key is not None else None
+        return offset is not None and (any_kind or offset not in self._declarations)
+
+    def _lookup(self, table: dict[_K, int], key: _K, any_kind: bool) -> Die | None:
+        if not self._has(table, key, any_kind):
+            self._index_until(table, key, any_kind)
+        offset = table.get(key)
+        return None if offset is None else self.die(offset)
 
     def _name_at(self, abbrev: _Abbrev, at: int) -> str | None:
         offset = abbrev.prefix[abbrev.name]
@@ -639,6 +663,10 @@ class TypeUnit:
         )
         _, form, implicit = abbrev.specs[abbrev.name]
         info = self.file.reader.info
+        if form == _FORM_STRP and self.unit.offset_size == 4 and pos + 4 <= info.size:
+            start = info.base + pos
+            raw = int.from_bytes(info.buf[start : start + 4], "little")
+            return self.file.debug_string(info.relocs.get(pos, raw))
         if form == _FORM_STRP:
             return self.file.debug_string(info.uint(pos, self.unit.offset_size))
         return self._string(pos, form, implicit)[0]
@@ -672,22 +700,16 @@ class TypeUnit:
                 pending.extend(child.offset for child in self.children(die))
 
     def find_variable(self, name: str) -> Die | None:
-        """The top-level variable ``name`` (its definition, else its declaration)."""
-        self.index()
-        offset = self.variables.get(name)
-        return None if offset is None else self.die(offset)
+        """The top-level variable ``name``: the first entry found, definition or declaration."""
+        return self._lookup(self.variables, name, True)
 
     def find_function(self, name: str) -> Die | None:
         """The top-level function ``name`` (its definition, else its declaration)."""
-        self.index()
-        offset = self.functions.get(name)
-        return None if offset is None else self.die(offset)
+        return self._lookup(self.functions, name, False)
 
     def find_type(self, tag: int, name: str) -> Die | None:
         """The named struct, union, enum or typedef (a complete one if there is one)."""
-        self.index()
-        offset = self.types.get((tag, name))
-        return None if offset is None else self.die(offset)
+        return self._lookup(self.types, (tag, name), False)
 
     # -- address ranges -----------------------------------------------------------
 

@@ -216,8 +216,9 @@ def _referenced_data(plan: ReloadPlan) -> set[str]:
 
 def _check_variables(units: _Units, comparer: TypeComparer) -> Iterator[str]:
     for name in sorted(_referenced_data(units.plan)):
-        new = units.new.find_variable(name)
-        old = units.old.find_variable(name) if new is not None else None
+        # The running side first: it is indexed already (read while compiling).
+        old = units.old.find_variable(name)
+        new = units.new.find_variable(name) if old is not None else None
         if new is None or old is None:
             continue  # new data, or not a variable of this unit
         found = comparer.compare(type_of(units.old, old), type_of(units.new, new))
@@ -355,9 +356,21 @@ def _hold(
     if stripped.tag in (TAG_STRUCT, TAG_UNION, TAG_ENUM) and name:
         held.setdefault((stripped.tag, name), stripped)
     elif label and die is not None:
-        typedef = unit.find_type(TAG_TYPEDEF, label)
+        typedef = _first_typedef(unit, die)
         if typedef is not None:
             held.setdefault((TAG_TYPEDEF, label), typedef)
+
+
+def _first_typedef(unit: TypeUnit, die: Die) -> Die | None:
+    """The first typedef under qualifiers (``const stats_t`` -> ``stats_t``)."""
+    for _ in range(16):
+        if die.tag == TAG_TYPEDEF:
+            return die
+        inner = type_of(unit, die)
+        if inner is None:
+            return None
+        die = inner
+    return None
 
 
 # -- signatures ---------------------------------------------------------------------

@@ -168,6 +168,7 @@ class TypeComparer:
         self.new = new
         self.changes: list[str] = []
         self._seen: dict[tuple[int, int], str | None] = {}
+        self._signatures: dict[tuple[bool, int], tuple[str, ...]] = {}
 
     def compare(self, old: Die | None, new: Die | None, depth: int = 0) -> str | None:
         """What differs between two types (None: the same, or nothing can be told)."""
@@ -185,6 +186,14 @@ class TypeComparer:
         self._seen[key] = None  # a cycle through pointers compares as equal
         found = self._compare_stripped(old_type, new_type, old_label or new_label, depth)
         self._seen[key] = found
+        return found
+
+    def signature(self, unit: TypeUnit, die: Die) -> tuple[str, ...]:
+        """:func:`signature`, once per function type (many pointers share one)."""
+        key = (unit is self.new, die.offset)
+        found = self._signatures.get(key)
+        if found is None:
+            found = self._signatures[key] = signature(unit, die)
         return found
 
     def _became(self, old: Die | None, new: Die | None) -> str:
@@ -368,7 +377,7 @@ def signature_differs(comparer: TypeComparer, old: Die, new: Die, depth: int = 0
     program's whole type graph on each reload.
     """
     del depth  # shapes are not recursive
-    return signature(comparer.old, old) != signature(comparer.new, new)
+    return comparer.signature(comparer.old, old) != comparer.signature(comparer.new, new)
 
 
 def signature(unit: TypeUnit, die: Die) -> tuple[str, ...]:
