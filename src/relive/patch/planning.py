@@ -34,6 +34,7 @@ from relive.patch.journal import Journal
 from relive.patch.layout_check import check_layouts, prepare_layout_check
 from relive.patch.modules import RunningModule, find_module_defining
 from relive.patch.plan import Decision, FarData, FarDataReference, ReloadPlan, build_plan
+from relive.patch.running import fingerprints_running_now
 from relive.process.memory import ProcessMemory
 from relive.process.remote import remote_call
 from relive.process.threads import stop_all
@@ -293,7 +294,7 @@ def _plan_object(
         peers=peers,
         provisional=module.start,
     )
-    fingerprints = record.fingerprints if record else None
+    fingerprints = fingerprints_running_now(ctx.journal, module)
     planned = build_plan(
         key, obj, binder, ctx.arch, fingerprints, ctx.functions, redirect_all=ctx.options.debug
     )
