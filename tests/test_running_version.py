@@ -11,8 +11,7 @@ import subprocess
 from pathlib import Path
 
 import relive
-from support import SpawnFactory, compile_c
-from test_reload import kinds, reload
+from support import SpawnFactory, compile_c, kinds, reload
 
 PROG = r"""
 #include <stdio.h>
