@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -78,3 +79,30 @@ def test_grammar_of_one_function_kept_by_watch() -> None:
     assert "1 reloaded function stays in place (--undo-on-exit reverts it)" in one
     two = str(WatchStopped("stopped", [], ["value", "tick"]))
     assert "2 reloaded functions stay in place (--undo-on-exit reverts them)" in two
+
+
+def test_a_kernel_thread_is_named_as_such(capsys: pytest.CaptureFixture[str]) -> None:
+    kthreadd = next(
+        pid
+        for pid in (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "kthreadd"
+    )
+    code, err = run_cli(capsys, "status", "-p", str(kthreadd))
+    assert code == 2
+    assert "is a kernel thread: it runs no user code to reload" in err
+
+
+def test_an_ambiguous_name_lists_the_executables_paths(
+    tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = f"amb{os.getpid() % 100000}"
+    exes = []
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        exes.append(compile_c(tmp_path / folder, VALUE_PROG, name=name))
+        target = spawn([f"./{name}"], cwd=tmp_path / folder)
+        target.wait_for(r"^value 1$")
+    code, err = run_cli(capsys, "status", "-n", name)
+    assert code == 2
+    for exe in exes:
+        assert f"({exe})" in err, err

@@ -29,15 +29,22 @@ def _exe_identity(pid: int) -> _Identity | None:
 
 
 def describe(pid: int) -> str:
-    """``pid (command line)`` for messages, shortened."""
+    """``pid (executable path and arguments)`` for messages: the full path tells apart
+    programs that were all started as ``./prog``; long arguments are shortened."""
     try:
         raw = (PROC / str(pid) / "cmdline").read_bytes()
     except OSError:
         return str(pid)
-    cmdline = " ".join(a.decode(errors="replace") for a in raw.split(b"\0") if a)
-    if len(cmdline) > 60:
-        cmdline = cmdline[:57] + "..."
-    return f"{pid} ({cmdline})" if cmdline else str(pid)
+    argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    try:
+        program = os.readlink(PROC / str(pid) / "exe")
+    except OSError:
+        program = argv[0] if argv else ""
+    arguments = " ".join(argv[1:])
+    if len(arguments) > 40:
+        arguments = arguments[:37] + "..."
+    text = f"{program} {arguments}".strip()
+    return f"{pid} ({text})" if text else str(pid)
 
 
 def _iter_same_executable(identity: _Identity) -> Iterator[int]:

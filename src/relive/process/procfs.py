@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from relive.errors import PermissionDenied, ProcessGone
+from relive.errors import PermissionDenied, ProcessGone, UsageError
 
 PROC = Path("/proc")
 
@@ -202,9 +202,29 @@ def is_alive(pid: int) -> bool:
 
 
 def check_alive(pid: int) -> None:
-    """Raise ProcessGone unless the process exists and has not exited."""
+    """Raise ProcessGone unless the process exists and has not exited, and
+    UsageError for a kernel thread (it has no user code to reload)."""
     if not is_alive(pid):
         raise _gone(pid)
+    if is_kernel_thread(pid):
+        raise UsageError(
+            f"process {pid} ({get_process_name(pid)}) is a kernel thread: it runs no user "
+            "code to reload",
+            hint="pass the pid of a user program (e.g. from `pgrep NAME`)",
+        )
+
+
+#: ``PF_KTHREAD`` in the flags of /proc/PID/stat (field 9).
+_PF_KTHREAD = 0x00200000
+
+
+def is_kernel_thread(pid: int) -> bool:
+    """Whether ``pid`` is a kernel thread (kthreadd and its children)."""
+    try:
+        fields = _stat_fields(_read_file(f"/proc/{pid}/stat"))
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return len(fields) > 6 and bool(int(fields[9 - 3]) & _PF_KTHREAD)
 
 
 def _argv0_name(pid: str) -> str:
