@@ -153,3 +153,14 @@ def test_on_signal_reloads_a_file_edited_while_the_program_started(
     relive.wait_for(r"^Caught SIGINT! reloading \.\.\. prog\.c$")
     relive.wait_for(r"prog\.c: 1 redirected \(value\)")
     relive.wait_for(r"value=2 ")
+
+
+def test_a_program_that_exits_at_once_reports_its_status(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    exe = compile_c(tmp_path, "int main(void) { return 3; }\n", name="quick")
+    for _ in range(3):  # whatever the timing: before, while or after relive attaches
+        relive = spawn([*RELIVE, "run", "--", str(exe)], cwd=tmp_path)
+        relive.wait_for(r"exited \(exit status 3\)")
+        assert relive.wait_exit() == 3
+        assert not any("no such process" in line for line in relive.lines)

@@ -87,6 +87,8 @@ def run_program(args: argparse.Namespace, out: Renderer, cflags: list[str] | Non
             [program.pid], args.paths, options, out, relive.attach, on_exit=program.reap
         )
     except ReliveError:
+        if program.proc.poll() is not None:
+            return _exited_at_once(program, out)
         program.terminate()
         raise
 
@@ -105,8 +107,16 @@ def run_program(args: argparse.Namespace, out: Renderer, cflags: list[str] | Non
             wait_for_loader(program.pid)
             watcher.prepare()
         except ReliveError:
+            if program.proc.poll() is not None:
+                return _exited_at_once(program, out)
             program.terminate()
             raise
         watcher.run()
         watcher.finish("the program exited")
+    return program.exit_status()
+
+
+def _exited_at_once(program: ChildProgram, out: Renderer) -> int:
+    """The program ended before watching began: say how, and exit with its status."""
+    out(program.reap(program.pid))
     return program.exit_status()
