@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+import relive
 from relive.cli.main import main
 from relive.events import WatchStopped
+from relive.patch.journal import journal_path
+from relive.process.procfs import get_start_time
 from support import (
     VALUE_PROG,
     SpawnFactory,
@@ -106,3 +109,20 @@ def test_an_ambiguous_name_lists_the_executables_paths(
     assert code == 2
     for exe in exes:
         assert f"({exe})" in err, err
+
+
+def test_journals_of_exited_processes_are_removed(
+    tmp_path: Path, spawn: SpawnFactory, running: Target
+) -> None:
+    gone = spawn([compile_c(tmp_path, VALUE_PROG, name="gone")])
+    gone.wait_for(r"^value 1$")
+    for name in ("gone.c", "prog.c"):
+        source = tmp_path / name
+        source.write_text(source.read_text().replace("return table[0];", "return table[1];"))
+    relive.attach(gone.pid).reload([tmp_path / "gone.c"])
+    stale = journal_path(gone.pid, get_start_time(gone.pid))
+    assert stale.exists()
+    gone.stop()
+    relive.attach(running.pid).reload([tmp_path / "prog.c"])  # any later save prunes
+    assert not stale.exists()
+    assert journal_path(running.pid, get_start_time(running.pid)).exists()

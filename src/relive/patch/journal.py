@@ -7,9 +7,12 @@ actually in memory before it is trusted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import json
+import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
@@ -345,7 +348,35 @@ def save_journal(journal: Journal) -> bytes:
     # of functions costs more than the reload itself.
     data = json.dumps(_as_plain(journal), separators=(",", ":")).encode()
     write_state_file(journal_name(journal.pid, journal.start_time), data)
+    remove_exited_journals()
     return data
+
+
+_JOURNAL_NAME = re.compile(r"(\d+)-(\d+)\.json")
+
+
+def remove_exited_journals() -> list[str]:
+    """Remove the journals of processes that exited (no such pid, or the pid is
+    another process now: a different start time); return their names."""
+    try:
+        names = os.listdir(find_state_dir())
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        match = _JOURNAL_NAME.fullmatch(name)
+        if match is None:
+            continue
+        pid, start = int(match.group(1)), int(match.group(2))
+        try:
+            alive = get_start_time(pid) == start
+        except ReliveError:
+            alive = False
+        if not alive:
+            with contextlib.suppress(OSError):
+                os.unlink(find_state_dir() / name)
+                removed.append(name)
+    return removed
 
 
 def restore_journal(journal: Journal, data: bytes) -> None:
