@@ -10,8 +10,9 @@ import pytest
 
 import relive
 from relive.cli.main import main
-from relive.events import WatchStopped
+from relive.events import FlagsFromDwarf, WatchStopped
 from relive.patch.journal import journal_path
+from relive.process.permissions import _refused_to_root
 from relive.process.procfs import get_start_time
 from support import (
     VALUE_PROG,
@@ -126,3 +127,18 @@ def test_journals_of_exited_processes_are_removed(
     relive.attach(running.pid).reload([tmp_path / "prog.c"])  # any later save prunes
     assert not stale.exists()
     assert journal_path(running.pid, get_start_time(running.pid)).exists()
+
+
+def test_the_dwarf_flags_notice_is_short() -> None:
+    notice = str(FlagsFromDwarf(["/home/me/project/src/server.c"]))
+    assert len(notice) <= 100 and "bear -- make" in notice, notice
+
+
+def test_a_refusal_to_root_names_the_security_module(tmp_path: Path, running: Target) -> None:
+    lsm = tmp_path / "lsm"
+    lsm.write_text("lockdown,capability,landlock,yama,apparmor")
+    error = _refused_to_root(running.pid, lsm)
+    assert "relive runs as root with CAP_SYS_PTRACE" in error.message
+    assert "the security modules landlock, apparmor forbid it" in error.message
+    assert "as root" not in error.hint
+    assert error.exit_code == 3

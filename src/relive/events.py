@@ -386,10 +386,8 @@ class FlagsFromDwarf(Event):
 
     def __str__(self) -> str:
         return (
-            f"flags for {_names(self.sources)} come only from DWARF, which records no -D or -I: "
-            "a missing -D can silently change what the code does. Write a "
-            "compile_commands.json: `bear -- make`, or CMake with "
-            "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON"
+            f"flags for {_names(self.sources)} come only from DWARF (no -D/-I): "
+            "`bear -- make` writes a compile_commands.json"
         )
 
 

@@ -127,8 +127,43 @@ def diagnose_trace_failure(pid: int, err: OSError) -> ReliveError:
     except ProcessGone as gone:  # it exited while we looked
         return gone
     if found is None and os.getuid() == 0:
-        found = find_missing_capability()
+        found = find_missing_capability() or _refused_to_root(pid)
     return found or PermissionDenied(
         f"not permitted to trace process {pid}",
         hint="the program may be setuid or non-dumpable; run relive as root",
     )
+
+
+LSM_LIST = Path("/sys/kernel/security/lsm")
+
+
+def _refused_to_root(pid: int, lsm_list: Path = LSM_LIST) -> PermissionDenied:
+    """Root with CAP_SYS_PTRACE was refused: a Linux security module said no."""
+    try:
+        modules = [m for m in lsm_list.read_text().strip().split(",") if m]
+    except OSError:
+        modules = []
+    deciding = [m for m in modules if m not in ("capability", "lockdown", "yama")]
+    label = _security_label(pid)
+    what = f"the security module{'s' if len(deciding) != 1 else ''} " + (
+        ", ".join(deciding) if deciding else "in force (see /sys/kernel/security/lsm)"
+    )
+    confined = f"; the program runs confined as {label}" if label else ""
+    return PermissionDenied(
+        f"the kernel refused to let relive trace process {pid} although relive runs as root "
+        f"with CAP_SYS_PTRACE: {what} forbid it{confined}",
+        hint="the denial is in the kernel log (`journalctl -k | grep -i denied`); allow "
+        "ptrace in that module's policy, or start the program under `relive run`",
+    )
+
+
+def _security_label(pid: int) -> str:
+    """The target's LSM label (AppArmor profile, SELinux context), if it has one."""
+    for name in ("attr/apparmor/current", "attr/current"):
+        try:
+            label = (Path("/proc") / str(pid) / name).read_text().strip("\0\n ")
+        except OSError:
+            continue
+        if label and label not in ("unconfined", "kernel"):
+            return label
+    return ""
