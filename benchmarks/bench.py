@@ -57,7 +57,8 @@ REPO = HERE.parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 
-import targets  # noqa: E402  (a sibling module, found through sys.path)
+import hugeunit  # noqa: E402  (sibling modules, found through sys.path)
+import targets  # noqa: E402
 
 NEW_CODE_TIMEOUT_S = 10.0
 
@@ -346,7 +347,7 @@ def targets_report(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
         ),
     ]
     return [
-        {"target": label, "value_ms": value, "goal_ms": goal}
+        {"target": label, "value": value, "goal": goal, "unit": "ms"}
         for label, value, goal in rows
         if value is not None
     ]
@@ -356,9 +357,10 @@ def print_targets(rows: list[dict[str, Any]], out: IO[str]) -> None:
     """The targets table."""
     print("\ntargets (medians; goals, not pass/fail):", file=out)
     for row in rows:
-        met = "met" if row["value_ms"] <= row["goal_ms"] else "MISSED"
+        met = "met" if row["value"] <= row["goal"] else "MISSED"
+        unit = row["unit"]
         print(
-            f"  {row['target']:50} {_ms(row['value_ms']):>8} ms  <= {row['goal_ms']:g} ms  {met}",
+            f"  {row['target']:50} {_ms(row['value']):>8} {unit}  <= {row['goal']:g} {unit}  {met}",
             file=out,
         )
 
@@ -388,9 +390,11 @@ def compare(a_path: Path, b_path: Path, out: IO[str]) -> None:
     for ra in a.get("targets", []):
         rb = next((r for r in b.get("targets", []) if r["target"] == ra["target"]), None)
         if rb is not None:
+            # Older result files have value_ms/goal_ms (every row was a time).
+            va, vb = ra.get("value", ra.get("value_ms")), rb.get("value", rb.get("value_ms"))
+            unit, goal = ra.get("unit", "ms"), ra.get("goal", ra.get("goal_ms"))
             print(
-                f"  {ra['target']:50} {_ms(ra['value_ms']):>8} -> {_ms(rb['value_ms']):>8} ms"
-                f"  (goal {ra['goal_ms']:g})",
+                f"  {ra['target']:50} {_ms(va):>8} -> {_ms(vb):>8} {unit}  (goal {goal:g})",
                 file=out,
             )
 
@@ -438,14 +442,42 @@ def build_all(root: Path, names: set[str], log: Callable[[str], None]) -> dict[s
     return built
 
 
+HUGE = "huge.o"
+
+
+def run_huge(args: argparse.Namespace, scratch: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """The sqlite3-sized unit (see ``hugeunit.py``): build it, reload it ``--runs`` times."""
+    started = time.monotonic()
+    huge = targets.build_huge(scratch, args.huge_functions)
+    log(f"built {HUGE} ({huge.lines:,} lines) in {time.monotonic() - started:.1f} s")
+    runs = []
+    for run in range(args.runs):
+        log(f"{HUGE} run {run + 1}/{args.runs}")
+        folder = scratch / f"huge-run-{run}"
+        folder.mkdir()
+        runs.append(hugeunit.run_once(args.relive, huge, Meter, folder))
+    return {
+        "lines": huge.lines,
+        "functions": args.huge_functions,
+        "runs": runs,
+        "summary": summarise(runs),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark (or compare two result files)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per scenario (default 5)")
     parser.add_argument(
         "--scenarios",
-        default=",".join(s.name for s in SCENARIOS),
-        help="comma-separated subset of " + ", ".join(s.name for s in SCENARIOS),
+        default=",".join([*(s.name for s in SCENARIOS), HUGE]),
+        help="comma-separated subset of " + ", ".join([*(s.name for s in SCENARIOS), HUGE]),
+    )
+    parser.add_argument(
+        "--huge-functions",
+        type=int,
+        default=10_000,
+        help=f"functions of the {HUGE} unit (default 10,000: about 250k lines)",
     )
     parser.add_argument(
         "--relive",
@@ -465,7 +497,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     chosen = [s for s in SCENARIOS if s.name in args.scenarios.split(",")]
-    if not chosen:
+    with_huge = HUGE in args.scenarios.split(",")
+    if not chosen and not with_huge:
         parser.error(f"no known scenario in {args.scenarios!r}")
 
     def log(text: str) -> None:
@@ -482,19 +515,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         results: dict[str, Any] = {
             s.name: {"what": s.what, "runs": [], "floor_runs": []} for s in chosen
         }
-        for run in range(args.runs):
+        for run in range(args.runs if chosen else 0):
             log(f"run {run + 1}/{args.runs}")
             for scenario in chosen:
                 target = built[scenario.target]
                 entry = results[scenario.name]
                 entry["floor_runs"].append(run_floor(target))
                 entry["runs"].append(run_relive(args.relive, target, scenario.use_object))
+        huge = run_huge(args, Path(scratch), log) if with_huge else None
     for entry in results.values():
         entry["summary"] = summarise(entry["runs"])
         entry["floor_summary"] = summarise(entry["floor_runs"])
     meta["loadavg_after"] = os.getloadavg()
     goals = targets_report(results)
-    report = {"meta": meta, "scenarios": results, "targets": goals}
+    if huge is not None:
+        goals += [
+            {"target": label, "value": value, "goal": goal, "unit": unit}
+            for label, value, goal, unit in hugeunit.report_rows(huge["summary"])
+            if value is not None
+        ]
+    report = {"meta": meta, "scenarios": results, "targets": goals, HUGE: huge}
 
     print(
         f"relive benchmark  {meta['started']}  git {meta['git']}"
@@ -504,7 +544,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for scenario in chosen:
         print_scenario(scenario.name, scenario.what, results[scenario.name], sys.stdout)
-    print("\n  * ratio to the floor's command -> new code time (no floor counterpart)")
+    if chosen:
+        print("\n  * ratio to the floor's command -> new code time (no floor counterpart)")
+    if huge is not None:
+        hugeunit.print_table(huge["summary"], huge["lines"], huge["functions"], args.runs)
     print_targets(goals, sys.stdout)
 
     output = args.output or RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}.json"

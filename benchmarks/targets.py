@@ -153,3 +153,93 @@ def build_big(root: Path, count: int = 100_000) -> Target:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "bigsyms.s").write_text(big_symbols_asm(count))
     return build_one(root, "big", ("bigsyms.s",))
+
+
+def huge_source(count: int, version: int, edited: int = 0) -> str:
+    """A sqlite3-sized translation unit: ``count`` functions of about 25 lines each.
+
+    Like an amalgamation, most functions and all tables are ``static`` (so the file's
+    group of local symbols is large), functions call one another, use string
+    literals, file statics and function-local statics, and a struct type.  Only
+    ``compute()`` changes with ``version``; ``edited`` makes function ``edited``
+    (when nonzero) differ too, so that a later reload has something else to change.
+    """
+    lines = [
+        "/* relive benchmark: a generated sqlite3-sized translation unit. */",
+        "#include <string.h>",
+        "struct huge_node { long key; long value; struct huge_node *next; const char *tag; };",
+        "long huge_state[256];",
+        f"int compute(void) {{ return {version}; }}",
+    ]
+    for i in range(1, count):
+        storage = "" if i % 4 == 0 else "static "
+        if i % 5 == 0:
+            lines.append(f"static struct huge_node huge_table_{i}[4];")
+        bump = " + 1" if i == edited else ""
+        callee = f"huge_fn_{i - 1:05d}(n, depth - 1)" if i > 1 else "0"
+        table = f"huge_table_{i - i % 5}" if i >= 5 else "(struct huge_node *)0"
+        lines += [
+            f"{storage}__attribute__((noinline)) long huge_fn_{i:05d}(long n, int depth)",
+            "{",
+            "    static long calls;",
+            f"    struct huge_node *t = {table};",
+            "    long acc = n;",
+            "    calls++;",
+            "    if (depth <= 0)",
+            f"        return acc + calls{bump};",
+            "    for (int k = 0; k < 4; k++) {",
+            "        if (t) {",
+            "            acc += t[k].key * (k + 1);",
+            "            t[k].value = acc;",
+            f'            t[k].tag = "huge {i} entry";',
+            "        }",
+            f"        acc ^= huge_state[(k + {i}) & 255];",
+            "    }",
+            f"    if (acc % {i % 13 + 2} == 0)",
+            f'        acc += (long)strlen("function {i}");',
+            "    else",
+            f"        acc -= {i};",
+            f"    huge_state[{i % 256}] = acc;",
+            f"    acc += {callee};",
+            "    if (acc < 0)",
+            "        acc = -acc;",
+            "    return acc;",
+            "}",
+        ]
+    lines.append(f"long huge_entry(long n) {{ return huge_fn_{count - 1:05d}(n, 3); }}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class HugeTarget:
+    """The stall meter with a sqlite3-sized unit, and two later versions of it."""
+
+    target: Target
+    #: The second reload's object: the first's plus one more changed function.
+    next_prebuilt: Path
+    next_changed: list[str]
+    lines: int
+
+
+def build_huge(root: Path, count: int = 10_000) -> HugeTarget:
+    """The stall meter linked with a 250k-line, ``count``-function unit."""
+    folder = root / "huge"
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / "huge.c"
+    source.write_text(huge_source(count, 1))
+    shutil.copy(STALL_METER, folder / "stall_meter.c")
+    exe = folder / "stall_huge"
+    _run(["gcc", *CFLAGS, "-pthread", "-o", exe.name, "stall_meter.c", "huge.c"], folder)
+    spare = folder / "new"
+    spare.mkdir(exist_ok=True)
+    text = huge_source(count, 2)
+    compile_s = _compile_new(spare / "huge.c", text, spare / "huge.o")
+    later = folder / "later"
+    later.mkdir(exist_ok=True)
+    edited = count // 2
+    _compile_new(later / "huge.c", huge_source(count, 3, edited), later / "huge.o")
+    source.write_text(text)
+    target = Target("huge", exe, source, spare / "huge.o", ["compute"], _nm(exe), compile_s)
+    return HugeTarget(
+        target, later / "huge.o", ["compute", f"huge_fn_{edited:05d}"], text.count("\n")
+    )

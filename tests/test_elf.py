@@ -313,6 +313,18 @@ def test_file_locals(prog: ElfImage) -> None:
     assert prog.find_file_local("counter", "main.c") == []
 
 
+def test_file_local_index_agrees_with_a_scan(prog: ElfImage) -> None:
+    """The per-group name index gives what a walk over the group gives, for every
+    local of every file, asked again and again (the index is built once)."""
+    for file in ["main.c", "a.c", "b.c", "/elsewhere/b.c", ""]:
+        scanned = list(prog.iter_file_locals(file))
+        assert scanned or file not in ("a.c", "b.c", "/elsewhere/b.c")
+        for _ in range(2):
+            for name in {s.name for s in scanned} | {"relive_no_such_local"}:
+                expected = [s for s in scanned if s.name == name]
+                assert prog.find_file_local(name, file) == expected
+
+
 def test_functions_and_next_symbol_address(prog: ElfImage) -> None:
     functions = list(prog.iter_functions())
     starts = [f.value for f in functions]

@@ -360,8 +360,7 @@ class ElfImage:
         return [
             table.symbol(index)
             for _, start, end in table.group_ranges(file)
-            for index in range(start, end)
-            if table.name(index) == name
+            for index in table.group_locals_named(start, end, name)
         ]
 
     def iter_functions(self) -> Iterator[ImageSymbol]:

@@ -195,6 +195,8 @@ class SymbolTable:
         self._found: dict[str, int | None] = {}
         self._starts: list[int] | None = None
         self._next_queries = 0
+        self._group_indexes: dict[int, dict[str, list[int]]] = {}
+        self._groups_of_file: dict[str, list[tuple[str, int, int]]] = {}
 
     # -- columns, decoded on first use -----------------------------------------------
 
@@ -454,10 +456,32 @@ class SymbolTable:
             self._starts = sorted(set(compress(self.value, mask)))
         return self._starts
 
+    def group_locals_named(self, first: int, end: int, name: str) -> list[int]:
+        """Indices in ``[first, end)`` (one STT_FILE group) of the symbols called ``name``.
+
+        The group's names are decoded once into an index, so a reload's thousands of
+        lookups in one big source file's group cost one dict access each instead of a
+        walk over the group (sqlite3.c: 16,305 lookups over ~2,000 locals).
+        """
+        index = self._group_indexes.get(first)
+        if index is None:
+            index = {}
+            names = self.strings.many(self.st_name[first:end])
+            for k, found in enumerate(names, first):
+                index.setdefault(found, []).append(k)
+            self._group_indexes[first] = index
+        return index.get(name, [])
+
     def group_ranges(self, file: str) -> Iterator[tuple[str, int, int]]:
         """(name, first, end) index ranges of the STT_FILE groups that match ``file``."""
-        base = os.path.basename(file)
-        bounds = [*self.file_starts, self.first_global]
-        for k, name in enumerate(self.file_names):
-            if name == file or os.path.basename(name) == base:
-                yield name, bounds[k] + 1, bounds[k + 1]
+        found = self._groups_of_file.get(file)
+        if found is None:
+            base = os.path.basename(file)
+            bounds = [*self.file_starts, self.first_global]
+            found = [
+                (name, bounds[k] + 1, bounds[k + 1])
+                for k, name in enumerate(self.file_names)
+                if name == file or os.path.basename(name) == base
+            ]
+            self._groups_of_file[file] = found
+        return iter(found)

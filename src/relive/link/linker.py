@@ -311,8 +311,22 @@ class _DetachedLinker(_Linker):
     def relocate(self, index: int, address: int) -> bytes:
         section = self.obj.sections[index]
         out = bytearray(section.data)
+        types = self.request.arch.relocations
+        targets: dict[int, int | None] = {}
         for reloc in self.obj.relocations.get(index, ()):
             self._field = reloc.offset
+            rtype = types.get(reloc.type)
+            if (
+                rtype is not None
+                and rtype.need is Need.NOTHING
+                and reloc.offset + rtype.width <= section.size
+            ):
+                encoded = self._plain_field(rtype, reloc, address, targets)
+                if encoded is None:
+                    self.unresolved.append(reloc.offset)
+                else:
+                    out[reloc.offset : reloc.offset + len(encoded)] = encoded
+                continue
             try:
                 encoded = self._encode_field(section, address + reloc.offset, reloc)
             except (LinkError, BadObject):
@@ -320,6 +334,37 @@ class _DetachedLinker(_Linker):
                 continue
             out[reloc.offset : reloc.offset + len(encoded)] = encoded
         return bytes(out)
+
+    def _plain_field(
+        self,
+        rtype: RelocationType,
+        reloc: Relocation,
+        address: int,
+        targets: dict[int, int | None],
+    ) -> bytes | None:
+        """A field that needs no GOT, stub or TLS: what :meth:`_encode_field` computes,
+        with each symbol's address looked up once per section (a big unit's DWARF
+        holds a quarter of a million such fields); None where it cannot be computed."""
+        symbol = reloc.symbol
+        if symbol.index not in targets:
+            unresolved = len(self.unresolved)
+            try:
+                target: int | None = self._symbol_address(symbol)
+            except (LinkError, BadObject):
+                target = None
+            if len(self.unresolved) != unresolved:
+                del self.unresolved[unresolved:]  # unloaded code: the caller records it
+                target = None
+            targets[symbol.index] = target
+        target = targets[symbol.index]
+        if target is None:
+            return None
+        place = address + reloc.offset
+        operands = Operands(
+            S=target, A=reloc.addend, P=place, G=0, GOT=0, Z=self._symbol_size(symbol)
+        )
+        value = rtype.compute(operands)
+        return _encode(value, rtype.width) if fits(value, rtype.width, rtype.range) else None
 
     def _symbol_address(self, symbol: ObjSymbol) -> int:
         if symbol.is_defined and not symbol.is_absolute and not symbol.is_common:

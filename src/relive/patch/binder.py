@@ -105,6 +105,7 @@ class Binder:
         self._externals: dict[str, Bound | None] = {}
         self._file_groups: set[str] | None = None
         self._locals_by_name: dict[str, list[ImageSymbol]] | None = None
+        self._locals_by_base: dict[str, dict[str, list[ImageSymbol]]] = {}
 
     # -- definitions of the reloaded file ---------------------------------------
 
@@ -147,13 +148,22 @@ class Binder:
             return exact[0]
         base = _GCC_STATIC_SUFFIX.sub("", symbol.name)
         candidates = exact or [
-            s
-            for s in image.iter_file_locals(file)
-            if s.type == symbol.type and _GCC_STATIC_SUFFIX.sub("", s.name) == base
+            s for s in self._file_locals_by_base(file).get(base, []) if s.type == symbol.type
         ]
         if not candidates and not self._has_file_group(file):
             return self._find_moved_local(symbol, file)
         return _unique(symbol, file, candidates)
+
+    def _file_locals_by_base(self, file: str) -> dict[str, list[ImageSymbol]]:
+        """The locals of ``file``'s groups by name without gcc's ``.N`` suffix, built
+        once per file: a big unit has thousands of statics to look up."""
+        index = self._locals_by_base.get(file)
+        if index is None:
+            index = {}
+            for s in self.module.image.iter_file_locals(file):
+                index.setdefault(_GCC_STATIC_SUFFIX.sub("", s.name), []).append(s)
+            self._locals_by_base[file] = index
+        return index
 
     def _has_file_group(self, file: str) -> bool:
         if self._file_groups is None:
