@@ -43,7 +43,7 @@ from relive.patch.planning import (
 )
 from relive.patch.recover import load_or_rebuild_journal
 from relive.patch.report import FunctionOutcomes, report_decisions, report_frames
-from relive.patch.selection import check_selected
+from relive.patch.selection import check_selected, still_patched_from
 from relive.patch.transaction import apply_reload, undo_patches
 from relive.process.memory import ProcessMemory
 from relive.process.permissions import find_other_user
@@ -259,4 +259,7 @@ class Session:
             self.emit(FrameStaysNew(tid, name))
         for notice in notices:
             self.emit(Notice(notice))
+        kept = still_patched_from(journal, restored)
+        if kept:
+            self.emit(Notice(kept))
         return [p.name for p in restored]

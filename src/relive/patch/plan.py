@@ -286,16 +286,17 @@ def _decide(
         # The static linker let a strong definition of another file win; so does relive.
         reason = "weak definition: the program uses the strong one of another file"
         return FunctionDecision(symbol, old, Decision.SKIPPED, fingerprint, reason)
-    if only is not None and symbol.name not in only:
-        return FunctionDecision(
-            symbol, old, Decision.SKIPPED, fingerprint, "not selected by --function"
-        )
     if redirect_all:
         same = False
     elif previous is not None and symbol.name in previous:
         same = previous[symbol.name] == fingerprint
     else:
         same = comparer.matches_running(symbol, old.address, old.size)
+    if only is not None and symbol.name not in only:
+        # Compared all the same: a selected function inlined here changes it too.
+        return FunctionDecision(
+            symbol, old, Decision.SKIPPED, fingerprint, NOT_SELECTED, differs=not same
+        )
     if is_cold_part(symbol.name):
         # Not an entry point: only its hot part jumps there, mid-function.  It
         # is loaded with (and reached from) the new hot part, never redirected.
@@ -305,6 +306,9 @@ def _decide(
         symbol, old, Decision.UNCHANGED if same else Decision.CHANGED, fingerprint
     )
 
+
+#: The reason of a function --function did not select.
+NOT_SELECTED = "not selected by --function"
 
 _COLD = re.compile(r"\.cold(\.\d+)?$")
 _CLONE = re.compile(r"\.(constprop|isra|part)\.\d+")

@@ -20,7 +20,7 @@ from relive.events import (
 )
 from relive.link import LinkedImage
 from relive.patch.frames import FramePlan
-from relive.patch.plan import Decision, ReloadPlan, find_orphan_clones
+from relive.patch.plan import NOT_SELECTED, Decision, ReloadPlan, find_orphan_clones
 
 
 @dataclass
@@ -57,6 +57,7 @@ def report_decisions(
             else:
                 outcomes.skipped.append(d.name)
                 emit(FunctionSkipped(d.name, d.reason))
+        _report_unselected_changes(plan, emit)
         for clone in find_orphan_clones(plan):
             emit(
                 Notice(
@@ -65,6 +66,27 @@ def report_decisions(
                 )
             )
     return outcomes
+
+
+def _report_unselected_changes(plan: ReloadPlan, emit: EventSink) -> None:
+    """--function left out functions whose code changed too: say so (a selected
+    function inlined into them changes nothing visible until they are reloaded)."""
+    names = [
+        d.name
+        for d in plan.decisions
+        if d.status is Decision.SKIPPED and d.reason == NOT_SELECTED and d.differs
+    ]
+    if not names:
+        return
+    one = len(names) == 1
+    options = " ".join(f"--function {n}" for n in names[:5])
+    emit(
+        Notice(
+            f"{', '.join(names)} changed too but {'was' if one else 'were'} not selected, "
+            f"so {'its' if one else 'their'} old code keeps running: a selected function "
+            f"inlined there shows only through {'it' if one else 'them'}; add {options}"
+        )
+    )
 
 
 def report_frames(plan: FramePlan | None, emit: EventSink) -> None:

@@ -10,6 +10,7 @@ import difflib
 from collections.abc import Collection, Sequence
 
 from relive.errors import UsageError
+from relive.patch.journal import EntryPatch, Journal
 from relive.patch.plan import ReloadPlan
 
 
@@ -26,3 +27,22 @@ def check_selected(plans: Sequence[ReloadPlan], functions: Collection[str] | Non
     hint = f"did you mean {', '.join(close)}?" if close else "check the name (`nm` lists them)"
     noun = "function" if len(unknown) == 1 else "functions"
     raise UsageError(f"no {noun} {', '.join(unknown)} in {files}", hint=hint)
+
+
+def still_patched_from(journal: Journal, restored: Sequence[EntryPatch]) -> str:
+    """After undoing some functions: the others the same files redirected, which
+    keep their new code (a caller with the undone function inlined keeps the new
+    copy).  A sentence for a notice, or "" when none."""
+    if not restored:
+        return ""
+    undone = {p.name for p in restored}
+    sources = {p.source for p in restored}
+    kept = sorted({p.name for p in journal.patches.values() if p.source in sources} - undone)
+    if not kept:
+        return ""
+    one = len(kept) == 1
+    return (
+        f"{', '.join(kept)}, redirected by the same reload, {'keeps' if one else 'keep'} "
+        f"{'its' if one else 'their'} new code (with any undone function inlined there): "
+        f"`relive undo {' '.join(kept[:5])}` reverts {'it' if one else 'them'}"
+    )
