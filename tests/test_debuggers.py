@@ -156,6 +156,33 @@ def test_relive_gdb_breaks_in_new_code_and_unwinds_through_it(
     target.wait_for(r"c=\d+", after=target.mark())
 
 
+@needs_gdb
+def test_relive_gdb_stops_lists_and_finishes_in_a_new_function(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    _, target = _start_middle(tmp_path, spawn)
+    source = tmp_path / "prog.c"
+    old = source.read_text()
+    _edit(source, old[old.index("__attribute__") : old.index("int main")], NEW_MIDDLE + "\n")
+    _reload(target.pid, source)
+    commands = ["break prog.c:9", "continue", "info locals", "list 9,9", "finish"]
+    gdb = subprocess.run(
+        [*RELIVE, "gdb", "-p", str(target.pid), "--", "-batch"]
+        + [arg for command in commands for arg in ("-ex", command)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    out = gdb.stdout + gdb.stderr
+    assert re.search(r"Breakpoint 1(\.\d)?, middle \(v=\d+\) at .*prog\.c:9", out), out
+    assert re.search(r"^local = \d+", out, re.M), out  # set by line 8 of the new body
+    assert re.search(r"^9\s+int extra = local \+ 7;", out, re.M), out  # list: the new source
+    assert re.search(r"Value returned is \$1 = \d+", out), out  # finish
+    assert target.alive()
+    target.wait_for(r"c=\d+", after=target.mark())
+
+
 def test_perf_map_lists_each_new_function(tmp_path: Path, spawn: SpawnFactory) -> None:
     _, target = _start_middle(tmp_path, spawn)
     perf_map = Path(f"/tmp/perf-{target.pid}.map")
