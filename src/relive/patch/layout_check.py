@@ -45,7 +45,7 @@ from relive.elf.dwarf_types import (
     TypeUnit,
     open_dwarf,
 )
-from relive.errors import LayoutChanged, ReliveError
+from relive.errors import BadObject, LayoutChanged, ReliveError
 from relive.events import EventSink, Notice
 from relive.patch.modules import RunningModule
 from relive.patch.plan import Decision, FunctionDecision, ReloadPlan
@@ -169,7 +169,8 @@ def _find_units(plan: ReloadPlan, emit: EventSink) -> _Units | None:
             return None
         old_file = open_dwarf(plan.module.file)
         old = old_file.find_unit(new.path) or old_file.find_unit(plan.source)
-    except Malformed as e:
+    except (Malformed, BadObject) as e:
+        # The DWARF is only read for this check: the reload itself does not need it.
         emit(Notice(f"{_name(plan)}: unreadable DWARF ({e}): types were not checked"))
         return None
     if old is None:
