@@ -117,3 +117,26 @@ def test_branch_scan_never_misses_a_candidate() -> None:
         low = 0x1000 + chooser.choice((0, 4))
         if _branches_into_by_brute_force(code, 0x1000, low, low + 5):
             assert _may_branch_into(code, 0x1000, low, low + 5), code.hex()
+
+
+def test_a_refused_reload_copies_no_reinit_value_in(
+    tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exe = compile_c(tmp_path, MAIN_LOOP, flags=("-g", "-O0"))
+    target = spawn([exe])
+    target.wait_for(r"^value 1$")
+    remember_maps(target)
+    # main's frame grows, so it can neither move nor let the entry jump be written
+    # (refused while the threads are held); table's new initial value must stay out.
+    edit(tmp_path / "prog.c", "{1, 2, 3, 4}", "{7, 2, 3, 4}")
+    edit(
+        tmp_path / "prog.c",
+        "usleep(20000);",
+        "usleep(20000); char pad[64]; pad[counter % 64] = 1; counter += pad[0];",
+    )
+    code, err = run_cli(
+        capsys, "reload", "--reinit", "table", "-p", str(target.pid), str(tmp_path / "prog.c")
+    )
+    assert code == 9, err
+    assert "loop jumps back into the first bytes" in err
+    assert_untouched(target)  # still "value 1"

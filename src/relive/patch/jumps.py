@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from relive.arch.base import Arch
@@ -38,6 +38,7 @@ def write_entries(
     writes: list[EntryWrite],
     arch: Arch | None = None,
     frames: FrameMover | None = None,
+    values: Sequence[tuple[int, bytes]] = (),
 ) -> EntryReport:
     """Stop every thread, wait until none is in the way, write all jumps, resume.
 
@@ -47,7 +48,9 @@ def write_entries(
     With ``arch``, a function whose loop re-enters its replaced bytes also
     waits until no thread has a return address into it.  With ``frames``,
     frames inside old code move to the new code in the same stop (a thread
-    whose frames all move is in nobody's way).
+    whose frames all move is in nobody's way).  ``values`` (address, bytes),
+    the initial values ``--reinit`` chose, are written right after the jumps:
+    a reload refused here has changed no running variable.
     """
     moves = None
     looping = {
@@ -85,6 +88,8 @@ def write_entries(
             mismatched = prepared.apply(memory)
             if mismatched:
                 _refuse_unexpected(memory, writes[mismatched[0]])
+            for address, data in values:
+                memory.write(address, data)
             if frames is not None and moves is not None:
                 frames.apply(moves, stopped, memory)
             positions = list(stopped.iter_positions())

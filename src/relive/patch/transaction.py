@@ -10,12 +10,13 @@
    a file that uses a function or variable another file of the reload adds is
    linked again once that file's block has its address (``link_across``);
 3. write the new code and data while the program runs (nothing jumps there
-   yet), then protect the code pages read+execute; copy in the initial values
-   ``--reinit`` chose (``patch.initial``);
+   yet), then protect the code pages read+execute;
 4. record in the journal what was loaded and, as pending, the jumps about to be
    written, and save it (write-ahead, ``patch.wal``);
 5. stop every thread, wait until none is in the way, write all entry jumps at
-   once and resume (``patch.jumps``);
+   once and the initial values ``--reinit`` chose (``patch.initial``) in the
+   same stop, and resume (``patch.jumps``): a refused reload has changed no
+   running variable;
 6. on any failure up to here, give the new blocks back and the journal its old
    contents: the program is as it was (unless some jumps made it into memory:
    then those are committed and their code kept);
@@ -160,11 +161,10 @@ def apply_reload(
                 for plan, image, changes in zip(plans, images, reinits, strict=True)
                 for change in changes
             ]
-            # 3. Write and protect; copy in the chosen initial values.
+            # 3. Write and protect.
             for image in images:
                 write_block(memory, image)
                 protect_code(pid, image)
-            write_initial_values(pid, values)
             mover = None
             if move_frames:  # matched while the program runs
                 mover = prepare_frame_mover(
@@ -174,11 +174,13 @@ def apply_reload(
             stage_jumps(journal, writes)
             _record(journal, plans, images)
             save_journal(journal)
-            # 5. Stop, check and write the entries (and move frames).
+            # 5. Stop, check and write the entries and initial values (and move frames).
             if writes:
-                report = write_entries(pid, writes, arch, mover)
+                report = write_entries(pid, writes, arch, mover, values)
                 stopped_seconds, positions = report.stopped_seconds, report.positions
                 frames = report.frames
+            else:
+                write_initial_values(pid, values)
         except BaseException:
             # 6. Roll back.
             _abandon(pid, journal, memory, images, before, emit)
