@@ -412,23 +412,39 @@ def test_a_frame_below_a_signal_handler_moves(tmp_path: Path, spawn: SpawnFactor
     assert after > before
 
 
-def test_undo_says_a_moved_frame_stays_in_the_new_code(tmp_path: Path, spawn: SpawnFactory) -> None:
+def test_undo_moves_a_moved_frame_back(tmp_path: Path, spawn: SpawnFactory) -> None:
     exe = _build(tmp_path, MAIN_LOOP, "gcc", "-O1")
     target = spawn([exe])
     _tick(target, "face 3 word old")
     edit(tmp_path / "prog.c", "return 3;", "return 21;")
     assert _moves(reload(target.pid, tmp_path / "prog.c"), "main")
-    _tick(target, "face 21 word old")
+    before = _tick(target, "face 21 word old")
+    events: list[Event] = []
+    relive.attach(target.pid, on_event=events.append).undo()
+    back = _moves(events, "main")
+    assert [m.how for m in back] == ["same shape, back to the original code"], events
+    assert not [e for e in events if e.kind == "frame-stays-new"]
+    after = _tick(target, "face 3 word old")  # the original code, the same counter
+    assert after > before
+
+
+def test_undo_says_a_frame_that_cannot_move_back_stays(tmp_path: Path, spawn: SpawnFactory) -> None:
+    exe = _build(tmp_path, O0_LOOP, "gcc", "-O0")
+    target = spawn([exe])
+    target.wait_for(r"tick \d+")
+    edit(tmp_path / "prog.c", *CALL_ADDED)
+    assert _moves(reload(target.pid, tmp_path / "prog.c"), "main")
+    target.wait_for(r"then \d+")
     events: list[Event] = []
     relive.attach(target.pid, on_event=events.append).undo()
     said = [str(e) for e in events if e.kind == "frame-stays-new"]
     assert said == [
         f"main on thread {target.pid} keeps running its reloaded code until that call returns "
-        "(undo does not move frames back)"
+        "(its frame cannot move back to the original code)"
     ]
     mark = target.mark()
     for _ in range(3):  # as promised: main never returns, so it runs the reloaded code
-        target.wait_for(r"tick \d+ face 21 word old", after=mark)
+        target.wait_for(r"then \d+", after=mark)
         mark = target.mark()
 
 

@@ -242,7 +242,7 @@ class FrameStays(Event):
 
 
 class FrameStaysNew(Event):
-    """After an undo: a thread still inside a function's reloaded code (it was moved there)."""
+    """After an undo: a thread still inside a function's reloaded code, which it cannot leave."""
 
     kind: ClassVar[str] = "frame-stays-new"
     tid: int
@@ -251,7 +251,7 @@ class FrameStaysNew(Event):
     def __str__(self) -> str:
         return (
             f"{self.function} on thread {self.tid} keeps running its reloaded code until that "
-            "call returns (undo does not move frames back)"
+            "call returns (its frame cannot move back to the original code)"
         )
 
 

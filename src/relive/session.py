@@ -20,6 +20,7 @@ from relive.arch import get_arch
 from relive.errors import ReliveError
 from relive.events import (
     EventSink,
+    FrameMoved,
     FrameStaysNew,
     FunctionActive,
     FunctionRestored,
@@ -250,11 +251,14 @@ class Session:
                     f"not patched: {', '.join(sorted(unknown))}",
                     hint="`relive status -p PID` lists what is patched",
                 )
-        restored, notices, staying = undo_patches(self.pid, journal, keys)
+        arch = get_arch(get_main_module(load_running_modules(self.pid)).image.machine)
+        restored, notices, staying, moved = undo_patches(self.pid, journal, keys, arch)
         if rebuilt:
             save_journal(journal)  # a valid journal replaces the corrupt one
         for p in restored:
             self.emit(FunctionRestored(p.name, p.entry))
+        for move in moved:
+            self.emit(FrameMoved(move.tid, move.function, move.old, move.new, move.how))
         for name, tid in staying:
             self.emit(FrameStaysNew(tid, name))
         for notice in notices:

@@ -92,7 +92,7 @@ class FramePlan:
 
 
 @dataclass
-class _Version:
+class CodeVersion:
     """One old version of a redirected function, and how its frames move."""
 
     name: str
@@ -106,7 +106,11 @@ class _Version:
 class FrameMover:
     """Plans and writes frame moves for one transaction."""
 
-    def __init__(self, versions: list[_Version], tables: FrameTables, arch: Arch) -> None:
+    def __init__(
+        self, versions: list[CodeVersion], tables: FrameTables, arch: Arch, how: str = ""
+    ) -> None:
+        #: How the report names these moves (default: as the shapes say).
+        self.how = how
         self.versions = sorted(versions, key=lambda v: v.start)
         self.tables = tables
         self.registers = Registers(arch.dwarf_registers, arch.callee_saved)
@@ -170,13 +174,13 @@ class FrameMover:
                 version.name,
                 frame.pc,
                 resume.address,
-                resume.how,
+                self.how or resume.how,
                 frame.pc_slot,
                 tuple(fixups),
             )
         )
 
-    def _find(self, address: int) -> _Version | None:
+    def _find(self, address: int) -> CodeVersion | None:
         for version in self.versions:
             if version.start <= address < version.end:
                 return version
@@ -238,7 +242,7 @@ def prepare_frame_mover(
             else:
                 old_code = memory.read(start, size)
         except ReliveError as error:
-            versions.append(_Version(name, start, start + size, None, error.message))
+            versions.append(CodeVersion(name, start, start + size, None, error.message))
             continue
         shape = arch.match_shapes(old_code, start, new_code, new_address, equivalent)
         inlined: tuple[str, ...] = ()
@@ -260,13 +264,13 @@ def prepare_frame_mover(
             )
             if not isinstance(sites, str):
                 why = _not_same_shape(shape)
-                versions.append(_Version(name, start, start + size, sites, why, inlined))
+                versions.append(CodeVersion(name, start, start + size, sites, why, inlined))
                 continue
         if isinstance(shape, str):
             why = _not_same_shape(shape)
-            versions.append(_Version(name, start, start + size, None, why, inlined))
+            versions.append(CodeVersion(name, start, start + size, None, why, inlined))
         else:
-            versions.append(_Version(name, start, start + size, shape, ""))
+            versions.append(CodeVersion(name, start, start + size, shape, ""))
     mover = FrameMover(versions, FrameTables(modules), arch)
     mover.warm(memory, positions)
     return mover

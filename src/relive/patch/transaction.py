@@ -60,12 +60,14 @@ from relive.patch.block import (
 )
 from relive.patch.entries import EntrySite, EntryWrite, iter_entry_sites
 from relive.patch.frames import (
+    FrameMove,
     FramePlan,
     code_history,
     iter_frames_in_new_code,
     prepare_frame_mover,
     record_code_sizes,
 )
+from relive.patch.frames_back import prepare_undo_mover
 from relive.patch.initial import DataChange, write_initial_values
 from relive.patch.journal import (
     Definition,
@@ -77,7 +79,7 @@ from relive.patch.journal import (
 )
 from relive.patch.jumps import write_entries
 from relive.patch.loops import refuse_running_loop_heads
-from relive.patch.modules import RunningModule
+from relive.patch.modules import RunningModule, load_running_modules
 from relive.patch.plan import Decision, ReloadPlan
 from relive.patch.tooling import publish_new_code, retire_unused_code
 from relive.patch.wal import commit, find_done, stage_jumps, stage_undo
@@ -200,15 +202,17 @@ def apply_reload(
 
 
 def undo_patches(
-    pid: int, journal: Journal, keys: list[str]
-) -> tuple[list[EntryPatch], list[str], list[tuple[str, int]]]:
+    pid: int, journal: Journal, keys: list[str], arch: Arch | None = None
+) -> tuple[list[EntryPatch], list[str], list[tuple[str, int]], list[FrameMove]]:
     """Put back the original entry bytes of the journal's patches ``keys``.
 
     Returns the patches undone, notices (unwind tables that could not be
-    retired), and ``(function, tid)`` for threads still inside the reloaded code
-    (frames moved there stay until their call returns).
+    retired), ``(function, tid)`` for threads still inside the reloaded code
+    (their call finishes there), and the frames moved back to the original code
+    (with ``arch``: under the same rules as moves into new code).
     """
     staying: list[tuple[str, int]] = []
+    moved: list[FrameMove] = []
     chosen = [journal.patches[key] for key in keys]
     writes = [
         EntryWrite(p.name, p.entry, bytes.fromhex(p.written), bytes.fromhex(p.original))
@@ -218,8 +222,13 @@ def undo_patches(
         with held_signals():
             stage_undo(journal, keys)
             save_journal(journal)  # write-ahead (and refused here if it cannot be)
+            mover = None
+            if arch is not None:
+                with ProcessMemory(pid) as memory:
+                    modules = load_running_modules(pid)
+                    mover = prepare_undo_mover(pid, journal, chosen, modules, memory, arch)
             try:
-                report = write_entries(pid, writes)
+                report = write_entries(pid, writes, None, mover)
             except BaseException:
                 with ProcessMemory(pid) as memory:
                     commit(journal, find_done(journal, memory))
@@ -227,8 +236,9 @@ def undo_patches(
                 raise
             commit(journal)
             save_journal(journal)
+        moved = report.frames.moves if report.frames is not None else []
         staying = list(iter_frames_in_new_code(pid, chosen, report.positions))
-    return chosen, retire_unused_code(pid, journal) if writes else [], staying
+    return chosen, retire_unused_code(pid, journal) if writes else [], staying, moved
 
 
 def _abandon(
