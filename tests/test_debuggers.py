@@ -7,6 +7,7 @@ import re
 import resource
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -343,3 +344,37 @@ def test_hot_deoptimize_shows_optimised_out_locals(tmp_path: Path, spawn: SpawnF
     back = _redirected(_reload(target.pid, tmp_path / "prog.c"))
     assert {"middle", "leaf"} <= set(back)
     target.wait_for(r"c=\d+", after=target.mark())
+
+
+def test_prune_removes_what_exited_processes_left_after_a_week() -> None:
+    from relive.patch import debugfiles
+    from relive.statedir import find_state_dir
+
+    state = find_state_dir()
+    dead = "999999999-1"  # no such pid
+    live = f"{os.getpid()}-{get_start_time(os.getpid())}"
+    week_ago = time.time() - debugfiles.KEEP_SECONDS - 60
+    made = []
+    for prefix in (dead, live):
+        folder = state / "debug" / prefix
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("manifest.json", "0001-prog.debug"):
+            (folder / name).write_bytes(b"[]")
+            os.utime(folder / name, (week_ago, week_ago))
+        (state / f"{prefix}.lock").write_bytes(b"")
+        made += [folder, state / f"{prefix}.lock"]
+    stamp = state / ".pruned"
+    if stamp.exists():
+        os.utime(stamp, (week_ago, week_ago))  # the last sweep was long ago
+    try:
+        debugfiles.prune_expired()
+        assert not (state / "debug" / dead).exists()
+        assert not (state / f"{dead}.lock").exists()
+        assert (state / "debug" / live / "0001-prog.debug").exists()  # still running
+        assert (state / f"{live}.lock").exists()
+    finally:
+        for path in made:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)

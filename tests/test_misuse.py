@@ -141,9 +141,7 @@ def test_thread_id_names_its_process(
     # Keyed by the process: status and undo with its pid see the patch.
     assert [p.name for p in relive.attach(target.pid).status()] == ["value"]
     assert (find_state_dir() / journal_name(target.pid, get_start_time(target.pid))).exists()
-    # (A debug manifest, PID-START.debug.json, may outlive an earlier process whose
-    # pid the thread id now is: only journals count here.)
-    assert not [p for p in find_state_dir().glob(f"{tid}-*.json") if ".debug." not in p.name]
+    assert not list(find_state_dir().glob(f"{tid}-*.json"))
     assert relive.attach(tid).pid == target.pid
     assert relive.attach(target.pid).undo() == ["value"]
 

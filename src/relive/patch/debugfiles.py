@@ -2,15 +2,18 @@
 
 For every reload relive writes a *debug object* (an ELF file with the new
 block's code, symbols, ``.eh_frame`` and DWARF at their runtime addresses, see
-:mod:`relive.link.debuginfo`) into the state directory, named after the
-process like its journal (``PID-START.NNNN-SOURCE.debug``), and lists it in
-``PID-START.debug.json`` with whether its code is still live.
+:mod:`relive.link.debuginfo`) into a folder of the state directory named after
+the process like its journal (``debug/PID-START/NNNN-SOURCE.debug``), listed in
+that folder's ``manifest.json`` with whether its code is still live.
 ``relive gdb`` loads the live ones into gdb; for a core dump it loads those
 that were live when the process last changed.  Each new function is also
 appended to ``/tmp/perf-PID.map``, the symbol map perf reads for JIT code.
 
 Debug objects are kept after the process exits (a core may still need them)
 until ``relive clean``, or for :data:`KEEP_SECONDS` after their last change.
+The state directory is private to relive's user (``relive.statedir`` checks
+it), so the folders relive creates in it cannot be swapped by anyone else;
+files are still created ``O_EXCL | O_NOFOLLOW`` and renamed into place.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import bisect
 import contextlib
 import json
 import os
+import shutil
 import stat
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -31,10 +35,16 @@ from relive.link import LinkedImage
 from relive.link.debuginfo import build_debug_object, iter_function_spans
 from relive.patch.journal import Journal
 from relive.process.procfs import get_start_time
-from relive.statedir import find_state_dir, read_state_file, state_file_path, write_state_file
+from relive.statedir import StateDirError, find_state_dir
 
 #: How long debug objects of a process that has exited are kept: one week.
 KEEP_SECONDS = 7 * 24 * 3600
+#: How often :func:`prune_expired` looks for what exited processes left, in seconds.
+PRUNE_EVERY = 3600
+
+_DEBUG = "debug"
+_MANIFEST = "manifest.json"
+_PRUNE_STAMP = ".pruned"
 
 
 @dataclass(frozen=True)
@@ -48,15 +58,6 @@ class DebugObject:
     live: bool
 
 
-def _prefix(pid: int, start_time: int) -> str:
-    """Debug files of a process start with its pid and start time, like its journal."""
-    return f"{pid}-{start_time}"
-
-
-def _manifest_name(prefix: str) -> str:
-    return f"{prefix}.debug.json"
-
-
 def write_debug_objects(
     journal: Journal, blocks: Sequence[tuple[str, LinkedImage]], registered: Collection[int] = ()
 ) -> list[Path]:
@@ -65,12 +66,12 @@ def write_debug_objects(
     ``registered``: the unwind tables that were registered with the program's
     unwinder (undo deregisters them once their code no longer runs).
     """
-    prefix = _prefix(journal.pid, journal.start_time)
-    entries = _read_manifest(prefix)
+    folder = _process_folder(journal.pid, journal.start_time, create=True)
+    entries = _read_manifest(folder)
     paths = []
     for source, image in blocks:
-        name = f"{prefix}.{len(entries) + 1:04d}-{Path(source).stem}.debug"
-        write_state_file(name, build_debug_object(image, source))
+        name = f"{len(entries) + 1:04d}-{Path(source).stem}.debug"
+        _write(folder / name, build_debug_object(image, source))
         table = image.eh_frame_address
         entries.append(
             {
@@ -82,9 +83,9 @@ def write_debug_objects(
                 "unwind_table": table if table in registered else None,
             }
         )
-        paths.append(state_file_path(name))
+        paths.append(folder / name)
     _mark_live(journal, entries)
-    _write_manifest(prefix, entries)
+    _write_manifest(folder, entries)
     return paths
 
 
@@ -94,12 +95,12 @@ def refresh_liveness(journal: Journal) -> list[int]:
     Returns the registered unwind tables of blocks that are no longer live (the
     caller deregisters them); the manifest forgets them.
     """
-    prefix = _prefix(journal.pid, journal.start_time)
-    entries = _read_manifest(prefix)
+    folder = _process_folder(journal.pid, journal.start_time, create=False)
+    entries = _read_manifest(folder)
     if not entries:
         return []
     retired = _mark_live(journal, entries)
-    _write_manifest(prefix, entries)
+    _write_manifest(folder, entries)
     return retired
 
 
@@ -122,12 +123,13 @@ def _mark_live(journal: Journal, entries: list[dict[str, Any]]) -> list[int]:
 
 def list_debug_objects(pid: int, start_time: int | None = None) -> list[DebugObject]:
     """The debug objects of a process in reload order (its newest run for a bare pid)."""
-    prefix = _prefix(pid, start_time) if start_time is not None else _newest_prefix(pid)
-    if prefix is None:
-        return []
+    if start_time is not None:
+        folder = _process_folder(pid, start_time, create=False)
+    else:
+        folder = _newest_folder(pid)
     return [
-        DebugObject(state_file_path(e["file"]), e["source"], e["base"], e["size"], e["live"])
-        for e in _read_manifest(prefix)
+        DebugObject(folder / e["file"], e["source"], e["base"], e["size"], e["live"])
+        for e in _read_manifest(folder)
     ]
 
 
@@ -164,58 +166,83 @@ def append_perf_map(pid: int, images: Sequence[LinkedImage]) -> Path | None:
 
 
 def clean() -> list[str]:
-    """Remove the debug files of processes that are gone (``relive clean``)."""
-    removed = []
-    for prefix in _iter_prefixes():
-        if _process_gone(prefix):
-            _remove(prefix)
-            removed.append(prefix)
-    return removed
+    """Remove the debug objects of processes that are gone (``relive clean``)."""
+    gone = [f for f in _process_folders() if _process_gone(f.name)]
+    for folder in gone:
+        shutil.rmtree(folder, ignore_errors=True)
+    return [folder.name for folder in gone]
 
 
 def prune_expired(now: float | None = None) -> None:
-    """Remove debug files of gone processes whose manifest is older than a week."""
+    """Remove what processes that are gone left in the state directory: their debug
+    objects once unchanged for :data:`KEEP_SECONDS`, and their lock files.
+
+    Runs at most once every :data:`PRUNE_EVERY` seconds (it reads the directory).
+    """
     now = time.time() if now is None else now
-    for prefix in _iter_prefixes():
+    state = find_state_dir()
+    stamp = state / _PRUNE_STAMP
+    with contextlib.suppress(OSError):
+        if now - stamp.stat().st_mtime < PRUNE_EVERY:
+            return
+    _write(stamp, b"")
+    for folder in _process_folders():
         with contextlib.suppress(OSError):
-            changed = state_file_path(_manifest_name(prefix)).stat().st_mtime
-            if now - changed > KEEP_SECONDS and _process_gone(prefix):
-                _remove(prefix)
-
-
-def _iter_prefixes() -> Iterator[str]:
-    try:
-        names = os.listdir(find_state_dir())
-    except OSError:
-        return
-    for name in names:
-        if name.endswith(".debug.json"):
-            yield name.removesuffix(".debug.json")
-
-
-def _remove(prefix: str) -> None:
-    folder = find_state_dir()
-    for name in os.listdir(folder):
-        if name.startswith(f"{prefix}.") and (name.endswith(".debug") or name.endswith(".json")):
+            changed = (folder / _MANIFEST).stat().st_mtime
+            if now - changed > KEEP_SECONDS and _process_gone(folder.name):
+                shutil.rmtree(folder, ignore_errors=True)
+    for name in _list(state):
+        prefix = name.removesuffix(".lock")
+        if prefix != name and _process_gone(prefix):
             with contextlib.suppress(OSError):
-                (folder / name).unlink()
+                os.unlink(state / name)
 
 
-def _process_gone(prefix: str) -> bool:
-    pid_text, _, start_text = prefix.partition("-")
+def _process_folder(pid: int, start_time: int, create: bool) -> Path:
+    """The folder of one process's debug objects (made private, if ``create``)."""
+    root = find_state_dir() / _DEBUG
+    folder = root / f"{pid}-{start_time}"
+    if create:
+        for path in (root, folder):
+            with contextlib.suppress(FileExistsError):
+                path.mkdir(mode=0o700)
+            info = path.lstat()
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+                raise StateDirError(
+                    f"{path} is not a folder relive made",
+                    hint=f"remove {path}; relive re-creates it",
+                )
+    return folder
+
+
+def _process_folders() -> Iterator[Path]:
+    root = find_state_dir() / _DEBUG
+    for name in _list(root):
+        path = root / name
+        if path.is_dir() and not path.is_symlink():
+            yield path
+
+
+def _newest_folder(pid: int) -> Path:
+    candidates = [f for f in _process_folders() if f.name.startswith(f"{pid}-")]
+    newest = max(candidates, key=lambda f: f.stat().st_mtime, default=None)
+    return newest if newest is not None else find_state_dir() / _DEBUG / f"{pid}-0"
+
+
+def _list(folder: Path) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
+
+
+def _process_gone(name: str) -> bool:
+    """Whether the process ``PID-START`` names no longer runs."""
+    pid_text, _, start_text = name.partition("-")
     try:
         return get_start_time(int(pid_text)) != int(start_text)
     except (ValueError, ReliveError):
         return True
-
-
-def _newest_prefix(pid: int) -> str | None:
-    candidates = [p for p in _iter_prefixes() if p.startswith(f"{pid}-")]
-    return max(
-        candidates,
-        key=lambda p: state_file_path(_manifest_name(p)).stat().st_mtime,
-        default=None,
-    )
 
 
 def _owner_of(pid: int) -> int:
@@ -225,24 +252,26 @@ def _owner_of(pid: int) -> int:
         return os.geteuid()
 
 
-def _read_manifest(prefix: str) -> list[dict[str, Any]]:
+def _read_manifest(folder: Path) -> list[dict[str, Any]]:
     try:
-        raw = json.loads(read_state_file(_manifest_name(prefix)) or b"[]")
-    except (ReliveError, ValueError):
+        with open(folder / _MANIFEST, "rb", opener=_open_no_follow) as f:
+            raw = json.loads(f.read())
+    except (OSError, ValueError):
         return []
     if not isinstance(raw, list):
         return []
-    return [e for e in raw if _valid_entry(e, prefix)]
+    return [e for e in raw if _valid_entry(e)]
 
 
-def _valid_entry(entry: object, prefix: str) -> bool:
+def _valid_entry(entry: object) -> bool:
     if not isinstance(entry, dict):
         return False
     name = entry.get("file")
     return (
         isinstance(name, str)
-        and name.startswith(f"{prefix}.")
+        and name.endswith(".debug")
         and "/" not in name
+        and not name.startswith(".")
         and isinstance(entry.get("source"), str)
         and isinstance(entry.get("base"), int)
         and isinstance(entry.get("size"), int)
@@ -251,5 +280,26 @@ def _valid_entry(entry: object, prefix: str) -> bool:
     )
 
 
-def _write_manifest(prefix: str, entries: Iterable[dict[str, Any]]) -> None:
-    write_state_file(_manifest_name(prefix), json.dumps(list(entries)).encode())
+def _write_manifest(folder: Path, entries: Iterable[dict[str, Any]]) -> None:
+    _write(folder / _MANIFEST, json.dumps(list(entries)).encode())
+
+
+def _open_no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write ``path`` whole (a new file, never through a link, renamed into place)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # left by a killed relive whose pid came round again
+        with os.fdopen(os.open(tmp, flags, 0o600), "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as error:
+        raise StateDirError(
+            f"cannot write {path}: {error.strerror}",
+            hint="free some space in the state directory, or set RELIVE_STATE_DIR",
+        ) from error
