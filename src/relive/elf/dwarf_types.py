@@ -504,7 +504,7 @@ class TypeUnit:
 
     # -- walking ----------------------------------------------------------------
 
-    def _skip(self, pos: int) -> int:
+    def _skip(self, pos: int) -> int:  # noqa: C901 (the hot loop, kept in one piece)
         """The position of the DIE after the one at ``pos`` and all its children.
 
         The hot loop of the index: one pass, no recursion, values skipped by
@@ -537,8 +537,18 @@ class TypeUnit:
             ops = abbrev.ops
             if ops is None:
                 pos = self._attribute_position(abbrev, pos, len(abbrev.specs))
+            elif len(ops) == 1 and ops[0] >= 0:
+                pos += ops[0]  # all fixed: the common case, without a call
             else:
-                pos = self._run_ops(ops, pos)
+                for op in ops:
+                    if op >= 0:
+                        pos += op
+                    elif op == _OP_LEB:
+                        while buf[base + pos] & 0x80:
+                            pos += 1
+                        pos += 1
+                    else:
+                        pos = self._run_ops((op,), pos)
             if abbrev.has_children:
                 depth += 1
             elif depth == 0:

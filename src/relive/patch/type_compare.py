@@ -87,14 +87,6 @@ def type_of(unit: TypeUnit, die: Die) -> Die | None:
     return None
 
 
-def complete(unit: TypeUnit, die: Die) -> Die:
-    """A declared-only struct, union or enum replaced by its definition in the unit."""
-    name = die.name()
-    if AT_DECLARATION not in die.attrs or name is None:
-        return die
-    return unit.find_type(die.tag, name) or die
-
-
 def describe(unit: TypeUnit, die: Die | None, depth: int = 0) -> str:
     """A C spelling of a type, for messages: ``long int``, ``struct stats *``, ``int[4]``."""
     if die is None:
@@ -178,8 +170,10 @@ class TypeComparer:
             if (old_type is None) != (new_type is None) and (old or new) is not None:
                 return self._became(old, new)
             return None
-        old_type = complete(self.old, old_type)
-        new_type = complete(self.new, new_type)
+        if AT_DECLARATION in old_type.attrs or AT_DECLARATION in new_type.attrs:
+            # Only declared in that unit (used through pointers): the unit's code
+            # never touches its members, and the unit does not say what they are.
+            return None
         key = (old_type.offset, new_type.offset)
         if key in self._seen:
             return self._seen[key]
