@@ -307,3 +307,30 @@ def test_undo_puts_back_only_what_the_file_holds(
     running.wait_for(r"^value 1$", after=running.mark())
     assert running.alive()
     assert relive.attach(running.pid).status() == []
+
+
+def test_clean_removes_only_what_exited_processes_left(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    me = f"{os.getpid()}-{get_start_time(os.getpid())}"
+    gone = f"{os.getpid()}-1"  # this pid with another start time: a process that exited
+    for prefix in (me, gone):
+        folder = state / "debug" / prefix
+        folder.mkdir(parents=True, mode=0o700)
+        (folder / "manifest.json").write_text("[]")
+    state.chmod(0o700)
+    code = main(["clean"])
+    out = capsys.readouterr().out
+    assert code == 0 and "1 exited process" in out, out
+    assert os.listdir(state / "debug") == [me]
+
+
+def test_clean_refuses_an_unsafe_state_dir(
+    state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "debug" / "5-1").mkdir(parents=True)
+    state.symlink_to(elsewhere)
+    code, err = run_cli(capsys, "clean")
+    assert code == 1 and "symbolic link" in err, err
+    assert os.listdir(elsewhere / "debug") == ["5-1"]

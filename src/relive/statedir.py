@@ -20,16 +20,19 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from relive.errors import ReliveError
 
 __all__ = [
     "StateDirError",
+    "checked_state_dir",
     "find_state_dir",
+    "list_state_files",
     "open_state_dir",
     "read_state_file",
+    "remove_state_files",
     "scratch_dir",
     "state_file_path",
     "write_state_file",
@@ -145,6 +148,35 @@ def read_state_file(name: str) -> bytes | None:
                 return f.read()
         finally:
             os.close(fd)
+    finally:
+        os.close(dir_fd)
+
+
+def checked_state_dir() -> Path:
+    """The state directory's path, once it is checked ours alone (StateDirError if not):
+    for walking folders relive made in it."""
+    path, dir_fd = open_state_dir()
+    os.close(dir_fd)
+    return path
+
+
+def list_state_files() -> list[str]:
+    """The names in the state directory, once it is checked (StateDirError if unsafe)."""
+    _, dir_fd = open_state_dir()
+    try:
+        return os.listdir(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def remove_state_files(names: Iterable[str]) -> None:
+    """Remove state files ``names`` from the checked state directory (a link
+    there is removed itself, never what it points to); one gone already is fine."""
+    _, dir_fd = open_state_dir()
+    try:
+        for name in names:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dir_fd)
     finally:
         os.close(dir_fd)
 

@@ -35,7 +35,7 @@ from relive.link import LinkedImage
 from relive.link.debuginfo import build_debug_object, iter_function_spans
 from relive.patch.journal import Journal
 from relive.process.procfs import get_start_time
-from relive.statedir import StateDirError, find_state_dir
+from relive.statedir import StateDirError, checked_state_dir
 
 #: How long debug objects of a process that has exited are kept: one week.
 KEEP_SECONDS = 7 * 24 * 3600
@@ -180,7 +180,7 @@ def prune_expired(now: float | None = None) -> None:
     Runs at most once every :data:`PRUNE_EVERY` seconds (it reads the directory).
     """
     now = time.time() if now is None else now
-    state = find_state_dir()
+    state = checked_state_dir()
     stamp = state / _PRUNE_STAMP
     with contextlib.suppress(OSError):
         if now - stamp.stat().st_mtime < PRUNE_EVERY:
@@ -200,7 +200,7 @@ def prune_expired(now: float | None = None) -> None:
 
 def _process_folder(pid: int, start_time: int, create: bool) -> Path:
     """The folder of one process's debug objects (made private, if ``create``)."""
-    root = find_state_dir() / _DEBUG
+    root = checked_state_dir() / _DEBUG
     folder = root / f"{pid}-{start_time}"
     if create:
         for path in (root, folder):
@@ -216,7 +216,7 @@ def _process_folder(pid: int, start_time: int, create: bool) -> Path:
 
 
 def _process_folders() -> Iterator[Path]:
-    root = find_state_dir() / _DEBUG
+    root = checked_state_dir() / _DEBUG
     for name in _list(root):
         path = root / name
         if path.is_dir() and not path.is_symlink():
@@ -226,7 +226,7 @@ def _process_folders() -> Iterator[Path]:
 def _newest_folder(pid: int) -> Path:
     candidates = [f for f in _process_folders() if f.name.startswith(f"{pid}-")]
     newest = max(candidates, key=lambda f: f.stat().st_mtime, default=None)
-    return newest if newest is not None else find_state_dir() / _DEBUG / f"{pid}-0"
+    return newest if newest is not None else checked_state_dir() / _DEBUG / f"{pid}-0"
 
 
 def _list(folder: Path) -> list[str]:

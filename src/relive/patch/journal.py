@@ -7,11 +7,9 @@ actually in memory before it is trusted.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import json
-import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -21,7 +19,13 @@ from typing import Any, TypeVar
 
 from relive.errors import ReliveError
 from relive.process.procfs import get_start_time
-from relive.statedir import find_state_dir, read_state_file, write_state_file
+from relive.statedir import (
+    find_state_dir,
+    list_state_files,
+    read_state_file,
+    remove_state_files,
+    write_state_file,
+)
 
 
 @dataclass
@@ -358,12 +362,8 @@ _JOURNAL_NAME = re.compile(r"(\d+)-(\d+)\.json")
 def remove_exited_journals() -> list[str]:
     """Remove the journals of processes that exited (no such pid, or the pid is
     another process now: a different start time); return their names."""
-    try:
-        names = os.listdir(find_state_dir())
-    except OSError:
-        return []
     removed = []
-    for name in names:
+    for name in list_state_files():
         match = _JOURNAL_NAME.fullmatch(name)
         if match is None:
             continue
@@ -373,9 +373,8 @@ def remove_exited_journals() -> list[str]:
         except ReliveError:
             alive = False
         if not alive:
-            with contextlib.suppress(OSError):
-                os.unlink(find_state_dir() / name)
-                removed.append(name)
+            removed.append(name)
+    remove_state_files(removed)
     return removed
 
 
