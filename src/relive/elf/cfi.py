@@ -76,6 +76,28 @@ class _Cie:
     initial: bytes
 
 
+def read_uleb(data: bytes, pos: int) -> tuple[int, int]:
+    """The unsigned LEB128 number at ``pos`` and the position after it."""
+    result = shift = 0
+    while True:
+        if pos >= len(data):
+            raise CfiError("a LEB128 number runs past the end of its data")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return result, pos
+
+
+def read_sleb(data: bytes, pos: int) -> tuple[int, int]:
+    """The signed LEB128 number at ``pos`` and the position after it."""
+    start = pos
+    value, pos = read_uleb(data, pos)
+    bits = 7 * (pos - start)
+    return (value - (1 << bits) if value >> (bits - 1) & 1 else value), pos
+
+
 @dataclass
 class _Reader:
     data: bytes
@@ -94,30 +116,12 @@ class _Reader:
         return value - (top << 1) if value & top else value
 
     def uleb(self) -> int:
-        result = shift = 0
-        while True:
-            if self.pos >= len(self.data):
-                raise CfiError("unwind table ends early")
-            byte = self.data[self.pos]
-            self.pos += 1
-            result |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return result
+        value, self.pos = read_uleb(self.data, self.pos)
+        return value
 
     def sleb(self) -> int:
-        result = shift = 0
-        while True:
-            if self.pos >= len(self.data):
-                raise CfiError("unwind table ends early")
-            byte = self.data[self.pos]
-            self.pos += 1
-            result |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                if byte & 0x40:
-                    result -= 1 << shift
-                return result
+        value, self.pos = read_sleb(self.data, self.pos)
+        return value
 
     def cstr(self) -> bytes:
         end = self.data.index(b"\0", self.pos)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from relive.arch.base import Equivalent, Resume
+from relive.elf.cfi import CfiError, read_sleb
 from relive.elf.dwarf_types import (
     AT_ABSTRACT_ORIGIN,
     AT_BYTE_SIZE,
@@ -91,7 +92,7 @@ def match_call_sites(
     try:
         old_homes = _variable_homes(old[2], old[3], name)
         new_homes = _variable_homes(new[2], new[3], name)
-    except (ReliveError, Malformed, IndexError):
+    except (ReliveError, Malformed, IndexError, CfiError):
         old_homes = new_homes = None  # then no slot can be shown to be the same variable
     resumes: dict[int, Resume | str] = {}
     for site in sites:
@@ -208,7 +209,7 @@ def _collect(unit: TypeUnit, die: Any, scope: str, from_rbp: bool, homes: dict[s
         if not isinstance(location, bytes) or not location or location[0] != _OP_FBREG:
             return False  # in a register, a location list, or optimised out
         homes[scope + str(child.name())] = _Home(
-            _sleb(location, 1), _type_size(unit, child), from_rbp
+            read_sleb(location, 1)[0], _type_size(unit, child), from_rbp
         )
     return True
 
@@ -223,16 +224,3 @@ def _type_size(unit: TypeUnit, die: Any) -> int | None:
             return None
         die = unit.die(ref)
     return None
-
-
-def _sleb(data: bytes, pos: int) -> int:
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            if byte & 0x40:
-                result -= 1 << shift
-            return result
