@@ -319,6 +319,9 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     return code, err
 
 
+#: The uid of ``nobody``: another user, for tests of what relive must not trust.
+NOBODY = 65534
+
 #: A program that prints "value 1" every 20 ms through two small functions and a table.
 VALUE_PROG = r"""
 #include <stdio.h>

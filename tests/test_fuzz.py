@@ -17,7 +17,7 @@ import pytest
 from objfuzz import build, make_variants, run_variants
 from relive.elf.objfile import ObjectFile
 from relive.errors import BadObject
-from support import VALUE_PROG, SpawnFactory, Target, assert_untouched, remember_maps, run_cli
+from support import SpawnFactory, Target, assert_untouched, run_cli
 
 SEED = 9
 VARIANTS = 300
@@ -82,16 +82,6 @@ def test_parser_refuses_or_parses_every_flip(tmp_path: Path) -> None:
         except BadObject:
             refused += 1
     assert refused > 0
-
-
-@pytest.fixture
-def running(tmp_path: Path, spawn: SpawnFactory) -> Target:
-    from support import compile_c
-
-    exe = compile_c(tmp_path, VALUE_PROG)
-    target = spawn([exe])
-    target.wait_for(r"^value 1$")
-    return remember_maps(target)
 
 
 @pytest.mark.parametrize("kind", ["fifo.o", "fifo.c", "urandom.o", "folder.c"])

@@ -20,16 +20,8 @@ from support import (
     Target,
     assert_untouched,
     compile_c,
-    remember_maps,
     run_cli,
 )
-
-
-@pytest.fixture
-def running(tmp_path: Path, spawn: SpawnFactory) -> Target:
-    target = spawn([compile_c(tmp_path, VALUE_PROG)])
-    target.wait_for(r"^value 1$")
-    return remember_maps(target)
 
 
 def test_an_unknown_function_is_a_usage_error_naming_close_ones(

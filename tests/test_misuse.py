@@ -21,6 +21,7 @@ from relive.patch.journal import journal_name
 from relive.process.procfs import get_start_time
 from relive.statedir import find_state_dir
 from support import (
+    NOBODY,
     VALUE_PROG,
     SpawnFactory,
     Target,
@@ -31,7 +32,6 @@ from support import (
     wait_until,
 )
 
-NOBODY = 65534
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
 
 

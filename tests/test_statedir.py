@@ -19,17 +19,13 @@ from relive.patch.journal import journal_name, load_journal
 from relive.process.procfs import get_start_time
 from relive.statedir import StateDirError, find_state_dir, open_state_dir, scratch_dir
 from support import (
-    VALUE_PROG,
-    SpawnFactory,
+    NOBODY,
     Target,
     assert_untouched,
-    compile_c,
     edit,
     remember_maps,
     run_cli,
 )
-
-NOBODY = 65534
 
 
 @pytest.fixture
@@ -38,14 +34,6 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "state"
     monkeypatch.setenv("RELIVE_STATE_DIR", str(path))
     return path
-
-
-@pytest.fixture
-def running(tmp_path: Path, spawn: SpawnFactory) -> Target:
-    exe = compile_c(tmp_path, VALUE_PROG)
-    target = spawn([exe])
-    target.wait_for(r"^value 1$")
-    return target
 
 
 def _refused(capsys: pytest.CaptureFixture[str], target: Target, why: str) -> None:

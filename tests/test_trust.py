@@ -18,6 +18,7 @@ from relive.events import Compiled, Event, Notice
 from relive.toolchain.choice import get_compile_command
 from relive.toolchain.trust import UntrustedBuild, screen_flags
 from support import (
+    NOBODY,
     VALUE_PROG,
     SpawnFactory,
     Target,
@@ -25,11 +26,9 @@ from support import (
     compile_c,
     edit,
     reload,
-    remember_maps,
     run_cli,
 )
 
-NOBODY = 65534
 needs_root = pytest.mark.needs_root
 
 DANGEROUS = [
@@ -117,12 +116,10 @@ def _evil_build(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 
 @pytest.fixture
-def running(tmp_path: Path, spawn: SpawnFactory) -> Target:
-    exe = compile_c(tmp_path, VALUE_PROG)
-    target = spawn([exe])
-    target.wait_for(r"^value 1$")
+def running(running: Target, tmp_path: Path) -> Target:
+    """conftest's running program, its source already edited."""
     edit(tmp_path / "prog.c", "return table[0];", "return table[1];")
-    return remember_maps(target)
+    return running
 
 
 @needs_root
