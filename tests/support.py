@@ -335,6 +335,36 @@ int main(void) {
 }
 """
 
+#: Loops that jump back into their function's first five bytes, where an entry
+#: jump goes: main's at -O0 (to main+4), a -O1 worker's right after its prologue.
+LOOP_OVER_ENTRY_MAIN = r"""
+#include <stdio.h>
+#include <unistd.h>
+int counter;
+int table[4] = {1, 2, 3, 4};
+void tick(void) { counter++; printf("value %d\n", table[0]); fflush(stdout); }
+int main(void) { for (;;) { tick(); usleep(20000); } }
+"""
+
+LOOP_OVER_ENTRY_WORKER = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+int table[4] = {1, 2, 3, 4};
+volatile int counter;
+__attribute__((noinline)) void tick(void) { printf("value %d\n", table[0]); fflush(stdout); }
+__attribute__((noinline)) void *worker(void *arg) {
+    for (;;) { counter++; tick(); usleep(20000); }
+    return arg;
+}
+int main(void) {
+    pthread_t thread;
+    pthread_create(&thread, NULL, worker, NULL);
+    pthread_join(thread, NULL);
+    return 0;
+}
+"""
+
 _MAPS_SEEN: dict[int, str] = {}
 
 

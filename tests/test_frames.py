@@ -22,6 +22,8 @@ import pytest
 import relive
 from relive.events import Event, FrameMoved
 from support import (
+    LOOP_OVER_ENTRY_MAIN,
+    LOOP_OVER_ENTRY_WORKER,
     SpawnFactory,
     Target,
     assert_untouched,
@@ -484,41 +486,11 @@ def test_the_cli_prints_one_line_per_moved_frame(tmp_path: Path, spawn: SpawnFac
     _tick(target, "face 22 word old")
 
 
-#: Loops that jump back into their function's first five bytes (as in test_loop_heads).
-HEAD_MAIN_LOOP = r"""
-#include <stdio.h>
-#include <unistd.h>
-int counter;
-int table[4] = {1, 2, 3, 4};
-void tick(void) { counter++; printf("value %d\n", table[0]); fflush(stdout); }
-int main(void) { for (;;) { tick(); usleep(20000); } }
-"""
-
-HEAD_WORKER_LOOP = r"""
-#include <pthread.h>
-#include <stdio.h>
-#include <unistd.h>
-int table[4] = {1, 2, 3, 4};
-volatile int counter;
-__attribute__((noinline)) void tick(void) { printf("value %d\n", table[0]); fflush(stdout); }
-__attribute__((noinline)) void *worker(void *arg) {
-    for (;;) { counter++; tick(); usleep(20000); }
-    return arg;
-}
-int main(void) {
-    pthread_t thread;
-    pthread_create(&thread, NULL, worker, NULL);
-    pthread_join(thread, NULL);
-    return 0;
-}
-"""
-
-
 @pytest.mark.parametrize(
     ("source", "flags", "function"),
     [
-        (HEAD_MAIN_LOOP, ("-g", "-O0"), "main"),
-        (HEAD_WORKER_LOOP, ("-g", "-O1", "-pthread"), "worker"),
+        (LOOP_OVER_ENTRY_MAIN, ("-g", "-O0"), "main"),
+        (LOOP_OVER_ENTRY_WORKER, ("-g", "-O1", "-pthread"), "worker"),
     ],
     ids=["main-O0", "worker-O1"],
 )
@@ -549,7 +521,7 @@ def test_moving_the_frame_is_the_way_past_a_loop_over_the_entry(
 def test_a_loop_over_the_entry_whose_shape_changed_is_refused_untouched(
     tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    exe = compile_c(tmp_path, HEAD_MAIN_LOOP, flags=("-g", "-O0"))
+    exe = compile_c(tmp_path, LOOP_OVER_ENTRY_MAIN, flags=("-g", "-O0"))
     target = spawn([exe])
     target.wait_for(r"^value 1$")
     remember_maps(target)  # once the loader is done (it changes protections at start)

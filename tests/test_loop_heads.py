@@ -13,35 +13,16 @@ from pathlib import Path
 import pytest
 
 from relive.arch.x86_64.disasm import branches_into
-from support import SpawnFactory, assert_untouched, compile_c, edit, remember_maps, run_cli
-
-MAIN_LOOP = r"""
-#include <stdio.h>
-#include <unistd.h>
-int counter;
-int table[4] = {1, 2, 3, 4};
-void tick(void) { counter++; printf("value %d\n", table[0]); fflush(stdout); }
-int main(void) { for (;;) { tick(); usleep(20000); } }
-"""
-
-WORKER_LOOP = r"""
-#include <pthread.h>
-#include <stdio.h>
-#include <unistd.h>
-int table[4] = {1, 2, 3, 4};
-volatile int counter;
-__attribute__((noinline)) void tick(void) { printf("value %d\n", table[0]); fflush(stdout); }
-__attribute__((noinline)) void *worker(void *arg) {
-    for (;;) { counter++; tick(); usleep(20000); }
-    return arg;
-}
-int main(void) {
-    pthread_t thread;
-    pthread_create(&thread, NULL, worker, NULL);
-    pthread_join(thread, NULL);
-    return 0;
-}
-"""
+from support import (
+    LOOP_OVER_ENTRY_MAIN,
+    LOOP_OVER_ENTRY_WORKER,
+    SpawnFactory,
+    assert_untouched,
+    compile_c,
+    edit,
+    remember_maps,
+    run_cli,
+)
 
 
 def test_branch_scan_finds_a_loop_head_inside_the_window() -> None:
@@ -58,7 +39,10 @@ def test_branch_scan_finds_a_loop_head_inside_the_window() -> None:
 
 @pytest.mark.parametrize(
     ("source", "flags", "function"),
-    [(MAIN_LOOP, ("-g", "-O0"), "main"), (WORKER_LOOP, ("-g", "-O1", "-pthread"), "worker")],
+    [
+        (LOOP_OVER_ENTRY_MAIN, ("-g", "-O0"), "main"),
+        (LOOP_OVER_ENTRY_WORKER, ("-g", "-O1", "-pthread"), "worker"),
+    ],
     ids=["main-O0", "worker-O1"],
 )
 def test_running_loop_over_the_entry_is_refused(
@@ -122,7 +106,7 @@ def test_branch_scan_never_misses_a_candidate() -> None:
 def test_a_refused_reload_copies_no_reinit_value_in(
     tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    exe = compile_c(tmp_path, MAIN_LOOP, flags=("-g", "-O0"))
+    exe = compile_c(tmp_path, LOOP_OVER_ENTRY_MAIN, flags=("-g", "-O0"))
     target = spawn([exe])
     target.wait_for(r"^value 1$")
     remember_maps(target)
