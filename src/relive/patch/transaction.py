@@ -219,14 +219,14 @@ def undo_patches(
         for p in chosen
     ]
     if writes:
+        mover = None
+        if arch is not None:  # before the write-ahead: a failure here stages nothing
+            with ProcessMemory(pid) as memory:
+                modules = load_running_modules(pid)
+                mover = prepare_undo_mover(pid, journal, chosen, modules, memory, arch)
         with held_signals():
             stage_undo(journal, keys)
             save_journal(journal)  # write-ahead (and refused here if it cannot be)
-            mover = None
-            if arch is not None:
-                with ProcessMemory(pid) as memory:
-                    modules = load_running_modules(pid)
-                    mover = prepare_undo_mover(pid, journal, chosen, modules, memory, arch)
             try:
                 report = write_entries(pid, writes, None, mover)
             except BaseException:
