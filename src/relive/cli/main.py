@@ -39,7 +39,7 @@ def _add_target(
             dest="every",
             action="store_true",
             help="every process running the same executable (e.g. pre-forked workers), "
-            "each one reloaded on its own",
+            "each one on its own",
         )
 
 
