@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -211,3 +212,19 @@ def test_bad_paths_are_usage_errors(
     assert code == 2
     assert len(err.strip().splitlines()) == 1
     assert_untouched(running)
+
+
+def test_a_core_that_is_not_there_or_not_a_core(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if shutil.which("gdb") is None:
+        pytest.skip("gdb is not installed (apt-get install gdb)")
+    (tmp_path / "text").write_text("not a core\n")
+    for core, exit_code, said in [
+        (tmp_path / "missing", 2, "cannot read"),
+        (tmp_path, 2, "cannot read"),
+        (tmp_path / "text", 6, "is not a 64-bit ELF core dump"),
+    ]:
+        code, err = run_cli(capsys, "gdb", "--core", str(core), "/bin/true")
+        assert code == exit_code and said in err, err
+        assert len(err.strip().splitlines()) == 1, err

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 
 from relive.elf.constants import ET_CORE, PT_NOTE
-from relive.errors import BadObject
+from relive.errors import BadObject, UsageError
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _PHDR = struct.Struct("<IIQQQQQQ")
@@ -39,7 +39,11 @@ def read_core_pid(path: str) -> int:
                     pid = _find_pid(f.read(filesz))
                     if pid is not None:
                         return pid
-    except (OSError, struct.error) as error:
+    except OSError as error:  # no such file, a folder, unreadable
+        raise UsageError(
+            f"cannot read {path}: {error.strerror}", "pass the core file the crash left"
+        ) from error
+    except struct.error as error:
         raise _not_core(path) from error
     raise BadObject(f"{path} records no process id (no NT_PRPSINFO note)", "pass -p PID")
 
