@@ -134,3 +134,33 @@ def test_a_refusal_to_root_names_the_security_module(tmp_path: Path, running: Ta
     assert "the security modules landlock, apparmor forbid it" in error.message
     assert "as root" not in error.hint
     assert error.exit_code == 3
+
+
+TINY = "__attribute__((noinline)) int tiny(int x) { return x; }\n"
+TINY_MAIN = r"""
+#include <stdio.h>
+#include <unistd.h>
+int tiny(int x);
+volatile int one = 1;
+static __attribute__((noinline)) void show(void) { printf("tiny %d\n", tiny(one)); }
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { show(); usleep(20000); }
+}
+"""
+
+
+def test_a_too_small_function_names_its_callers_in_other_files(
+    tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exe = compile_c(
+        tmp_path, TINY_MAIN, flags=("-g", "-O1", "-fno-align-functions"),
+        extra_sources={"tiny.c": TINY},
+    )  # fmt: skip
+    target = spawn([exe])
+    target.wait_for(r"^tiny 1$")
+    source = tmp_path / "tiny.c"
+    source.write_text(TINY.replace("return x;", "return x + 1;"))
+    code, err = run_cli(capsys, "reload", "-p", str(target.pid), str(source))
+    assert code == 9, err
+    assert "it is called from other files only, by show (prog.c)" in err, err

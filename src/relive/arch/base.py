@@ -202,6 +202,8 @@ class Arch:
     #: Whether a direct branch inside ``code`` (at ``address``) lands strictly
     #: between ``low`` and ``high`` (cheap unless one may).
     branches_into: Callable[[bytes, int, int, int], bool]
+    #: Addresses of direct calls/jumps in ``code`` (at an address) to a target.
+    find_direct_branches_to: Callable[[bytes, int, int], list[int]]
     #: The instructions of ``code`` at an address, up to the first undecodable one.
     decode_instructions: Callable[[bytes, int], list[Instruction]]
     #: For a PLT entry's bytes at ``address``: the GOT slot it jumps through, or None.

@@ -6,7 +6,7 @@ before the transaction starts, so the plan can reroute it through its callers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -166,14 +166,27 @@ def find_too_small(
 
 
 def too_small_error(
-    decision: FunctionDecision, module: RunningModule, running: bytes, arch: Arch
+    decision: FunctionDecision,
+    module: RunningModule,
+    running: bytes,
+    arch: Arch,
+    callers: Sequence[str] = (),
 ) -> UnsafePatch:
-    """The refusal for a function too small for an entry jump (``running``: its code now)."""
+    """The refusal for a function too small for an entry jump (``running``: its code
+    now; ``callers``: the functions of other files that call it directly)."""
     _, need, available = _entry_room(decision, running, module, arch)
+    build = "build it with -fpatchable-function-entry=8 (or make it noinline and larger)"
+    if callers:
+        shown = ", ".join(callers[:6]) + (" ..." if len(callers) > 6 else "")
+        hint = (
+            f"it is called from other files only, by {shown}: change and reload those "
+            f"callers so they call the new code, or {build}"
+        )
+    else:
+        hint = f"no direct caller calls it (only through pointers): {build}"
     return UnsafePatch(
         f"{decision.name} is {available} bytes long, too small for a {need}-byte entry jump",
-        hint="build it with -fpatchable-function-entry=8 (or make it noinline and larger), "
-        "or reload its callers with --function",
+        hint=hint,
         function=decision.name,
     )
 

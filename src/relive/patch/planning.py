@@ -27,6 +27,7 @@ from relive.elf.objfile import ObjectFile
 from relive.errors import BadObject, UsageError
 from relive.events import Compiled, CompilerWarnings, EventSink, Notice
 from relive.patch.binder import Binder
+from relive.patch.callers import find_callers
 from relive.patch.entries import find_too_small, too_small_error
 from relive.patch.identify import check_object_belongs, check_source_belongs
 from relive.patch.initial import DataChange, choose_reinit, describe_initial_change
@@ -240,7 +241,9 @@ def reroute_too_small(plan: ReloadPlan, ctx: PlanContext) -> None:
         tiny, running = found
         callers = plan.redirect_callers_instead(tiny)
         if not callers:
-            raise too_small_error(tiny, plan.module, running, ctx.arch)
+            assert tiny.old is not None
+            elsewhere = find_callers(plan.module, tiny.old.address, ctx.arch)
+            raise too_small_error(tiny, plan.module, running, ctx.arch, elsewhere)
         ctx.emit(
             Notice(
                 f"{tiny.name} is too small for an entry jump: reloading its callers "

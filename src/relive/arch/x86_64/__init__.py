@@ -6,6 +6,7 @@ import functools
 
 from relive.arch.base import Arch, Registers
 from relive.arch.x86_64 import registers, sigframe
+from relive.arch.x86_64.callsites import find_direct_branches_to
 from relive.arch.x86_64.decode import decode_instructions
 from relive.arch.x86_64.disasm import (
     branch_targets,
@@ -57,6 +58,7 @@ ARCH = Arch(
     find_landing_pad_size=find_landing_pad_size,
     branch_targets=branch_targets,
     branches_into=branches_into,
+    find_direct_branches_to=find_direct_branches_to,
     decode_instructions=decode_instructions,
     find_plt_slot=find_plt_slot,
     undo_got_relaxation=undo_got_relaxation,
