@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -111,7 +110,3 @@ def print_table(summary: dict[str, Any], lines: int, functions: int, runs: int) 
     first = summary.get("first_peak_mb", {}).get("median", 0.0)
     later = summary.get("next_peak_mb", {}).get("median", 0.0)
     print(f"  {'peak memory (MB)':30} {first:>10.1f} {later:>10.1f}")
-
-
-if __name__ == "__main__":  # a quick look: python benchmarks/hugeunit.py [FUNCTIONS]
-    sys.exit("run it through bench.py --scenarios huge.o")
