@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import time
 from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from relive.arch.base import Arch
 from relive.elf.dwarf import find_compile_unit
 from relive.elf.objfile import ObjectFile
-from relive.errors import BadObject, UsageError
+from relive.errors import BadObject, ReliveError, UsageError
 from relive.events import Compiled, CompilerWarnings, EventSink, Notice
 from relive.patch.binder import Binder
 from relive.patch.callers import find_callers
@@ -41,7 +43,7 @@ from relive.process.remote import remote_call
 from relive.process.threads import stop_all
 from relive.toolchain.choice import get_compile_command
 from relive.toolchain.command import ORIGIN_COMPDB, CompileCommand
-from relive.toolchain.compiler import compile_object
+from relive.toolchain.compiler import CompileResult, compile_object
 from relive.toolchain.deoptimize import deoptimized
 from relive.toolchain.lto import without_lto
 
@@ -133,7 +135,7 @@ def plan_reload(paths: Sequence[Path], ctx: PlanContext) -> list[ReloadPlan]:
     Raises LayoutChanged when the new code would use data the program holds
     with another layout (types checked from DWARF).
     """
-    units = [_compile_unit(path, index, ctx) for index, path in enumerate(paths)]
+    units = _compile_units(paths, ctx)
     peers = _peer_symbols(units, ctx) if len(units) > 1 else {}
     plans = [
         plan_unit(unit, {name: i for name, i in peers.items() if i != index}, ctx)
@@ -157,18 +159,53 @@ class _Unit:
     module: RunningModule | None
 
 
-def _compile_unit(path: Path, index: int, ctx: PlanContext) -> _Unit:
+def _compile_units(paths: Sequence[Path], ctx: PlanContext) -> list[_Unit]:
+    """Every file of the reload compiled, several at once (one compiler per core).
+
+    Commands are found and events emitted in the files' order; the first file
+    (in that order) whose compile failed raises its error.
+    """
     mark = time.perf_counter()
-    if path.suffix == ".o":
-        lap(ctx.phases, "compile", mark)
-        return _Unit(path, index, path, None, None)
-    command, module = _find_command(path, ctx)
-    if ctx.options.debug:
-        command = deoptimized(command)
-    prepare_layout_check(module, path)
-    obj_path = _compile(command, ctx.scratch / str(index), ctx)
+    found: list[tuple[Path, int, CompileCommand | None, RunningModule | None]] = []
+    for index, path in enumerate(paths):
+        if path.suffix == ".o":
+            found.append((path, index, None, None))
+            continue
+        found_command, found_module = _find_command(path, ctx)
+        if ctx.options.debug:
+            found_command = deoptimized(found_command)
+        prepare_layout_check(found_module, path)
+        found.append((path, index, found_command, found_module))
+    jobs = [(command, ctx.scratch / str(index)) for _, index, command, _ in found if command]
+    results = _run_compiles(jobs)
+    units = []
+    for path, index, command, module in found:
+        if command is None:
+            units.append(_Unit(path, index, path, None, None))
+            continue
+        obj_path = _take_compiled(command, results.pop(0), ctx)
+        units.append(_Unit(path, index, obj_path, command, module))
     lap(ctx.phases, "compile", mark)
-    return _Unit(path, index, obj_path, command, module)
+    return units
+
+
+def _run_compiles(
+    jobs: Sequence[tuple[CompileCommand, Path]],
+) -> list[CompileResult | ReliveError]:
+    """Each job's result (or its error), in order; up to one compiler per core at once."""
+
+    def run(job: tuple[CompileCommand, Path]) -> CompileResult | ReliveError:
+        command, out_dir = job
+        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            return compile_object(command, out_dir)
+        except ReliveError as error:
+            return error
+
+    if len(jobs) <= 1:
+        return [run(job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
+        return list(pool.map(run, jobs))
 
 
 def _peer_symbols(units: Sequence[_Unit], ctx: PlanContext) -> dict[str, int]:
@@ -347,8 +384,15 @@ def _first_time(ctx: PlanContext, source: Path, topic: Topic) -> bool:
 
 
 def _compile(command: CompileCommand, out_dir: Path, ctx: PlanContext) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    compiled = compile_object(command, out_dir)
+    return _take_compiled(command, _run_compiles([(command, out_dir)])[0], ctx)
+
+
+def _take_compiled(
+    command: CompileCommand, compiled: CompileResult | ReliveError, ctx: PlanContext
+) -> Path:
+    """Report one compile (its command, warnings and dependencies), or raise its error."""
+    if isinstance(compiled, ReliveError):
+        raise compiled
     ctx.emit(Compiled(str(command.source), command.origin, compiled.command, compiled.milliseconds))
     if compiled.warnings.strip():
         ctx.emit(CompilerWarnings(str(command.source), compiled.warnings))
