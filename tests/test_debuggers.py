@@ -18,7 +18,7 @@ import relive
 from relive.events import Event, FunctionAdded, FunctionRedirected
 from relive.patch.debugfiles import list_debug_objects
 from relive.process.procfs import get_start_time
-from support import RELIVE, SpawnFactory, compile_c
+from support import RELIVE, SpawnFactory, compile_c, wait_until
 
 needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
 
@@ -378,3 +378,24 @@ def test_prune_removes_what_exited_processes_left_after_a_week() -> None:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
+
+
+def test_big_debug_objects_are_written_in_the_background(
+    tmp_path: Path, spawn: SpawnFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relive.patch import debugfiles
+
+    monkeypatch.setattr(debugfiles, "BACKGROUND_RELOCATIONS", 0)  # every object is "big"
+    _, target = _start_middle(tmp_path, spawn)
+    source = tmp_path / "prog.c"
+    _edit(source, "v * 2", "v * 7")
+    new_middle = _redirected(_reload(target.pid, source))["middle"]
+    [obj] = list_debug_objects(target.pid, get_start_time(target.pid))
+    wait_until(obj.path.exists, what="the debug object written in the background")
+    with obj.path.open("rb") as f:
+        symtab = ELFFile(f).get_section_by_name(".symtab")
+        assert isinstance(symtab, SymbolTableSection)
+        assert {s.name: s["st_value"] for s in symtab.iter_symbols()}["middle"] == new_middle
+    # The background writer holds nothing a next reload needs (the process lock).
+    _edit(source, "v * 7", "v * 8")
+    assert "middle" in _redirected(_reload(target.pid, source))

@@ -95,7 +95,7 @@ def _list_objects(args: argparse.Namespace) -> int:
     except ReliveError:
         start = None  # gone: the debug objects of its last run (a core)
     for obj in list_debug_objects(args.pid, start):
-        if obj.live:
+        if obj.live and obj.path.exists():  # a big one may still be being written
             print(obj.path)
     return 0
 

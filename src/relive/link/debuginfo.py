@@ -48,6 +48,16 @@ def iter_function_spans(image: LinkedImage) -> Iterator[FunctionSpan]:
             yield FunctionSpan(symbol.name, image.get_symbol_address(symbol), symbol.size)
 
 
+def debug_relocation_count(image: LinkedImage) -> int:
+    """How many relocations the object's DWARF has: what building its debug object costs."""
+    obj = image.layout.request.obj
+    return sum(
+        len(obj.relocations.get(section.index, ()))
+        for section in obj.sections
+        if is_debug_section(section)
+    )
+
+
 def build_debug_object(image: LinkedImage, source_name: str) -> bytes:
     """The ELF bytes of the debug object for ``image``."""
     obj = image.layout.request.obj

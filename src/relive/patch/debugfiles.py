@@ -25,14 +25,18 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from relive.errors import ReliveError
 from relive.link import LinkedImage
-from relive.link.debuginfo import build_debug_object, iter_function_spans
+from relive.link.debuginfo import (
+    build_debug_object,
+    debug_relocation_count,
+    iter_function_spans,
+)
 from relive.patch.journal import Journal
 from relive.process.procfs import get_start_time
 from relive.statedir import StateDirError, checked_state_dir
@@ -58,20 +62,31 @@ class DebugObject:
     live: bool
 
 
+#: Above this many relocations in an object's DWARF, its debug object is written by a
+#: background process: relocating the DWARF of a 10,000-function unit takes seconds,
+#: which the reload need not wait for (``relive gdb`` skips a file not there yet).
+BACKGROUND_RELOCATIONS = 20_000
+
+
 def write_debug_objects(
     journal: Journal, blocks: Sequence[tuple[str, LinkedImage]], registered: Collection[int] = ()
 ) -> list[Path]:
     """Write the debug object of each reloaded ``(source, block)``; update the manifest once.
 
     ``registered``: the unwind tables that were registered with the program's
-    unwinder (undo deregisters them once their code no longer runs).
+    unwinder (undo deregisters them once their code no longer runs).  Objects
+    with much DWARF are written in the background (:data:`BACKGROUND_RELOCATIONS`).
     """
     folder = _process_folder(journal.pid, journal.start_time, create=True)
     entries = _read_manifest(folder)
     paths = []
+    later: list[tuple[Path, str, LinkedImage]] = []
     for source, image in blocks:
         name = f"{len(entries) + 1:04d}-{Path(source).stem}.debug"
-        _write(folder / name, build_debug_object(image, source))
+        if debug_relocation_count(image) > BACKGROUND_RELOCATIONS:
+            later.append((folder / name, source, image))
+        else:
+            _write(folder / name, build_debug_object(image, source))
         table = image.eh_frame_address
         entries.append(
             {
@@ -86,7 +101,34 @@ def write_debug_objects(
         paths.append(folder / name)
     _mark_live(journal, entries)
     _write_manifest(folder, entries)
+    if later:
+        _in_background(lambda: _write_all(later))
     return paths
+
+
+def _write_all(objects: Sequence[tuple[Path, str, LinkedImage]]) -> None:
+    for path, source, image in objects:
+        _write(path, build_debug_object(image, source))
+
+
+def _in_background(work: Callable[[], object]) -> None:
+    """Run ``work`` in a detached grandchild process; return at once.
+
+    The double fork leaves no zombie behind a long-lived relive (``watch``), and
+    the grandchild closes every inherited descriptor (the process lock among them)
+    before it starts, so it holds nothing a later reload waits for.
+    """
+    child = os.fork()
+    if child:
+        os.waitpid(child, 0)
+        return
+    try:
+        if os.fork() == 0:
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            with contextlib.suppress(ReliveError, OSError):
+                work()
+    finally:
+        os._exit(0)
 
 
 def refresh_liveness(journal: Journal) -> list[int]:
