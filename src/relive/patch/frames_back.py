@@ -33,10 +33,11 @@ def prepare_undo_mover(
     """A mover from the reloaded code of ``patches`` back to their original code."""
     if arch.match_shapes is None or not any(p.size for p in patches):
         return None
-    starts = _original_starts(journal, modules)
+    originals = _Originals(modules)
+    starts = _original_starts(journal, originals)
     versions = []
     for patch in patches:
-        found = _original_function(patch, modules)
+        found = originals.find(patch)
         if found is None:
             continue
         module, start, size = found
@@ -66,26 +67,41 @@ def prepare_undo_mover(
     return mover
 
 
-def _original_starts(journal: Journal, modules: list[RunningModule]) -> dict[int, int]:
+def _original_starts(journal: Journal, originals: _Originals) -> dict[int, int]:
     """Reloaded code's address -> the original function's start, for every patch:
     a call from reloaded code to reloaded code is the original call to the original."""
     starts = {}
     for patch in journal.patches.values():
-        found = _original_function(patch, modules)
+        found = originals.find(patch)
         if found is not None:
             starts[patch.target] = found[1]
     return starts
 
 
-def _original_function(
-    patch: EntryPatch, modules: list[RunningModule]
-) -> tuple[RunningModule, int, int] | None:
-    """The module, start and size of the function whose entry ``patch`` replaced."""
-    for module in modules:
-        if module.path != patch.module:
-            continue
-        for symbol in module.image.iter_functions():
-            start = symbol.value + module.bias
-            if symbol.name == patch.name and start <= patch.entry < start + max(symbol.size, 1):
-                return module, start, symbol.size
-    return None
+class _Originals:
+    """The function whose entry a patch replaced, found through one name index per
+    module (built on first use): a lookup per patch, not a walk of every symbol."""
+
+    def __init__(self, modules: list[RunningModule]) -> None:
+        self.modules = modules
+        self._by_name: dict[int, dict[str, list[tuple[int, int]]]] = {}
+
+    def find(self, patch: EntryPatch) -> tuple[RunningModule, int, int] | None:
+        """The module, start and size of the function whose entry ``patch`` replaced."""
+        for index, module in enumerate(self.modules):
+            if module.path != patch.module:
+                continue
+            for start, size in self._functions(index).get(patch.name, ()):
+                if start <= patch.entry < start + max(size, 1):
+                    return module, start, size
+        return None
+
+    def _functions(self, index: int) -> dict[str, list[tuple[int, int]]]:
+        found = self._by_name.get(index)
+        if found is None:
+            module = self.modules[index]
+            found = {}
+            for symbol in module.image.iter_functions():
+                found.setdefault(symbol.name, []).append((symbol.value + module.bias, symbol.size))
+            self._by_name[index] = found
+        return found
