@@ -107,11 +107,6 @@ class Renderer:
         """Do not print these events as text (JSON output still has them)."""
         self.hidden = self.hidden | frozenset(kinds)
 
-    @property
-    def is_terminal(self) -> bool:
-        """Whether output is rich text on a terminal."""
-        return self._console is not None
-
     def __call__(self, event: Event) -> None:
         if self.json_lines:
             print(event.to_json(), file=self.stream, flush=True)  # editors read as it comes

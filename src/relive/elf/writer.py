@@ -16,8 +16,6 @@ from dataclasses import dataclass
 
 from relive.elf.constants import (
     ET_EXEC,
-    SHF_ALLOC,
-    SHF_EXECINSTR,
     SHN_ABS,
     SHT_NOBITS,
     SHT_PROGBITS,
@@ -131,11 +129,6 @@ def write_elf(
         _IDENT, ET_EXEC, machine, 1, 0, 0, shoff, 0, _EHDR.size, 0, 0, _SHDR.size, shnum, shnum - 1
     )
     return bytes(body)
-
-
-def code_flags() -> int:
-    """``sh_flags`` of a section of code."""
-    return SHF_ALLOC | SHF_EXECINSTR
 
 
 class _StringTable:

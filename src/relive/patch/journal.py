@@ -7,7 +7,6 @@ actually in memory before it is trusted.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import json
 import re
@@ -116,15 +115,6 @@ class Journal:
         record.fingerprints.update(fingerprints)
         for definition in definitions:
             record.definitions[definition.name] = definition
-
-    def record_entry_patch(self, patch: EntryPatch) -> None:
-        """Remember an entry jump.  A function patched again keeps the original
-        bytes of its first patch (what undo puts back) and counts the patches."""
-        key = self.patch_key(patch.module, patch.entry)
-        existing = self.patches.get(key)
-        if existing is not None:
-            patch = dataclasses.replace(patch, original=existing.original, count=existing.count + 1)
-        self.patches[key] = patch
 
     def add_regions(self, regions: Iterable[tuple[int, int]]) -> None:
         """Remember blocks of memory relive mapped: (address, size)."""
