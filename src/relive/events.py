@@ -356,6 +356,21 @@ class TargetProcess(Event):
         return f"pid {self.pid} ({self.name}):"
 
 
+class ProcessesSwitched(Event):
+    """``reload --all``: the processes' entry jumps were written one right after the
+    other; ``spread_ms`` is the time from the first process's write to the last's."""
+
+    kind: ClassVar[str] = "switched"
+    pids: list[int]
+    spread_ms: float
+
+    def __str__(self) -> str:
+        return (
+            f"{len(self.pids)} processes switched to the new code within "
+            f"{self.spread_ms:.1f} ms of each other"
+        )
+
+
 class WatchStarted(Event):
     """Watching began: which translation units and files, and what triggers a reload."""
 

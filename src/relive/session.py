@@ -11,10 +11,12 @@ This is the Python API the CLI uses::
 
 from __future__ import annotations
 
+import enum
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from relive.arch import get_arch
 from relive.errors import ReliveError
@@ -25,6 +27,7 @@ from relive.events import (
     FunctionActive,
     FunctionRestored,
     Notice,
+    ProcessesSwitched,
     ReloadFinished,
     Timings,
     ignore_event,
@@ -35,6 +38,7 @@ from relive.patch.modules import get_main_module, load_running_modules
 from relive.patch.planning import (
     PlanContext,
     ReloadOptions,
+    SharedCompiles,
     Topic,
     announce,
     check_paths,
@@ -45,7 +49,7 @@ from relive.patch.planning import (
 from relive.patch.recover import load_or_rebuild_journal
 from relive.patch.report import FunctionOutcomes, report_decisions, report_frames
 from relive.patch.selection import check_selected, still_patched_from
-from relive.patch.transaction import apply_reload, undo_patches
+from relive.patch.transaction import StagedReload, held_signals, undo_patches
 from relive.process.memory import ProcessMemory
 from relive.process.permissions import find_other_user
 from relive.process.procfs import check_alive, get_tgid
@@ -75,6 +79,47 @@ class ReloadResult:
     skipped: list[str] = field(default_factory=list)
     stopped_us: float = 0.0
     phases_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Step(enum.Enum):
+    """Where a reload stands between the steps :class:`ReloadSteps` pauses at."""
+
+    #: Planned and every entry checked; nothing written to the process yet.
+    STAGED = "staged"
+    #: The new code written while the program runs; the journal written ahead.
+    LOADED = "loaded"
+    #: The entry jumps written (the threads run the new code).
+    SWITCHED = "switched"
+    #: The journal committed.
+    COMMITTED = "committed"
+
+
+class ReloadSteps:
+    """One process's reload, run one step at a time (``reload --all``).
+
+    Iterating it runs the whole reload; :meth:`advance` runs it up to a step.
+    Each process stays its own transaction: a step that fails rolls back that
+    process alone and raises its error.
+    """
+
+    def __init__(self) -> None:
+        self.result = ReloadResult()
+        #: ``time.monotonic()`` when the entry jumps were written (None: none was).
+        self.switched_at: float | None = None
+        self.run: Iterator[Step] = iter(())
+
+    def __iter__(self) -> Iterator[Step]:
+        return self.run
+
+    def advance(self, step: Step | None) -> bool:
+        """Run up to ``step`` (None: to the end); False if the reload ended first
+        (a dry run, a reload that found nothing to do)."""
+        return any(reached is step for reached in self.run)
+
+    def close(self) -> None:
+        """Abandon the reload where it stands (a loaded one is rolled back)."""
+        if isinstance(self.run, Generator):
+            self.run.close()
 
 
 def attach(pid: int, on_event: EventSink | None = None) -> Session:
@@ -133,12 +178,46 @@ class Session:
         new code where that is provably safe (``patch.frames``).
         The plan side is ``patch.planning``, the transaction ``patch.transaction``.
         """
+        steps = self.reload_steps(
+            paths,
+            functions,
+            dry_run,
+            cflags,
+            compdb,
+            trust_build,
+            reinit,
+            new_file,
+            allow_layout_change,
+            debug,
+            move_frames,
+        )
+        for _ in steps:  # one step after the other, with nothing in between
+            pass
+        return steps.result
+
+    def reload_steps(
+        self,
+        paths: Sequence[str | Path],
+        functions: Collection[str] | None = None,
+        dry_run: bool = False,
+        cflags: Sequence[str] | None = None,
+        compdb: Path | None = None,
+        trust_build: bool = False,
+        reinit: Collection[str] = (),
+        new_file: bool = False,
+        allow_layout_change: bool = False,
+        debug: bool = False,
+        move_frames: bool = True,
+        shared: SharedCompiles | None = None,
+    ) -> ReloadSteps:
+        """:meth:`reload` as steps (see :class:`ReloadSteps`), for :func:`reload_together`."""
         check_paths(paths, debug)
         options = ReloadOptions(
             functions, cflags, compdb, trust_build, new_file, allow_layout_change, debug
         )
-        with process_lock(self.pid):
-            return self._reload(paths, options, dry_run, reinit, move_frames)
+        steps = ReloadSteps()
+        steps.run = self._reload(paths, options, dry_run, reinit, move_frames, shared, steps)
+        return steps
 
     def _reload(
         self,
@@ -146,16 +225,22 @@ class Session:
         options: ReloadOptions,
         dry_run: bool,
         reinit: Collection[str],
-        move_frames: bool = True,
-    ) -> ReloadResult:
-        result = ReloadResult()
+        move_frames: bool,
+        shared: SharedCompiles | None,
+        steps: ReloadSteps,
+    ) -> Iterator[Step]:
+        result = steps.result
         phases = result.phases_ms
         started = time.perf_counter()
-        journal = load_journal(self.pid)
-        modules = load_running_modules(self.pid)
-        arch = get_arch(get_main_module(modules).image.machine)
-        lap(phases, "attach", started)
-        with ProcessMemory(self.pid) as memory, scratch_dir() as scratch:
+        with (
+            process_lock(self.pid),
+            ProcessMemory(self.pid) as memory,
+            scratch_dir() as scratch,
+        ):
+            journal = load_journal(self.pid)
+            modules = load_running_modules(self.pid)
+            arch = get_arch(get_main_module(modules).image.machine)
+            lap(phases, "attach", started)
             ctx = PlanContext(
                 self.pid,
                 modules,
@@ -168,6 +253,7 @@ class Session:
                 options,
                 self.dependencies,
                 self.announced,
+                shared,
             )
             plans = plan_reload([Path(p) for p in paths], ctx)
             check_selected(plans, options.functions)
@@ -176,12 +262,27 @@ class Session:
             if dry_run:
                 self._take(report_decisions(plans, None, self.emit), result)
                 self._finished(result, dry_run=True)
-                return result
+                return
             for plan in plans:
                 reroute_too_small(plan, ctx)
-            applied = apply_reload(
+            staged = StagedReload(
                 self.pid, plans, journal, memory, arch, reinits, modules, self.emit, move_frames
             )
+            yield Step.STAGED
+            with held_signals():
+                staged.load()
+                try:
+                    yield Step.LOADED
+                except BaseException:  # abandoned between the steps (GeneratorExit)
+                    staged.abandon()
+                    raise
+                steps.switched_at = staged.switch()
+                try:
+                    yield Step.SWITCHED
+                finally:  # the jumps are in memory: they are committed in every case
+                    staged.commit()
+            yield Step.COMMITTED
+            applied = staged.publish()
             result.stopped_us = applied.stopped_seconds * 1e6
             self._take(report_decisions(plans, applied.images, self.emit), result)
             report_frames(applied.frames, self.emit)
@@ -192,7 +293,6 @@ class Session:
             lap(phases, "patch", mark)
         self.emit(Timings(dict(phases), result.stopped_us))
         self._finished(result, dry_run=False)
-        return result
 
     @staticmethod
     def _take(outcomes: FunctionOutcomes, result: ReloadResult) -> None:
@@ -267,3 +367,58 @@ class Session:
         if kept:
             self.emit(Notice(kept))
         return [p.name for p in restored]
+
+
+def reload_together(
+    sessions: Sequence[Session],
+    paths: Sequence[str | Path],
+    on_event: EventSink,
+    **options: Any,
+) -> list[ReloadResult | ReliveError]:
+    """Reload the same files into processes of one executable (``reload --all``).
+
+    Each file is compiled once (``SharedCompiles``: same executable, same
+    command), then planned and linked per process (their memory layouts
+    differ); every process's new code is written while they all run, and only
+    then are their entry jumps written, one process right after the other, so
+    that they start the new code close together (``ProcessesSwitched`` says how
+    close).  Each process is its own transaction: one failing is rolled back and
+    its error returned in its place, the others go on.  ``options`` are
+    :meth:`Session.reload`'s.
+    """
+    outcomes: list[ReloadResult | ReliveError | None] = [None] * len(sessions)
+    live: dict[int, ReloadSteps] = {}
+
+    def advance(step: Step | None) -> None:
+        for index, steps in list(live.items()):
+            try:
+                if steps.advance(step):
+                    continue
+                outcomes[index] = steps.result
+            except ReliveError as error:
+                outcomes[index] = error
+            del live[index]
+
+    with scratch_dir() as scratch:
+        shared = SharedCompiles(Path(scratch))
+        for index, session in enumerate(sessions):
+            try:
+                live[index] = session.reload_steps(paths, **options, shared=shared)
+            except ReliveError as error:
+                outcomes[index] = error
+        try:
+            advance(Step.STAGED)
+            with held_signals():
+                advance(Step.LOADED)
+                advance(Step.SWITCHED)
+                switched = {i: s.switched_at for i, s in live.items() if s.switched_at}
+                advance(Step.COMMITTED)
+            advance(None)
+        finally:
+            for steps in live.values():
+                steps.close()
+    if len(switched) > 1:
+        pids = [sessions[index].pid for index in sorted(switched)]
+        spread = max(switched.values()) - min(switched.values())
+        on_event(ProcessesSwitched(pids, spread * 1e3))
+    return [outcome or ReloadResult() for outcome in outcomes]

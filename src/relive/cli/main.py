@@ -213,23 +213,24 @@ def _cmd_reload(args: argparse.Namespace, out: Renderer) -> int:
 
     out.show_timings = args.timings
     pids = resolve_pids(args.pid, args.name, args.every)
+    options = {
+        "functions": args.functions,
+        "dry_run": args.dry_run,
+        "debug": args.debug,
+        "cflags": _cli_flags(args),
+        "compdb": args.compdb,
+        "trust_build": args.trust_build,
+        "reinit": args.reinit,
+        "new_file": args.new_file,
+        "allow_layout_change": args.allow_layout_change,
+        "move_frames": args.move_frames,
+    }
+    if len(pids) == 1:
+        relive.attach(pids[0], on_event=out).reload(args.files, **options)
+        return 0
+    from relive.cli.together import reload_processes
 
-    def reload(pid: int) -> None:
-        relive.attach(pid, on_event=out).reload(
-            args.files,
-            functions=args.functions,
-            dry_run=args.dry_run,
-            debug=args.debug,
-            cflags=_cli_flags(args),
-            compdb=args.compdb,
-            trust_build=args.trust_build,
-            reinit=args.reinit,
-            new_file=args.new_file,
-            allow_layout_change=args.allow_layout_change,
-            move_frames=args.move_frames,
-        )
-
-    return _each_process(pids, reload, out)
+    return reload_processes(pids, args.files, options, out)
 
 
 def _each_process(pids: list[int], act: Callable[[int], None], out: Renderer) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,9 @@ class EntryReport:
     stopped_seconds: float
     positions: list[tuple[int, int, int]]  # (tid, pc, sp) at the moment of writing
     frames: FramePlan | None = None  # frames moved into new code, and frames that stay
+    #: ``time.monotonic()`` right after the jumps were written (how close together
+    #: the processes of ``reload --all`` switched).
+    written_at: float = 0.0
 
 
 def write_entries(
@@ -86,6 +90,7 @@ def write_entries(
                     )
                 stopped.resume_briefly(0.0005 * (2**attempt))
             mismatched = prepared.apply(memory)
+            written_at = time.monotonic()
             if mismatched:
                 _refuse_unexpected(memory, writes[mismatched[0]])
             for address, data in values:
@@ -93,7 +98,7 @@ def write_entries(
             if frames is not None and moves is not None:
                 frames.apply(moves, stopped, memory)
             positions = list(stopped.iter_positions())
-    return EntryReport(stopped.stopped_seconds, positions, moves)
+    return EntryReport(stopped.stopped_seconds, positions, moves, written_at)
 
 
 class _BlockerIndex:

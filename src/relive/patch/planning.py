@@ -76,6 +76,16 @@ class ReloadOptions:
     debug: bool = False
 
 
+class SharedCompiles:
+    """Compiles shared by the processes of one ``reload --all``: the same executable
+    compiles each file with the same command, so it is compiled once (its object
+    and its error alike), and each process plans and links that object."""
+
+    def __init__(self, scratch: Path) -> None:
+        self.scratch = scratch
+        self.results: dict[CompileCommand, CompileResult | ReliveError] = {}
+
+
 @dataclass
 class PlanContext:
     """What every file of one reload shares."""
@@ -94,6 +104,8 @@ class PlanContext:
     dependencies: dict[Path, tuple[Path, ...]]
     #: What this session has already said about each source (``Session.announced``).
     announced: set[tuple[Path, Topic]]
+    #: Compiles other processes of the same reload made (``reload --all``).
+    shared: SharedCompiles | None = None
 
     @property
     def functions(self) -> Collection[str] | None:
@@ -177,16 +189,39 @@ def _compile_units(paths: Sequence[Path], ctx: PlanContext) -> list[_Unit]:
         prepare_layout_check(found_module, path)
         found.append((path, index, found_command, found_module))
     jobs = [(command, ctx.scratch / str(index)) for _, index, command, _ in found if command]
-    results = _run_compiles(jobs)
+    results = _compile_or_share(jobs, ctx)
     units = []
     for path, index, command, module in found:
         if command is None:
             units.append(_Unit(path, index, path, None, None))
             continue
-        obj_path = _take_compiled(command, results.pop(0), ctx)
+        compiled, shared = results.pop(0)
+        obj_path = _take_compiled(command, compiled, ctx, shared)
         units.append(_Unit(path, index, obj_path, command, module))
     lap(ctx.phases, "compile", mark)
     return units
+
+
+def _compile_or_share(
+    jobs: Sequence[tuple[CompileCommand, Path]], ctx: PlanContext
+) -> list[tuple[CompileResult | ReliveError, bool]]:
+    """Each job's result and whether another process of the reload compiled it.
+
+    Without a :class:`SharedCompiles` each job compiles into its own folder; with
+    one, a command compiles once, into the shared folder, and every process
+    takes that object.
+    """
+    shared = ctx.shared
+    if shared is None:
+        return [(result, False) for result in _run_compiles(jobs)]
+    commands = [command for command, _ in jobs]
+    known = {command for command in commands if command in shared.results}
+    fresh: list[tuple[CompileCommand, Path]] = []
+    for command in dict.fromkeys(c for c in commands if c not in known):
+        fresh.append((command, shared.scratch / f"shared-{len(shared.results) + len(fresh)}"))
+    for (command, _), result in zip(fresh, _run_compiles(fresh), strict=True):
+        shared.results[command] = result
+    return [(shared.results[command], command in known) for command in commands]
 
 
 def _run_compiles(
@@ -384,18 +419,28 @@ def _first_time(ctx: PlanContext, source: Path, topic: Topic) -> bool:
 
 
 def _compile(command: CompileCommand, out_dir: Path, ctx: PlanContext) -> Path:
-    return _take_compiled(command, _run_compiles([(command, out_dir)])[0], ctx)
+    compiled, shared = _compile_or_share([(command, out_dir)], ctx)[0]
+    return _take_compiled(command, compiled, ctx, shared)
 
 
 def _take_compiled(
-    command: CompileCommand, compiled: CompileResult | ReliveError, ctx: PlanContext
+    command: CompileCommand,
+    compiled: CompileResult | ReliveError,
+    ctx: PlanContext,
+    shared: bool = False,
 ) -> Path:
-    """Report one compile (its command, warnings and dependencies), or raise its error."""
+    """Report one compile (its command, warnings and dependencies), or raise its error.
+
+    A compile another process of the reload made (``shared``) was reported there.
+    """
     if isinstance(compiled, ReliveError):
         raise compiled
-    ctx.emit(Compiled(str(command.source), command.origin, compiled.command, compiled.milliseconds))
-    if compiled.warnings.strip():
-        ctx.emit(CompilerWarnings(str(command.source), compiled.warnings))
+    if not shared:
+        ctx.emit(
+            Compiled(str(command.source), command.origin, compiled.command, compiled.milliseconds)
+        )
+        if compiled.warnings.strip():
+            ctx.emit(CompilerWarnings(str(command.source), compiled.warnings))
     ctx.dependencies[command.source] = compiled.dependencies
     return compiled.object_path
 

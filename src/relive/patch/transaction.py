@@ -61,6 +61,7 @@ from relive.patch.block import (
 from relive.patch.entries import EntrySite, EntryWrite, iter_entry_sites
 from relive.patch.frames import (
     FrameMove,
+    FrameMover,
     FramePlan,
     code_history,
     iter_frames_in_new_code,
@@ -77,7 +78,7 @@ from relive.patch.journal import (
     restore_journal,
     save_journal,
 )
-from relive.patch.jumps import write_entries
+from relive.patch.jumps import EntryReport, write_entries
 from relive.patch.loops import refuse_running_loop_heads
 from relive.patch.modules import RunningModule, load_running_modules
 from relive.patch.plan import Decision, ReloadPlan
@@ -132,73 +133,147 @@ def apply_reload(
     frames running the old code move to the new code where that is provably
     safe (``patch.frames``).
     """
-    # 1. Every entry is checked before the first byte is allocated or written.
-    sites = [
-        list(
-            iter_entry_sites(
-                plan.with_status(Decision.CHANGED), plan.source, plan.module, journal, memory, arch
-            )
-        )
-        for plan in plans
-    ]
-    if not move_frames:  # else decided while threads are held, after moving frames
-        refuse_running_loop_heads(pid, itertools.chain(*sites), memory, arch)
-    frames = None
-    history = code_history(journal)
-    # Nothing changes in the target unless the journal can be written.
-    before = save_journal(journal)
-    images: list[LinkedImage] = []
-    writes: list[EntryWrite] = []
-    stopped_seconds = 0.0
-    positions: list[tuple[int, int, int]] | None = None
+    staged = StagedReload(pid, plans, journal, memory, arch, reinits, modules, emit, move_frames)
     with held_signals():
-        try:
+        staged.load()
+        staged.switch()
+        staged.commit()
+    return staged.publish()
+
+
+class StagedReload:
+    """One process's reload transaction, step by step.
+
+    :func:`apply_reload` runs the steps in a row.  ``reload --all`` runs
+    :meth:`load` for every process first (each one's new code written while it
+    runs), then :meth:`switch` for each, back to back, so that the processes
+    start the new code close together, then :meth:`commit` and :meth:`publish`.
+    A step that fails rolls its own process back (step 6) and raises; the other
+    processes' transactions are not affected.  :meth:`load`, :meth:`switch`
+    and :meth:`commit` must run while relive's signals are held.
+    """
+
+    def __init__(
+        self,
+        pid: int,
+        plans: list[ReloadPlan],
+        journal: Journal,
+        memory: ProcessMemory,
+        arch: Arch,
+        reinits: list[list[DataChange]],
+        modules: Sequence[RunningModule],
+        emit: EventSink,
+        move_frames: bool = False,
+    ) -> None:
+        self.pid, self.plans, self.journal, self.memory = pid, plans, journal, memory
+        self.arch, self.reinits, self.modules, self.emit = arch, reinits, modules, emit
+        self.move_frames = move_frames
+        # 1. Every entry is checked before the first byte is allocated or written.
+        self.sites = [
+            list(
+                iter_entry_sites(
+                    plan.with_status(Decision.CHANGED),
+                    plan.source,
+                    plan.module,
+                    journal,
+                    memory,
+                    arch,
+                )
+            )
+            for plan in plans
+        ]
+        if not move_frames:  # else decided while threads are held, after moving frames
+            refuse_running_loop_heads(pid, itertools.chain(*self.sites), memory, arch)
+        self.history = code_history(journal)
+        # Nothing changes in the target unless the journal can be written.
+        self.before = save_journal(journal)
+        self.images: list[LinkedImage] = []
+        self.writes: list[EntryWrite] = []
+        self.values: list[tuple[int, bytes]] = []
+        self.mover: FrameMover | None = None
+        self.entries: EntryReport | None = None
+
+    def load(self) -> None:
+        """Steps 2-4: allocate, link, write the new code while the program runs, and
+        write the jumps about to be written ahead into the journal."""
+        plans, images = self.plans, self.images
+        with self._rollback_on_failure():
             # 2. Allocate and link (again, for files that use what another adds).
-            for plan, changes in zip(plans, reinits, strict=True):
-                images.append(allocate_and_link(pid, plan, arch, bool(changes)))
+            for plan, changes in zip(plans, self.reinits, strict=True):
+                images.append(allocate_and_link(self.pid, plan, self.arch, bool(changes)))
             images[:] = link_across(plans, images)
-            writes = _entry_writes(sites, images, arch)
-            values = [
+            self.writes = _entry_writes(self.sites, images, self.arch)
+            self.values = [
                 (change.bound.address or 0, plan.link_initial_value(change, image))
-                for plan, image, changes in zip(plans, images, reinits, strict=True)
+                for plan, image, changes in zip(plans, images, self.reinits, strict=True)
                 for change in changes
             ]
             # 3. Write and protect.
             for image in images:
-                write_block(memory, image)
-                protect_code(pid, image)
-            mover = None
-            if move_frames:  # matched while the program runs
-                mover = prepare_frame_mover(
-                    pid, plans, images, journal, memory, arch, list(modules)
+                write_block(self.memory, image)
+                protect_code(self.pid, image)
+            if self.move_frames:  # matched while the program runs
+                self.mover = prepare_frame_mover(
+                    self.pid,
+                    plans,
+                    images,
+                    self.journal,
+                    self.memory,
+                    self.arch,
+                    list(self.modules),
                 )
             # 4. Write ahead: the journal knows every jump before it is written.
-            stage_jumps(journal, writes)
-            _record(journal, plans, images)
-            save_journal(journal)
-            # 5. Stop, check and write the entries and initial values (and move frames).
-            if writes:
-                report = write_entries(pid, writes, arch, mover, values)
-                stopped_seconds, positions = report.stopped_seconds, report.positions
-                frames = report.frames
-            else:
-                write_initial_values(pid, values)
+            stage_jumps(self.journal, self.writes)
+            _record(self.journal, plans, images)
+            save_journal(self.journal)
+
+    def switch(self) -> float | None:
+        """Step 5: stop, check and write the entries and initial values (and move
+        frames); when the jumps were written (``time.monotonic()``), None if none was."""
+        with self._rollback_on_failure():
+            if self.writes:
+                self.entries = write_entries(
+                    self.pid, self.writes, self.arch, self.mover, self.values
+                )
+                return self.entries.written_at
+            write_initial_values(self.pid, self.values)
+        return None
+
+    def commit(self) -> None:
+        """Step 7: the pending jumps committed and the journal saved."""
+        commit(self.journal)
+        record_code_sizes(self.journal, self.plans, self.images, self.history)
+        save_journal(self.journal)
+
+    def publish(self) -> Applied:
+        """Step 8 (threads running again): tools see the new code; what was done."""
+        entries, plans = self.entries, self.plans
+        active = (
+            []
+            if entries is None
+            else _find_active(self.pid, plans, self.memory, self.arch, entries.positions)
+        )
+        frames = None if entries is None else entries.frames
+        if frames is not None:
+            told = frames.told()
+            active = [(name, tid) for name, tid in active if (name, tid) not in told]
+        blocks = [(plan.source, image) for plan, image in zip(plans, self.images, strict=True)]
+        notices = publish_new_code(self.pid, self.modules, self.journal, blocks)
+        stopped = 0.0 if entries is None else entries.stopped_seconds
+        return Applied(self.images, stopped, active, notices, frames)
+
+    def abandon(self) -> None:
+        """Step 6: give the new blocks back and the journal its old contents (or,
+        if some jumps made it into memory, commit those and keep their code)."""
+        _abandon(self.pid, self.journal, self.memory, self.images, self.before, self.emit)
+
+    @contextmanager
+    def _rollback_on_failure(self) -> Iterator[None]:
+        try:
+            yield
         except BaseException:
-            # 6. Roll back.
-            _abandon(pid, journal, memory, images, before, emit)
+            self.abandon()
             raise
-        # 7. Commit, still inside held_signals.
-        commit(journal)
-        record_code_sizes(journal, plans, images, history)
-        save_journal(journal)
-    active = [] if positions is None else _find_active(pid, plans, memory, arch, positions)
-    if frames is not None:
-        told = frames.told()
-        active = [(name, tid) for name, tid in active if (name, tid) not in told]
-    # 8. Tools see the new code.
-    blocks = [(plan.source, image) for plan, image in zip(plans, images, strict=True)]
-    notices = publish_new_code(pid, modules, journal, blocks)
-    return Applied(images, stopped_seconds, active, notices, frames)
 
 
 def undo_patches(
