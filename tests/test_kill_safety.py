@@ -284,3 +284,29 @@ def test_sigkill_while_a_busy_thread_runs_an_injected_syscall(
         assert target.alive()
         assert not [line for line in target.lines if "ERROR" in line], k
         target.stop()
+
+
+def test_a_failure_after_jumps_were_written_keeps_them_and_says_so(
+    running: Target, tmp_path: Path
+) -> None:
+    from relive.events import Event
+    from relive.patch.journal import PendingPatch, load_journal, save_journal
+    from relive.patch.transaction import _abandon
+    from relive.process.memory import ProcessMemory
+
+    edit(tmp_path / "prog.c", "return table[0];", "return table[1];")
+    relive.attach(running.pid).reload([tmp_path / "prog.c"])
+    running.wait_for(r"^value 2$")
+    # As if the jump had just been written by a transaction that then failed.
+    journal = load_journal(running.pid)
+    key, patch = next(iter(journal.patches.items()))
+    journal.pending[key] = PendingPatch(patch)
+    events: list[Event] = []
+    with ProcessMemory(running.pid) as memory:
+        _abandon(running.pid, journal, memory, [], save_journal(journal), events.append)
+    assert [str(e) for e in events] == [
+        "the reload failed after 1 entry jump(s) were written: value run(s) the new code "
+        "(`relive undo` reverts them)"
+    ]
+    assert not journal.pending and key in journal.patches
+    assert not load_journal(running.pid).pending

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from relive.arch.base import Arch
 from relive.elf.objfile import ObjSymbol
 from relive.errors import ReliveError
-from relive.events import BlockNotReleased, EventSink
+from relive.events import BlockNotReleased, EventSink, Notice
 from relive.link import LinkedImage
 from relive.link.layout import MIN_CODE_ROOM
 from relive.patch.active import iter_active_functions
@@ -328,8 +328,16 @@ def _abandon(
     none did, give back the new blocks and put the journal back as it was."""
     done = find_done(journal, memory) if journal.pending else set()
     if done:  # the code those jumps lead to must stay
+        names = sorted({p.after.name for k, p in journal.pending.items() if k in done and p.after})
         commit(journal, done)
         save_journal(journal)
+        if names:  # the error that follows must not read as "nothing changed"
+            emit(
+                Notice(
+                    f"the reload failed after {len(names)} entry jump(s) were written: "
+                    f"{', '.join(names)} run(s) the new code (`relive undo` reverts them)"
+                )
+            )
         return
     for image in images:
         try:
