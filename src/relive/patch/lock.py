@@ -67,7 +67,10 @@ def _acquire(fd: int, pid: int, name: str, wait: float) -> None:
             return
         except OSError as e:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise ReliveError(f"cannot lock {state_file_path(name)}: {e.strerror}") from e
+                raise ReliveError(
+                    f"cannot lock {state_file_path(name)}: {e.strerror}",
+                    hint="set RELIVE_STATE_DIR to a folder on a local file system",
+                ) from e
         if time.monotonic() >= deadline:
             raise ProcessLocked(
                 f"another relive is working on process {pid} ({_describe_holder(fd)}); "

@@ -205,7 +205,8 @@ def remote_syscall(stopped: StoppedProcess, nr: int, *args: int, tid: int | None
     if abi.get_pc(after) != done:
         raise ReliveError(
             f"{abi.syscall_name(nr)} in process {stopped.pid} did not run: the thread "
-            f"stopped at {abi.get_pc(after):#x} instead of {done:#x}"
+            f"stopped at {abi.get_pc(after):#x} instead of {done:#x}",
+            hint="another tracer or a signal handler may have moved it; retry the reload",
         )
     return _check_result(stopped.pid, nr, abi.syscall_result(after))
 
