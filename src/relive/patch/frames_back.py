@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from relive.arch.base import Arch
 from relive.errors import ReliveError
-from relive.patch.frames import CodeVersion, FrameMover
+from relive.patch.active import iter_active_functions
+from relive.patch.frames import MATCH_ALL_LIMIT, CodeVersion, FrameMover
 from relive.patch.journal import EntryPatch, Journal
 from relive.patch.modules import RunningModule
 from relive.patch.original import read_original_code
@@ -33,11 +34,16 @@ def prepare_undo_mover(
     """A mover from the reloaded code of ``patches`` back to their original code."""
     if arch.match_shapes is None or not any(p.size for p in patches):
         return None
+    positions = sample_positions(pid)
+    wanted = _maybe_running(pid, memory, arch, patches, positions)
+    if not wanted:
+        return None
     originals = _Originals(modules)
     starts = _original_starts(journal, originals)
     versions = []
     for patch in patches:
-        found = originals.find(patch)
+        spans = [(a, n) for a, n in _reloaded_code(patch) if (patch.name, a) in wanted]
+        found = originals.find(patch) if spans else None
         if found is None:
             continue
         module, start, size = found
@@ -45,9 +51,7 @@ def prepare_undo_mover(
             original = read_original_code(module, start, size, memory.read)
         except ReliveError:
             continue
-        for address, length in [*patch.earlier, [patch.target, patch.size]]:
-            if not length:
-                continue
+        for address, length in spans:
             try:
                 reloaded = memory.read(address, length)
             except ReliveError:
@@ -63,8 +67,35 @@ def prepare_undo_mover(
     if not versions:
         return None
     mover = FrameMover(versions, FrameTables(modules), arch, how=HOW_UNDO)
-    mover.warm(memory, sample_positions(pid))
+    mover.warm(memory, positions)
     return mover
+
+
+def _reloaded_code(patch: EntryPatch) -> list[tuple[int, int]]:
+    """(address, size) of every version of the function's code relive loaded."""
+    return [(a, n) for a, n in [*patch.earlier, (patch.target, patch.size)] if n]
+
+
+def _maybe_running(
+    pid: int,
+    memory: ProcessMemory,
+    arch: Arch,
+    patches: list[EntryPatch],
+    positions: list[tuple[int, int | None, int | None]],
+) -> set[tuple[str, int]]:
+    """(function, address) of the reloaded code a thread may be inside of, from a look
+    at the threads without stopping them: as for a reload (``frames.MATCH_ALL_LIMIT``),
+    only that code is matched with its original (a disassembly of both)."""
+    spans = {(p.name, a): n for p in patches for a, n in _reloaded_code(p)}
+    if len(spans) <= MATCH_ALL_LIMIT and any(pc is None for _, pc, _ in positions):
+        return set(spans)  # a running thread: it could be anywhere
+    ranges = {f"{name}@{a:#x}": (a, a + n) for (name, a), n in spans.items()}
+    known = [(tid, pc, sp) for tid, pc, sp in positions if pc is not None and sp is not None]
+    found = set()
+    for key, _ in iter_active_functions(pid, memory, arch, ranges, known):
+        name, _, address = key.rpartition("@")
+        found.add((name, int(address, 16)))
+    return found
 
 
 def _original_starts(journal: Journal, originals: _Originals) -> dict[int, int]:
