@@ -59,6 +59,7 @@ sys.path.insert(0, str(HERE))
 
 import hugeunit  # noqa: E402  (sibling modules, found through sys.path)
 import targets  # noqa: E402
+import workers  # noqa: E402
 
 NEW_CODE_TIMEOUT_S = 10.0
 
@@ -443,6 +444,19 @@ def build_all(root: Path, names: set[str], log: Callable[[str], None]) -> dict[s
 
 
 HUGE = "huge.o"
+WORKERS = "workers"
+
+
+def run_workers(
+    args: argparse.Namespace, scratch: Path, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """``reload --all`` of 8 forked workers (see ``workers.py``), ``--runs`` times."""
+    exe, src = workers.build(scratch)
+    runs = []
+    for run in range(args.runs):
+        log(f"{WORKERS} run {run + 1}/{args.runs}")
+        runs.append(workers.run_once(args.relive, exe, src))
+    return {"runs": runs, "summary": summarise(runs)}
 
 
 def run_huge(args: argparse.Namespace, scratch: Path, log: Callable[[str], None]) -> dict[str, Any]:
@@ -470,8 +484,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="runs per scenario (default 5)")
     parser.add_argument(
         "--scenarios",
-        default=",".join([*(s.name for s in SCENARIOS), HUGE]),
-        help="comma-separated subset of " + ", ".join([*(s.name for s in SCENARIOS), HUGE]),
+        default=",".join([*(s.name for s in SCENARIOS), HUGE, WORKERS]),
+        help="comma-separated subset of "
+        + ", ".join([*(s.name for s in SCENARIOS), HUGE, WORKERS]),
     )
     parser.add_argument(
         "--huge-functions",
@@ -498,7 +513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     chosen = [s for s in SCENARIOS if s.name in args.scenarios.split(",")]
     with_huge = HUGE in args.scenarios.split(",")
-    if not chosen and not with_huge:
+    with_workers = WORKERS in args.scenarios.split(",")
+    if not chosen and not with_huge and not with_workers:
         parser.error(f"no known scenario in {args.scenarios!r}")
 
     def log(text: str) -> None:
@@ -523,6 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 entry["floor_runs"].append(run_floor(target))
                 entry["runs"].append(run_relive(args.relive, target, scenario.use_object))
         huge = run_huge(args, Path(scratch), log) if with_huge else None
+        forked = run_workers(args, Path(scratch), log) if with_workers else None
     for entry in results.values():
         entry["summary"] = summarise(entry["runs"])
         entry["floor_summary"] = summarise(entry["floor_runs"])
@@ -534,7 +551,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             for label, value, goal, unit in hugeunit.report_rows(huge["summary"])
             if value is not None
         ]
-    report = {"meta": meta, "scenarios": results, "targets": goals, HUGE: huge}
+    if forked is not None:
+        goals += [
+            {"target": label, "value": value, "goal": goal, "unit": unit}
+            for label, value, goal, unit in workers.report_rows(forked["summary"])
+            if value is not None
+        ]
+    report = {
+        "meta": meta,
+        "scenarios": results,
+        "targets": goals,
+        HUGE: huge,
+        WORKERS: forked,
+    }
 
     print(
         f"relive benchmark  {meta['started']}  git {meta['git']}"
@@ -548,6 +577,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n  * ratio to the floor's command -> new code time (no floor counterpart)")
     if huge is not None:
         hugeunit.print_table(huge["summary"], huge["lines"], huge["functions"], args.runs)
+    if forked is not None:
+        workers.print_table(forked["summary"], args.runs)
     print_targets(goals, sys.stdout)
 
     output = args.output or RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
