@@ -22,7 +22,7 @@ from relive.cli.main import main
 from relive.errors import ProcessGone, ReliveError
 from relive.events import Compiled, Event
 from relive.session import ReloadResult, Session, Step, reload_together
-from support import SpawnFactory, Target, compile_c, wait_until
+from support import RELIVE, SpawnFactory, Target, compile_c, wait_event, wait_until
 
 NAME = "reloadallprog"
 WORKERS = 4
@@ -153,3 +153,53 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] in "ZX"
     except OSError:
         return True
+
+
+FORKING_PROG = r"""
+#include <stdio.h>
+#include <unistd.h>
+#include <signal.h>
+#include <sys/prctl.h>
+__attribute__((noinline)) int value(void) { return 1; }
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    char line[16];
+    while (fgets(line, sizeof line, stdin))  /* one worker per line read */
+        if (fork() == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            for (;;) { printf("worker %d value=%d\n", (int)getpid(), value()); usleep(20000); }
+        }
+    return 0;
+}
+"""
+
+
+def _fork_worker(parent: Target) -> int:
+    mark = parent.mark()
+    parent.write(b"f\n")
+    return int(parent.wait_for(r"worker (\d+) value=", after=mark).group(1))
+
+
+def test_watch_all_follows_a_worker_forked_after_it_started(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    exe = compile_c(tmp_path, FORKING_PROG, name="forkwatch")
+    source = tmp_path / "forkwatch.c"
+    parent = spawn([exe], stdin_pipe=True)
+    first = _fork_worker(parent)
+    watch = spawn([*RELIVE, "--json", "watch", "-p", str(parent.pid), "--all"])
+    assert sorted(wait_event(watch, "watching")["pids"]) == sorted([parent.pid, first])
+
+    _set_value(source, 2)
+    assert {wait_event(watch, "watch-reloaded")["pid"] for _ in range(2)} == {parent.pid, first}
+    _prints(parent, first, 2)
+
+    second = _fork_worker(parent)  # forked from the patched parent: it runs value 2
+    _prints(parent, second, 2)
+    _set_value(source, 3)
+    assert wait_event(watch, "watch-follows")["pid"] == second
+    reloaded = [wait_event(watch, "watch-reloaded") for _ in range(3)]
+    assert {event["pid"] for event in reloaded} == {parent.pid, first, second}
+    assert all(event["redirected"] == ["value"] for event in reloaded)
+    for worker in (first, second):
+        _prints(parent, worker, 3)

@@ -393,6 +393,17 @@ class WatchStarted(Event):
         return f"watching {what} of pid {pids} ({_names(self.units)}); {how}"
 
 
+class WatchFollows(Event):
+    """``watch --all``: a process of the same executable started since watching began
+    (a pre-forking server replaced a worker); it is reloaded from now on."""
+
+    kind: ClassVar[str] = "watch-follows"
+    pid: int
+
+    def __str__(self) -> str:
+        return f"following pid {self.pid}: a new process of the same program"
+
+
 class FlagsFromDwarf(Event):
     """Sources whose compile flags come only from DWARF, which records no -D/-I."""
 

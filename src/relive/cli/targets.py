@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from relive.errors import ProcessGone, UsageError
 from relive.process.procfs import PROC, check_alive, get_tgid, is_alive, iter_pids_by_name
 
-__all__ = ["describe", "resolve_pids"]
+__all__ = ["describe", "follow_executable", "resolve_pids"]
 
 _Identity = tuple[int, int]
 
@@ -53,6 +53,22 @@ def _iter_same_executable(identity: _Identity) -> Iterator[int]:
         pid = int(entry)
         if pid != me and _exe_identity(pid) == identity and is_alive(pid):
             yield pid
+
+
+def follow_executable(pid: int) -> Callable[[], list[int]]:
+    """A function listing, each time it is called, the processes running the
+    executable ``pid`` runs now (``watch --all`` follows workers forked later)."""
+    identity = _exe_identity(pid)
+
+    def running() -> list[int]:
+        if identity is None:
+            return []
+        try:
+            return list(_iter_same_executable(identity))
+        except OSError:
+            return []
+
+    return running
 
 
 def _by_name(name: str) -> list[int]:

@@ -12,7 +12,7 @@ import signal
 
 import relive
 from relive.cli.render import WATCH_QUIET, Renderer
-from relive.cli.targets import resolve_pids
+from relive.cli.targets import follow_executable, resolve_pids
 from relive.errors import ReliveError, UsageError
 from relive.events import ProcessStarted
 from relive.watch import Watcher, WatchOptions
@@ -37,7 +37,8 @@ def watch_process(args: argparse.Namespace, out: Renderer, cflags: list[str] | N
     )
     if not args.verbose:
         out.hide(WATCH_QUIET)
-    watcher = Watcher(pids, args.paths, options, out, relive.attach)
+    discover = follow_executable(pids[0]) if args.every else None
+    watcher = Watcher(pids, args.paths, options, out, relive.attach, discover=discover)
     watcher.prepare()
     stops: list[str] = []
 

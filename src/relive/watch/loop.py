@@ -37,6 +37,7 @@ from relive.events import (
     TargetExited,
     WatchFailed,
     WatchFailure,
+    WatchFollows,
     WatchReloaded,
     WatchStarted,
     WatchStopped,
@@ -161,6 +162,7 @@ class Watcher:
         on_event: EventSink,
         attach: Attach,
         on_exit: Callable[[int], TargetExited] = _default_exit,
+        discover: Callable[[], Sequence[int]] | None = None,
     ) -> None:
         if not pids:
             raise UsageError("no process to watch")
@@ -169,6 +171,10 @@ class Watcher:
         self._paths = list(paths)
         self._on_exit = on_exit
         self._targets = [_Target(pid, attach(pid, self.emit)) for pid in pids]
+        self._attach = attach
+        #: ``watch --all``: the processes running the program now, asked at each
+        #: reload, so that workers forked later are reloaded too.
+        self._discover = discover
         self._deps = DependencyMap()
         self._content = ContentTracker()
         self._scope = Scope()
@@ -349,6 +355,7 @@ class Watcher:
         mtimes = [p.stat().st_mtime for p in saved if p.exists()]
         saved_at = max(mtimes, default=0.0)
         names = [str(u) for u in units]
+        self._follow_new_processes()
         show_pid = len(self._targets) > 1
         failed = False
         for target in self._targets:
@@ -400,6 +407,25 @@ class Watcher:
             self._pending.update(units)
         else:
             self._pending.difference_update(units)
+
+    def _follow_new_processes(self) -> None:
+        """Add the processes of the program started since the last look (``--all``).
+
+        A worker forked from a patched process inherits its patches; its journal
+        is rebuilt from its memory when its session first loads it.
+        """
+        if self._discover is None:
+            return
+        known = {target.pid for target in self._targets}
+        for pid in self._discover():
+            if pid in known:
+                continue
+            try:
+                session = self._attach(pid, self.emit)
+            except ReliveError:
+                continue  # gone already, or not ours to trace: not followed
+            self._targets.append(_Target(pid, session))
+            self.emit(WatchFollows(pid))
 
     # -- the end ----------------------------------------------------------------
 
