@@ -22,7 +22,15 @@ from relive.cli.main import main
 from relive.errors import ProcessGone, ReliveError
 from relive.events import Compiled, Event
 from relive.session import ReloadResult, Session, Step, reload_together
-from support import RELIVE, SpawnFactory, Target, compile_c, wait_event, wait_until
+from support import (
+    RELIVE,
+    SpawnFactory,
+    Target,
+    compile_c,
+    json_events,
+    wait_event,
+    wait_until,
+)
 
 NAME = "reloadallprog"
 WORKERS = 4
@@ -187,7 +195,7 @@ def test_watch_all_follows_a_worker_forked_after_it_started(
     source = tmp_path / "forkwatch.c"
     parent = spawn([exe], stdin_pipe=True)
     first = _fork_worker(parent)
-    watch = spawn([*RELIVE, "--json", "watch", "-p", str(parent.pid), "--all"])
+    watch = spawn([*RELIVE, "--json", "watch", "-v", "-p", str(parent.pid), "--all"])
     assert sorted(wait_event(watch, "watching")["pids"]) == sorted([parent.pid, first])
 
     _set_value(source, 2)
@@ -203,3 +211,6 @@ def test_watch_all_follows_a_worker_forked_after_it_started(
     assert all(event["redirected"] == ["value"] for event in reloaded)
     for worker in (first, second):
         _prints(parent, worker, 3)
+    # Every reload compiled its file once for all the processes, and switched them together.
+    assert len(json_events(watch, "compiled")) == 2
+    assert sorted(json_events(watch, "switched")[-1]["pids"]) == sorted([parent.pid, first, second])

@@ -38,7 +38,17 @@ def watch_process(args: argparse.Namespace, out: Renderer, cflags: list[str] | N
     if not args.verbose:
         out.hide(WATCH_QUIET)
     discover = follow_executable(pids[0]) if args.every else None
-    watcher = Watcher(pids, args.paths, options, out, relive.attach, discover=discover)
+    from relive.session import reload_together
+
+    watcher = Watcher(
+        pids,
+        args.paths,
+        options,
+        out,
+        relive.attach,
+        discover=discover,
+        together=reload_together if args.every else None,
+    )
     watcher.prepare()
     stops: list[str] = []
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from relive.errors import CompileError, ProcessGone, ReliveError, UsageError
 from relive.events import (
@@ -133,6 +133,11 @@ class ReloadTarget(Protocol):
 #: Open a session on a pid, reporting to a sink: ``relive.attach``.
 Attach = Callable[[int, EventSink], ReloadTarget]
 
+#: Reload units into several sessions at once, compiled once and switched back to
+#: back, each process its own transaction (``relive.session.reload_together``):
+#: ``(sessions, paths, on_event, **options)`` -> one result or error per session.
+ReloadTogether = Callable[..., Sequence[ReloadOutcome | ReliveError]]
+
 
 @dataclass
 class _Target:
@@ -163,6 +168,7 @@ class Watcher:
         attach: Attach,
         on_exit: Callable[[int], TargetExited] = _default_exit,
         discover: Callable[[], Sequence[int]] | None = None,
+        together: ReloadTogether | None = None,
     ) -> None:
         if not pids:
             raise UsageError("no process to watch")
@@ -175,6 +181,7 @@ class Watcher:
         #: ``watch --all``: the processes running the program now, asked at each
         #: reload, so that workers forked later are reloaded too.
         self._discover = discover
+        self._together = together
         self._deps = DependencyMap()
         self._content = ContentTracker()
         self._scope = Scope()
@@ -358,47 +365,29 @@ class Watcher:
         self._follow_new_processes()
         show_pid = len(self._targets) > 1
         failed = False
-        for target in self._targets:
-            if not target.alive:
-                continue
-            try:
-                result = target.session.reload(
-                    units,
-                    cflags=self.options.cflags,
-                    compdb=self.options.compdb,
-                    trust_build=self.options.trust_build,
-                    reinit=self.options.reinit,
-                    allow_layout_change=self.options.allow_layout_change,
-                    move_frames=self.options.move_frames,
-                )
-            except ProcessGone:
-                continue  # _check_targets says so
-            # The one handler of any exception: a bug must not end a watch (under
-            # `relive run` that would end the program); it is reported with its
-            # traceback (an InternalError line), not hidden.
-            except Exception as error:  # noqa: BLE001
+        for target, outcome in self._reload_each(units, names, show_pid):
+            self._learn(target)
+            if outcome is None:
+                continue  # the process is gone: _check_targets says so
+            if isinstance(outcome, WatchFailed):
                 failed = True
-                self.emit(_failure(target.pid, names, error, show_pid))
-                if isinstance(error, CompileError):
-                    break  # the same source fails to compile for every process
+                self.emit(outcome)
                 continue
-            finally:
-                self._learn(target)
             now = time.time()
-            target.redirected.update(result.redirected)
-            phases = result.phases_ms
+            target.redirected.update(outcome.redirected)
+            phases = outcome.phases_ms
             self.emit(
                 WatchReloaded(
                     time=now,
                     pid=target.pid,
                     sources=names,
-                    redirected=list(result.redirected),
-                    added=list(result.added),
-                    unchanged=list(result.unchanged),
-                    skipped=list(result.skipped),
+                    redirected=list(outcome.redirected),
+                    added=list(outcome.added),
+                    unchanged=list(outcome.unchanged),
+                    skipped=list(outcome.skipped),
                     compile_ms=phases.get("compile", 0.0),
                     link_ms=phases.get("link", 0.0) + phases.get("patch", 0.0),
-                    stopped_us=result.stopped_us,
+                    stopped_us=outcome.stopped_us,
                     latency_ms=(now - saved_at) * 1000 if saved_at else 0.0,
                     show_pid=show_pid,
                 )
@@ -407,6 +396,56 @@ class Watcher:
             self._pending.update(units)
         else:
             self._pending.difference_update(units)
+
+    def _reload_each(
+        self, units: list[Path], names: list[str], show_pid: bool
+    ) -> Iterator[tuple[_Target, ReloadOutcome | WatchFailed | None]]:
+        """Each live process's reload: its result, its failure, or None (gone).
+
+        Several processes reload together when the caller gave ``reload_together``
+        (one compile; switched back to back); a compile error is reported once.
+        """
+        options: dict[str, Any] = {
+            "cflags": self.options.cflags,
+            "compdb": self.options.compdb,
+            "trust_build": self.options.trust_build,
+            "reinit": self.options.reinit,
+            "allow_layout_change": self.options.allow_layout_change,
+            "move_frames": self.options.move_frames,
+        }
+        live = [target for target in self._targets if target.alive]
+        if self._together is None or len(live) < 2:
+            for target in live:
+                try:
+                    yield target, target.session.reload(units, **options)
+                except ProcessGone:
+                    yield target, None
+                # The one handler of any exception: a bug must not end a watch (under
+                # `relive run` that would end the program); it is reported with its
+                # traceback (an InternalError line), not hidden.
+                except Exception as error:  # noqa: BLE001
+                    yield target, _failure(target.pid, names, error, show_pid)
+                    if isinstance(error, CompileError):
+                        return  # the same source fails to compile for every process
+            return
+        try:
+            outcomes = self._together([t.session for t in live], units, self.emit, **options)
+        except Exception as error:  # noqa: BLE001  (as above)
+            for target in live:
+                yield target, _failure(target.pid, names, error, show_pid)
+            return
+        told_compile_error = False
+        for target, outcome in zip(live, outcomes, strict=True):
+            if isinstance(outcome, ProcessGone):
+                yield target, None
+            elif isinstance(outcome, CompileError):
+                if not told_compile_error:  # the same error for every process
+                    yield target, _failure(target.pid, names, outcome, show_pid)
+                told_compile_error = True
+            elif isinstance(outcome, ReliveError):
+                yield target, _failure(target.pid, names, outcome, show_pid)
+            else:
+                yield target, outcome
 
     def _follow_new_processes(self) -> None:
         """Add the processes of the program started since the last look (``--all``).
