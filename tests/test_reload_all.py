@@ -120,7 +120,8 @@ def test_a_worker_killed_while_compiling_fails_alone(tmp_path: Path, spawn: Spaw
     sessions = [relive.attach(pid, on_event=sink(pid)) for pid in workers]
     _set_value(source, 3)
     outcomes = reload_together(sessions, [source], lambda event: None)
-    assert isinstance(outcomes[0], ProcessGone)
+    # Its error depends on where the kill caught it (gone, or its memory unreadable).
+    assert isinstance(outcomes[0], ReliveError)
     assert all(_outcome_ok(outcome) for outcome in outcomes[1:])
     # The compile happened once, in the victim's plan, and served the others.
     assert sum(isinstance(e, Compiled) for events in seen.values() for e in events) == 1
