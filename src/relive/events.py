@@ -303,6 +303,34 @@ class Timings(Event):
         return f"timings: {parts}; threads stopped {self.stopped_us:.0f} µs"
 
 
+class Phase(enum.StrEnum):
+    """A step of a reload that may take long enough to show (see :class:`Progress`)."""
+
+    DEBUG_INFO = "reading debug info"
+    COMPILE = "compiling"
+    OBJECT = "reading the object"
+    LINK = "linking"
+    TYPES = "checking types"
+    WRITE = "writing"
+
+
+class Progress(Event):
+    """A reload is at ``phase`` on ``source``, ``elapsed`` seconds after it began.
+
+    Emitted at each phase boundary and once a second while a compile runs;
+    renderers decide what to show (a live line on a terminal, at most one JSON
+    line a second, nothing in plain text).
+    """
+
+    kind: ClassVar[str] = "progress"
+    source: str
+    phase: Phase
+    elapsed: float
+
+    def __str__(self) -> str:
+        return f"{os.path.basename(self.source)}: {self.phase} ({self.elapsed:.1f} s)"
+
+
 class ReloadFinished(Event):
     """A reload (or dry run) completed."""
 

@@ -325,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (`relive watch ... | head`): stop quietly.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    finally:
+        out.close()  # no live line left behind, whatever ended the command
 
 
 def entry_point() -> None:

@@ -8,6 +8,7 @@ modes may keep a live status line at the bottom; piped, the text is plain; with
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterable
 from typing import IO, Any
 
@@ -28,6 +29,7 @@ from relive.events import (
     Notice,
     ProcessesSwitched,
     ProcessStarted,
+    Progress,
     ReloadFinished,
     SaveSkipped,
     SignalReload,
@@ -90,19 +92,74 @@ WATCH_QUIET: frozenset[type[Event]] = frozenset(
 )
 
 
+#: Seconds a reload runs before its progress shows: quicker ones never flicker a line.
+PROGRESS_AFTER = 0.5
+#: The least time between two ``progress`` JSON lines, and the least a reload has
+#: run before its first one.
+JSON_PROGRESS_EVERY = 1.0
+#: Events that end a reload's progress line.
+_PROGRESS_ENDS = (ReloadFinished, WatchReloaded, WatchFailed)
+
+
+class _ProgressLine:
+    """The live line of a long reload: spinner, file, phase and the time since it
+    began, recomputed at each refresh of rich's Live (so it ticks while the core
+    is busy in one long step).
+
+    Until the reload has run ``PROGRESS_AFTER`` seconds it shows ``fallback``
+    (nothing, or the watch status line's text).  ``spinner``: draw a spinner of
+    its own (the watch status line has one).
+    """
+
+    def __init__(self, fallback: Any = None, spinner: bool = True) -> None:
+        from rich.spinner import Spinner
+
+        self.spinner = Spinner("dots", style="cyan") if spinner else None
+        self.fallback = fallback
+        self.event: Progress | None = None
+        self.began = 0.0
+
+    def show(self, event: Progress) -> None:
+        if self.event is None:
+            self.began = time.monotonic() - event.elapsed
+        self.event = event
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+        from rich.text import Text
+
+        elapsed = time.monotonic() - self.began
+        if self.event is None or elapsed < PROGRESS_AFTER:
+            return Group() if self.fallback is None else self.fallback
+        name = self.event.source.rsplit("/", 1)[-1]
+        text = Text(f"{name}: {self.event.phase} · {elapsed:.1f} s")
+        if self.spinner is None:
+            return text
+        self.spinner.text = text
+        return self.spinner.render(time.monotonic())
+
+
 class Renderer:
     """Prints events; rich colours on a terminal, plain text when piped, JSON with --json."""
 
     def __init__(
-        self, json_lines: bool = False, show_timings: bool = False, stream: IO[str] | None = None
+        self,
+        json_lines: bool = False,
+        show_timings: bool = False,
+        stream: IO[str] | None = None,
+        console: Any = None,
     ) -> None:
+        """``console``: a rich Console to draw on instead of ``stream`` (tests)."""
         self.json_lines = json_lines
         self.show_timings = show_timings
         self.stream = stream or sys.stdout
         self.hidden: frozenset[type[Event]] = _INTERNAL
-        self._console: Any = None
+        self._console: Any = console
         self._status: Any = None
-        if not json_lines and self.stream.isatty():
+        self._live: Any = None  # the progress line of a reload (no watch status line)
+        self._progress: _ProgressLine | None = None
+        self._last_json_progress = float("-inf")
+        if console is None and not json_lines and self.stream.isatty():
             from rich.console import Console  # imported lazily: start-up time matters
 
             self._console = Console(file=self.stream, highlight=False)
@@ -112,9 +169,14 @@ class Renderer:
         self.hidden = self.hidden | frozenset(kinds)
 
     def __call__(self, event: Event) -> None:
+        if isinstance(event, Progress):
+            self._show_progress(event)
+            return
         if self.json_lines:
             print(event.to_json(), file=self.stream, flush=True)  # editors read as it comes
             return
+        if isinstance(event, _PROGRESS_ENDS):
+            self._end_progress()
         if type(event) in self.hidden:
             return
         if isinstance(event, Timings) and not self.show_timings:
@@ -136,6 +198,47 @@ class Renderer:
             self._console.print(f"[{style}]{escape(text)}[/]" if style else escape(text))
         else:
             print(text, file=self.stream, flush=True)
+
+    # -- progress of a long reload --------------------------------------------------
+
+    def _show_progress(self, event: Progress) -> None:
+        """A live line on a terminal; at most one JSON line a second, none for a quick
+        reload; nothing in plain text."""
+        if self.json_lines:
+            now = time.monotonic()
+            if event.elapsed >= JSON_PROGRESS_EVERY and (
+                now - self._last_json_progress >= JSON_PROGRESS_EVERY
+            ):
+                self._last_json_progress = now
+                print(event.to_json(), file=self.stream, flush=True)
+            return
+        if self._console is None:
+            return
+        if self._progress is None:
+            if self._status is not None:  # watch: the status line shows it
+                self._progress = _ProgressLine(self._status.status, spinner=False)
+                self._status.update(self._progress)
+            else:
+                from rich.live import Live
+
+                self._progress = _ProgressLine()
+                self._live = Live(
+                    self._progress, console=self._console, transient=True, refresh_per_second=8
+                )
+                self._live.start()
+        self._progress.show(event)
+
+    def _end_progress(self) -> None:
+        """Remove the progress line (the summary line that follows replaces it)."""
+        self._progress = None
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def close(self) -> None:
+        """Remove any live line (before the program exits)."""
+        self._end_progress()
+        self.stop_status()
 
     # -- live status line (watch on a terminal) ------------------------------------
 
@@ -169,6 +272,7 @@ class Renderer:
         if self.json_lines:
             self(reported)
             return
+        self.close()
         if error.details:
             print(error.details.rstrip(), file=sys.stderr)
         print(reported, file=sys.stderr, flush=True)

@@ -19,15 +19,15 @@ import enum
 import os
 import time
 from collections.abc import Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from relive.arch.base import Arch
 from relive.elf.dwarf import find_compile_unit
 from relive.elf.objfile import ObjectFile
 from relive.errors import BadObject, ReliveError, UsageError
-from relive.events import Compiled, CompilerWarnings, EventSink, Notice
+from relive.events import Compiled, CompilerWarnings, EventSink, Notice, Phase, Progress
 from relive.patch.binder import Binder
 from relive.patch.callers import find_callers
 from relive.patch.entries import find_too_small, too_small_error
@@ -106,6 +106,13 @@ class PlanContext:
     announced: set[tuple[Path, Topic]]
     #: Compiles other processes of the same reload made (``reload --all``).
     shared: SharedCompiles | None = None
+    #: When the reload began (``time.perf_counter``), for :class:`Progress` events.
+    started: float = field(default_factory=time.perf_counter)
+
+    def progress(self, source: Path | str, phase: Phase) -> None:
+        """Say that the reload is now at ``phase`` on ``source`` (the renderer decides
+        whether that is worth showing)."""
+        self.emit(Progress(str(source), phase, round(time.perf_counter() - self.started, 3)))
 
     @property
     def functions(self) -> Collection[str] | None:
@@ -154,8 +161,10 @@ def plan_reload(paths: Sequence[Path], ctx: PlanContext) -> list[ReloadPlan]:
         for index, unit in enumerate(units)
     ]
     mark = time.perf_counter()
+    ctx.progress(paths[-1], Phase.TYPES)
     check_layouts(plans, ctx.arch, ctx.options.allow_layout_change, ctx.emit)
     lap(ctx.phases, "types", mark)
+    ctx.progress(paths[-1], Phase.WRITE)
     return plans
 
 
@@ -213,21 +222,30 @@ def _compile_or_share(
     """
     shared = ctx.shared
     if shared is None:
-        return [(result, False) for result in _run_compiles(jobs)]
+        return [(result, False) for result in _run_compiles(jobs, ctx)]
     commands = [command for command, _ in jobs]
     known = {command for command in commands if command in shared.results}
     fresh: list[tuple[CompileCommand, Path]] = []
     for command in dict.fromkeys(c for c in commands if c not in known):
         fresh.append((command, shared.scratch / f"shared-{len(shared.results) + len(fresh)}"))
-    for (command, _), result in zip(fresh, _run_compiles(fresh), strict=True):
+    for (command, _), result in zip(fresh, _run_compiles(fresh, ctx), strict=True):
         shared.results[command] = result
     return [(shared.results[command], command in known) for command in commands]
 
 
+#: Seconds between two :class:`Progress` events while compilers run.
+PROGRESS_INTERVAL = 1.0
+
+
 def _run_compiles(
-    jobs: Sequence[tuple[CompileCommand, Path]],
+    jobs: Sequence[tuple[CompileCommand, Path]], ctx: PlanContext
 ) -> list[CompileResult | ReliveError]:
-    """Each job's result (or its error), in order; up to one compiler per core at once."""
+    """Each job's result (or its error), in order; up to one compiler per core at once.
+
+    The compilers run on worker threads while this thread waits for them and
+    emits a :class:`Progress` event now and then (events are only ever emitted
+    from the caller's thread: renderers need not be thread-safe).
+    """
 
     def run(job: tuple[CompileCommand, Path]) -> CompileResult | ReliveError:
         command, out_dir = job
@@ -237,10 +255,25 @@ def _run_compiles(
         except ReliveError as error:
             return error
 
-    if len(jobs) <= 1:
-        return [run(job) for job in jobs]
+    if not jobs:
+        return []
     with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
-        return list(pool.map(run, jobs))
+        futures = [pool.submit(run, job) for job in jobs]
+        _wait_reporting(futures, [command.source for command, _ in jobs], ctx)
+        return [future.result() for future in futures]
+
+
+def _wait_reporting(
+    futures: Sequence[Future[CompileResult | ReliveError]],
+    sources: Sequence[Path],
+    ctx: PlanContext,
+) -> None:
+    """Wait for every compile, saying which one runs at the start and once a second."""
+    pending = set(futures)
+    while pending:
+        running = next(s for f, s in zip(futures, sources, strict=True) if f in pending)
+        ctx.progress(running, Phase.COMPILE)
+        _done, pending = wait(pending, timeout=PROGRESS_INTERVAL, return_when=FIRST_COMPLETED)
 
 
 def _peer_symbols(units: Sequence[_Unit], ctx: PlanContext) -> dict[str, int]:
@@ -344,6 +377,7 @@ def _plan_object(
     peers: Mapping[str, int],
 ) -> ReloadPlan | FarData:
     mark = time.perf_counter()
+    ctx.progress(path, Phase.OBJECT)
     obj = ObjectFile.open(obj_path, expected_machines=(ctx.arch.elf_machine,))
     if module is None:
         module = find_module_defining(obj, ctx.modules)
@@ -355,6 +389,7 @@ def _plan_object(
             "functions and variables",
             hint="run an unstripped build (no -s, no strip) of the program",
         )
+    ctx.progress(path, Phase.LINK)
     key = str(path.resolve())
     record = ctx.journal.sources.get(key)
     binder = Binder(
@@ -385,6 +420,7 @@ def _call_in_target(pid: int, function: int) -> int:
 
 def _find_command(source: Path, ctx: PlanContext) -> tuple[CompileCommand, RunningModule]:
     """The compile command of ``source`` and the module it was built into."""
+    ctx.progress(source, Phase.DEBUG_INFO)
     module, unit = ctx.modules[0], None
     for candidate in ctx.modules:
         unit = find_compile_unit(candidate.file, source)
