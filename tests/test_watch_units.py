@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from watchfiles import Change
 
 from relive.toolchain.command import ORIGIN_COMMAND_LINE, CompileCommand
 from relive.watch.changes import ContentTracker, saved_paths
@@ -111,13 +110,7 @@ def test_saved_paths_keeps_watched_files_that_exist(tmp_path: Path) -> None:
     other.write_text("int b;\n")
     swap = tmp_path / ".a.c.swp"
     save_by_rename(watched_file, "int a = 1;\n")
-    changes = [
-        (Change.deleted, str(watched_file)),  # a rename-over shows delete, then add
-        (Change.added, str(watched_file)),
-        (Change.added, str(swap)),
-        (Change.modified, str(other)),
-        (Change.deleted, str(gone)),
-    ]
+    changes = [watched_file, swap, other, gone]  # a rename-over: the old name gone, then back
     assert saved_paths(changes, {watched_file, gone}) == {watched_file}
 
 
@@ -126,7 +119,7 @@ def test_saved_paths_resolves_the_names_events_carry(tmp_path: Path) -> None:
     real.parent.mkdir()
     real.write_text("int a;\n")
     (tmp_path / "alias").symlink_to(real.parent)
-    assert saved_paths([(Change.modified, str(tmp_path / "alias" / "a.c"))], {real}) == {real}
+    assert saved_paths([tmp_path / "alias" / "a.c"], {real}) == {real}
 
 
 def test_content_tracker_counts_only_real_changes(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """``relive``: the command line.  argparse, one small function per command.
 
 Heavy modules are imported inside the commands that use them: ``relive
---help`` and ``relive reload`` load neither watchfiles nor (when piped) rich.
+--help`` and ``relive reload`` load neither the watch loop nor (when piped) rich.
 """
 
 from __future__ import annotations
@@ -81,10 +81,11 @@ def _add_watching(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--debounce",
         type=int,
-        default=20,
+        default=None,
         metavar="MS",
-        help="quiet time that ends a burst of saves (default 20 ms: an editor's "
-        "write-and-rename arrives within a few ms)",
+        help="end a burst of saves only after MS ms without file events (several saves "
+        "made within it are one reload); default: as soon as every file written is "
+        "closed or renamed into place, else after 20 ms without events",
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="also print each function and compile"

@@ -19,14 +19,14 @@ from relive.watch.paths import real_path
 __all__ = ["ContentTracker", "saved_paths"]
 
 
-def saved_paths(changes: Iterable[tuple[object, str]], watched: set[Path]) -> set[Path]:
-    """The watched files named by watchfiles ``changes`` that exist now.
+def saved_paths(changed: Iterable[Path], watched: set[Path]) -> set[Path]:
+    """The watched files among the ``changed`` paths that exist now.
 
     Deletions are ignored as such: a write-and-rename save shows the old name
     deleted and re-added, and only the end state matters.
     """
     out: set[Path] = set()
-    for _change, name in changes:
+    for name in changed:
         path = real_path(name)
         if path in watched and path.is_file():
             out.add(path)

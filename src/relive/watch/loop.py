@@ -1,10 +1,11 @@
 """The edit loop: watch a program's sources and reload each translation unit when it is saved.
 
 Between reloads the watcher is *not* attached to the program: it waits for
-file-system events (watchfiles, inotify) and now and then checks that
+file-system events (inotify, ``watch.notify``) and now and then checks that
 ``/proc/PID`` still exists.  A save is a change only when the file's content
 differs from the last seen; a burst of events (an editor's write-and-rename,
-two saves in quick succession) is debounced into one batch.  A saved header
+two saves in quick succession) is one batch, ended as soon as every file written
+in it is complete (closed after writing, or renamed into place).  A saved header
 reloads every unit that includes it.  All units a batch touches are reloaded in
 one transaction per process, so a change spanning files lands at once.
 
@@ -49,6 +50,7 @@ from relive.toolchain.command import ORIGIN_DWARF
 from relive.watch.baseline import build_times, changed_since_build
 from relive.watch.changes import ContentTracker, saved_paths
 from relive.watch.deps import DependencyMap, scan_all
+from relive.watch.notify import GRACE_S, Notifier
 from relive.watch.paths import real_path
 from relive.watch.signals import Wakeup
 from relive.watch.sources import Scope, compile_command_for, find_units, select_units
@@ -56,6 +58,8 @@ from relive.watch.sources import Scope, compile_command_for, find_units, select_
 __all__ = ["Attach", "ReloadTarget", "WatchOptions", "Watcher"]
 
 TRIGGER_SAVE = "save"
+#: The quiet time that ends a burst whose files are not all complete (a file kept open).
+DEFAULT_QUIET_MS = 20
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,10 @@ class WatchOptions:
     """How to watch.
 
     ``trigger`` is "save" or a signal name ("SIGINT").  ``step_ms`` is the
-    quiet time that ends a burst of events, ``max_batch_ms`` the longest a
-    burst may grow (watchfiles' ``step`` and ``debounce``).  ``poll_ms`` is how
+    quiet time that ends a burst of events (``--debounce``); None: a burst ends
+    as soon as every file written in it is complete (closed, or renamed into
+    place), else after ``DEFAULT_QUIET_MS`` without events.  ``max_batch_ms`` is
+    the longest a burst may grow.  ``poll_ms`` is how
     often the program's existence is checked.
     """
 
@@ -72,7 +78,7 @@ class WatchOptions:
     compdb: Path | None = None
     trust_build: bool = False
     trigger: str = TRIGGER_SAVE
-    step_ms: int = 20
+    step_ms: int | None = None
     max_batch_ms: int = 1600
     poll_ms: int = 250
     undo_on_exit: bool = False
@@ -191,6 +197,8 @@ class Watcher:
         self._stopping = False
         self._reload_requested = False
         self._wake = Wakeup()
+        #: The files watched now (the notifier's filter; refreshed after each burst).
+        self._watching: set[Path] = set()
 
     # -- requests (signal-handler safe) ----------------------------------------
 
@@ -284,37 +292,40 @@ class Watcher:
         return self._run_on_signal()
 
     def _run_on_save(self) -> str:
-        import watchfiles  # imported here: only watching needs it
-
         while not self._stopping:
             directories = self._directories()
+            self._watching = self._watched()
             first = True
-            for changes in watchfiles.watch(
-                *directories,
-                watch_filter=None,
-                debounce=self.options.max_batch_ms,
-                step=self.options.step_ms,
-                stop_event=self._wake,
-                rust_timeout=self.options.poll_ms,
-                yield_on_timeout=True,
-                recursive=False,
-            ):
-                if not self._check_targets():
-                    return "exited"
-                saved = saved_paths(changes, self._watched())
-                if first:
-                    # The notifier exists from the first yield on; a save made before
-                    # (after `prepare`, or while re-watching) shows in the content.
-                    first = False
-                    saved |= {p for p in self._watched() if self._content.differs(p)}
-                if saved:
-                    self._on_saves(saved)
-                if self._directories() != directories:
-                    break  # a new #include in another folder: watch that too
+            with Notifier(directories) as notifier:
+                for changed in notifier.bursts(
+                    relevant=self._is_watched,
+                    stop_fd=self._wake.fileno(),
+                    is_stopped=self._wake.is_set,
+                    quiet_s=(self.options.step_ms or DEFAULT_QUIET_MS) / 1000,
+                    grace_s=GRACE_S if self.options.step_ms is None else None,
+                    longest_s=self.options.max_batch_ms / 1000,
+                    timeout_s=self.options.poll_ms / 1000,
+                ):
+                    if not self._check_targets():
+                        return "exited"
+                    saved = saved_paths(changed, self._watching)
+                    if first:
+                        # The watches exist from the first yield on; a save made before
+                        # (after `prepare`, or while re-watching) shows in the content.
+                        first = False
+                        saved |= {p for p in self._watching if self._content.differs(p)}
+                    if saved:
+                        self._on_saves(saved)
+                    self._watching = self._watched()  # a reload may have learnt includes
+                    if self._directories() != directories:
+                        break  # a new #include in another folder: watch that too
             self._wake.clear()
             if not self._check_targets():
                 return "exited"
         return "stopped"
+
+    def _is_watched(self, path: Path) -> bool:
+        return real_path(path) in self._watching
 
     def _run_on_signal(self) -> str:
         while not self._stopping:

@@ -21,7 +21,7 @@ __all__ = ["Wakeup", "handle_signals", "parse_signal", "signal_name"]
 class Wakeup:
     """A flag that wakes a waiting loop; ``set`` is safe in a signal handler.
 
-    It also serves as watchfiles' ``stop_event`` (anything with ``is_set()``).
+    Its ``fileno`` lets the inotify reader (``watch.notify``) wait on it too.
     """
 
     def __init__(self) -> None:
@@ -33,6 +33,10 @@ class Wakeup:
         self._flag = True
         with contextlib.suppress(OSError):  # a full pipe already wakes the waiter
             os.write(self._write, b"!")
+
+    def fileno(self) -> int:
+        """A descriptor that becomes readable when the flag is raised (for ``select``)."""
+        return self._read
 
     def is_set(self) -> bool:
         """Whether the flag is raised."""
