@@ -8,7 +8,7 @@ import pytest
 from elftools.dwarf.callframe import FDE
 from elftools.elf.elffile import ELFFile
 
-from relive.elf.cfi import load_frame_table
+from relive.elf.cfi import FrameTable, load_frame_table
 from support import compile_c
 
 PROG = r"""
@@ -60,3 +60,30 @@ def test_rows_of_a_compiled_program_match(tmp_path: Path) -> None:
 @pytest.mark.skipif(not LIBC.exists(), reason="no glibc at the Debian path")
 def test_rows_of_libc_match() -> None:
     assert _compare(LIBC, 3_000) >= 3_000
+
+
+def _eh_sections(path: Path) -> tuple[bytes, int, bytes, int]:
+    with path.open("rb") as handle:
+        elf = ELFFile(handle)
+        frames = elf.get_section_by_name(".eh_frame")
+        header = elf.get_section_by_name(".eh_frame_hdr")
+        assert frames is not None and header is not None
+        return frames.data(), frames["sh_addr"], header.data(), header["sh_addr"]
+
+
+@pytest.mark.parametrize("which", ["program", "libc"])
+def test_the_eh_frame_hdr_index_agrees_with_reading_every_fde(tmp_path: Path, which: str) -> None:
+    path = compile_c(tmp_path, PROG, flags=("-O2",)) if which == "program" else LIBC
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    frames, address, header, header_address = _eh_sections(path)
+    indexed = FrameTable.from_search_table(frames, address, header, header_address)
+    scanned = FrameTable.from_section(frames, address)
+    assert indexed is not None and not indexed.ends  # the fast path, FDEs not read
+    assert indexed.starts == scanned.starts and indexed.offsets == scanned.offsets
+    probes = {a + d for a in scanned.starts for d in (-1, 0, 1)}
+    probes |= {e + d for e in scanned.ends for d in (-1, 0)}
+    for probe in sorted(probes):
+        assert indexed.find_row(probe) == scanned.find_row(probe), hex(probe)
+    unusual = bytes((1, 0x1B, 0x03, 0x1B)) + header[4:]  # a table encoding we do not read
+    assert FrameTable.from_search_table(frames, address, unusual, header_address) is None

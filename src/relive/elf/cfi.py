@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import mmap
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -28,6 +29,10 @@ _PE_OMIT = 0xFF
 _PE_PCREL = 0x10
 _PE_DATAREL = 0x30
 _PE_INDIRECT = 0x80
+#: An ``.eh_frame_hdr`` as GNU ld, gold, lld and mold write it: version 1, the
+#: ``.eh_frame`` pointer pc-relative sdata4, the count udata4, the table
+#: datarel sdata4 (pairs of initial location and FDE address).
+_USUAL_HDR = bytes((1, 0x1B, 0x03, 0x3B))
 #: Fixed-size pointer formats: (bytes, signed).
 _FIXED_FORMATS = {
     0x00: (8, False),
@@ -163,7 +168,8 @@ class FrameTable:
 
     data: bytes
     address: int  # link-time address of data[0]
-    #: Sorted FDE start addresses, their ends, and offsets into ``data``.
+    #: Sorted FDE start addresses, their ends, and offsets into ``data``.  ``ends``
+    #: is empty when the index came from ``.eh_frame_hdr`` (each FDE says its own).
     starts: list[int] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
@@ -185,11 +191,39 @@ class FrameTable:
         table.offsets = [e[2] for e in entries]
         return table
 
+    @classmethod
+    def from_search_table(
+        cls, data: bytes, address: int, header: bytes, header_address: int
+    ) -> FrameTable | None:
+        """Index the FDEs from the linker's sorted ``.eh_frame_hdr`` table, without
+        reading them (a libc has thousands; an unwind needs a few).  None when the
+        header uses encodings other than the usual ones (then read every FDE)."""
+        if len(header) < 12 or header[:4] != _USUAL_HDR:
+            return None
+        (count,) = struct.unpack_from("<I", header, 8)
+        if len(header) < 12 + 8 * count:
+            return None
+        pairs = struct.unpack_from(f"<{2 * count}i", header, 12)
+        starts = [header_address + p for p in pairs[0::2]]
+        offsets = [header_address + p - address for p in pairs[1::2]]
+        if starts != sorted(starts) or (
+            offsets and not 0 <= min(offsets) <= max(offsets) < len(data)
+        ):
+            return None  # not sorted, or outside .eh_frame: do not trust it
+        return cls(data, address, starts, [], offsets)
+
     def find_row(self, address: int) -> Row | None:
         """The unwind row that applies at ``address``, or None if no FDE covers it."""
         i = bisect.bisect_right(self.starts, address) - 1
-        if i < 0 or address >= self.ends[i]:
+        if i < 0:
             return None
+        if self.ends:
+            if address >= self.ends[i]:
+                return None
+        else:
+            start, size, _, _ = self._fde_header(self.offsets[i])
+            if not start <= address < start + size:
+                return None
         return self.row_at(self.offsets[i], address)
 
     def row_at(self, fde_offset: int, address: int) -> Row:
@@ -457,12 +491,28 @@ def _load_file_table(path: str, identity: tuple[int, int, int]) -> FrameTable | 
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
         header = parse_elf_header(path, data, "executable or shared library")
         sections = parse_section_headers(path, data, header)
-        names = section_names(path, data, header, sections)
-        for name, section in zip(names, sections, strict=True):
-            if name == ".eh_frame" and section.size:
-                contents = bytes(data[section.offset : section.offset + section.size])
-                return FrameTable.from_section(contents, section.addr)
-    return None
+        found = {
+            name: section
+            for name, section in zip(
+                section_names(path, data, header, sections), sections, strict=True
+            )
+            if name in (".eh_frame", ".eh_frame_hdr") and section.size
+        }
+        frames = found.get(".eh_frame")
+        if frames is None:
+            return None
+        contents = bytes(data[frames.offset : frames.offset + frames.size])
+        index = found.get(".eh_frame_hdr")
+        if index is not None:
+            table = FrameTable.from_search_table(
+                contents,
+                frames.addr,
+                bytes(data[index.offset : index.offset + index.size]),
+                index.addr,
+            )
+            if table is not None:
+                return table
+        return FrameTable.from_section(contents, frames.addr)
 
 
 def load_frame_table(path: str) -> FrameTable | None:

@@ -19,9 +19,9 @@ import enum
 import os
 import time
 from collections.abc import Collection, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from relive.arch.base import Arch
 from relive.elf.dwarf import find_compile_unit
@@ -46,6 +46,9 @@ from relive.toolchain.command import ORIGIN_COMPDB, CompileCommand
 from relive.toolchain.compiler import CompileResult, compile_object
 from relive.toolchain.deoptimize import deoptimized
 from relive.toolchain.lto import without_lto
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 
 class Topic(enum.Enum):
@@ -257,6 +260,10 @@ def _run_compiles(
 
     if not jobs:
         return []
+    # Imported here: a reload of objects compiles nothing, and concurrent.futures
+    # (with logging) is a noticeable part of start-up.
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
         futures = [pool.submit(run, job) for job in jobs]
         _wait_reporting(futures, [command.source for command, _ in jobs], ctx)
@@ -269,6 +276,8 @@ def _wait_reporting(
     ctx: PlanContext,
 ) -> None:
     """Wait for every compile, saying which one runs at the start and once a second."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
     pending = set(futures)
     while pending:
         running = next(s for f, s in zip(futures, sources, strict=True) if f in pending)
