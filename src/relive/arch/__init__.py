@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import platform
+import os
 
 from relive.arch.base import Arch, Registers
 from relive.elf.constants import EM_X86_64, machine_name
@@ -29,7 +29,7 @@ def get_arch(machine: int) -> Arch:
 def host_registers() -> Registers:
     """The registers of the machine relive runs on: ptrace hands them over in its
     layout, whatever the target (relive traces processes of its own machine)."""
-    machine = platform.machine()
+    machine = os.uname().machine  # what platform.machine() says, without importing it
     if machine not in _HOST_MACHINES:
         raise ReliveError(
             f"relive runs on x86-64 Linux; this machine is {machine}",
