@@ -18,7 +18,7 @@ import dataclasses
 import enum
 import os
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -245,21 +245,29 @@ def _run_compiles(
 ) -> list[CompileResult | ReliveError]:
     """Each job's result (or its error), in order; up to one compiler per core at once.
 
-    The compilers run on worker threads while this thread waits for them and
-    emits a :class:`Progress` event now and then (events are only ever emitted
-    from the caller's thread: renderers need not be thread-safe).
+    A single compile runs in this thread, several on worker threads while this
+    thread waits for them; either way this thread emits a :class:`Progress`
+    event at the start and once a second (events only ever come from the
+    caller's thread: renderers need not be thread-safe).
     """
 
-    def run(job: tuple[CompileCommand, Path]) -> CompileResult | ReliveError:
+    def run(
+        job: tuple[CompileCommand, Path], on_wait: Callable[[], None] | None = None
+    ) -> CompileResult | ReliveError:
         command, out_dir = job
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
-            return compile_object(command, out_dir)
+            return compile_object(command, out_dir, on_wait, PROGRESS_INTERVAL)
         except ReliveError as error:
             return error
 
     if not jobs:
         return []
+    if len(jobs) == 1:
+        # In this thread: Ctrl+C then stops the compiler at once (no worker to join).
+        source = jobs[0][0].source
+        ctx.progress(source, Phase.COMPILE)
+        return [run(jobs[0], lambda: ctx.progress(source, Phase.COMPILE))]
     # Imported here: a reload of objects compiles nothing, and concurrent.futures
     # (with logging) is a noticeable part of start-up.
     from concurrent.futures import ThreadPoolExecutor

@@ -12,7 +12,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +59,12 @@ class CompileResult:
     dependencies: tuple[Path, ...] = ()
 
 
-def compile_object(cmd: CompileCommand, out_dir: Path) -> CompileResult:
+def compile_object(
+    cmd: CompileCommand,
+    out_dir: Path,
+    on_wait: Callable[[], None] | None = None,
+    interval: float = 1.0,
+) -> CompileResult:
     """Compile ``cmd.source`` to ``out_dir/<stem>.o`` (and ``<stem>.d``).
 
     Adds ``-ffunction-sections -fdata-sections``, ``-g`` when the flags have no
@@ -67,7 +72,8 @@ def compile_object(cmd: CompileCommand, out_dir: Path) -> CompileResult:
     in ``out_dir`` is replaced, so give sources with equal stems different
     folders.
 
-    LTO flags are replaced by -fno-lto (see ``without_lto``).  Raises ReliveError
+    ``on_wait`` is called every ``interval`` seconds while the compiler runs (to
+    report progress).  LTO flags are replaced by -fno-lto (see ``without_lto``).  Raises ReliveError
     for a missing compiler, CompileError (with the
     first error line as message and the compiler's output as details) if the
     compiler fails, and BadObject if what it wrote is not an ELF object.
@@ -94,7 +100,7 @@ def compile_object(cmd: CompileCommand, out_dir: Path) -> CompileResult:
     depfile.unlink(missing_ok=True)
 
     start = time.perf_counter()
-    proc = _run(argv, cmd)
+    proc = _run(argv, cmd, on_wait, interval)
     milliseconds = (time.perf_counter() - start) * 1000.0
 
     if proc.returncode != 0:
@@ -137,7 +143,9 @@ def _has_debug_info(flags: Sequence[str]) -> bool:
     return on
 
 
-def _run(argv: list[str], cmd: CompileCommand) -> subprocess.CompletedProcess[str]:
+def _run(
+    argv: list[str], cmd: CompileCommand, on_wait: Callable[[], None] | None, interval: float
+) -> subprocess.CompletedProcess[str]:
     if not cmd.directory.is_dir():
         raise ReliveError(
             f"cannot compile {cmd.source.name}: its build directory {cmd.directory} does not exist",
@@ -148,15 +156,15 @@ def _run(argv: list[str], cmd: CompileCommand) -> subprocess.CompletedProcess[st
     env = dict(os.environ, LC_MESSAGES="C")
     env.pop("LANGUAGE", None)
     try:
-        return subprocess.run(
+        compiler = subprocess.Popen(
             argv,
             cwd=cmd.directory,
             env=env,
             stdin=subprocess.DEVNULL,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             errors="replace",
-            check=False,
         )
     except FileNotFoundError as e:
         raise ReliveError(f"compiler not found: {cmd.compiler}", NO_COMPILER_HINT) from e
@@ -164,6 +172,19 @@ def _run(argv: list[str], cmd: CompileCommand) -> subprocess.CompletedProcess[st
         raise ReliveError(
             f"cannot run the compiler {cmd.compiler}: {e.strerror}", NO_COMPILER_HINT
         ) from e
+    with compiler:
+        try:
+            while True:
+                try:
+                    stdout, stderr = compiler.communicate(timeout=interval)
+                    break
+                except subprocess.TimeoutExpired:  # nothing is lost: communicate again
+                    if on_wait is not None:
+                        on_wait()
+        except BaseException:
+            compiler.kill()  # interrupted (Ctrl+C): no compiler left behind
+            raise
+    return subprocess.CompletedProcess(argv, compiler.returncode, stdout, stderr)
 
 
 def _error_summary(stderr: str, compiler: str, returncode: int) -> str:
