@@ -48,6 +48,7 @@ prepare:
 # builds its own C targets; results in benchmarks/results/. BENCH_ARGS="--runs 9" etc.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/watch_latency.py
 	RELIVE_KILL_RUNS=200 $(BIN)/python -m pytest -q tests/test_kill_safety.py -k random
 
 lint: $(STAMP)

@@ -1,6 +1,6 @@
 """`relive watch`: from a save to the new code running, next to the compile it includes.
 
-    .venv/bin/python benchmarks/watch_latency.py [--runs 9] [--json results/watch.json]
+    .venv/bin/python benchmarks/watch_latency.py [--runs 9] [--json FILE]
 
 Builds the ``one`` target (``targets.py``: the stall meter, ``compute()`` in
 ``func.c``), starts ``relive --json watch -p PID func.c`` on it and saves ``func.c``
@@ -130,7 +130,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--relive", default=str(Path(sys.executable).parent / "relive"))
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=HERE / "results" / f"watch-{time.strftime('%Y%m%d-%H%M%S')}.json",
+        help="where to write the figures (default results/watch-<time>.json)",
+    )
     args = parser.parse_args()
     result = measure(args.relive, args.runs)
     median, least = result["median"], result["min"]
@@ -148,9 +153,9 @@ def main() -> int:
             f"    {how} {sample['save_to_new_code_ms']:7.1f} = compile "
             f"{sample['compile_ms']:6.1f} + {sample['overhead_ms']:6.1f}"
         )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1))
+    print(f"results: {args.json}")
     return 0
 
 

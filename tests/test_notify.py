@@ -33,7 +33,6 @@ def bursts(tmp_path: Path) -> Iterator[Callable[[Path, float], Iterator[set[Path
             longest_s=30.0,
             timeout_s=10.0,
         )
-        assert next(found) == set()  # at once: the watches are in place
         return found
 
     yield start
@@ -112,7 +111,6 @@ def test_a_stop_ends_the_bursts(tmp_path: Path) -> None:
             longest_s=1.0,
             timeout_s=10.0,
         )
-        assert next(found) == set()
         _later(wake.set).join()
         started = time.monotonic()
         assert list(found) == []

@@ -310,7 +310,7 @@ class Watcher:
                         return "exited"
                     saved = saved_paths(changed, self._watching)
                     if first:
-                        # The watches exist from the first yield on; a save made before
+                        # The watches exist before the first yield; a save made before
                         # (after `prepare`, or while re-watching) shows in the content.
                         first = False
                         saved |= {p for p in self._watching if self._content.differs(p)}

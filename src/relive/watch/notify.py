@@ -89,15 +89,17 @@ class Notifier:
         timeout_s: float,
         grace_s: float | None = GRACE_S,
     ) -> Iterator[set[Path]]:
-        """Yield the relevant paths changed by each burst of saves; an empty set
-        at once (the watches are in place) and after ``timeout_s`` without any.
+        """Yield the relevant paths changed by each burst of saves, and an empty
+        set after each ``timeout_s`` without any.  The watches are in place from
+        the constructor on; a caller looks for earlier saves at the first yield,
+        which therefore comes no earlier than the first burst's end (saves made
+        just before and just after the watches began are one batch).
 
         A burst ends ``grace_s`` after every relevant file written in it is
         complete, or after ``quiet_s`` without events, or ``longest_s`` after it
         began.  ``grace_s`` None: only the quiet time ends it (``--debounce``).
         Stops when ``is_stopped()`` (``stop_fd`` becomes readable then).
         """
-        yield set()
         while not is_stopped():
             if not self._wait(stop_fd, timeout_s):
                 yield set()
