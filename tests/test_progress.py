@@ -13,7 +13,7 @@ from rich.console import Console
 
 from relive.cli.main import main
 from relive.cli.render import Renderer
-from relive.events import Compiled, Phase, Progress, ReloadFinished
+from relive.events import Compiled, Phase, Progress, ReloadFinished, WatchReloaded
 from support import VALUE_PROG, SpawnFactory, Target, compile_c, edit
 
 #: A compiler that takes a few seconds: gcc behind a sleep, named by a
@@ -113,3 +113,17 @@ def test_json_renderer_drops_early_and_too_frequent_progress() -> None:
         renderer(Progress("/src/big.c", Phase.COMPILE, elapsed))
     lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
     assert [line["elapsed"] for line in lines] == [1.0]
+
+
+def test_watch_status_line_shows_progress_then_its_own_text_again() -> None:
+    renderer, buffer = _terminal()
+    renderer.start_status("watching pid 1")
+    renderer(Progress("/src/big.c", Phase.COMPILE, 0.0))
+    time.sleep(0.9)
+    assert "big.c: compiling · 0." in buffer.getvalue()
+    renderer(WatchReloaded(time.time(), 1, ["/src/big.c"], ["f"], [], [], [], 900.0, 3.0, 100.0))
+    shown = len(buffer.getvalue())
+    time.sleep(0.4)
+    renderer.close()
+    after = buffer.getvalue()[shown:]
+    assert "watching · last reload" in after and "compiling" not in after

@@ -230,6 +230,8 @@ class Renderer:
 
     def _end_progress(self) -> None:
         """Remove the progress line (the summary line that follows replaces it)."""
+        if self._progress is not None and self._status is not None:
+            self._status.update(self._progress.fallback)  # the watch line's own text again
         self._progress = None
         if self._live is not None:
             self._live.stop()
