@@ -98,6 +98,9 @@ class Journal:
     regions: list[tuple[int, int]] = field(default_factory=list)
     #: Entry writes under way, keyed like ``patches``: reconciled with memory on load.
     pending: dict[str, PendingPatch] = field(default_factory=dict)
+    #: Flags found by reproduction for sources whose build recorded none, by
+    #: source (``patch.inference``): later reloads compile once, with these.
+    inferred_flags: dict[str, list[str]] = field(default_factory=dict)
 
     @staticmethod
     def patch_key(module: str, entry: int) -> str:
@@ -229,6 +232,11 @@ def _parse_journal(pid: int, start: int, data: bytes) -> Journal:
         if not (_is_pair(region) and 0 <= region[0] < _ADDRESS_END and 0 < region[1] < (1 << 40)):
             raise _Invalid(f"region {region!r} is not an address and a size")
         journal.regions.append((region[0], region[1]))
+    inferred = _expect(raw.get("inferred_flags", {}), dict, "inferred_flags")
+    for key, flags in inferred.items():
+        if not (isinstance(flags, list) and all(isinstance(f, str) for f in flags)):
+            raise _Invalid(f"inferred flags of {key} are not a list of strings")
+        journal.inferred_flags[key] = list(flags)
     return journal
 
 
@@ -394,4 +402,5 @@ def _as_plain(journal: Journal) -> dict[str, Any]:
             }
             for k, p in journal.pending.items()
         },
+        "inferred_flags": journal.inferred_flags,
     }

@@ -32,6 +32,18 @@ from relive.patch.binder import Binder
 from relive.patch.callers import find_callers
 from relive.patch.entries import find_too_small, too_small_error
 from relive.patch.identify import check_object_belongs, check_source_belongs
+from relive.patch.inference import (
+    CF_PROTECTION,
+    LEVELS,
+    Score,
+    cached_flags,
+    candidate_flags,
+    describe_inferred,
+    inferred_part,
+    lacks_landing_pads,
+    score_plan,
+    with_flags,
+)
 from relive.patch.initial import DataChange, choose_reinit, describe_initial_change
 from relive.patch.journal import Journal
 from relive.patch.layout_check import check_layouts, prepare_layout_check
@@ -59,6 +71,8 @@ class Topic(enum.Enum):
     COMMAND = "command"
     #: The recompile that reaches far variables through the GOT.
     INDIRECT_DATA = "indirect data"
+    #: Flags an earlier reload inferred (``patch.inference``).
+    INFERRED = "inferred"
 
 
 @dataclass(frozen=True)
@@ -200,18 +214,148 @@ def _compile_units(paths: Sequence[Path], ctx: PlanContext) -> list[_Unit]:
             found_command = deoptimized(found_command)
         prepare_layout_check(found_module, path)
         found.append((path, index, found_command, found_module))
-    jobs = [(command, ctx.scratch / str(index)) for _, index, command, _ in found if command]
+    # Each file compiles once, or once per candidate when its flags are inferred;
+    # all of them at once.
+    tries = [
+        _compile_tries(command, module, ctx) if command else [] for _, _, command, module in found
+    ]
+    jobs = [
+        (attempt, ctx.scratch / f"{index}-{n}")
+        for (_, index, _, _), attempts in zip(found, tries, strict=True)
+        for n, attempt in enumerate(attempts)
+    ]
     results = _compile_or_share(jobs, ctx)
+    lap(ctx.phases, "compile", mark)
     units = []
-    for path, index, command, module in found:
-        if command is None:
+    for (path, index, command, module), attempts in zip(found, tries, strict=True):
+        if command is None or module is None:
             units.append(_Unit(path, index, path, None, None))
             continue
-        compiled, shared = results.pop(0)
-        obj_path = _take_compiled(command, compiled, ctx, shared)
+        outcomes, results = results[: len(attempts)], results[len(attempts) :]
+        shared = any(was_shared for _, was_shared in outcomes)
+        if len(attempts) == 1:
+            command, obj_path = (
+                attempts[0],
+                _take_compiled(attempts[0], outcomes[0][0], ctx, shared),
+            )
+        else:
+            tried = [(a, o) for a, (o, _) in zip(attempts, outcomes, strict=True)]
+            command, obj_path = _infer(path, index, module, tried, ctx, shared)
         units.append(_Unit(path, index, obj_path, command, module))
-    lap(ctx.phases, "compile", mark)
     return units
+
+
+def _compile_tries(
+    command: CompileCommand, module: RunningModule | None, ctx: PlanContext
+) -> list[CompileCommand]:
+    """The commands to compile a source with: its own, or, when the build recorded
+    no flags, the flags an earlier reload inferred or every candidate's."""
+    if (
+        not command.flags_unknown
+        or module is None
+        or not module.image.has_symtab  # nothing to compare with (refused later)
+        or ctx.options.new_file
+        or ctx.options.debug
+    ):
+        return [command]
+    cached = cached_flags(ctx.journal, command)
+    if cached is not None:
+        if _first_time(ctx, command.source, Topic.INFERRED):
+            ctx.emit(
+                Notice(
+                    f"flags of {command.source.name}: {' '.join(cached)} "
+                    "(inferred at an earlier reload)"
+                )
+            )
+        return [with_flags(command, cached)]
+    return [with_flags(command, flags) for flags in candidate_flags(command, module)]
+
+
+def _infer(
+    path: Path,
+    index: int,
+    module: RunningModule,
+    compiled: list[tuple[CompileCommand, CompileResult | ReliveError]],
+    ctx: PlanContext,
+    shared: bool = False,
+) -> tuple[CompileCommand, Path]:
+    """The candidate under which most functions match the running code, its object,
+    and the notice saying so; the answer is kept in the journal.  Compiles
+    another process of the reload made (``shared``) were reported there."""
+    scored = [_score(path, module, command, result, ctx, shared) for command, result in compiled]
+    candidates = [c for c in scored if c is not None]
+    if not candidates:
+        # None could be compared (e.g. each reaches data out of reach): go on at the
+        # compiler's default level, whose plan says why.  A compile error is the
+        # same at every level.
+        command, outcome = next((c for c in compiled if LEVELS[1] in c[0].flags), compiled[0])
+        if isinstance(outcome, ReliveError):
+            raise outcome
+        return command, _finish_compile(command, outcome, ctx, shared)
+    # The best score; on a tie, the earlier candidate (LEVELS' order).
+    best = max(candidates, key=lambda c: c.score.matched)
+    if best.score.matched < best.score.total and lacks_landing_pads(
+        best.plan, ctx.memory.read, ctx.arch.find_landing_pad_size
+    ):
+        retry = dataclasses.replace(best.command, flags=(*best.command.flags, CF_PROTECTION))
+        mark = time.perf_counter()
+        again, again_shared = _compile_or_share([(retry, ctx.scratch / f"{index}-cf")], ctx)[0]
+        lap(ctx.phases, "compile", mark)
+        other = _score(path, module, retry, again, ctx, again_shared)
+        if other is not None and other.score.matched > best.score.matched:
+            best = other
+    command, result = best.command, best.result
+    flags = inferred_part(command)
+    if best.score.matched:
+        ctx.journal.inferred_flags[str(command.source)] = list(flags)
+        ctx.emit(Notice(describe_inferred(path.name, flags, best.score)))
+    else:
+        # No evidence (every function changed, or none is in the module): compile
+        # as before inference existed, at the compiler's default level.
+        best = next((c for c in candidates if LEVELS[1] in c.command.flags), candidates[0])
+        command, result = best.command, best.result
+        ctx.emit(
+            Notice(
+                f"flags of {path.name} are unknown and could not be inferred: no function "
+                f"matches the running code at any of {' '.join(LEVELS)}; compiling with "
+                f"{' '.join(inferred_part(command))} (pass --cflags)"
+            )
+        )
+    return command, _finish_compile(command, result, ctx, shared)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """One compile of a source whose flags are being inferred, compared."""
+
+    command: CompileCommand
+    result: CompileResult
+    plan: ReloadPlan
+    score: Score
+
+
+def _score(
+    path: Path,
+    module: RunningModule,
+    command: CompileCommand,
+    result: CompileResult | ReliveError,
+    ctx: PlanContext,
+    shared: bool,
+) -> _Candidate | None:
+    """A candidate's object compared with the running code (None: it did not
+    compile, or could not be compared, e.g. it reaches data out of reach)."""
+    if isinstance(result, ReliveError):
+        return None
+    if not shared:
+        origin = f"candidate {' '.join(inferred_part(command))}"
+        ctx.emit(Compiled(str(command.source), origin, result.command, result.milliseconds))
+    try:
+        plan = _plan_object(path, result.object_path, module, ctx, {})
+    except ReliveError:
+        return None
+    if isinstance(plan, FarData):
+        return None
+    return _Candidate(command, result, plan, score_plan(plan))
 
 
 def _compile_or_share(
@@ -492,8 +636,16 @@ def _take_compiled(
         ctx.emit(
             Compiled(str(command.source), command.origin, compiled.command, compiled.milliseconds)
         )
-        if compiled.warnings.strip():
-            ctx.emit(CompilerWarnings(str(command.source), compiled.warnings))
+    return _finish_compile(command, compiled, ctx, shared)
+
+
+def _finish_compile(
+    command: CompileCommand, compiled: CompileResult, ctx: PlanContext, shared: bool
+) -> Path:
+    """Pass on a compile's warnings (unless another process did) and dependencies;
+    its object."""
+    if compiled.warnings.strip() and not shared:
+        ctx.emit(CompilerWarnings(str(command.source), compiled.warnings))
     ctx.dependencies[command.source] = compiled.dependencies
     return compiled.object_path
 

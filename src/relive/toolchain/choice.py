@@ -10,6 +10,10 @@ same way, so the flags come, in order of trust, from:
    -grecord-command-line, and then its whole command line),
 4. a default of ``gcc -g -O0``.
 
+Where the build recorded no flags (3 without them, or 4), the command says so
+(``flags_unknown``) and the plan side infers the optimisation level by
+reproduction (``relive.patch.inference``).
+
 This module only reads files; running the compiler is ``relive.toolchain.compiler``.
 """
 
@@ -58,8 +62,8 @@ def get_compile_command(
     then ``gcc -g -O0`` in the source's folder.
 
     A clang-built program without -grecord-command-line still gives origin
-    "DWARF" (so clang compiles it) with only the -I flags, and a note saying the
-    optimisation level is unknown.
+    "DWARF" (so clang compiles it) with only the -I flags, marked
+    ``flags_unknown`` (as is the default) for the plan side to infer the level.
 
     Flags from DWARF pass ``relive.toolchain.trust.screen_flags`` (a note lists
     what was dropped).  Unless ``trust_build``, a compile_commands.json or a
@@ -123,6 +127,7 @@ def _choose(
             directory=source.parent,
             source=source,
             origin=ORIGIN_DEFAULT,
+            flags_unknown=True,
         )
     return dataclasses.replace(cmd, notes=(*missing, *cmd.notes)), None
 
@@ -163,12 +168,9 @@ def _dwarf_command(
     # Spell the source as the original build did when it still names this file,
     # so __FILE__ expands to the same string as in the running code.
     source_arg = unit.name if (directory / unit.name).resolve() == source else ""
+    # No flags recorded (clang without -grecord-command-line): the level is
+    # inferred by reproduction (relive.patch.inference), which says so.
     notes: tuple[str, ...] = ()
-    if not flags:
-        notes = (
-            f"{unit.producer} recorded no flags, so the optimisation level is unknown; "
-            "build with -grecord-command-line or pass --cflags",
-        )
     # The program's owner wrote these: nothing that loads code or names other tools.
     flags, dropped = screen_flags(flags)
     if dropped:
@@ -185,6 +187,7 @@ def _dwarf_command(
         origin=ORIGIN_DWARF,
         source_arg=source_arg,
         notes=notes,
+        flags_unknown=not flags,
     )
 
 

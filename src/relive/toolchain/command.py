@@ -35,6 +35,9 @@ class CompileCommand:
     it (it ends up in ``__FILE__`` and ``assert`` messages), or "" to pass the
     absolute ``source``.  ``notes`` are warnings worth showing the user, such as
     a compiler or optimisation level that differs from the running program's.
+    ``flags_unknown``: the build recorded no flags for this unit (clang without
+    -grecord-command-line, or no producer string at all), so the optimisation
+    level in ``flags`` is a guess that ``relive.patch.inference`` replaces.
     """
 
     compiler: str
@@ -44,6 +47,7 @@ class CompileCommand:
     origin: str
     source_arg: str = ""
     notes: tuple[str, ...] = ()
+    flags_unknown: bool = False
 
     @property
     def source_argument(self) -> str:
