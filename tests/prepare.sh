@@ -23,6 +23,8 @@ REALWORLD=(
   libjemalloc-dev              # redis, linked with the distribution's jemalloc
   libtool-bin libreadline-dev  # lua5.4: Debian's Makefile uses libtool; linux-readline
   libncurses-dev tmux          # nano, and the terminal it runs in
+  libpcre2-dev zlib1g-dev      # nginx (its default modules: rewrite, gzip)
+  libevent-dev                 # memcached
 )
 DEB_SRC=/etc/apt/sources.list.d/relive-deb-src.sources
 ENABLE="sudo bash tests/prepare.sh (or sudo make test)"

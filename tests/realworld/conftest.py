@@ -2,7 +2,7 @@
 
 These tests run only with RELIVE_REALWORLD=1 (``make test-realworld`` and
 ``make test`` set it); a plain ``pytest`` skips them, since a cold run builds
-four programs from source (minutes).  They also skip, saying why, on a machine
+seven programs from source (minutes).  They also skip, saying why, on a machine
 that lacks what tests/prepare.sh installs or when the build cache is not usable.
 """
 
@@ -49,7 +49,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     """
     if not ENABLED:
         pytest.skip(
-            "real-program tests (tests/realworld): off by default, a cold run builds four "
+            "real-program tests (tests/realworld): off by default, a cold run builds seven "
             "programs (minutes); to run them: `make test` (or RELIVE_REALWORLD=1 pytest)"
         )
     _require_machine()
@@ -126,6 +126,35 @@ NANO = Recipe(
     package="nano",
     commands=(("sh", "-c", NANO_CONFIGURE), ("make", "-j{jobs}")),
     outputs=("src/nano",),
+)
+
+
+# nginx as debian/rules configures it (its cflags: dpkg-buildflags' CFLAGS and
+# CPPFLAGS plus -fPIC, hardening=+all), but with nginx's default module set plus
+# stub_status (pcre2 and zlib, no SSL, no third-party modules).
+NGINX_CONFIGURE = (
+    "export DEB_BUILD_MAINT_OPTIONS=hardening=+all; "
+    "./configure --with-http_stub_status_module "
+    '--with-cc-opt="$(dpkg-buildflags --get CFLAGS) -fPIC $(dpkg-buildflags --get CPPFLAGS)" '
+    '--with-ld-opt="$(dpkg-buildflags --get LDFLAGS) -fPIC"'
+)
+NGINX = Recipe(
+    package="nginx",
+    commands=(("sh", "-c", NGINX_CONFIGURE), ("make", "-j{jobs}")),
+    outputs=("objs/nginx",),
+)
+
+# memcached with Debian's flags (hardening=+all) but without SASL and TLS
+# (debian/rules adds --enable-sasl --enable-tls): libevent only.
+MEMCACHED_CONFIGURE = (
+    "export DEB_BUILD_MAINT_OPTIONS=hardening=+all; "
+    './configure -q CFLAGS="$(dpkg-buildflags --get CFLAGS)" '
+    'CPPFLAGS="$(dpkg-buildflags --get CPPFLAGS)" LDFLAGS="$(dpkg-buildflags --get LDFLAGS)"'
+)
+MEMCACHED = Recipe(
+    package="memcached",
+    commands=(("sh", "-c", MEMCACHED_CONFIGURE), ("make", "-j{jobs}", "memcached")),
+    outputs=("memcached",),
 )
 
 
@@ -229,3 +258,29 @@ def nano_src(nano_tree: SourceTree) -> Iterator[SourceTree]:
     """The nano tree; files a test edits are restored after it."""
     yield nano_tree
     nano_tree.restore()
+
+
+@pytest.fixture(scope="session")
+def nginx_tree() -> Iterator[SourceTree]:
+    """nginx built from Debian's source package."""
+    yield from _tree(NGINX)
+
+
+@pytest.fixture
+def nginx_src(nginx_tree: SourceTree) -> Iterator[SourceTree]:
+    """The nginx tree; files a test edits are restored after it."""
+    yield nginx_tree
+    nginx_tree.restore()
+
+
+@pytest.fixture(scope="session")
+def memcached_tree() -> Iterator[SourceTree]:
+    """memcached built from Debian's source package."""
+    yield from _tree(MEMCACHED)
+
+
+@pytest.fixture
+def memcached_src(memcached_tree: SourceTree) -> Iterator[SourceTree]:
+    """The memcached tree; files a test edits are restored after it."""
+    yield memcached_tree
+    memcached_tree.restore()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -49,6 +50,10 @@ LOCK_TIMEOUT = 1200.0
 
 class BuildFailed(RuntimeError):
     """Getting or building a package failed; the message says which step and why."""
+
+
+class FetchFailed(BuildFailed):
+    """``apt-get source`` could not fetch a version (another may be fetchable)."""
 
 
 def cache_problem() -> str | None:
@@ -164,24 +169,41 @@ def locked(package: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def source_version(package: str) -> str | None:
-    """The version ``apt-get source`` would fetch, or None if apt cannot tell (no deb-src)."""
-    proc = _run(["apt-get", "source", "--print-uris", package], Path("/"))
+def source_versions(package: str) -> list[str]:
+    """The versions of the source package apt can fetch, newest first (epoch included).
+
+    Empty when apt cannot tell (no deb-src line, indexes not fetched).
+    """
+    proc = _run(["apt-cache", "showsrc", "--only-source", package], Path("/"))
     if proc.returncode != 0:
-        return None
-    match = re.search(rf"^'\S+' {re.escape(package)}_(\S+)\.dsc ", proc.stdout, re.MULTILINE)
-    return match.group(1) if match else None
+        return []
+    found = set(re.findall(r"^Version: (\S+)$", proc.stdout, re.MULTILINE))
+    return sorted(found, key=functools.cmp_to_key(_compare_versions), reverse=True)
+
+
+def _compare_versions(a: str, b: str) -> int:
+    if a == b:
+        return 0
+    newer = _run(["dpkg", "--compare-versions", a, "gt", b], Path("/")).returncode == 0
+    return 1 if newer else -1
+
+
+def _file_version(version: str) -> str:
+    """The version as in the package's file names (no epoch)."""
+    return version.split(":", 1)[1] if ":" in version else version
 
 
 def built_tree(recipe: Recipe) -> SourceTree:
     """The package's built tree from the cache, building it first if needed.
 
-    Call with the package's lock held (``locked``).  Without a usable deb-src
+    Call with the package's lock held (``locked``).  The newest source version
+    apt knows is used; if it cannot be fetched (a mirror that lacks a security
+    update's files answers 404), the next older one.  Without a usable deb-src
     line, an already built tree of the package for this recipe is reused.
     """
     key = recipe.key()
-    version = source_version(recipe.package)
-    if version is None:
+    versions = source_versions(recipe.package)
+    if not versions:
         folders = sorted(
             CACHE.glob(f"{recipe.package}_*_{key}/{STAMP}"), key=lambda p: p.stat().st_mtime
         )
@@ -190,24 +212,39 @@ def built_tree(recipe: Recipe) -> SourceTree:
                 f"apt-get source {recipe.package} cannot tell a version (no deb-src line?) "
                 f"and {CACHE} holds no build of it; run `sudo bash {PREPARE}`"
             )
-        folder = folders[-1].parent
-    else:
-        folder = CACHE / f"{recipe.package}_{version}_{key}"
+        tree = _cached(recipe, folders[-1].parent)
+        if tree is None:
+            raise BuildFailed(f"the cached build in {folders[-1].parent} is incomplete")
+        return tree
+    failures = []
+    for version in versions:
+        folder = CACHE / f"{recipe.package}_{_file_version(version)}_{key}"
+        tree = _cached(recipe, folder)
+        if tree is not None:
+            return tree
+        try:
+            return _build(recipe, version, folder, pin=version != versions[0])
+        except FetchFailed as e:
+            failures.append(str(e))
+    raise BuildFailed("; ".join(failures))
+
+
+def _cached(recipe: Recipe, folder: Path) -> SourceTree | None:
+    """The complete build in ``folder``, or None."""
     stamp = folder / STAMP
-    if stamp.is_file():
-        _reclaim(folder)
-        info = json.loads(stamp.read_text())
-        tree = Path(info["tree"])
-        if tree.is_dir() and all((tree / out).exists() for out in recipe.outputs):
-            restore_pristine(tree)
-            return SourceTree(
-                recipe.package, info["version"], tree, info["build_seconds"], cached=True
-            )
-    assert version is not None
-    return _build(recipe, version, folder)
+    if not stamp.is_file():
+        return None
+    _reclaim(folder)
+    info = json.loads(stamp.read_text())
+    tree = Path(info["tree"])
+    if not (tree.is_dir() and all((tree / out).exists() for out in recipe.outputs)):
+        return None
+    restore_pristine(tree)
+    return SourceTree(recipe.package, info["version"], tree, info["build_seconds"], cached=True)
 
 
-def _build(recipe: Recipe, version: str, folder: Path) -> SourceTree:
+def _build(recipe: Recipe, version: str, folder: Path, *, pin: bool) -> SourceTree:
+    """Fetch ``version`` of the package (``pin``: ask apt for it by version) and build it."""
     start = time.monotonic()
     if folder.exists():
         shutil.rmtree(folder)
@@ -215,10 +252,14 @@ def _build(recipe: Recipe, version: str, folder: Path) -> SourceTree:
     # _apt drops privileges to download; a folder it can write avoids apt's warning.
     with contextlib.suppress(KeyError, PermissionError):
         shutil.chown(folder, user="_apt")
-    # (The version has no epoch here, as in file names, so it cannot pin the download.)
-    fetched = _run(["apt-get", "source", recipe.package], folder)
+    wanted = f"{recipe.package}={version}" if pin else recipe.package
+    fetched = _run(["apt-get", "source", wanted], folder)
     _reclaim(folder)
-    _check(fetched, "apt-get source")
+    if fetched.returncode != 0:
+        last = (fetched.stdout + fetched.stderr).strip().splitlines()[-1:]
+        shutil.rmtree(folder, ignore_errors=True)
+        raise FetchFailed(f"apt-get source {wanted} failed: {' '.join(last)}")
+    version = _file_version(version)
     if not (folder / f"{recipe.package}_{version}.dsc").is_file():
         raise BuildFailed(f"apt-get source {recipe.package} fetched another version than {version}")
     trees = [p for p in folder.iterdir() if p.is_dir()]
