@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 from collections.abc import Iterator
@@ -113,8 +114,12 @@ def nginx(
     (tmp_path / "logs").mkdir()
     conf = tmp_path / "nginx.conf"
     conf.write_text(CONFIG.format(workers=WORKERS, root=tmp_path, port=port, hello=HELLO))
+    # A copy of its own: ``reload --all`` takes every process of the same executable
+    # file, and another run may be serving from the cached build.
+    executable = tmp_path / "nginx"
+    shutil.copy2(nginx_src.path / "objs/nginx", executable)
     target = spawn(
-        [nginx_src.path / "objs/nginx", "-p", f"{tmp_path}/", "-c", conf, "-e", "stderr"],
+        [executable, "-p", f"{tmp_path}/", "-c", conf, "-e", "stderr"],
         cwd=tmp_path,
         new_session=True,
     )
