@@ -1,4 +1,4 @@
-"""Helpers for the real-program tests: free ports and relive's command line."""
+"""Helpers for the real-program tests: free ports, relive's command line, its dry runs."""
 
 from __future__ import annotations
 
@@ -72,3 +72,28 @@ def assert_reloaded(result: Reload, function: str, own_flags: Sequence[str] = ()
     missing = [flag for flag in own_flags if flag not in compiled["command"]]
     assert not missing, f"flags {missing} not in {compiled['command']}"
     assert function in result.names("redirected"), result.output
+
+
+def dry_run(pid: int, sources: list[Path]) -> Reload:
+    """``relive --json reload --dry-run`` of every source at once.
+
+    ``--trust-build``: the cached trees may belong to the user who built them first.
+    """
+    argv = [sys.executable, "-m", "relive", "--json", "reload", "--dry-run", "--trust-build"]
+    proc = subprocess.run(
+        [*argv, "-p", str(pid), *map(str, sources)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    return Reload(proc.returncode, proc.stdout)
+
+
+def assert_nothing_redirected(result: Reload, at_least: int) -> None:
+    """The dry run succeeded, redirected nothing and found ``at_least`` functions unchanged."""
+    assert result.returncode == 0, result.output[-3000:]
+    assert result.names("redirected") == [], result.names("redirected")
+    assert len(result.names("unchanged")) >= at_least

@@ -15,8 +15,13 @@ from pathlib import Path
 import pytest
 
 from realworld.debsrc import SourceTree
-from realworld.realworld_support import assert_reloaded, free_port, relive_reload
-from realworld.test_unmodified import assert_nothing_redirected, dry_run
+from realworld.realworld_support import (
+    assert_nothing_redirected,
+    assert_reloaded,
+    dry_run,
+    free_port,
+    relive_reload,
+)
 from support import SpawnFactory, Target
 
 KEYS = 500

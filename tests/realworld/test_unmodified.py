@@ -9,12 +9,10 @@ reloads many files at once.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 from realworld.debsrc import SourceTree
-from realworld.realworld_support import Reload, free_port
+from realworld.realworld_support import assert_nothing_redirected, dry_run, free_port
 from support import SpawnFactory
 
 #: Files of redis-server in which an unmodified reload redirected something before
@@ -29,30 +27,6 @@ REDIS_FILES = (
     "rdb.c",
     "replication.c",
 )
-
-
-def dry_run(pid: int, sources: list[Path]) -> Reload:
-    """``relive --json reload --dry-run`` of every source at once.
-
-    ``--trust-build``: the cached trees may belong to the user who built them first.
-    """
-    argv = [sys.executable, "-m", "relive", "--json", "reload", "--dry-run", "--trust-build"]
-    proc = subprocess.run(
-        [*argv, "-p", str(pid), *map(str, sources)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=1200,
-        check=False,
-    )
-    return Reload(proc.returncode, proc.stdout)
-
-
-def assert_nothing_redirected(result: Reload, at_least: int) -> None:
-    assert result.returncode == 0, result.output[-3000:]
-    assert result.names("redirected") == [], result.names("redirected")
-    assert len(result.names("unchanged")) >= at_least
 
 
 def test_lua_unmodified_redirects_nothing(lua_src: SourceTree, spawn: SpawnFactory) -> None:
