@@ -44,7 +44,8 @@ def test_epoll_wait_keeps_its_deadline_across_a_reload(tmp_path: Path, spawn: Sp
     target.wait_for(r"^waited", after=target.mark())
     waits = [int(line.split()[1]) for line in target.lines[mark:] if line.startswith("waited")]
     # Restarted with the full timeout each time, the wait would last 3 s + 1.5 s and more;
-    # kept, about 3 s (the restart counts from when the wait began, as the scheduler
-    # saw it, which may be a little early; a loaded machine's timer may fire late).
-    assert waits and all(2500 <= w < 4200 for w in waits), waits
+    # kept, about 3 s: the restart counts from when the wait began as the scheduler saw
+    # it, which on a loaded machine was seen up to 0.55 s early (README says so); a
+    # loaded machine's timer may also fire late.
+    assert waits and all(2000 <= w < 4200 for w in waits), waits
     target.wait_for(r"^waiting, value 2$")
