@@ -21,6 +21,7 @@ import relive
 from relive.cli.main import main
 from relive.errors import ProcessGone, ReliveError
 from relive.events import Compiled, Event
+from relive.patch.transaction import held_signals
 from relive.session import ReloadResult, Session, Step, reload_together
 from support import (
     RELIVE,
@@ -137,20 +138,24 @@ def test_a_worker_killed_after_its_code_was_loaded_fails_alone(
     _set_value(source, 4)
     sessions: list[Session] = [relive.attach(pid) for pid in workers]
     steps = [session.reload_steps([source]) for session in sessions]
-    for step in steps:
-        assert step.advance(Step.LOADED)
-    os.kill(victim, signal.SIGKILL)
-    wait_until(lambda: not Path(f"/proc/{victim}/task").exists() or _zombie(victim), what="dead")
     failed: list[ReliveError] = []
-    for step in steps:
-        try:
-            step.advance(None)
-        except ReliveError as error:
-            failed.append(error)
+    with held_signals():  # as reload_together does
+        for step in steps:
+            assert step.advance(Step.LOADED)
+        os.kill(victim, signal.SIGKILL)
+        wait_until(
+            lambda: not Path(f"/proc/{victim}/task").exists() or _zombie(victim), what="dead"
+        )
+        for step in steps:
+            try:
+                step.advance(None)
+            except ReliveError as error:
+                failed.append(error)
     assert len(failed) == 1 and isinstance(failed[0], ProcessGone)
     assert all(step.result.redirected == ["value"] for step in steps[:-1])
     for worker in workers[:-1]:
         _prints(target, worker, 4)
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGINT, signal.SIGTERM} == set()
     # The survivors' journals know their patch; the others are untouched by the failure.
     for worker in workers[:-1]:
         [row] = relive.attach(worker).status()

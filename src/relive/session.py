@@ -191,8 +191,10 @@ class Session:
             debug,
             move_frames,
         )
-        for _ in steps:  # one step after the other, with nothing in between
-            pass
+        if steps.advance(Step.STAGED):  # planned (not a dry run): load ... commit
+            with held_signals():  # relive's SIGINT/SIGTERM/SIGHUP wait meanwhile
+                steps.advance(Step.COMMITTED)
+            steps.advance(None)
         return steps.result
 
     def reload_steps(
@@ -210,7 +212,11 @@ class Session:
         move_frames: bool = True,
         shared: SharedCompiles | None = None,
     ) -> ReloadSteps:
-        """:meth:`reload` as steps (see :class:`ReloadSteps`), for :func:`reload_together`."""
+        """:meth:`reload` as steps (see :class:`ReloadSteps`), for :func:`reload_together`.
+
+        The caller holds relive's signals (``patch.transaction.held_signals``)
+        while the steps from loading to committing run, over every process.
+        """
         check_paths(paths, debug)
         options = ReloadOptions(
             functions, cflags, compdb, trust_build, new_file, allow_layout_change, debug
@@ -269,18 +275,17 @@ class Session:
                 self.pid, plans, journal, memory, arch, reinits, modules, self.emit, move_frames
             )
             yield Step.STAGED
-            with held_signals():
-                staged.load()
-                try:
-                    yield Step.LOADED
-                except BaseException:  # abandoned between the steps (GeneratorExit)
-                    staged.abandon()
-                    raise
-                steps.switched_at = staged.switch()
-                try:
-                    yield Step.SWITCHED
-                finally:  # the jumps are in memory: they are committed in every case
-                    staged.commit()
+            staged.load()
+            try:
+                yield Step.LOADED
+            except BaseException:  # abandoned between the steps (GeneratorExit)
+                staged.abandon()
+                raise
+            steps.switched_at = staged.switch()
+            try:
+                yield Step.SWITCHED
+            finally:  # the jumps are in memory: they are committed in every case
+                staged.commit()
             yield Step.COMMITTED
             applied = staged.publish()
             result.stopped_us = applied.stopped_seconds * 1e6
