@@ -18,7 +18,7 @@ import relive
 from relive.events import Event, FunctionAdded, FunctionRedirected
 from relive.patch.debugfiles import list_debug_objects
 from relive.process.procfs import get_start_time
-from support import RELIVE, SpawnFactory, compile_c, wait_until
+from support import RELIVE, SpawnFactory, Target, compile_c, wait_until
 
 needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
 
@@ -68,14 +68,19 @@ def _start_middle(tmp_path: Path, spawn: SpawnFactory, flags: tuple[str, ...] = 
     return exe, target
 
 
-def test_debug_object_has_code_symbols_and_lines_at_runtime_addresses(
-    tmp_path: Path, spawn: SpawnFactory
-) -> None:
+def _reload_new_middle(tmp_path: Path, spawn: SpawnFactory) -> tuple[Target, int]:
+    """Start PROG, replace ``middle`` with NEW_MIDDLE and reload; the new address."""
     _, target = _start_middle(tmp_path, spawn)
     source = tmp_path / "prog.c"
     old = source.read_text()
     _edit(source, old[old.index("__attribute__") : old.index("int main")], NEW_MIDDLE + "\n")
-    new_middle = _redirected(_reload(target.pid, source))["middle"]
+    return target, _redirected(_reload(target.pid, source))["middle"]
+
+
+def test_debug_object_has_code_symbols_and_lines_at_runtime_addresses(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    target, new_middle = _reload_new_middle(tmp_path, spawn)
 
     objects = list_debug_objects(target.pid, get_start_time(target.pid))
     assert [o.live for o in objects] == [True]
@@ -113,11 +118,7 @@ def test_debug_object_has_code_symbols_and_lines_at_runtime_addresses(
 def test_relive_gdb_breaks_in_new_code_and_unwinds_through_it(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
-    _, target = _start_middle(tmp_path, spawn)
-    source = tmp_path / "prog.c"
-    old = source.read_text()
-    _edit(source, old[old.index("__attribute__") : old.index("int main")], NEW_MIDDLE + "\n")
-    new_middle = _redirected(_reload(target.pid, source))["middle"]
+    target, new_middle = _reload_new_middle(tmp_path, spawn)
 
     gdb = subprocess.run(
         [
@@ -161,11 +162,7 @@ def test_relive_gdb_breaks_in_new_code_and_unwinds_through_it(
 def test_relive_gdb_stops_lists_and_finishes_in_a_new_function(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
-    _, target = _start_middle(tmp_path, spawn)
-    source = tmp_path / "prog.c"
-    old = source.read_text()
-    _edit(source, old[old.index("__attribute__") : old.index("int main")], NEW_MIDDLE + "\n")
-    _reload(target.pid, source)
+    target, _ = _reload_new_middle(tmp_path, spawn)
     commands = ["break prog.c:9", "continue", "info locals", "list 9,9", "finish"]
     gdb = subprocess.run(
         [*RELIVE, "gdb", "-p", str(target.pid), "--", "-batch"]
