@@ -340,9 +340,21 @@ class _Reader:
     # -- units --------------------------------------------------------------------
 
     def iter_units(self) -> Iterator[CompileUnit]:
+        for _, header_at, offset_size, _ in self.iter_unit_extents():
+            unit = self._unit_header(header_at, offset_size)
+            if unit is not None:
+                found = self._top_die(*unit)
+                if found is not None:
+                    yield found
+
+    def iter_unit_extents(self) -> Iterator[tuple[int, int, int, int]]:
+        """``(start, header, offset size, end)`` of each unit of ``.debug_info``:
+        where its length field is, where its header follows, 4 or 8 (32- or
+        64-bit DWARF), and where the next unit starts."""
         info = self.info
         pos = 0
         while pos < info.size:
+            start = pos
             length = info.uint(pos, 4)
             pos += 4
             offset_size = 4
@@ -355,11 +367,7 @@ class _Reader:
             end = pos + length
             if end > info.size:
                 raise _Malformed("a unit runs past the end of .debug_info")
-            unit = self._unit_header(pos, offset_size)
-            if unit is not None:
-                found = self._top_die(*unit)
-                if found is not None:
-                    yield found
+            yield start, pos, offset_size, end
             pos = end
 
     def _unit_header(self, pos: int, offset_size: int) -> tuple[int, int, _Unit] | None:

@@ -36,7 +36,6 @@ from relive.elf.dwarf import (
     _FORM_STRX,
     _OFFSET,
     _ULEB,
-    _UNIT_TAGS,
     _Malformed,
     _Reader,
     _Section,
@@ -766,38 +765,17 @@ class DwarfFile:
 
     def _read_units(self) -> list[TypeUnit]:
         reader = self.reader
-        info = reader.info
         units: list[TypeUnit] = []
-        pos = 0
-        while pos < info.size:
-            start = pos
-            length = info.uint(pos, 4)
-            pos += 4
-            offset_size = 4
-            if length == 0xFFFFFFFF:
-                length = info.uint(pos, 8)
-                pos += 8
-                offset_size = 8
-            elif length >= 0xFFFFFFF0:
-                raise _Malformed(f"reserved unit length {length:#x}")
-            end = pos + length
-            if end > info.size:
-                raise _Malformed("a unit runs past the end of .debug_info")
-            header = reader._unit_header(pos, offset_size)
-            if header is not None:
-                top, abbrev_offset, unit = header
-                code, _ = info.uleb(top)
-                if code:
-                    tag, _specs = reader._find_abbrev(abbrev_offset, code)
-                    found = reader._top_die(top, abbrev_offset, unit) if tag in _UNIT_TAGS else None
-                    if found is not None:
-                        units.append(
-                            TypeUnit(
-                                self, start, end, top, abbrev_offset, unit, found.name,
-                                found.comp_dir,
-                            )
-                        )  # fmt: skip
-            pos = end
+        for start, header_at, offset_size, end in reader.iter_unit_extents():
+            header = reader._unit_header(header_at, offset_size)
+            if header is None:
+                continue
+            top, abbrev_offset, unit = header
+            found = reader._top_die(top, abbrev_offset, unit)
+            if found is not None:
+                units.append(
+                    TypeUnit(self, start, end, top, abbrev_offset, unit, found.name, found.comp_dir)
+                )
         return units
 
     def debug_string(self, offset: int) -> str:
