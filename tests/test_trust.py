@@ -16,7 +16,7 @@ from relive.cli.main import main
 from relive.elf.dwarf import CompileUnit
 from relive.events import Compiled, Event, Notice
 from relive.toolchain.choice import get_compile_command
-from relive.toolchain.trust import UntrustedBuild, screen_flags
+from relive.toolchain.trust import UntrustedBuild, check_trusted_file, screen_flags
 from support import (
     NOBODY,
     VALUE_PROG,
@@ -174,3 +174,16 @@ def test_untrusted_build_is_a_relive_error(tmp_path: Path) -> None:
     with pytest.raises(UntrustedBuild, match="writable by group or others"):
         get_compile_command(tmp_path / "prog.c")
     assert get_compile_command(tmp_path / "prog.c", trust_build=True).compiler.endswith("cc.sh")
+
+
+@needs_root
+def test_a_symlink_another_user_owns_on_the_path_is_refused(tmp_path: Path) -> None:
+    """The link could be pointed at another build after relive checked this one."""
+    (tmp_path / "prog.c").write_text("int x;\n")
+    compdb, _, _ = _evil_build(tmp_path)
+    link = tmp_path / "via-link"
+    link.symlink_to(tmp_path)
+    os.lchown(link, NOBODY, NOBODY)
+    with pytest.raises(UntrustedBuild, match=f"the symlink {link} on its path belongs to uid"):
+        check_trusted_file(link / compdb.name, "compile_commands.json")
+    check_trusted_file(compdb, "compile_commands.json")  # the same file, not through it

@@ -15,6 +15,7 @@ controls must not decide what root executes:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -106,6 +107,13 @@ def find_untrusted_reason(path: Path) -> str | None:
     is controlled by another user; None when only relive's user and root control it."""
     absolute = Path(os.path.abspath(path))
     real = Path(os.path.realpath(absolute))
+    # A symlink on the way is the file too: whoever owns it can point it elsewhere
+    # between this check and the use (a link in a sticky folder such as /tmp).
+    for link in (absolute, *absolute.parents):
+        with contextlib.suppress(OSError):
+            st = os.lstat(link)
+            if stat.S_ISLNK(st.st_mode) and st.st_uid not in (os.geteuid(), 0):
+                return f"the symlink {link} on its path belongs to uid {st.st_uid}"
     for candidate, is_file in _iter_controlling(absolute, real):
         try:
             st = os.stat(candidate)
