@@ -386,6 +386,7 @@ def assert_untouched(target: Target) -> None:
     target.wait_for(r"^value 1$", after=mark)
     assert target.alive()
     assert relive.attach(target.pid).status() == []
-    assert load_journal(target.pid).regions == []  # nothing was even allocated
+    journal = load_journal(target.pid)
+    assert not (journal.regions or journal.arenas or journal.blocks)  # nothing allocated
     state = Path(f"/proc/{target.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     assert state in "RS"

@@ -303,7 +303,7 @@ def test_a_failure_after_jumps_were_written_keeps_them_and_says_so(
     journal.pending[key] = PendingPatch(patch)
     events: list[Event] = []
     with ProcessMemory(running.pid) as memory:
-        _abandon(running.pid, journal, memory, [], save_journal(journal), events.append)
+        _abandon(journal, memory, [], save_journal(journal), events.append)
     assert [str(e) for e in events] == [
         "the reload failed after 1 entry jump(s) were written: value run(s) the new code "
         "(`relive undo` reverts them)"

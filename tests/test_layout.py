@@ -85,7 +85,7 @@ def refused(target: Target, capsys: pytest.CaptureFixture[str], source: Path, me
     assert errors == [f"relive: error: {message}"]
     assert Path(f"/proc/{target.pid}/maps").read_text() == maps  # nothing mapped
     assert relive.attach(target.pid).status() == []
-    assert load_journal(target.pid).regions == []
+    assert load_journal(target.pid).arenas == []
     # Old code, old state: the counters go on from where they were; scale still doubles.
     mark = target.mark()
     found = target.wait_for(TICK.pattern, after=mark)

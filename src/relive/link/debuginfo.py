@@ -72,7 +72,7 @@ def build_debug_object(image: LinkedImage, source_name: str) -> bytes:
             OutSection(
                 section.name,
                 data,
-                address=image.base + offset,
+                address=image.address_of(offset),
                 flags=section.flags,
                 type=section.type,
                 align=section.align,

@@ -51,7 +51,8 @@ def plan_layout(request: LinkRequest) -> Layout:
         stub_offsets[symbol_index] = cursor
         cursor += request.arch.far_stub_size
     code_size = cursor
-    cursor = _place(obj, data, offsets, _align(cursor, request.arch.page_size))
+    data_offset = _align(cursor, request.arch.page_size)
+    cursor = _place(obj, data, offsets, data_offset)
     eh_frame_offset = unwind_object_offset = None
     eh_frame = _find_eh_frame(obj)
     if eh_frame is not None and any(obj.sections[i].is_exec for i in request.load):
@@ -77,6 +78,7 @@ def plan_layout(request: LinkRequest) -> Layout:
         alignment=max([16, *(obj.sections[i].align for i in request.load)]),
         eh_frame_offset=eh_frame_offset,
         unwind_object_offset=unwind_object_offset,
+        data_offset=data_offset,
     )
 
 

@@ -16,18 +16,23 @@ GOT_SYMBOL = "_GLOBAL_OFFSET_TABLE_"
 _TLS_NEEDS = (Need.TPOFF, Need.DTPOFF, Need.GOT_TPOFF, Need.GOT_TLS_PAIR)
 
 
-def link(layout: Layout, base: int) -> LinkedImage:
-    """Copy every loaded section to its offset, apply its relocations, fill GOT and stubs."""
-    linker = _Linker(layout, base)
-    return LinkedImage(base=base, data=linker.run(), layout=layout)
+def link(layout: Layout, base: int, data_base: int | None = None) -> LinkedImage:
+    """Copy every loaded section to its offset, apply its relocations, fill GOT and stubs.
+
+    The code part goes at ``base``, the data part at ``data_base`` (by default
+    right after the code's pages).
+    """
+    linker = _Linker(layout, base, data_base)
+    return LinkedImage(base=base, data=linker.run(), layout=layout, data_base=data_base)
 
 
 class _Linker:
-    def __init__(self, layout: Layout, base: int) -> None:
+    def __init__(self, layout: Layout, base: int, data_base: int | None = None) -> None:
         self.layout = layout
         self.request = layout.request
         self.obj = layout.request.obj
         self.base = base
+        self.data_base = base + layout.data_offset if data_base is None else data_base
         self.image = bytearray(layout.size)
         self.got_values: dict[GotKey, bytes] = {}
         #: Addresses of existing functions taken by new code are their original entries.
@@ -48,10 +53,16 @@ class _Linker:
                 self.image[offset : offset + len(value)] = value
         return bytes(self.image)
 
+    def _at(self, offset: int) -> int:
+        """The runtime address of byte ``offset`` of the layout."""
+        if offset < self.layout.data_offset:
+            return self.base + offset
+        return self.data_base + offset - self.layout.data_offset
+
     # -- one relocation -------------------------------------------------------
 
     def _apply(self, section: Section, section_offset: int, reloc: Relocation) -> None:
-        place = self.base + section_offset + reloc.offset
+        place = self._at(section_offset) + reloc.offset
         encoded = self._encode_field(section, place, reloc)
         field = section_offset + reloc.offset
         self.image[field : field + len(encoded)] = encoded
@@ -96,7 +107,7 @@ class _Linker:
         self, rtype: RelocationType, reloc: Relocation, place: int, section: Section
     ) -> Operands:
         symbol, need = reloc.symbol, rtype.need
-        got_base = self.base + self.layout.got_base
+        got_base = self._at(self.layout.got_base)
         if need in _TLS_NEEDS or need is Need.GOT_TLS_MODULE:
             return self._tls_operands(rtype, reloc, place, got_base)
         target = self._symbol_address(symbol)
@@ -110,7 +121,7 @@ class _Linker:
                     "the call is out of reach and has no stub",
                     hint="the object's call targets are inconsistent; rebuild it",
                 )
-            target = self.base + stub
+            target = self._at(stub)
         slot = 0
         if need is Need.GOT_SLOT:
             slot = self._got_slot(GotKey(Need.GOT_SLOT, symbol.index), struct.pack("<Q", target))
@@ -194,7 +205,7 @@ class _Linker:
                 hint="the object is not what gcc or clang write; rebuild it",
             )
         self.got_values[key] = value
-        return self.base + offset
+        return self._at(offset)
 
     # -- symbols ---------------------------------------------------------------
 
@@ -202,12 +213,12 @@ class _Linker:
         if symbol.is_absolute:
             return symbol.value
         if symbol.name == GOT_SYMBOL and not symbol.is_defined:
-            return self.base + self.layout.got_base  # the new code's GOT is ours
+            return self._at(self.layout.got_base)  # the new code's GOT is ours
         if not symbol.is_defined or symbol.is_common:
             return self._external(symbol).address or 0
         offset = self.layout.section_offsets.get(symbol.shndx)
         if offset is not None:
-            return self.base + offset + symbol.value
+            return self._at(offset) + symbol.value
         bound = self.request.bound_sections.get(symbol.shndx)
         if bound is not None and bound.address is not None:
             return bound.address + symbol.value
@@ -244,13 +255,13 @@ class _Linker:
         offset = self.layout.eh_frame_offset
         if offset is None:
             return
-        table = relocate_eh_frame(self.layout, self.base, self.base + offset)
+        table = relocate_eh_frame(self.layout, self.base, self._at(offset), self.data_base)
         self.image[offset : offset + len(table)] = table
 
     def _write_stubs(self) -> None:
         for symbol_index, offset in self.layout.stub_offsets.items():
             target = self._symbol_address(self.obj.symbols[symbol_index])
-            stub = self.request.arch.encode_far_stub(self.base + offset, target)
+            stub = self.request.arch.encode_far_stub(self._at(offset), target)
             self.image[offset : offset + len(stub)] = stub
 
 
@@ -274,11 +285,13 @@ def _describe(sections: list[Section], symbol: ObjSymbol) -> str:
     return symbol.name or f"symbol #{symbol.index}"
 
 
-def relocate_eh_frame(layout: Layout, base: int, address: int) -> bytes:
+def relocate_eh_frame(
+    layout: Layout, base: int, address: int, data_base: int | None = None
+) -> bytes:
     """The object's ``.eh_frame`` relocated to ``address``, FDEs of unloaded code disabled."""
     for section in layout.request.obj.sections:
         if section.name == EH_FRAME and section.size:
-            linker = _DetachedLinker(layout, base)
+            linker = _DetachedLinker(layout, base, data_base)
             table = bytearray(linker.relocate(section.index, address))
             disable_fdes(table, linker.unresolved)
             return bytes(table)
@@ -296,13 +309,13 @@ def relocate_detached(image: LinkedImage, index: int, address: int) -> tuple[byt
     what they describe as discarded.  A field that cannot be computed (a TLS
     offset the process does not have) is left 0.
     """
-    linker = _DetachedLinker(image.layout, image.base)
+    linker = _DetachedLinker(image.layout, image.base, image.data_address)
     return linker.relocate(index, address), linker.unresolved
 
 
 class _DetachedLinker(_Linker):
-    def __init__(self, layout: Layout, base: int) -> None:
-        super().__init__(layout, base)
+    def __init__(self, layout: Layout, base: int, data_base: int | None = None) -> None:
+        super().__init__(layout, base, data_base)
         # Debug info and unwind tables describe the new code where it is.
         self.takes_identity = False
         self.unresolved: list[int] = []

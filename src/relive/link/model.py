@@ -66,7 +66,8 @@ class Layout:
     got_base: int
     stub_offsets: Mapping[int, int]  # symbol index of a call target -> its far stub
     size: int
-    #: Bytes [0, code_size) hold code and stubs; data starts at the next page.
+    #: Bytes [0, code_size) hold code and stubs; data starts at ``data_offset`` (the
+    #: next page), so code and data can live apart (see ``LinkedImage.data_base``).
     code_size: int
     #: The block's address must be a multiple of this (the largest section alignment).
     alignment: int = 16
@@ -74,32 +75,81 @@ class Layout:
     #: one; libgcc's registration record follows it at ``unwind_object_offset``.
     eh_frame_offset: int | None = None
     unwind_object_offset: int | None = None
+    #: Where the data part begins (a page boundary at or after ``code_size``).
+    data_offset: int = 0
 
 
 @dataclass(frozen=True)
 class LinkedImage:
-    """The relocated bytes of the new block and where its symbols ended up."""
+    """The relocated bytes of the new block and where its symbols ended up.
+
+    ``data`` is laid out as the layout says: code and stubs in
+    ``[0, code_size)``, data from ``data_offset``.  The code part lives at
+    ``base``; the data part at ``data_base`` (right after the code's pages when
+    None), so that code and data can come from separate arenas.
+    """
 
     base: int
     data: bytes
     layout: Layout
+    data_base: int | None = None
+
+    @property
+    def data_address(self) -> int:
+        """The runtime address of the data part."""
+        return self.base + self.layout.data_offset if self.data_base is None else self.data_base
+
+    def address_of(self, offset: int) -> int:
+        """The runtime address of byte ``offset`` of the layout."""
+        if offset < self.layout.data_offset:
+            return self.base + offset
+        return self.data_address + offset - self.layout.data_offset
+
+    @property
+    def code_range(self) -> tuple[int, int]:
+        """(address, size) of the code and stubs (size 0: no code)."""
+        return self.base, self.layout.code_size if self.data else 0
+
+    @property
+    def data_range(self) -> tuple[int, int]:
+        """(address, size) of the data part (size 0: no data)."""
+        return self.data_address, max(len(self.data) - self.layout.data_offset, 0)
+
+    @property
+    def code_bytes(self) -> bytes:
+        return self.data[: self.layout.code_size]
+
+    @property
+    def data_bytes(self) -> bytes:
+        return self.data[self.layout.data_offset :]
+
+    def read(self, address: int, size: int) -> bytes | None:
+        """The image's bytes at runtime ``address`` (None: not all inside one part)."""
+        for start, length, offset in (
+            (self.base, self.layout.code_size, 0),
+            (self.data_address, len(self.data) - self.layout.data_offset, self.layout.data_offset),
+        ):
+            if start <= address and address + size <= start + length:
+                at = offset + address - start
+                return self.data[at : at + size]
+        return None
 
     def find_section_address(self, index: int) -> int | None:
         """The runtime address of a loaded section, or None if it was not loaded."""
         offset = self.layout.section_offsets.get(index)
-        return None if offset is None else self.base + offset
+        return None if offset is None else self.address_of(offset)
 
     @property
     def eh_frame_address(self) -> int | None:
         """Where the block's unwind table lives in the target (None: it has none)."""
         offset = self.layout.eh_frame_offset
-        return None if offset is None else self.base + offset
+        return None if offset is None else self.address_of(offset)
 
     @property
     def unwind_object_address(self) -> int | None:
         """Where libgcc's registration record for the unwind table goes."""
         offset = self.layout.unwind_object_offset
-        return None if offset is None else self.base + offset
+        return None if offset is None else self.address_of(offset)
 
     def get_symbol_address(self, symbol: ObjSymbol) -> int:
         """The runtime address of a symbol defined in a loaded section."""

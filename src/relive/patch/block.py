@@ -1,9 +1,9 @@
-"""The block of new memory a reload links its code into: mapped, written, protected,
-and given back if the reload fails.
+"""The new memory one reload links its code and data into: allocated in the module's
+arenas (``patch.arena``), written, and linked again across the files of a reload.
 
-The block is mapped read+write within reach of the module, the linked code and
-data are written while the program runs (nothing refers to the block yet), then
-its code pages become read+execute: no page is ever writable and executable.
+Code and data go to separate arenas (read+execute, read+write); both are
+written through /proc/PID/mem while the program runs (nothing refers to them
+yet): no page is ever writable and executable, and no ``mprotect`` is needed.
 """
 
 from __future__ import annotations
@@ -11,67 +11,32 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from relive.arch.base import Arch
-from relive.errors import LinkError, ReliveError
+from relive.errors import LinkError
 from relive.link import Bound, LinkedImage, link
-from relive.patch.placement import iter_candidate_addresses, page_round
+from relive.patch.arena import ArenaAllocator
+from relive.patch.journal import ArenaKind
 from relive.patch.plan import ReloadPlan
 from relive.process.memory import ProcessMemory
-from relive.process.procfs import read_maps
-from relive.process.remote import (
-    MAP_ANONYMOUS,
-    MAP_PRIVATE,
-    PROT_EXEC,
-    PROT_READ,
-    PROT_WRITE,
-    remote_mprotect,
-    remote_munmap,
-    try_remote_mmap_at,
-)
-from relive.process.threads import stop_one
 
 
-def allocate_and_link(pid: int, plan: ReloadPlan, arch: Arch, reinit: bool = False) -> LinkedImage:
-    """Link the plan at a reachable free address and map that memory in the target.
+def allocate_and_link(
+    allocator: ArenaAllocator, plan: ReloadPlan, reinit: bool = False
+) -> LinkedImage:
+    """Allocate the plan's code and data in its module's arenas and link it there.
 
     A plan that loads nothing new (every function unchanged, or none selected;
-    its strings and constants alone serve no one) maps nothing unless ``reinit``
-    (initial values to copy may point into the block): its image is empty and
-    the other steps skip it.
+    its strings and constants alone serve no one) allocates nothing unless
+    ``reinit`` (initial values to copy may point into the block): its image is
+    empty and the other steps skip it.
     """
-    if not plan.layout.request.load or (plan.loads_nothing_new and not reinit):
-        return LinkedImage(base=0, data=b"", layout=plan.layout)
-    size = page_round(plan.layout.size)
-    low_memory = not plan.module.image.is_pie_or_shared
-    last_error: LinkError | None = None
-    maps = read_maps(pid)
-    candidates = iter_candidate_addresses(
-        maps, plan.module, size, arch.jump_reach, low_memory, plan.layout.alignment
-    )
-    for address in candidates:
-        try:
-            image = link(plan.layout, address)
-        except LinkError as error:
-            last_error = error
-            continue
-        # One idle thread is enough: nothing refers to the new block yet, and a
-        # mapping the program makes meanwhile only makes this address fail (EEXIST).
-        with stop_one(pid) as stopped:
-            mapped = try_remote_mmap_at(
-                stopped,
-                address,
-                size,
-                PROT_READ | PROT_WRITE,  # executable only once written: see protect_code
-                MAP_PRIVATE | MAP_ANONYMOUS,
-            )
-        if mapped is not None:
-            return image
-    if last_error is not None:
-        raise last_error
-    raise ReliveError(
-        f"no free address within reach of {plan.module.name} for {size} bytes of new code",
-        hint="the address space near the module is full; restart the program",
-    )
+    layout = plan.layout
+    if not layout.request.load or (plan.loads_nothing_new and not reinit):
+        return LinkedImage(base=0, data=b"", layout=layout)
+    code_size = layout.code_size
+    data_size = max(layout.size - layout.data_offset, 0)
+    code = allocator.allocate(ArenaKind.CODE, code_size, layout.alignment) if code_size else 0
+    data = allocator.allocate(ArenaKind.DATA, data_size, layout.alignment) if data_size else 0
+    return link(layout, code, data)
 
 
 def link_across(plans: Sequence[ReloadPlan], images: Sequence[LinkedImage]) -> list[LinkedImage]:
@@ -94,7 +59,7 @@ def link_across(plans: Sequence[ReloadPlan], images: Sequence[LinkedImage]) -> l
         layout = dataclasses.replace(
             plan.layout, request=dataclasses.replace(request, externals=externals)
         )
-        linked[index] = link(layout, images[index].base)
+        linked[index] = link(layout, images[index].base, images[index].data_base)
     return linked
 
 
@@ -116,29 +81,12 @@ def _peer_address(name: str, plan: ReloadPlan, image: LinkedImage) -> Bound:
 
 
 def write_block(memory: ProcessMemory, image: LinkedImage) -> None:
-    """Write the new code and data (the program cannot reach it yet)."""
+    """Write the new code and data (the program cannot reach them yet)."""
     if not image.data:
         return
-    memory.write(image.base, image.data)
-
-
-def protect_code(pid: int, image: LinkedImage) -> None:
-    """Make the block's code pages read+execute (they were written read+write).
-
-    No page is ever writable and executable at once.  Later entry jumps into
-    this code are written through /proc/PID/mem, which the kernel allows on
-    read-only pages for a tracer, as for the program's own text.
-    """
-    code = page_round(image.layout.code_size)
-    if code and image.data:
-        with stop_one(pid) as stopped:
-            remote_mprotect(stopped, image.base, code, PROT_READ | PROT_EXEC)
-
-
-def release_block(pid: int, image: LinkedImage) -> None:
-    """Give back a block that will not be used (after a failure); ReliveError if it
-    cannot be (the caller reports it: the block stays mapped, unused)."""
-    if not image.data:
-        return
-    with stop_one(pid) as stopped:
-        remote_munmap(stopped, image.base, page_round(len(image.data)))
+    for (address, size), part in (
+        (image.code_range, image.code_bytes),
+        (image.data_range, image.data_bytes),
+    ):
+        if size:
+            memory.write(address, part)

@@ -92,8 +92,10 @@ def write_debug_objects(
             {
                 "file": name,
                 "source": source,
-                "base": image.base,
-                "size": len(image.data),
+                "base": image.code_range[0],
+                "size": image.code_range[1],
+                "data_base": image.data_range[0],
+                "data_size": image.data_range[1],
                 "live": True,
                 "unwind_table": table if table in registered else None,
             }
@@ -153,14 +155,23 @@ def _mark_live(journal: Journal, entries: list[dict[str, Any]]) -> list[int]:
         + [d.address for r in journal.sources.values() for d in r.definitions.values()]
     )
     retired = []
+    reclaimed = [tuple(b.code) for b in journal.blocks if b.reclaimed]
     for entry in entries:
-        start, end = entry["base"], entry["base"] + entry["size"]
-        at = bisect.bisect_left(used, start)
-        entry["live"] = at < len(used) and used[at] < end
+        spans = [(entry["base"], entry["size"])]
+        spans.append((entry.get("data_base", 0), entry.get("data_size", 0)))
+        entry["live"] = (entry["base"], entry["size"]) not in reclaimed and any(
+            _holds_any(used, start, start + size) for start, size in spans if size
+        )
         if not entry["live"] and entry.get("unwind_table") is not None:
             retired.append(entry["unwind_table"])
             entry["unwind_table"] = None
     return retired
+
+
+def _holds_any(used: list[int], start: int, end: int) -> bool:
+    """Whether any of the sorted addresses ``used`` lies in ``[start, end)``."""
+    at = bisect.bisect_left(used, start)
+    return at < len(used) and used[at] < end
 
 
 def list_debug_objects(pid: int, start_time: int | None = None) -> list[DebugObject]:
@@ -319,6 +330,8 @@ def _valid_entry(entry: object) -> bool:
         and isinstance(entry.get("size"), int)
         and isinstance(entry.get("live"), bool)
         and isinstance(entry.get("unwind_table"), int | None)
+        and isinstance(entry.get("data_base", 0), int)
+        and isinstance(entry.get("data_size", 0), int)
     )
 
 

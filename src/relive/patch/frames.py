@@ -318,8 +318,7 @@ def _iter_versions(
             if d.old is None or not d.symbol.size:
                 continue
             new_address = image.get_symbol_address(d.symbol)
-            offset = new_address - image.base
-            new_code = image.data[offset : offset + d.symbol.size]
+            new_code = image.read(new_address, d.symbol.size) or b""
             if d.old.size and not d.old.from_journal:
                 yield (
                     d.name,
@@ -438,8 +437,9 @@ class _Equivalence:
 
     def _read(self, address: int, size: int) -> bytes:
         for image in self.images:
-            if image.base <= address and address + size <= image.base + len(image.data):
-                return image.data[address - image.base : address - image.base + size]
+            found = image.read(address, size)
+            if found is not None:
+                return found
         return self.memory.read(address, size)
 
     def _cstring(self, address: int) -> bytes | None:

@@ -13,12 +13,14 @@ fork still is.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from collections.abc import Iterator
 
 from relive.arch import get_arch
 from relive.arch.base import Arch
 from relive.elf.image import ImageSymbol
 from relive.errors import ReliveError
+from relive.patch.arena import is_chunk_mapped
 from relive.patch.journal import EntryPatch, Journal, SourceRecord
 from relive.patch.modules import RunningModule, load_running_modules
 from relive.patch.original import check_same_build
@@ -72,16 +74,18 @@ def inherit_journal(pid: int, start_time: int, ancestor: Journal) -> Journal:
                     patch.source = parent.source
                 journal.patches[Journal.patch_key(patch.module, patch.entry)] = patch
         journal.regions = [r for r in ancestor.regions if _is_mapped(maps, r)]
+        _inherit_arenas(journal, ancestor, maps)
+        ranges = journal.relive_ranges()
         for key, patch in ancestor.patches.items():
             # Entries of functions relive itself loaded live in inherited regions.
-            if key not in journal.patches and _holds(journal.regions, patch.entry):
+            if key not in journal.patches and _holds(ranges, patch.entry):
                 written = bytes.fromhex(patch.written)
                 if memory.read(patch.entry, len(written)) == written:
                     journal.patches[key] = patch
     for key, record in ancestor.sources.items():
         kept = SourceRecord(generations=record.generations)
         kept.definitions = {
-            n: d for n, d in record.definitions.items() if _holds(journal.regions, d.address)
+            n: d for n, d in record.definitions.items() if _holds(ranges, d.address)
         }
         # No fingerprints: the parent's may describe reloads made after the fork.
         if kept.definitions:
@@ -104,6 +108,20 @@ def find_entry_jumps(pid: int, modules: list[RunningModule]) -> tuple[list[Entry
             except ReliveError:
                 unchecked.append(module.name)
     return found, unchecked
+
+
+def _inherit_arenas(journal: Journal, ancestor: Journal, maps: list[Mapping]) -> None:
+    """The ancestor's arenas the child has, and every block in them, all counted as
+    in use: the child may run code the ancestor reclaimed after the fork (its own
+    entry jumps may lead there), so nothing is free in the child that was not free
+    in every version of the ancestor's journal."""
+    journal.arenas = [dataclasses.replace(c) for c in ancestor.arenas if is_chunk_mapped(maps, c)]
+    ranges = journal.relive_ranges()
+    journal.blocks = [
+        dataclasses.replace(b, reclaimed=False, pending=False)
+        for b in ancestor.blocks
+        if _holds(ranges, b.code[0] if b.code[1] else b.data[0])
+    ]
 
 
 def _holds(regions: list[tuple[int, int]], address: int) -> bool:

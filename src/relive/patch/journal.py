@@ -67,6 +67,46 @@ class Definition:
     fingerprint: str = ""
 
 
+class ArenaKind(enum.StrEnum):
+    """What an arena chunk holds, and so its protection in the program."""
+
+    CODE = "code"  # read+execute
+    DATA = "data"  # read+write
+
+
+@dataclass
+class ArenaChunk:
+    """One anonymous mapping relive made near a module, filled by reloads (``patch.arena``).
+
+    An arena grows by mapping the next chunk right next to it with the same
+    protection (the kernel merges the two into one mapping), so its chunks are
+    recorded one by one: a chunk whose mapping never happened (relive killed
+    in between) is dropped when the journal is loaded.
+    """
+
+    module: str
+    kind: ArenaKind
+    address: int
+    size: int
+
+
+@dataclass
+class LoadedBlock:
+    """Where one reload of one source put its code and its data (in arena chunks)."""
+
+    source: str
+    module: str
+    code: list[int]  # [address, size]; size 0: none
+    data: list[int]
+    #: The code's address was taken other than through an entry jump (it may be
+    #: stored anywhere): the code is never reclaimed.
+    escaped: bool = False
+    #: The code was superseded and proven dead: its range is free again.
+    reclaimed: bool = False
+    #: Recorded ahead of the entry jumps; kept once one of them (or the reload) commits.
+    pending: bool = False
+
+
 @dataclass
 class SourceRecord:
     """Everything relive loaded from one source file, newest generation first."""
@@ -95,7 +135,11 @@ class Journal:
     start_time: int
     patches: dict[str, EntryPatch] = field(default_factory=dict)
     sources: dict[str, SourceRecord] = field(default_factory=dict)
+    #: Blocks of older relives (one mapping each); newer ones use ``arenas``.
     regions: list[tuple[int, int]] = field(default_factory=list)
+    #: Arena chunks relive mapped, and the blocks reloads placed in them.
+    arenas: list[ArenaChunk] = field(default_factory=list)
+    blocks: list[LoadedBlock] = field(default_factory=list)
     #: Entry writes under way, keyed like ``patches``: reconciled with memory on load.
     pending: dict[str, PendingPatch] = field(default_factory=dict)
     #: Flags found by reproduction for sources whose build recorded none, by
@@ -122,6 +166,10 @@ class Journal:
     def add_regions(self, regions: Iterable[tuple[int, int]]) -> None:
         """Remember blocks of memory relive mapped: (address, size)."""
         self.regions.extend(regions)
+
+    def relive_ranges(self) -> list[tuple[int, int]]:
+        """(address, size) of all memory relive mapped in the process."""
+        return [*self.regions, *((a.address, a.size) for a in self.arenas)]
 
     def added_globals(self, excluding: str) -> dict[str, Definition]:
         """Global functions and variables relive added, from sources other than
@@ -189,7 +237,11 @@ def load_journal(pid: int) -> Journal:
                 return inherit_journal(pid, start, _read(ancestor, ancestor_start, found))
         return Journal(pid=pid, start_time=start)
     journal = _read(pid, start, data)
-    if journal.pending:
+    if journal.arenas:
+        from relive.patch.arena import drop_unmapped_chunks
+
+        drop_unmapped_chunks(journal)  # a relive died between recording and mapping one
+    if journal.pending or any(block.pending for block in journal.blocks):
         from relive.patch.wal import reconcile
 
         reconcile(journal)  # a relive died while writing entries: see what it wrote
@@ -232,6 +284,18 @@ def _parse_journal(pid: int, start: int, data: bytes) -> Journal:
         if not (_is_pair(region) and 0 <= region[0] < _ADDRESS_END and 0 < region[1] < (1 << 40)):
             raise _Invalid(f"region {region!r} is not an address and a size")
         journal.regions.append((region[0], region[1]))
+    for value in _expect(raw.get("arenas", []), list, "arenas"):
+        chunk = _build(ArenaChunk, value, "an arena chunk")
+        if not (0 < chunk.address < _ADDRESS_END and 0 < chunk.size < (1 << 40)):
+            raise _Invalid(f"arena chunk at {chunk.address:#x} has no sensible address or size")
+        journal.arenas.append(chunk)
+    for value in _expect(raw.get("blocks", []), list, "blocks"):
+        block = _build(LoadedBlock, value, "a block")
+        if not all(
+            0 <= r[0] < _ADDRESS_END and 0 <= r[1] < (1 << 40) for r in (block.code, block.data)
+        ):
+            raise _Invalid(f"block of {block.source} has no sensible ranges")
+        journal.blocks.append(block)
     inferred = _expect(raw.get("inferred_flags", {}), dict, "inferred_flags")
     for key, flags in inferred.items():
         if not (isinstance(flags, list) and all(isinstance(f, str) for f in flags)):
@@ -297,9 +361,14 @@ _FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
     "float": lambda v: _is_int(v) or isinstance(v, float),
     "str | None": lambda v: v is None or isinstance(v, str),
     "list[list[int]]": lambda v: isinstance(v, list) and all(map(_is_pair, v)),
+    "list[int]": _is_pair,
+    "bool": lambda v: isinstance(v, bool),
 }
 #: Fields whose JSON string is an enum's value: checked, and read back as the enum.
-_ENUM_FIELDS: dict[str, type[enum.StrEnum]] = {"DefinitionKind": DefinitionKind}
+_ENUM_FIELDS: dict[str, type[enum.StrEnum]] = {
+    "DefinitionKind": DefinitionKind,
+    "ArenaKind": ArenaKind,
+}
 
 
 def _build(cls: type[_T], raw: Any, what: str) -> _T:
@@ -395,6 +464,8 @@ def _as_plain(journal: Journal) -> dict[str, Any]:
             for k, r in journal.sources.items()
         },
         "regions": journal.regions,
+        "arenas": [vars(a) for a in journal.arenas],
+        "blocks": [vars(b) for b in journal.blocks],
         "pending": {
             k: {
                 "after": None if p.after is None else vars(p.after),

@@ -19,6 +19,16 @@ def page_round(size: int) -> int:
     return (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
 
 
+def reach_bounds(module: RunningModule, size: int, reach: int, low_memory: bool) -> tuple[int, int]:
+    """Lowest and highest start of a ``size``-byte range every byte of which is
+    within ``reach`` of every byte of the module (below 2 GiB for ``low_memory``)."""
+    low = max(module.end - reach + _GUARD, PAGE_SIZE * 16)
+    high = min(module.start + reach - size - _GUARD, _USER_END - size)
+    if low_memory:
+        high = min(high, (1 << 31) - size - _GUARD)
+    return low, high
+
+
 def iter_candidate_addresses(
     maps: list[Mapping],
     module: RunningModule,
@@ -35,10 +45,7 @@ def iter_candidate_addresses(
     """
     size = page_round(size)
     alignment = max(alignment, PAGE_SIZE)
-    low = max(module.end - reach + _GUARD, PAGE_SIZE * 16)
-    high = min(module.start + reach - size - _GUARD, _USER_END - size)
-    if low_memory:
-        high = min(high, (1 << 31) - size - _GUARD)
+    low, high = reach_bounds(module, size, reach, low_memory)
     heap_end = max((m.end for m in maps if m.path == "[heap]"), default=0)
     candidates: list[int] = []
     for start, end in find_free_gaps(maps):

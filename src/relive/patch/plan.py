@@ -119,7 +119,7 @@ class ReloadPlan:
         request = self.layout.request
         bound = dict(request.bound_sections)
         for index, offset in image.layout.section_offsets.items():
-            bound[index] = Bound(address=image.base + offset)
+            bound[index] = Bound(address=image.address_of(offset))
         bound.pop(change.index, None)
         externals = {
             **request.externals,

@@ -51,13 +51,8 @@ from relive.events import BlockNotReleased, EventSink, Notice
 from relive.link import LinkedImage
 from relive.link.layout import MIN_CODE_ROOM
 from relive.patch.active import iter_active_functions
-from relive.patch.block import (
-    allocate_and_link,
-    link_across,
-    protect_code,
-    release_block,
-    write_block,
-)
+from relive.patch.arena import ArenaAllocator
+from relive.patch.block import allocate_and_link, link_across, write_block
 from relive.patch.entries import EntrySite, EntryWrite, iter_entry_sites
 from relive.patch.frames import (
     FrameMove,
@@ -75,6 +70,7 @@ from relive.patch.journal import (
     DefinitionKind,
     EntryPatch,
     Journal,
+    LoadedBlock,
     restore_journal,
     save_journal,
 )
@@ -192,6 +188,20 @@ class StagedReload:
         self.values: list[tuple[int, bytes]] = []
         self.mover: FrameMover | None = None
         self.entries: EntryReport | None = None
+        #: One allocator per module: the files of one reload share its arenas.
+        self.allocators: dict[str, ArenaAllocator] = {}
+
+    def _allocator(self, plan: ReloadPlan) -> ArenaAllocator:
+        module = plan.module
+        if module.path not in self.allocators:
+            self.allocators[module.path] = ArenaAllocator(
+                self.pid,
+                self.journal,
+                module,
+                self.arch.jump_reach,
+                low_memory=not module.image.is_pie_or_shared,
+            )
+        return self.allocators[module.path]
 
     def load(self) -> None:
         """Steps 2-4: allocate, link, write the new code while the program runs, and
@@ -200,7 +210,7 @@ class StagedReload:
         with self._rollback_on_failure():
             # 2. Allocate and link (again, for files that use what another adds).
             for plan, changes in zip(plans, self.reinits, strict=True):
-                images.append(allocate_and_link(self.pid, plan, self.arch, bool(changes)))
+                images.append(allocate_and_link(self._allocator(plan), plan, bool(changes)))
             images[:] = link_across(plans, images)
             self.writes = _entry_writes(self.sites, images, self.arch)
             self.values = [
@@ -208,10 +218,9 @@ class StagedReload:
                 for plan, image, changes in zip(plans, images, self.reinits, strict=True)
                 for change in changes
             ]
-            # 3. Write and protect.
+            # 3. Write (code arenas are read+execute already: written through /proc/PID/mem).
             for image in images:
                 write_block(self.memory, image)
-                protect_code(self.pid, image)
             if self.move_frames:  # matched while the program runs
                 self.mover = prepare_frame_mover(
                     self.pid,
@@ -265,7 +274,7 @@ class StagedReload:
     def abandon(self) -> None:
         """Step 6: give the new blocks back and the journal its old contents (or,
         if some jumps made it into memory, commit those and keep their code)."""
-        _abandon(self.pid, self.journal, self.memory, self.images, self.before, self.emit)
+        _abandon(self.journal, self.memory, list(self.allocators.values()), self.before, self.emit)
 
     @contextmanager
     def _rollback_on_failure(self) -> Iterator[None]:
@@ -317,15 +326,15 @@ def undo_patches(
 
 
 def _abandon(
-    pid: int,
     journal: Journal,
     memory: ProcessMemory,
-    images: list[LinkedImage],
+    allocators: list[ArenaAllocator],
     before: bytes,
     emit: EventSink,
 ) -> None:
     """After a failed transaction: record the jumps that made it into memory, or, if
-    none did, give back the new blocks and put the journal back as it was."""
+    none did, give back the arena chunks it mapped and put the journal back as it was
+    (the space it took in older chunks is free again: no committed block holds it)."""
     done = find_done(journal, memory) if journal.pending else set()
     if done:  # the code those jumps lead to must stay
         names = sorted({p.after.name for k, p in journal.pending.items() if k in done and p.after})
@@ -339,11 +348,13 @@ def _abandon(
                 )
             )
         return
-    for image in images:
+    for allocator in allocators:
+        chunks = list(allocator.mapped)
         try:
-            release_block(pid, image)
+            allocator.release_mapped()
         except ReliveError as error:  # said, and the rollback goes on
-            emit(BlockNotReleased(image.base, len(image.data), error.one_line()))
+            for chunk in chunks:
+                emit(BlockNotReleased(chunk.address, chunk.size, error.one_line()))
     with contextlib.suppress(ReliveError):  # unwritable: it still holds ``before``
         restore_journal(journal, before)
 
@@ -366,7 +377,16 @@ def _record(journal: Journal, plans: list[ReloadPlan], images: list[LinkedImage]
             d.name: d.fingerprint for d in plan.decisions if d.status is not Decision.SKIPPED
         }
         journal.record_generation(plan.source, fingerprints, _definitions(plan, image))
-    journal.add_regions((image.base, len(image.data)) for image in images if image.data)
+        if image.data:
+            journal.blocks.append(
+                LoadedBlock(
+                    plan.source,
+                    plan.module.path,
+                    list(image.code_range),
+                    list(image.data_range),
+                    pending=True,
+                )
+            )
 
 
 def _definitions(plan: ReloadPlan, image: LinkedImage) -> Iterator[Definition]:

@@ -50,6 +50,7 @@ def commit(journal: Journal, done: set[str] | None = None) -> None:
     A jump that was not written leaves the function running what it ran before,
     so its fingerprint goes back to the one from before the reload.
     """
+    _settle_blocks(journal, done)
     for key, pending in journal.pending.items():
         happened = done is None or key in done
         if pending.after is None:
@@ -67,6 +68,35 @@ def commit(journal: Journal, done: set[str] | None = None) -> None:
         else:
             record.fingerprints[pending.after.name] = pending.previous_fingerprint
     journal.pending.clear()
+
+
+def _settle_blocks(journal: Journal, done: set[str] | None) -> None:
+    """Commit the blocks recorded ahead of their jumps (all when ``done`` is None);
+    forget those no written jump leads to and no definition lives in: their
+    space is free again."""
+    if not any(block.pending for block in journal.blocks):
+        return
+    targets = [
+        p.after.target
+        for key, p in journal.pending.items()
+        if p.after is not None and (done is None or key in done)
+    ]
+    addresses = [d.address for r in journal.sources.values() for d in r.definitions.values()]
+    kept = []
+    for block in journal.blocks:
+        if block.pending and done is not None:
+            code, data = block.code, block.data
+            inside = [a for a in targets if code[0] <= a < code[0] + code[1]]
+            inside += [
+                a
+                for a in addresses
+                if code[0] <= a < code[0] + code[1] or data[0] <= a < data[0] + data[1]
+            ]
+            if not inside:
+                continue
+        block.pending = False
+        kept.append(block)
+    journal.blocks = kept
 
 
 def _forget_patch(journal: Journal, key: str) -> None:
@@ -94,6 +124,7 @@ def find_done(journal: Journal, memory: ProcessMemory) -> set[str]:
 
 
 def reconcile(journal: Journal) -> None:
-    """Settle the pending writes of a relive that died: what memory holds happened."""
+    """Settle the pending writes of a relive that died: what memory holds happened
+    (and the blocks recorded for jumps that never were are free again)."""
     with ProcessMemory(journal.pid) as memory:
         commit(journal, find_done(journal, memory))
