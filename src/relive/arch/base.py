@@ -220,6 +220,9 @@ class Arch:
     is_branch_field: Callable[[bytes, int], bool]
     #: The dynamic relocation type that stores load bias + addend (a pointer in a PIE).
     relative_reloc_type: int
+    #: The dynamic relocation type that stores a symbol's address + addend (a pointer
+    #: in data to another module's symbol, or to a library's own exported one).
+    absolute_reloc_type: int
     #: The dynamic relocation type that stores a TLS module id.
     dtpmod_reloc_type: int
     #: The dynamic relocation type that stores a thread-pointer offset.

@@ -98,6 +98,7 @@ DT_STRSZ = 10
 DT_SONAME = 14
 
 # Dynamic relocation types (what the dynamic linker writes into a linked image).
+R_X86_64_64 = 1  # symbol + addend: a pointer to a symbol (a library's own exports too)
 R_X86_64_GLOB_DAT = 6
 R_X86_64_JUMP_SLOT = 7
 R_X86_64_RELATIVE = 8

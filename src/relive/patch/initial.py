@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
+from relive.arch.base import Arch
+from relive.elf.image import ElfImage
 from relive.elf.objfile import ObjectFile
 from relive.errors import ReliveError
 from relive.link import Bound
@@ -48,7 +50,7 @@ def find_initial_changes(
     binder: Binder,
     comparer: FunctionComparer,
     bound: dict[int, Bound],
-    relative_type: int,
+    arch: Arch,
 ) -> list[DataChange]:
     """Bound writable sections whose initial value differs from the program file's.
 
@@ -58,25 +60,16 @@ def find_initial_changes(
     file and is left out.
     """
     module = binder.module
-    image = module.image
-    relative: list[tuple[int, int]] | None = None
+    words: _LoaderWords | None = None
 
     def read_initial(address: int, size: int) -> bytes:
-        nonlocal relative
+        nonlocal words
+        if words is None:
+            words = _LoaderWords.of(module.image, arch)
         vaddr = address - module.bias
-        data = bytearray(image.read_vaddr(vaddr, size))
-        if relative is None:
-            relative = sorted(
-                (r.offset, r.addend) for r in image.dynamic_relocations if r.type == relative_type
-            )
-        # A PIE's pointers are written by the dynamic linker: bias + addend.
-        first = bisect.bisect_left(relative, (vaddr, -(1 << 63)))
-        for offset, addend in relative[first:]:
-            if offset + 8 > vaddr + size:
-                break
-            data[offset - vaddr : offset - vaddr + 8] = (module.bias + addend).to_bytes(
-                8, "little", signed=False
-            )
+        data = bytearray(module.image.read_vaddr(vaddr, size))
+        for offset, value in words.within(vaddr, size, module.bias, binder):
+            data[offset - vaddr : offset - vaddr + 8] = value.to_bytes(8, "little")
         return bytes(data)
 
     from_file = comparer.reading(read_initial)
@@ -96,6 +89,58 @@ def find_initial_changes(
             names = tuple(display_name(s.name) for s in obj.iter_section_symbols(index) if s.name)
             changes.append(DataChange(index, names, binding))
     return changes
+
+
+@dataclass(frozen=True)
+class _LoaderWords:
+    """The pointers the dynamic linker writes into a module's data at start-up.
+
+    They are part of the initial value the file stands for: a PIE's or library's
+    pointer to its own code or data is load bias + addend (a relative
+    relocation), one to another module's symbol, or to a library's own exported
+    one (which another module could interpose), is the symbol's address +
+    addend.  Without them, a table of pointers to libc functions (sqlite3's
+    ``aSyscall``) or a library's table of its own API (``sqlite3Apis``) read as
+    zeros and looked changed in every reload.
+    """
+
+    #: Link-time vaddrs of the words, ascending, and per word (type, symbol, addend).
+    offsets: list[int]
+    entries: list[tuple[int, str, int]]
+    relative_type: int
+
+    @classmethod
+    def of(cls, image: ElfImage, arch: Arch) -> _LoaderWords:
+        kinds = (arch.relative_reloc_type, arch.absolute_reloc_type)
+        found = sorted(
+            (r.offset, r.type, r.symbol, r.addend)
+            for r in image.dynamic_relocations
+            if r.type in kinds
+        )
+        return cls(
+            [offset for offset, *_ in found],
+            [(kind, symbol, addend) for _, kind, symbol, addend in found],
+            arch.relative_reloc_type,
+        )
+
+    def within(self, vaddr: int, size: int, bias: int, binder: Binder) -> Iterator[tuple[int, int]]:
+        """(link-time vaddr, value) of each word in ``size`` bytes at ``vaddr``; a word
+        whose symbol the process does not define is left as the file has it."""
+        first = bisect.bisect_left(self.offsets, vaddr)
+        for offset, (kind, symbol, addend) in zip(
+            self.offsets[first:], self.entries[first:], strict=True
+        ):
+            if offset + 8 > vaddr + size:
+                break
+            if kind == self.relative_type:
+                yield offset, (bias + addend) & _WORD
+                continue
+            found = binder.resolve_external(symbol)
+            if found is not None and found.address is not None:
+                yield offset, (found.address + addend) & _WORD
+
+
+_WORD = (1 << 64) - 1
 
 
 def display_name(name: str) -> str:

@@ -226,7 +226,7 @@ def build_plan(
     if far:
         return FarData(far)
     layout = _lay_out(obj, binder, arch, load, bound, externals, _original_entries(decisions))
-    initial = find_initial_changes(obj, binder, comparer, bound, arch.relative_reloc_type)
+    initial = find_initial_changes(obj, binder, comparer, bound, arch)
     return ReloadPlan(
         source, binder.module, obj, decisions, layout, binder, new_data, initial, notices
     )

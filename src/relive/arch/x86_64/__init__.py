@@ -38,6 +38,7 @@ from relive.arch.x86_64.trampoline import (
 from relive.elf.constants import (
     EM_X86_64,
     PAGE_SIZE,
+    R_X86_64_64,
     R_X86_64_DTPMOD64,
     R_X86_64_RELATIVE,
     R_X86_64_TPOFF64,
@@ -66,6 +67,7 @@ ARCH = Arch(
     follows_call=follows_call,
     is_branch_field=is_branch_field,
     relative_reloc_type=R_X86_64_RELATIVE,
+    absolute_reloc_type=R_X86_64_64,
     dtpmod_reloc_type=R_X86_64_DTPMOD64,
     tpoff_reloc_type=R_X86_64_TPOFF64,
     executable_tls_offset=executable_tls_offset,
