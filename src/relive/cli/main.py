@@ -335,9 +335,13 @@ def entry_point() -> None:
 
     Exits without the interpreter's teardown (30-70 ms of module and object
     clean-up that nobody waits for in an edit loop): the streams are flushed
-    first, and every target was released before ``main`` returned.
+    first, and every target was released before ``main`` returned.  The code
+    ``dataclasses`` generates is compiled once, not at every start (``codecache``).
     """
-    code = main()
+    from relive.cli.codecache import compiled_once
+
+    with compiled_once():
+        code = main()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
