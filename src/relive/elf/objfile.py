@@ -17,7 +17,7 @@ import stat
 import struct
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from relive.elf.constants import (
     EM_X86_64,
@@ -369,6 +369,7 @@ class ObjectFile:
         self.source_name: str | None = next((s.name for s in symbols if s.type == STT_FILE), None)
         self._by_section: dict[int, list[ObjSymbol]] | None = None
         self._by_name: dict[str, ObjSymbol] | None = None
+        self._functions: list[ObjSymbol] | None = None
 
     @classmethod
     def open(
@@ -420,7 +421,9 @@ class ObjectFile:
 
     def iter_functions(self) -> Iterator[ObjSymbol]:
         """Functions defined in this object (``STT_FUNC`` and ``STT_GNU_IFUNC``)."""
-        return (s for s in self.symbols if s.is_function and s.is_defined)
+        if self._functions is None:
+            self._functions = [s for s in self.symbols if s.is_function and s.is_defined]
+        return iter(self._functions)
 
     def find_symbol(self, name: str) -> ObjSymbol | None:
         """The symbol called ``name``, preferring a global over a local; None if absent.
@@ -437,6 +440,12 @@ class ObjectFile:
                     by_name[sym.name] = sym
             self._by_name = by_name
         return self._by_name.get(name)
+
+    def relocation_count(self, section_index: int) -> int:
+        """How many relocations apply to section ``section_index`` (decoded or not)."""
+        if isinstance(self.relocations, _LazyRelocations):
+            return self.relocations.count(section_index)
+        return len(self.relocations.get(section_index, ()))
 
     def iter_section_symbols(self, section_index: int) -> Iterator[ObjSymbol]:
         """Symbols defined in section ``section_index``, excluding ``STT_SECTION``."""
@@ -562,6 +571,13 @@ class _LazyRelocations(Mapping[int, list[Relocation]]):
             self._decoded[section_index] = found
         return found
 
+    def get(self, section_index: int, default: Any = None) -> Any:
+        """As ``Mapping.get``, without its exception (asked thousands of times)."""
+        found = self._decoded.get(section_index)
+        if found is not None:
+            return found
+        return self[section_index] if section_index in self._sources else default
+
     def __iter__(self) -> Iterator[int]:
         return iter(self._sources)
 
@@ -571,12 +587,20 @@ class _LazyRelocations(Mapping[int, list[Relocation]]):
     def __contains__(self, key: object) -> bool:
         return key in self._sources
 
-    def _decode(self, sec: Section) -> Iterator[Relocation]:
+    def count(self, section_index: int) -> int:
+        """How many relocations apply to section ``section_index``, without decoding them."""
+        return sum(len(sec.data) // _RELA_SIZE for sec in self._sources.get(section_index, ()))
+
+    def _decode(self, sec: Section) -> list[Relocation]:
         symbols = self._symbols
         usable = len(sec.data) - len(sec.data) % _RELA_SIZE
-        for offset, info, addend in struct.iter_unpack(_RELA_FORMAT, sec.data[:usable]):
-            sym_index = info >> 32
-            if sym_index >= len(symbols):
+        entries = list(struct.iter_unpack(_RELA_FORMAT, sec.data[:usable]))
+        for _, info, _ in entries:
+            if info >> 32 >= len(symbols):
                 where = f"a relocation of section {sec.index} ({sec.name})"
                 raise bad_field(self._path, where, "r_info", info, "no such symbol")
-            yield Relocation(offset, info & 0xFFFFFFFF, symbols[sym_index], addend)
+        make = tuple.__new__
+        return [
+            make(Relocation, (offset, info & 0xFFFFFFFF, symbols[info >> 32], addend))
+            for offset, info, addend in entries
+        ]

@@ -52,9 +52,7 @@ def debug_relocation_count(image: LinkedImage) -> int:
     """How many relocations the object's DWARF has: what building its debug object costs."""
     obj = image.layout.request.obj
     return sum(
-        len(obj.relocations.get(section.index, ()))
-        for section in obj.sections
-        if is_debug_section(section)
+        obj.relocation_count(section.index) for section in obj.sections if is_debug_section(section)
     )
 
 

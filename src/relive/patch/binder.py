@@ -106,11 +106,23 @@ class Binder:
         self._file_groups: set[str] | None = None
         self._locals_by_name: dict[str, list[ImageSymbol]] | None = None
         self._locals_by_base: dict[str, dict[str, list[ImageSymbol]]] = {}
+        self._old: dict[tuple[int, str], OldDefinition | None] = {}
 
     # -- definitions of the reloaded file ---------------------------------------
 
     def find_old(self, symbol: ObjSymbol) -> OldDefinition | None:
-        """The running definition a defined symbol of the new object replaces, if any."""
+        """The running definition a defined symbol of the new object replaces, if any.
+
+        Remembered per symbol: a big unit asks for each function several times
+        (its decision, every call to it, its section's binding)."""
+        key = (symbol.index, symbol.name)
+        try:
+            return self._old[key]
+        except KeyError:
+            found = self._old[key] = self._find_old(symbol)
+            return found
+
+    def _find_old(self, symbol: ObjSymbol) -> OldDefinition | None:
         if self.record is not None:
             found = self.record.definitions.get(symbol.name)
             if found is not None and (found.file or None) == (
@@ -197,8 +209,10 @@ class Binder:
         land on the old storage too.
         """
         section = self.obj.sections[index]
+        if not (section.is_write or section.is_tls):
+            return None
         symbols = [s for s in self.obj.iter_section_symbols(index) if s.name]
-        if not symbols or not (section.is_write or section.is_tls):
+        if not symbols:
             return None
         if not section.is_tls and is_label_table(self.obj, index):
             return None  # code, not state: a new copy goes with the new function

@@ -73,6 +73,7 @@ class FunctionComparer:
         #: The function being compared (its jump tables point into it).
         self._current: _Compared | None = None
         self._referred: dict[int, list[int]] | None = None
+        self._identities: dict[tuple[int, str, int], str] = {}
 
     def reading(self, read_memory: MemoryReader) -> FunctionComparer:
         """The same comparer, reading the old side with ``read_memory``."""
@@ -85,15 +86,26 @@ class FunctionComparer:
     def fingerprint(self, symbol: ObjSymbol) -> str:
         """A digest of the code and of what every relocated field refers to."""
         relocs = function_relocations(self.obj, symbol)
-        digest = hashlib.sha1(
-            _masked(function_bytes(self.obj, symbol), symbol.value, relocs, self.widths)
+        base = symbol.value
+        digest = hashlib.sha1(_masked(function_bytes(self.obj, symbol), base, relocs, self.widths))
+        identity = self._identity
+        digest.update(
+            "".join(
+                f"|{r.offset - base}:{r.type}:{r.addend}:{identity(r.symbol)}" for r in relocs
+            ).encode()
         )
-        for r in relocs:
-            digest.update(f"|{r.offset - symbol.value}:{r.type}:{r.addend}:".encode())
-            digest.update(self._identity(r.symbol, r.addend).encode())
         return digest.hexdigest()
 
-    def _identity(self, symbol: ObjSymbol, addend: int, depth: int = 0) -> str:
+    def _identity(self, symbol: ObjSymbol, depth: int = 0) -> str:
+        """What a relocation to ``symbol`` refers to, by name or by content;
+        remembered (a string table or a callee is referred to many times)."""
+        key = (symbol.index, symbol.name, depth)
+        found = self._identities.get(key)
+        if found is None:
+            found = self._identities[key] = self._find_identity(symbol, depth)
+        return found
+
+    def _find_identity(self, symbol: ObjSymbol, depth: int) -> str:
         if not symbol.is_defined or symbol.is_common:
             return f"ext:{symbol.name}"
         section = self.obj.sections[symbol.shndx] if symbol.shndx < len(self.obj.sections) else None
@@ -107,7 +119,7 @@ class FunctionComparer:
         for r in self.obj.relocations.get(symbol.shndx, ()):
             content.update(f"{r.offset}:{r.type}:{r.addend}:".encode())
             # What a table's entries point at counts too (e.g. strings of a CSWTCH).
-            inner = "deep" if depth else self._identity(r.symbol, r.addend, depth + 1)
+            inner = "deep" if depth else self._identity(r.symbol, depth + 1)
             content.update(inner.encode())
         return f"data:{content.hexdigest()}:{symbol.value}"
 

@@ -115,6 +115,11 @@ class SourceRecord:
     definitions: dict[str, Definition] = field(default_factory=dict)
     #: Fingerprints of every function of the file as last loaded (or found unchanged).
     fingerprints: dict[str, str] = field(default_factory=dict)
+    #: Functions the last reload found equal to the code at their entry, which it
+    #: left alone: name -> ``patch.matched.match_key``; valid while the binding
+    #: context (``patch.matched.binding_context``) is ``matched_context``.
+    matched: dict[str, str] = field(default_factory=dict)
+    matched_context: str = ""
 
 
 @dataclass
@@ -321,6 +326,10 @@ def _load_source(raw: dict[str, Any], key: str) -> SourceRecord:
     fingerprints = _expect(raw.get("fingerprints", {}), dict, f"fingerprints of {key}")
     if not all(isinstance(v, str) for v in fingerprints.values()):
         raise _Invalid(f"a fingerprint of {key} is not a string")
+    matched = _expect(raw.get("matched", {}), dict, f"matched functions of {key}")
+    context = raw.get("matched_context", "")
+    if not all(isinstance(v, str) for v in matched.values()) or not isinstance(context, str):
+        raise _Invalid(f"a matched function of {key} is not a string")
     generations = raw.get("generations", 0)
     if not _is_int(generations) or generations < 0:
         raise _Invalid(f"generations of {key} is not a count")
@@ -330,6 +339,8 @@ def _load_source(raw: dict[str, Any], key: str) -> SourceRecord:
             k: _build(Definition, v, f"definition {k} of {key}") for k, v in definitions.items()
         },
         fingerprints=dict(fingerprints),
+        matched=dict(matched),
+        matched_context=context,
     )
 
 
@@ -460,6 +471,8 @@ def _as_plain(journal: Journal) -> dict[str, Any]:
                 "generations": r.generations,
                 "definitions": {n: vars(d) for n, d in r.definitions.items()},
                 "fingerprints": r.fingerprints,
+                "matched": r.matched,
+                "matched_context": r.matched_context,
             }
             for k, r in journal.sources.items()
         },

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from relive.arch.base import Arch, Need
@@ -14,8 +14,9 @@ from relive.link import Bound, Layout, LinkedImage, LinkRequest, link, plan_layo
 from relive.link.linker import GOT_SYMBOL
 from relive.patch.binder import Binder, OldDefinition, is_skipped_section
 from relive.patch.decision import Decision as Decision
-from relive.patch.diff import FunctionComparer
+from relive.patch.diff import AddressOf, FunctionComparer
 from relive.patch.initial import DataChange, find_initial_changes
+from relive.patch.matched import match_key
 from relive.patch.modules import RunningModule
 from relive.patch.rules import check_constructors
 
@@ -51,6 +52,9 @@ class FunctionDecision:
     reason: str = ""
     #: For a part: its code differs from the running one.
     differs: bool = False
+    #: Found equal to the code at its running entry (not by a recorded fingerprint):
+    #: what the next reload may trust (``patch.matched.match_key``); "" otherwise.
+    matched: str = ""
 
     @property
     def name(self) -> str:
@@ -156,12 +160,15 @@ def build_plan(
     previous_fingerprints: dict[str, str] | None,
     only: Collection[str] | None = None,
     redirect_all: bool = False,
+    matches: Mapping[str, str] | None = None,
 ) -> ReloadPlan | FarData:
     """Classify functions, choose what to load and bind, and lay the block out.
 
     Returns :class:`FarData` instead of a plan when the new code reaches
     variables of another module directly and they are too far away.
     ``redirect_all`` (hot-deoptimize) redirects every function that runs, changed or not.
+    ``matches``: what the previous reload found equal to the running code
+    (``patch.matched``), trusted instead of comparing again.
     """
     bound: dict[int, Bound] = {}
     load: set[int] = set()
@@ -199,8 +206,11 @@ def build_plan(
         else:
             load.add(index)
             notices.append(_describe_new_table(obj, index))
+    # The data sections are bound now: where a symbol lives no longer changes, and
+    # a big unit asks for the same callees and variables thousands of times.
+    comparer.address_of = _memoized(address_of)
     decisions = [
-        _decide(symbol, binder, comparer, previous_fingerprints, only, redirect_all)
+        _decide(symbol, binder, comparer, previous_fingerprints, only, redirect_all, matches or {})
         for symbol in obj.iter_functions()
         if obj.sections[symbol.shndx].is_exec
     ]
@@ -230,6 +240,21 @@ def build_plan(
     return ReloadPlan(
         source, binder.module, obj, decisions, layout, binder, new_data, initial, notices
     )
+
+
+def _memoized(address_of: AddressOf) -> AddressOf:
+    """``address_of``, asked once per symbol."""
+    known: dict[tuple[int, str], int | None] = {}
+
+    def remembered(symbol: ObjSymbol) -> int | None:
+        key = (symbol.index, symbol.name)
+        try:
+            return known[key]
+        except KeyError:
+            found = known[key] = address_of(symbol)
+            return found
+
+    return remembered
 
 
 def _describe_new_table(obj: ObjectFile, index: int) -> str:
@@ -277,6 +302,7 @@ def _decide(
     previous: dict[str, str] | None,
     only: Collection[str] | None,
     redirect_all: bool = False,
+    matches: Mapping[str, str] | None = None,
 ) -> FunctionDecision:
     fingerprint = comparer.fingerprint(symbol)
     old = binder.find_old(symbol)
@@ -286,25 +312,29 @@ def _decide(
         # The static linker let a strong definition of another file win; so does relive.
         reason = "weak definition: the program uses the strong one of another file"
         return FunctionDecision(symbol, old, Decision.SKIPPED, fingerprint, reason)
+    matched = ""
     if redirect_all:
         same = False
     elif previous is not None and symbol.name in previous:
         same = previous[symbol.name] == fingerprint
     else:
-        same = comparer.matches_running(symbol, old.address, old.size)
+        key = match_key(fingerprint, old)
+        same = (matches or {}).get(symbol.name) == key or comparer.matches_running(
+            symbol, old.address, old.size
+        )
+        matched = key if same else ""
     if only is not None and symbol.name not in only:
         # Compared all the same: a selected function inlined here changes it too.
         return FunctionDecision(
-            symbol, old, Decision.SKIPPED, fingerprint, NOT_SELECTED, differs=not same
+            symbol, old, Decision.SKIPPED, fingerprint, NOT_SELECTED, not same, matched
         )
     if is_cold_part(symbol.name):
         # Not an entry point: only its hot part jumps there, mid-function.  It
         # is loaded with (and reached from) the new hot part, never redirected.
         reason = "cold part, loaded with its function" + ("" if same else " (changed)")
-        return FunctionDecision(symbol, old, Decision.PART, fingerprint, reason, differs=not same)
-    return FunctionDecision(
-        symbol, old, Decision.UNCHANGED if same else Decision.CHANGED, fingerprint
-    )
+        return FunctionDecision(symbol, old, Decision.PART, fingerprint, reason, not same, matched)
+    status = Decision.UNCHANGED if same else Decision.CHANGED
+    return FunctionDecision(symbol, old, status, fingerprint, matched=matched)
 
 
 #: The reason of a function --function did not select.

@@ -47,6 +47,7 @@ from relive.patch.inference import (
 from relive.patch.initial import DataChange, choose_reinit, describe_initial_change
 from relive.patch.journal import Journal
 from relive.patch.layout_check import check_layouts, prepare_layout_check
+from relive.patch.matched import binding_context, usable_matches
 from relive.patch.modules import RunningModule, find_module_defining
 from relive.patch.plan import Decision, FarData, FarDataReference, ReloadPlan, build_plan
 from relive.patch.running import fingerprints_running_now
@@ -566,8 +567,16 @@ def _plan_object(
         provisional=module.start,
     )
     fingerprints = fingerprints_running_now(ctx.journal, module)
+    context = binding_context(ctx.journal, ctx.modules)
     planned = build_plan(
-        key, obj, binder, ctx.arch, fingerprints, ctx.functions, redirect_all=ctx.options.debug
+        key,
+        obj,
+        binder,
+        ctx.arch,
+        fingerprints,
+        ctx.functions,
+        redirect_all=ctx.options.debug,
+        matches=usable_matches(record, context, peers),
     )
     lap(ctx.phases, "link", mark)
     return planned

@@ -76,6 +76,7 @@ from relive.patch.journal import (
 )
 from relive.patch.jumps import EntryReport, write_entries
 from relive.patch.loops import refuse_running_loop_heads
+from relive.patch.matched import binding_context
 from relive.patch.modules import RunningModule, load_running_modules
 from relive.patch.plan import Decision, ReloadPlan
 from relive.patch.tooling import publish_new_code, retire_unused_code
@@ -387,6 +388,10 @@ def _record(journal: Journal, plans: list[ReloadPlan], images: list[LinkedImage]
                     pending=True,
                 )
             )
+    for plan in plans:
+        record = journal.sources[plan.source]
+        record.matched = {d.name: d.matched for d in plan.decisions if d.matched}
+        record.matched_context = binding_context(journal, plan.binder.modules)
 
 
 def _definitions(plan: ReloadPlan, image: LinkedImage) -> Iterator[Definition]:
