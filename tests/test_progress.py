@@ -5,15 +5,18 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+from relive.cli import render
 from relive.cli.main import main
 from relive.cli.render import Renderer
 from relive.events import Compiled, Phase, Progress, ReloadFinished, WatchReloaded
+from relive.patch import planning
 from support import VALUE_PROG, SpawnFactory, Target, compile_c, edit
 
 #: A compiler that takes a few seconds: gcc behind a sleep, named by a
@@ -127,3 +130,55 @@ def test_watch_status_line_shows_progress_then_its_own_text_again() -> None:
     renderer.close()
     after = buffer.getvalue()[shown:]
     assert "watching · last reload" in after and "compiling" not in after
+
+
+def _big_unit(count: int, version: int) -> str:
+    """A generated file of ``count`` functions plus a loop; ``version`` changes one."""
+    functions = "".join(
+        f"__attribute__((noinline)) long gen_{i:05d}(long x) {{ return x * {i + 3} + {i}; }}\n"
+        for i in range(count)
+    )
+    return (
+        "#include <stdio.h>\n#include <unistd.h>\n"
+        + functions
+        + f"__attribute__((noipa)) long value(void) {{ return {version}; }}\n"
+        + "int main(void) {\n    setvbuf(stdout, NULL, _IONBF, 0);\n"
+        + f'    for (;;) {{ printf("value %ld %ld\\n", value(), gen_{count - 1:05d}(1));'
+        + " usleep(20000); }\n}\n"
+    )
+
+
+def test_json_progress_repeats_while_a_big_unit_is_planned(
+    tmp_path: Path,
+    spawn: SpawnFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Planning (linking) a big unit is one phase of seconds: its progress event comes
+    again while it runs, as often as the renderer lets JSON progress through.  The
+    interval is scaled down from one second so that a 3,000-function unit, planned
+    in well under a second on a quiet machine, shows it."""
+    every = 0.05
+    monkeypatch.setattr(planning, "STILL_EVERY", every)
+    monkeypatch.setattr(render, "JSON_PROGRESS_EVERY", every)
+    count = 3000
+    target = spawn([compile_c(tmp_path, _big_unit(count, 1), flags=("-g", "-O2"))])
+    target.wait_for(r"^value 1 ")
+    edited = tmp_path / "edit"
+    edited.mkdir()
+    (edited / "prog.c").write_text(_big_unit(count, 2))
+    obj = edited / "prog.o"
+    flags = ["-g", "-O2", "-ffunction-sections", "-fdata-sections"]
+    subprocess.run(["gcc", *flags, "-c", "-o", str(obj), str(edited / "prog.c")], check=True)
+    code = main(["--json", "reload", "-p", str(target.pid), str(obj)])
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    progress = [line for line in lines if line["kind"] == "progress"]
+    linking = [p for p in progress if p["phase"] == "linking"]
+    assert len(linking) >= 2, progress  # the phase's start, and again while it ran
+    assert all(p["source"] == str(obj) for p in progress)
+    elapsed = [p["elapsed"] for p in progress]
+    assert all(b - a >= every * 0.9 for a, b in itertools.pairwise(elapsed)), elapsed
+    kinds = [line["kind"] for line in lines]
+    assert kinds.index("progress") < kinds.index("redirected") < kinds.index("reloaded")
+    target.wait_for(r"^value 2 ")

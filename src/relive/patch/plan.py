@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from relive.arch.base import Arch, Need
@@ -161,6 +161,7 @@ def build_plan(
     only: Collection[str] | None = None,
     redirect_all: bool = False,
     matches: Mapping[str, str] | None = None,
+    on_step: Callable[[], None] = lambda: None,
 ) -> ReloadPlan | FarData:
     """Classify functions, choose what to load and bind, and lay the block out.
 
@@ -168,7 +169,8 @@ def build_plan(
     variables of another module directly and they are too far away.
     ``redirect_all`` (hot-deoptimize) redirects every function that runs, changed or not.
     ``matches``: what the previous reload found equal to the running code
-    (``patch.matched``), trusted instead of comparing again.
+    (``patch.matched``), trusted instead of comparing again.  ``on_step`` is
+    called for each function decided (a big unit takes seconds: progress).
     """
     bound: dict[int, Bound] = {}
     load: set[int] = set()
@@ -210,9 +212,8 @@ def build_plan(
     # a big unit asks for the same callees and variables thousands of times.
     comparer.address_of = _memoized(address_of)
     decisions = [
-        _decide(symbol, binder, comparer, previous_fingerprints, only, redirect_all, matches or {})
-        for symbol in obj.iter_functions()
-        if obj.sections[symbol.shndx].is_exec
+        _decide(symbol, binder, comparer, previous_fingerprints, only, redirect_all, matches)
+        for symbol in _functions_in_code(obj, on_step)
     ]
     notices.extend(check_constructors(obj, {d.name: d.status for d in decisions}))
     _promote_parents_of_changed_parts(decisions)
@@ -240,6 +241,14 @@ def build_plan(
     return ReloadPlan(
         source, binder.module, obj, decisions, layout, binder, new_data, initial, notices
     )
+
+
+def _functions_in_code(obj: ObjectFile, on_step: Callable[[], None]) -> Iterator[ObjSymbol]:
+    """The functions to decide on (those in code sections), ``on_step`` before each."""
+    for symbol in obj.iter_functions():
+        if obj.sections[symbol.shndx].is_exec:
+            on_step()
+            yield symbol
 
 
 def _memoized(address_of: AddressOf) -> AddressOf:

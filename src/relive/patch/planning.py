@@ -104,6 +104,11 @@ class SharedCompiles:
         self.results: dict[CompileCommand, CompileResult | ReliveError] = {}
 
 
+#: How often a long step without phases of its own (planning a big unit) repeats
+#: its :class:`Progress` event: what a live line or a ``--json`` reader sees of it.
+STILL_EVERY = 1.0
+
+
 @dataclass
 class PlanContext:
     """What every file of one reload shares."""
@@ -127,10 +132,20 @@ class PlanContext:
     #: When the reload began (``time.perf_counter``), for :class:`Progress` events.
     started: float = field(default_factory=time.perf_counter)
 
+    #: When the last :class:`Progress` was emitted (``time.perf_counter``).
+    said: float = 0.0
+
     def progress(self, source: Path | str, phase: Phase) -> None:
         """Say that the reload is now at ``phase`` on ``source`` (the renderer decides
         whether that is worth showing)."""
-        self.emit(Progress(str(source), phase, round(time.perf_counter() - self.started, 3)))
+        self.said = time.perf_counter()
+        self.emit(Progress(str(source), phase, round(self.said - self.started, 3)))
+
+    def still(self, source: Path | str, phase: Phase) -> None:
+        """Inside a long step: say again where the reload is, once every
+        ``STILL_EVERY`` seconds (cheap enough to call for each function)."""
+        if time.perf_counter() - self.said >= STILL_EVERY:
+            self.progress(source, phase)
 
     @property
     def functions(self) -> Collection[str] | None:
@@ -577,6 +592,7 @@ def _plan_object(
         ctx.functions,
         redirect_all=ctx.options.debug,
         matches=usable_matches(record, context, peers),
+        on_step=lambda: ctx.still(path, Phase.LINK),
     )
     lap(ctx.phases, "link", mark)
     return planned
