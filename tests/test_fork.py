@@ -30,6 +30,7 @@ static void loop(const char *who) {
 }
 int main(void) {
     setvbuf(stdout, NULL, _IONBF, 0);
+    printf("parent ready\n");
     char line[16];
     /* One child per line read; the parent itself only forks. */
     while (fgets(line, sizeof line, stdin))
@@ -39,10 +40,35 @@ int main(void) {
 """
 
 
+def _start(spawn: SpawnFactory, exe: Path) -> Target:
+    """The forking program, once it runs main (its loader done, its libraries mapped)."""
+    parent = spawn([exe], stdin_pipe=True)
+    parent.wait_for(r"^parent ready$")
+    return parent
+
+
+def _children(pid: int) -> set[int]:
+    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
 def _fork_child(target: Target) -> int:
-    mark = target.mark()
+    """Fork one more child and return its pid once it printed a line.
+
+    The new child is told apart from the older ones (still printing) by the
+    parent's children list, not by whichever child prints first.
+    """
+    before = _children(target.pid)
     target.write(b"f\n")
-    return int(target.wait_for(r"child (\d+) value=", after=mark).group(1))
+    new: set[int] = set()
+
+    def forked() -> bool:
+        new.update(_children(target.pid) - before)
+        return bool(new)
+
+    wait_until(forked, what="the parent forked a child")
+    [pid] = new
+    target.wait_for(rf"child {pid} value=", after=0)
+    return pid
 
 
 def _child_prints(target: Target, pid: int, value: int) -> None:
@@ -63,8 +89,7 @@ def test_children_forked_after_a_reload_and_after_an_undo(
 ) -> None:
     exe = compile_c(tmp_path, FORKING_PROG)
     source = tmp_path / "prog.c"
-    parent = spawn([exe], stdin_pipe=True)
-    wait_until(lambda: (Path(f"/proc/{parent.pid}/exe")).exists(), what="parent started")
+    parent = _start(spawn, exe)
 
     _edit_value(source, 2)
     relive.attach(parent.pid).reload([source])
@@ -105,7 +130,7 @@ def test_a_child_keeps_a_patch_its_parent_undid_after_the_fork(
 ) -> None:
     exe = compile_c(tmp_path, FORKING_PROG)
     source = tmp_path / "prog.c"
-    parent = spawn([exe], stdin_pipe=True)
+    parent = _start(spawn, exe)
     _edit_value(source, 2)
     relive.attach(parent.pid).reload([source])
     child = _fork_child(parent)
@@ -122,8 +147,7 @@ def test_original_code_comes_from_the_file_not_from_patched_memory(
 ) -> None:
     exe = compile_c(tmp_path, FORKING_PROG)
     source = tmp_path / "prog.c"
-    parent = spawn([exe], stdin_pipe=True)
-    wait_until(lambda: Path(f"/proc/{parent.pid}/exe").exists(), what="parent started")
+    parent = _start(spawn, exe)
     [main, *_] = load_running_modules(parent.pid)
     symbol = main.image.find_global("value")
     assert symbol is not None
@@ -142,7 +166,7 @@ def test_status_and_undo_take_all_for_the_workers_of_a_program(
 ) -> None:
     exe = compile_c(tmp_path, FORKING_PROG)
     source = tmp_path / "prog.c"
-    parent = spawn([exe], stdin_pipe=True)
+    parent = _start(spawn, exe)
     _edit_value(source, 2)
     relive.attach(parent.pid).reload([source])
     workers = [_fork_child(parent), _fork_child(parent)]
