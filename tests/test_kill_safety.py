@@ -29,6 +29,12 @@ from support import RELIVE, SpawnFactory, Target, assert_untouched, compile_c, e
 #: Random-instant kills per test run; `make bench` runs 200.
 KILL_RUNS = int(os.environ.get("RELIVE_KILL_RUNS", "30"))
 
+#: These tests start a relive process (and most a target) per kill point: 30 to 60
+#: of them, about 0.5 s each on a quiet machine, 3 s each at a load of 12 on 2 cores
+#: (the every-call test took 156 s there). pytest's 120 s limit per test is for a
+#: test that hangs, not for one that does 50 times the work of another.
+MANY_PROCESSES = pytest.mark.timeout(900)
+
 PROG = r"""
 #include <errno.h>
 #include <pthread.h>
@@ -107,14 +113,24 @@ def reload_command(pid: int, source: Path) -> list[str]:
     return [*RELIVE, "reload", "-p", str(pid), str(source)]
 
 
+def compile_object(source: Path, level: str = "-O0") -> Path:
+    """``source`` compiled as relive would (same ptrace calls, no compiler run per kill)."""
+    obj = source.with_suffix(".o")
+    flags = ["-g", level, "-ffunction-sections", "-fdata-sections"]
+    subprocess.run(["gcc", "-c", *flags, "-o", obj, source], check=True)
+    return obj
+
+
+@MANY_PROCESSES
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 def test_sigkill_at_every_ptrace_call_of_a_reload(tmp_path: Path, spawn: SpawnFactory) -> None:
     target, exe = start(tmp_path, spawn)
     edit(tmp_path / "prog.c", "return table[0];", "return table[1];")
+    new = compile_object(tmp_path / "prog.c")
     trace = tmp_path / "trace.txt"
     strace = ["strace", "-qq", "-e", "trace=ptrace"]
     done = subprocess.run(
-        [*strace, "-o", str(trace), *reload_command(target.pid, tmp_path / "prog.c")],
+        [*strace, "-o", str(trace), *reload_command(target.pid, new)],
         capture_output=True,
         text=True,
         check=False,
@@ -136,7 +152,7 @@ def test_sigkill_at_every_ptrace_call_of_a_reload(tmp_path: Path, spawn: SpawnFa
                 "/dev/null",
                 "-e",
                 inject,
-                *reload_command(target.pid, tmp_path / "prog.c"),
+                *reload_command(target.pid, new),
             ],
             capture_output=True,
             text=True,
@@ -149,6 +165,7 @@ def test_sigkill_at_every_ptrace_call_of_a_reload(tmp_path: Path, spawn: SpawnFa
     assert len(killed_at) >= calls - 1  # every call but (maybe) the last was a kill point
 
 
+@MANY_PROCESSES
 def test_sigkill_at_random_instants_of_many_reloads(tmp_path: Path, spawn: SpawnFactory) -> None:
     target, exe = start(tmp_path, spawn)
     source = tmp_path / "prog.c"
@@ -184,9 +201,7 @@ def test_an_unwritable_journal_refuses_before_touching_the_target(
     running: Target, tmp_path: Path
 ) -> None:
     edit(tmp_path / "prog.c", "return table[0];", "return table[1];")
-    obj = tmp_path / "new.o"
-    flags = ["-g", "-O0", "-ffunction-sections", "-fdata-sections"]
-    subprocess.run(["gcc", "-c", *flags, "-o", obj, tmp_path / "prog.c"], check=True)
+    obj = compile_object(tmp_path / "prog.c")
     done = subprocess.run(
         reload_command(running.pid, obj),
         preexec_fn=_limit_file_size,
@@ -201,6 +216,7 @@ def test_an_unwritable_journal_refuses_before_touching_the_target(
     assert_untouched(running)
 
 
+@MANY_PROCESSES
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 def test_sigkill_at_every_ptrace_call_of_an_undo(tmp_path: Path, spawn: SpawnFactory) -> None:
     exe = compile_c(tmp_path, PROG, link_flags=("-pthread",))
@@ -253,6 +269,7 @@ int main(void) {
 """
 
 
+@MANY_PROCESSES
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 def test_sigkill_while_a_busy_thread_runs_an_injected_syscall(
     tmp_path: Path, spawn: SpawnFactory
@@ -261,11 +278,12 @@ def test_sigkill_while_a_busy_thread_runs_an_injected_syscall(
     ones its loop keeps its values in, come back from the restore frame."""
     exe = compile_c(tmp_path, FP_BUSY, flags=("-g", "-O2"))
     edit(tmp_path / "prog.c", "return table[0];", "return table[1];")
+    new = compile_object(tmp_path / "prog.c", "-O2")
     strace = ["strace", "-qq", "-e", "trace=ptrace"]
     target = spawn([exe])
     target.wait_for(r"^value 1$")
     trace = tmp_path / "trace.txt"
-    command = reload_command(target.pid, tmp_path / "prog.c")
+    command = reload_command(target.pid, new)
     subprocess.run([*strace, "-o", str(trace), *command], check=True, capture_output=True)
     target.wait_for(r"^value 2$")
     target.stop()
@@ -277,7 +295,7 @@ def test_sigkill_while_a_busy_thread_runs_an_injected_syscall(
         target = spawn([exe])
         target.wait_for(r"^value 1$")
         inject = f"inject=ptrace:signal=SIGKILL:when={k}"
-        command = reload_command(target.pid, tmp_path / "prog.c")
+        command = reload_command(target.pid, new)
         subprocess.run([*strace, "-o", "/dev/null", "-e", inject, *command], capture_output=True)
         target.wait_for(r"^value \d$", after=target.mark())
         target.wait_for(r"^value \d$", after=target.mark())  # it keeps going
