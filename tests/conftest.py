@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from support import VALUE_PROG, SpawnFactory, Target, cannot_run, compile_c, remember_maps
+
+
+@pytest.fixture(autouse=True)
+def signal_mask_kept() -> Iterator[None]:
+    """A test leaves the test process's signal mask as it found it.
+
+    Programs (and relive processes) the suite starts inherit the mask: a SIGINT
+    an in-process reload left blocked made a later `relive run --on-signal INT`
+    deaf to Ctrl+C, a failure far from its cause.
+    """
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    yield
+    after = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert after == before, f"the test left signals blocked: {sorted(after - before)}"
 
 
 @pytest.fixture

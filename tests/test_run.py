@@ -164,3 +164,29 @@ def test_a_program_that_exits_at_once_reports_its_status(
         relive.wait_for(r"exited \(exit status 3\)")
         assert relive.wait_exit() == 3
         assert not any("no such process" in line for line in relive.lines)
+
+
+def test_ctrl_c_reloads_even_when_relive_was_started_with_sigint_blocked(
+    tmp_path: Path,
+) -> None:
+    """A blocked signal mask is inherited across exec; the handlers relive installs unblock it."""
+    exe = compile_c(tmp_path, PROG)
+    edit(tmp_path / "prog.c", "return 1;", "return 2;")
+    proc = subprocess.Popen(
+        [*RELIVE, "run", "--on-signal", "INT", "--", str(exe)],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}),
+    )
+    relive = Target(proc)
+    try:
+        relive.wait_for(r"reloaded on the next SIGINT")
+        relive.wait_for(r"value=1 ")
+        os.killpg(relive.pid, signal.SIGINT)
+        relive.wait_for(r"^Caught SIGINT! reloading \.\.\. prog\.c$")
+        relive.wait_for(r"value=2 ")
+    finally:
+        relive.stop()

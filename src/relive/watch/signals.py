@@ -72,12 +72,18 @@ Handler = Callable[[int], None]
 
 @contextlib.contextmanager
 def handle_signals(handlers: Mapping[int, Handler]) -> Iterator[None]:
-    """Install ``handlers`` (signal number -> callable(signum)); restore the old ones after."""
+    """Install ``handlers`` (signal number -> callable(signum)); restore the old ones after.
+
+    The handled signals are unblocked meanwhile: a mask inherited from whoever
+    started relive (a parent that blocked SIGINT) would otherwise hold them
+    forever, and ``run --on-signal INT`` would never reload.
+    """
     previous: dict[int, object] = {}
 
     def adapt(handler: Handler) -> Callable[[int, FrameType | None], None]:
         return lambda signum, _frame: handler(signum)
 
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, handlers.keys())
     try:
         for signum, handler in handlers.items():
             previous[signum] = signal.signal(signum, adapt(handler))
@@ -85,6 +91,7 @@ def handle_signals(handlers: Mapping[int, Handler]) -> Iterator[None]:
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)  # type: ignore[arg-type]
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def parse_signal(text: str) -> signal.Signals:
