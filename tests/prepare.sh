@@ -25,6 +25,7 @@ REALWORLD=(
   libncurses-dev tmux          # nano, and the terminal it runs in
   libpcre2-dev zlib1g-dev      # nginx (its default modules: rewrite, gzip)
   libevent-dev                 # memcached
+  tcl                          # sqlite3: tclsh generates the amalgamation
 )
 DEB_SRC=/etc/apt/sources.list.d/relive-deb-src.sources
 ENABLE="sudo bash tests/prepare.sh (or sudo make test)"
