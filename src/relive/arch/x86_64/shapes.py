@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from relive.arch.base import Equivalent, Resume
@@ -88,7 +88,7 @@ def _is_partial(name: str) -> bool:
     return len(name) == 2 or name in ("sil", "dil", "bpl", "spl")
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Insn:
     address: int
     size: int
@@ -107,6 +107,19 @@ class _Insn:
 def _decode(code: bytes, address: int) -> list[_Insn] | None:
     """Every instruction of ``code`` with its shape key, or None if it does not decode
     (or a branch lands inside an instruction)."""
+    decoded = _decode_once(code, address)
+    return None if decoded is None else list(decoded)
+
+
+@lru_cache(maxsize=256)
+def _decode_once(code: bytes, address: int) -> tuple[_Insn, ...] | None:
+    """:func:`_decode`, done once per code and address (instructions are frozen).
+
+    Every old version of a function a thread may still be in is matched against the
+    new code at each reload: in a ``watch`` session the last reload's new code is
+    this reload's newest old version, at the same address, and the new code is the
+    same for every pair.
+    """
     end = address + len(code)
     raw = []
     decoded = 0
@@ -141,7 +154,7 @@ def _decode(code: bytes, address: int) -> list[_Insn] | None:
                 sp_delta,
             )
         )
-    return out
+    return tuple(out)
 
 
 def _sp_deltas(
