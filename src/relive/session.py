@@ -32,6 +32,7 @@ from relive.events import (
     Timings,
     ignore_event,
 )
+from relive.patch.dryrun import check_as_reload
 from relive.patch.journal import load_journal, save_journal
 from relive.patch.lock import process_lock
 from relive.patch.modules import get_main_module, load_running_modules
@@ -265,7 +266,8 @@ class Session:
             check_selected(plans, options.functions)
             reinits = announce(plans, reinit, self.emit)
             mark = time.perf_counter()
-            if dry_run:
+            if dry_run:  # the real reload's decisions and checks, nothing written
+                check_as_reload(plans, ctx, move_frames)
                 self._take(report_decisions(plans, None, self.emit), result)
                 self._finished(result, dry_run=True)
                 return

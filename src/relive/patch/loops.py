@@ -32,13 +32,21 @@ def refuse_running_loop_heads(
     (the outer frames, where such loops live, do not move).  ``write_entries``
     checks again while it holds the threads for the jumps.
     """
+    for name, tid in find_running_loop_heads(pid, sites, memory, arch):
+        raise loop_head_refusal(name, tid)
+
+
+def find_running_loop_heads(
+    pid: int, sites: Iterable[EntrySite], memory: ProcessMemory, arch: Arch
+) -> list[tuple[str, int]]:
+    """``(function, tid)`` for each thread inside a function whose loop re-enters its
+    entry; the threads are held only if there is such a function, to sample them."""
     looping = {s.decision.name: s.function for s in sites if s.loops_into_window()}
     if not looping:
-        return
+        return []
     with stop_all(pid) as stopped:
         positions = list(stopped.iter_positions())
-    for name, tid in iter_active_functions(pid, memory, arch, looping, positions):
-        raise loop_head_refusal(name, tid)
+    return list(iter_active_functions(pid, memory, arch, looping, positions))
 
 
 def loop_head_refusal(name: str, tid: int) -> UnsafePatch:

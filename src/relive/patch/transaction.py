@@ -138,6 +138,31 @@ def apply_reload(
     return staged.publish()
 
 
+def check_entries(
+    pid: int,
+    plans: Sequence[ReloadPlan],
+    journal: Journal,
+    memory: ProcessMemory,
+    arch: Arch,
+    move_frames: bool,
+) -> list[list[EntrySite]]:
+    """Step 1: each plan's entry sites (room for the jump, the bytes there now), and,
+    without ``move_frames``, no thread inside a function whose loop re-enters its
+    entry (with it, that is decided while the threads are held, after moving
+    frames).  Raises UnsafePatch; writes nothing (``reload --dry-run`` runs it too)."""
+    sites = [
+        list(
+            iter_entry_sites(
+                plan.with_status(Decision.CHANGED), plan.source, plan.module, journal, memory, arch
+            )
+        )
+        for plan in plans
+    ]
+    if not move_frames:
+        refuse_running_loop_heads(pid, itertools.chain(*sites), memory, arch)
+    return sites
+
+
 class StagedReload:
     """One process's reload transaction, step by step.
 
@@ -166,21 +191,7 @@ class StagedReload:
         self.arch, self.reinits, self.modules, self.emit = arch, reinits, modules, emit
         self.move_frames = move_frames
         # 1. Every entry is checked before the first byte is allocated or written.
-        self.sites = [
-            list(
-                iter_entry_sites(
-                    plan.with_status(Decision.CHANGED),
-                    plan.source,
-                    plan.module,
-                    journal,
-                    memory,
-                    arch,
-                )
-            )
-            for plan in plans
-        ]
-        if not move_frames:  # else decided while threads are held, after moving frames
-            refuse_running_loop_heads(pid, itertools.chain(*self.sites), memory, arch)
+        self.sites = check_entries(pid, plans, journal, memory, arch, move_frames)
         self.history = code_history(journal)
         # Nothing changes in the target unless the journal can be written.
         self.before = save_journal(journal)
