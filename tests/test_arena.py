@@ -6,6 +6,7 @@ Real processes, real ptrace: the mapping count is read from /proc/PID/maps.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -72,10 +73,14 @@ def test_reloads_share_two_arenas_and_no_page_is_writable_and_executable(
     journal = load_journal(target.pid)
     assert {c.kind for c in journal.arenas} == {"code", "data"}
     assert len(journal.blocks) == 31 and not any(b.pending for b in journal.blocks)
-    # Blocks never overlap, and each lies in an arena of its kind.
+    # Blocks in use never overlap, and each lies in an arena of its kind.
     for kind in ("code", "data"):
-        ranges = sorted(tuple(getattr(b, kind)) for b in journal.blocks if getattr(b, kind)[1])
-        assert all(a[0] + a[1] <= b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+        ranges = sorted(
+            tuple(getattr(b, kind))
+            for b in journal.blocks
+            if getattr(b, kind)[1] and not (kind == "code" and b.reclaimed)
+        )
+        assert all(a[0] + a[1] <= b[0] for a, b in itertools.pairwise(ranges))
         chunks = [c for c in journal.arenas if c.kind == kind]
         assert all(
             any(c.address <= r[0] and r[0] + r[1] <= c.address + c.size for c in chunks)
@@ -124,3 +129,138 @@ def test_an_old_journal_with_regions_only_still_loads_and_undoes(
     relive.attach(target.pid).undo()
     target.wait_for(r"^value 1$", after=target.mark())
     assert read(target.pid, address, len(original)) == original
+
+
+def live_code(pid: int) -> list[tuple[int, int]]:
+    return [tuple(b.code) for b in load_journal(pid).blocks if not b.reclaimed]  # type: ignore[misc]
+
+
+def test_superseded_code_is_reclaimed_and_reused_and_tools_forget_it(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    target, source = start(tmp_path, spawn)
+    addresses = set()
+    for n in range(2, 22):
+        reload_value(target, source, n)
+        [patch] = load_journal(target.pid).patches.values()
+        addresses.add(patch.target)
+        assert len(live_code(target.pid)) == 1  # the one before was dead at the switch
+    # The new code of each reload goes where the code before the last one was.
+    assert len(addresses) <= 3, [hex(a) for a in addresses]
+    [(start_, _size)] = live_code(target.pid)
+    perf = Path(f"/tmp/perf-{target.pid}.map").read_text().splitlines()
+    perf = [line for line in perf if line.endswith(" value")]
+    assert [int(line.split()[0], 16) for line in perf] == [start_]
+    assert load_journal(target.pid).patches[patch_key(target)].earlier == []
+
+
+def patch_key(target: Target) -> str:
+    [key] = load_journal(target.pid).patches
+    return key
+
+
+PARKING_PROG = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+int fd;
+__attribute__((noinline)) int value(int x) {
+    char c;
+    if (x) read(fd, &c, 1);  /* the worker waits here: inside this version */
+    return x + 1;
+}
+static void *worker(void *arg) {
+    for (;;) printf("worker %d\n", value(1));
+    return arg;
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    pthread_t thread;
+    pthread_create(&thread, NULL, worker, NULL);
+    for (;;) { printf("value %d\n", value(0)); usleep(2000); }
+}
+"""
+
+
+def test_a_thread_parked_in_old_code_keeps_it_until_it_leaves(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    exe = compile_c(tmp_path, PARKING_PROG, link_flags=("-pthread",))
+    target = spawn([exe], stdin_pipe=True)
+    target.wait_for(r"^value 1$")
+    source = tmp_path / "prog.c"
+
+    def reload_no_move(n: int) -> list[bool]:
+        set_value(source, n)
+        reload(target.pid, source, move_frames=False)
+        target.wait_for(rf"^value {n}$", after=target.mark())
+        return [b.reclaimed for b in load_journal(target.pid).blocks]
+
+    assert reload_no_move(2) == [False]  # the worker stays in the original value()
+    target.write(b"x")  # it returns, calls value() v2 and waits in there
+    target.wait_for(r"^worker 2$")
+    assert reload_no_move(3) == [False, False]  # v2 is superseded, but the worker is in it
+    assert reload_no_move(4) == [False, True, False]  # v3: nobody was in it
+    target.write(b"x")  # the worker leaves v2 (1 + 2), enters v4
+    target.wait_for(r"^worker 3$")
+    assert reload_no_move(5) == [True, True, False, False]  # v2 is free now; v4 is kept
+    target.write(b"x")
+    target.wait_for(r"^worker 5$")  # v4's code was intact
+    assert target.alive()
+
+
+ESCAPING = r"""
+#include <stdio.h>
+#include <unistd.h>
+void *volatile where;
+__attribute__((noinline)) int value(int x) { return x + 1; }
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { printf("value %d\n", value(0)); usleep(2000); }
+}
+"""
+
+
+def test_code_whose_address_was_taken_is_never_reclaimed(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    exe = compile_c(tmp_path, ESCAPING)
+    target = spawn([exe])
+    target.wait_for(r"^value 1$")
+    source = tmp_path / "prog.c"
+    # A label's address, stored where the program can keep it: the code escapes.
+    source.write_text(
+        ESCAPING.replace(
+            "int value(int x) { return x + 1; }",
+            "int value(int x) { where = &&here; here: return x + 2; }",
+        )
+    )
+    reload(target.pid, source)
+    target.wait_for(r"^value 2$", after=target.mark())
+    [escaped] = load_journal(target.pid).blocks
+    assert escaped.escaped
+    for n in (3, 4, 5):
+        source.write_text(ESCAPING.replace("return x + 1;", f"return x + {n};"))
+        reload(target.pid, source)
+        target.wait_for(rf"^value {n}$", after=target.mark())
+    blocks = load_journal(target.pid).blocks
+    assert blocks[0] == escaped and not blocks[0].reclaimed
+    assert [b.reclaimed for b in blocks[1:]] == [True, True, False]
+
+
+def test_undo_after_many_reloads_restores_the_original_and_leaves_no_arena(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    target, source = start(tmp_path, spawn)
+    maps = map_count(target.pid)
+    for n in range(2, 12):
+        reload_value(target, source, n)
+    address, original = original_entry(target)
+    relive.attach(target.pid).undo()
+    target.wait_for(r"^value 1$", after=target.mark())
+    assert read(target.pid, address, len(original)) == original
+    journal = load_journal(target.pid)
+    assert journal.arenas == [] and journal.blocks == []
+    assert map_count(target.pid) == maps
+    reload_value(target, source, 7)  # and reloads start over in a new arena
+    assert len(load_journal(target.pid).arenas) == 2

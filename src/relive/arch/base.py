@@ -248,6 +248,10 @@ class Arch:
     match_call_sites: Callable[[bytes, int, bytes, int, Equivalent], list[Any] | str] | None = None
     #: Whether a held thread's registers say it is inside a system call.
     in_syscall: Callable[[RegisterBlock], bool] | None = None
+    #: ``(code, address)``: ``(field offset, address computed)`` of each instruction
+    #: that may compute a PC-relative address without being a branch, found by its
+    #: encoding (a superset); None: unknown, so any loaded code may take its own address.
+    find_address_loads: Callable[[bytes, int], list[tuple[int, int]]] | None = None
 
 
 def fits(value: int, width: int, kind: Range) -> bool:

@@ -23,7 +23,8 @@ def link(layout: Layout, base: int, data_base: int | None = None) -> LinkedImage
     right after the code's pages).
     """
     linker = _Linker(layout, base, data_base)
-    return LinkedImage(base=base, data=linker.run(), layout=layout, data_base=data_base)
+    data = linker.run()
+    return LinkedImage(base, data, layout, data_base, takes_own_code=linker.takes_own_code)
 
 
 class _Linker:
@@ -37,6 +38,8 @@ class _Linker:
         self.got_values: dict[GotKey, bytes] = {}
         #: Addresses of existing functions taken by new code are their original entries.
         self.takes_identity = bool(layout.request.original_entries)
+        #: Whether a relocation takes the address of the block's own code (not a branch).
+        self.takes_own_code = False
 
     def run(self) -> bytes:
         for index, offset in self.layout.section_offsets.items():
@@ -47,6 +50,7 @@ class _Linker:
                 self._apply(section, offset, reloc)
         self._write_stubs()
         self._write_eh_frame()
+        self.takes_own_code |= self._loads_own_address()
         for key, offset in self.layout.got_offsets.items():
             value = self.got_values.get(key)
             if value is not None:
@@ -111,8 +115,15 @@ class _Linker:
         if need in _TLS_NEEDS or need is Need.GOT_TLS_MODULE:
             return self._tls_operands(rtype, reloc, place, got_base)
         target = self._symbol_address(symbol)
-        if self.takes_identity and not self._is_branch(rtype, reloc, section):
-            target = self._identity_address(rtype, reloc, target)
+        branch: bool | None = None
+        if self.takes_identity:
+            branch = self._is_branch(rtype, reloc, section)
+            if not branch:
+                target = self._identity_address(rtype, reloc, target)
+        if (section.is_exec or section.is_write) and self._in_own_code(target):
+            if branch is None:
+                branch = self._is_branch(rtype, reloc, section)
+            self.takes_own_code |= not branch
         if need is Need.CALL and not fits(target + reloc.addend - place, rtype.width, rtype.range):
             stub = self.layout.stub_offsets.get(symbol.index)
             if stub is None:
@@ -128,6 +139,26 @@ class _Linker:
         return Operands(
             S=target, A=reloc.addend, P=place, G=slot, GOT=got_base, Z=self._symbol_size(symbol)
         )
+
+    def _loads_own_address(self) -> bool:
+        """Whether loaded code computes an address inside its own section with no
+        relocation (``lea label(%rip)``, resolved by the assembler)."""
+        find = self.request.arch.find_address_loads
+        for index, offset in self.layout.section_offsets.items():
+            section = self.obj.sections[index]
+            if not section.is_exec or section.is_nobits:
+                continue
+            if find is None:
+                return True
+            start = self._at(offset)
+            relocated = {r.offset for r in self.obj.relocations.get(index, ())}
+            for field, target in find(section.data, start):
+                if field not in relocated and start <= target < start + section.size:
+                    return True
+        return False
+
+    def _in_own_code(self, address: int) -> bool:
+        return self.base <= address < self.base + self.layout.code_size
 
     def _is_branch(self, rtype: RelocationType, reloc: Relocation, section: Section) -> bool:
         """A direct call or jump (not an address being taken)."""

@@ -93,6 +93,10 @@ class LinkedImage:
     data: bytes
     layout: Layout
     data_base: int | None = None
+    #: A relocation of the loaded code or writable data takes the address of this
+    #: block's own code other than as a direct call or jump: that address may be
+    #: stored anywhere, so the code must never be reclaimed (``patch.reclaim``).
+    takes_own_code: bool = False
 
     @property
     def data_address(self) -> int:

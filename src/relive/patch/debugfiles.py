@@ -155,17 +155,79 @@ def _mark_live(journal: Journal, entries: list[dict[str, Any]]) -> list[int]:
         + [d.address for r in journal.sources.values() for d in r.definitions.values()]
     )
     retired = []
-    reclaimed = [tuple(b.code) for b in journal.blocks if b.reclaimed]
     for entry in entries:
         spans = [(entry["base"], entry["size"])]
         spans.append((entry.get("data_base", 0), entry.get("data_size", 0)))
-        entry["live"] = (entry["base"], entry["size"]) not in reclaimed and any(
+        entry["live"] = not entry.get("reclaimed", False) and any(
             _holds_any(used, start, start + size) for start, size in spans if size
         )
         if not entry["live"] and entry.get("unwind_table") is not None:
             retired.append(entry["unwind_table"])
             entry["unwind_table"] = None
     return retired
+
+
+def find_reclaimed_tables(journal: Journal, ranges: Collection[tuple[int, int]]) -> list[int]:
+    """The registered unwind tables of the debug objects of code in ``ranges``
+    (``(address, size)``), which the caller deregisters before reclaiming it."""
+    folder = _process_folder(journal.pid, journal.start_time, create=False)
+    return [
+        entry["unwind_table"]
+        for entry in _read_manifest(folder)
+        if _reclaims(entry, ranges) and entry.get("unwind_table") is not None
+    ]
+
+
+def reclaim_debug_objects(journal: Journal, ranges: Collection[tuple[int, int]]) -> None:
+    """Mark the debug objects of code in ``ranges`` as no longer live, for good
+    (later code may reuse the addresses), their unwind tables deregistered."""
+    folder = _process_folder(journal.pid, journal.start_time, create=False)
+    entries = _read_manifest(folder)
+    changed = False
+    for entry in entries:
+        if _reclaims(entry, ranges):
+            entry["reclaimed"], entry["live"], entry["unwind_table"] = True, False, None
+            changed = True
+    if changed:
+        _write_manifest(folder, entries)
+
+
+def _reclaims(entry: dict[str, Any], ranges: Collection[tuple[int, int]]) -> bool:
+    return (entry["base"], entry["size"]) in ranges and not entry.get("reclaimed", False)
+
+
+def prune_perf_map(pid: int, ranges: Collection[tuple[int, int]]) -> None:
+    """Take the functions in reclaimed code (``(address, size)`` in ``ranges``) out of
+    ``/tmp/perf-PID.map``: later code may reuse their addresses.  Opened with the
+    checks of :func:`append_perf_map`; left alone if those fail."""
+    path = Path(f"/tmp/perf-{pid}.map")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        info = os.fstat(fd)
+        owners = {os.geteuid(), _owner_of(pid)}
+        if not stat.S_ISREG(info.st_mode) or info.st_uid not in owners or info.st_nlink != 1:
+            return
+        with os.fdopen(os.dup(fd), "rb") as f:
+            lines = f.read().decode(errors="replace").splitlines(keepends=True)
+        kept = [line for line in lines if not _in_ranges(line, ranges)]
+        if len(kept) != len(lines):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, "".join(kept).encode(), 0)
+    except OSError:
+        return
+    finally:
+        os.close(fd)
+
+
+def _in_ranges(line: str, ranges: Collection[tuple[int, int]]) -> bool:
+    try:
+        address = int(line.split(" ", 1)[0], 16)
+    except ValueError:
+        return False
+    return any(start <= address < start + size for start, size in ranges)
 
 
 def _holds_any(used: list[int], start: int, end: int) -> bool:
@@ -332,6 +394,7 @@ def _valid_entry(entry: object) -> bool:
         and isinstance(entry.get("unwind_table"), int | None)
         and isinstance(entry.get("data_base", 0), int)
         and isinstance(entry.get("data_size", 0), int)
+        and isinstance(entry.get("reclaimed", False), bool)
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from relive.arch.base import Arch
@@ -19,7 +19,7 @@ from relive.patch.entries import EntryWrite
 from relive.patch.frames import FrameMover, FramePlan
 from relive.patch.loops import find_threads_in_loops, loop_head_refusal
 from relive.process.memory import ProcessMemory
-from relive.process.threads import stop_all
+from relive.process.threads import StoppedProcess, stop_all
 
 #: Attempts to find every thread outside the bytes being replaced.
 MAX_ATTEMPTS = 12
@@ -43,6 +43,7 @@ def write_entries(
     arch: Arch | None = None,
     frames: FrameMover | None = None,
     values: Sequence[tuple[int, bytes]] = (),
+    inspect: Callable[[StoppedProcess, ProcessMemory], None] | None = None,
 ) -> EntryReport:
     """Stop every thread, wait until none is in the way, write all jumps, resume.
 
@@ -54,7 +55,8 @@ def write_entries(
     frames inside old code move to the new code in the same stop (a thread
     whose frames all move is in nobody's way).  ``values`` (address, bytes),
     the initial values ``--reinit`` chose, are written right after the jumps:
-    a reload refused here has changed no running variable.
+    a reload refused here has changed no running variable.  ``inspect`` looks at
+    the held threads once everything is written (``patch.reclaim``).
     """
     moves = None
     looping = {
@@ -97,6 +99,8 @@ def write_entries(
                 memory.write(address, data)
             if frames is not None and moves is not None:
                 frames.apply(moves, stopped, memory)
+            if inspect is not None:
+                inspect(stopped, memory)
             positions = list(stopped.iter_positions())
     return EntryReport(stopped.stopped_seconds, positions, moves, written_at)
 

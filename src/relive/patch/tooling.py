@@ -7,7 +7,9 @@ notice: the new code runs either way.
 * a debug object per block (``patch.debugfiles``);
 * the perf map ``/tmp/perf-PID.map``.
 
-``undo`` retires the unwind tables of blocks whose code no longer runs.
+``undo`` retires the unwind tables of blocks whose code no longer runs, and
+code that was reclaimed (``patch.reclaim``) is retired from all three before
+its range is free for later reloads.
 """
 
 from __future__ import annotations
@@ -18,12 +20,16 @@ from relive.errors import ReliveError
 from relive.link import LinkedImage
 from relive.patch.debugfiles import (
     append_perf_map,
+    find_reclaimed_tables,
     prune_expired,
+    prune_perf_map,
+    reclaim_debug_objects,
     refresh_liveness,
     write_debug_objects,
 )
-from relive.patch.journal import Journal
+from relive.patch.journal import Journal, LoadedBlock, save_journal
 from relive.patch.modules import RunningModule, load_running_modules
+from relive.patch.reclaim import mark_reclaimed
 from relive.patch.unwind import deregister_unwind_tables, find_unwinder, register_unwind_tables
 
 
@@ -64,4 +70,29 @@ def retire_unused_code(pid: int, journal: Journal) -> list[str]:
             deregister_unwind_tables(pid, unwinder, retired)
     except ReliveError as error:
         return [f"unwind tables of undone code left registered ({error.message})"]
+    return []
+
+
+def reclaim_code(pid: int, journal: Journal, blocks: Sequence[LoadedBlock]) -> list[str]:
+    """Free the code of ``blocks`` (proven dead) for later reloads, once the tools no
+    longer claim it: unwind tables deregistered, debug objects no longer loaded,
+    perf map lines removed.  Saves the journal.  The notices (nothing is freed
+    when the unwind tables cannot be deregistered: stale tables over reused
+    addresses would mislead the program's unwinder)."""
+    if not blocks:
+        return []
+    ranges = {(b.code[0], b.code[1]) for b in blocks}
+    try:
+        tables = find_reclaimed_tables(journal, ranges)
+        if tables:
+            unwinder = find_unwinder(load_running_modules(pid))
+            if unwinder is None:
+                return ["superseded code kept: its unwind tables cannot be deregistered"]
+            deregister_unwind_tables(pid, unwinder, tables)
+        reclaim_debug_objects(journal, ranges)
+        mark_reclaimed(journal, blocks)
+        save_journal(journal)
+    except ReliveError as error:
+        return [f"superseded code kept ({error.message})"]
+    prune_perf_map(pid, ranges)
     return []

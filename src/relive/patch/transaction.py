@@ -79,9 +79,12 @@ from relive.patch.loops import refuse_running_loop_heads
 from relive.patch.matched import binding_context
 from relive.patch.modules import RunningModule, load_running_modules
 from relive.patch.plan import Decision, ReloadPlan
-from relive.patch.tooling import publish_new_code, retire_unused_code
+from relive.patch.reclaim import DeadCodeCheck, find_candidates
+from relive.patch.release import free_undone_blocks
+from relive.patch.tooling import publish_new_code, reclaim_code, retire_unused_code
 from relive.patch.wal import commit, find_done, stage_jumps, stage_undo
 from relive.process.memory import ProcessMemory
+from relive.process.procfs import read_maps
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,8 @@ class StagedReload:
         self.values: list[tuple[int, bytes]] = []
         self.mover: FrameMover | None = None
         self.entries: EntryReport | None = None
+        #: Which superseded code no thread is in (seen at the stop that switches).
+        self.dead_code: DeadCodeCheck | None = None
         #: One allocator per module: the files of one reload share its arenas.
         self.allocators: dict[str, ArenaAllocator] = {}
 
@@ -253,8 +258,14 @@ class StagedReload:
         frames); when the jumps were written (``time.monotonic()``), None if none was."""
         with self._rollback_on_failure():
             if self.writes:
+                self.dead_code = DeadCodeCheck(find_candidates(self.journal), read_maps(self.pid))
                 self.entries = write_entries(
-                    self.pid, self.writes, self.arch, self.mover, self.values
+                    self.pid,
+                    self.writes,
+                    self.arch,
+                    self.mover,
+                    self.values,
+                    self.dead_code.inspect,
                 )
                 return self.entries.written_at
             write_initial_values(self.pid, self.values)
@@ -280,6 +291,8 @@ class StagedReload:
             active = [(name, tid) for name, tid in active if (name, tid) not in told]
         blocks = [(plan.source, image) for plan, image in zip(plans, self.images, strict=True)]
         notices = publish_new_code(self.pid, self.modules, self.journal, blocks)
+        if self.dead_code is not None:  # superseded code no thread is in: free for reuse
+            notices += reclaim_code(self.pid, self.journal, self.dead_code.dead)
         stopped = 0.0 if entries is None else entries.stopped_seconds
         return Applied(self.images, stopped, active, notices, frames)
 
@@ -320,11 +333,13 @@ def undo_patches(
             with ProcessMemory(pid) as memory:
                 modules = load_running_modules(pid)
                 mover = prepare_undo_mover(pid, journal, chosen, modules, memory, arch)
+        maps = read_maps(pid)
         with held_signals():
             stage_undo(journal, keys)
+            dead = DeadCodeCheck.for_undo(journal, maps)
             save_journal(journal)  # write-ahead (and refused here if it cannot be)
             try:
-                report = write_entries(pid, writes, None, mover)
+                report = write_entries(pid, writes, None, mover, inspect=dead.inspect)
             except BaseException:
                 with ProcessMemory(pid) as memory:
                     commit(journal, find_done(journal, memory))
@@ -334,7 +349,10 @@ def undo_patches(
             save_journal(journal)
         moved = report.frames.moves if report.frames is not None else []
         staying = list(iter_frames_in_new_code(pid, chosen, report.positions))
-    return chosen, retire_unused_code(pid, journal) if writes else [], staying, moved
+        notices = retire_unused_code(pid, journal)
+        notices += free_undone_blocks(pid, journal, dead)
+        return chosen, notices, staying, moved
+    return chosen, [], staying, moved
 
 
 def _abandon(
@@ -396,6 +414,7 @@ def _record(journal: Journal, plans: list[ReloadPlan], images: list[LinkedImage]
                     plan.module.path,
                     list(image.code_range),
                     list(image.data_range),
+                    escaped=image.takes_own_code,
                     pending=True,
                 )
             )

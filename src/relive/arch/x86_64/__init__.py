@@ -11,6 +11,7 @@ from relive.arch.x86_64.decode import decode_instructions
 from relive.arch.x86_64.disasm import (
     branch_targets,
     branches_into,
+    find_address_loads,
     follows_call,
     is_branch_field,
     undo_got_relaxation,
@@ -109,4 +110,5 @@ ARCH = Arch(
     match_shapes=match_shapes,
     match_call_sites=match_call_sites,
     in_syscall=in_syscall,
+    find_address_loads=find_address_loads,
 )

@@ -116,6 +116,25 @@ def is_branch_field(code: bytes, field: int) -> bool:
     return field >= 2 and code[field - 2] == 0x0F and 0x80 <= code[field - 1] <= 0x8F
 
 
+def find_address_loads(code: bytes, address: int) -> list[tuple[int, int]]:
+    """``(field offset, address)`` of each ``lea disp32(%rip), reg`` in ``code`` (at
+    ``address``), found by its encoding (8d, then a ModRM byte with mod 00, r/m 101):
+    a superset of the real ones, since the bytes may lie inside another instruction.
+
+    The assembler resolves a ``lea`` to a label of the same section itself,
+    leaving no relocation: this is how such an address-taking is found.
+    """
+    found = []
+    at = code.find(b"\x8d")
+    while at != -1:
+        field = at + 2
+        if field + 4 <= len(code) and code[at + 1] & 0xC7 == 0x05:
+            displacement = int.from_bytes(code[field : field + 4], "little", signed=True)
+            found.append((field, address + field + 4 + displacement))
+        at = code.find(b"\x8d", at + 1)
+    return found
+
+
 def undo_got_relaxation(new: bytes, old: bytearray, field: int) -> bool:
     """If the linker relaxed the GOT load whose disp32 is at ``field``, restore it.
 
