@@ -58,6 +58,7 @@ RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 
 import hugeunit  # noqa: E402  (sibling modules, found through sys.path)
+import longsession  # noqa: E402
 import targets  # noqa: E402
 import workers  # noqa: E402
 
@@ -445,6 +446,7 @@ def build_all(root: Path, names: set[str], log: Callable[[str], None]) -> dict[s
 
 HUGE = "huge.o"
 WORKERS = "workers"
+LONG_SESSION = (longsession.LONG, longsession.REDIS)
 
 
 def run_workers(
@@ -478,15 +480,32 @@ def run_huge(args: argparse.Namespace, scratch: Path, log: Callable[[str], None]
     }
 
 
+def extra_goals(
+    huge: dict[str, Any] | None, forked: dict[str, Any] | None, sessions: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The targets rows of the scenarios without a floor counterpart."""
+    rows = []
+    if huge is not None:
+        rows += hugeunit.report_rows(huge["summary"])
+    if forked is not None:
+        rows += workers.report_rows(forked["summary"])
+    rows += longsession.report_rows(sessions)
+    return [
+        {"target": label, "value": value, "goal": goal, "unit": unit}
+        for label, value, goal, unit in rows
+        if value is not None
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark (or compare two result files)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per scenario (default 5)")
     parser.add_argument(
         "--scenarios",
-        default=",".join([*(s.name for s in SCENARIOS), HUGE, WORKERS]),
+        default=",".join([*(s.name for s in SCENARIOS), HUGE, WORKERS, *LONG_SESSION]),
         help="comma-separated subset of "
-        + ", ".join([*(s.name for s in SCENARIOS), HUGE, WORKERS]),
+        + ", ".join([*(s.name for s in SCENARIOS), HUGE, WORKERS, *LONG_SESSION]),
     )
     parser.add_argument(
         "--huge-functions",
@@ -514,7 +533,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = [s for s in SCENARIOS if s.name in args.scenarios.split(",")]
     with_huge = HUGE in args.scenarios.split(",")
     with_workers = WORKERS in args.scenarios.split(",")
-    if not chosen and not with_huge and not with_workers:
+    long_names = [name for name in LONG_SESSION if name in args.scenarios.split(",")]
+    if not chosen and not with_huge and not with_workers and not long_names:
         parser.error(f"no known scenario in {args.scenarios!r}")
 
     def log(text: str) -> None:
@@ -540,29 +560,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 entry["runs"].append(run_relive(args.relive, target, scenario.use_object))
         huge = run_huge(args, Path(scratch), log) if with_huge else None
         forked = run_workers(args, Path(scratch), log) if with_workers else None
+        if long_names:
+            log(f"long sessions: {', '.join(long_names)}")
+        python = Path(args.relive).parent / "python"
+        sessions = longsession.run_all(
+            Path(scratch), long_names, str(python) if python.exists() else None
+        )
     for entry in results.values():
         entry["summary"] = summarise(entry["runs"])
         entry["floor_summary"] = summarise(entry["floor_runs"])
     meta["loadavg_after"] = os.getloadavg()
-    goals = targets_report(results)
-    if huge is not None:
-        goals += [
-            {"target": label, "value": value, "goal": goal, "unit": unit}
-            for label, value, goal, unit in hugeunit.report_rows(huge["summary"])
-            if value is not None
-        ]
-    if forked is not None:
-        goals += [
-            {"target": label, "value": value, "goal": goal, "unit": unit}
-            for label, value, goal, unit in workers.report_rows(forked["summary"])
-            if value is not None
-        ]
+    goals = targets_report(results) + extra_goals(huge, forked, sessions)
     report = {
         "meta": meta,
         "scenarios": results,
         "targets": goals,
         HUGE: huge,
         WORKERS: forked,
+        "long_sessions": sessions,
     }
 
     print(
@@ -579,6 +594,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         hugeunit.print_table(huge["summary"], huge["lines"], huge["functions"], args.runs)
     if forked is not None:
         workers.print_table(forked["summary"], args.runs)
+    if long_names:
+        longsession.print_table(sessions)
     print_targets(goals, sys.stdout)
 
     output = args.output or RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}.json"

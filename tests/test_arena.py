@@ -12,7 +12,7 @@ from pathlib import Path
 
 import relive
 from relive.patch.journal import LoadedBlock, journal_path, load_journal, save_journal
-from support import SpawnFactory, Target, compile_c, reload
+from support import SpawnFactory, Target, compile_c, reload, wait_until
 
 PROG = r"""
 #include <stdio.h>
@@ -139,6 +139,7 @@ def test_superseded_code_is_reclaimed_and_reused_and_tools_forget_it(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
     target, source = start(tmp_path, spawn)
+    Path(f"/tmp/perf-{target.pid}.map").unlink(missing_ok=True)  # an earlier process's
     addresses = set()
     for n in range(2, 22):
         reload_value(target, source, n)
@@ -264,3 +265,28 @@ def test_undo_after_many_reloads_restores_the_original_and_leaves_no_arena(
     assert map_count(target.pid) == maps
     reload_value(target, source, 7)  # and reloads start over in a new arena
     assert len(load_journal(target.pid).arenas) == 2
+
+
+def test_a_forked_child_never_reuses_what_it_inherited(tmp_path: Path, spawn: SpawnFactory) -> None:
+    from test_fork import FORKING_PROG, _child_prints, _edit_value, _fork_child
+
+    exe = compile_c(tmp_path, FORKING_PROG)
+    source = tmp_path / "prog.c"
+    parent = spawn([exe], stdin_pipe=True)
+    wait_until(lambda: Path(f"/proc/{parent.pid}/exe").exists(), what="parent started")
+    _edit_value(source, 2)
+    relive.attach(parent.pid).reload([source])
+    [inherited] = load_journal(parent.pid).blocks
+    child = _fork_child(parent)
+    _child_prints(parent, child, 2)
+    for value in (3, 4, 5):  # the child's code of 2 is superseded: never reused in the child
+        _edit_value(source, value)
+        relive.attach(child).reload([source])
+        _child_prints(parent, child, value)
+    start, size = inherited.code
+    for block in load_journal(child).blocks:
+        if block.source:  # the child's own reloads
+            assert block.code[0] + block.code[1] <= start or block.code[0] >= start + size
+    relive.attach(child).undo()
+    _child_prints(parent, child, 1)
+    assert [row.name for row in relive.attach(parent.pid).status()] == ["value"]

@@ -69,16 +69,22 @@ BACKGROUND_RELOCATIONS = 20_000
 
 
 def write_debug_objects(
-    journal: Journal, blocks: Sequence[tuple[str, LinkedImage]], registered: Collection[int] = ()
+    journal: Journal,
+    blocks: Sequence[tuple[str, LinkedImage]],
+    registered: Collection[int] = (),
+    reclaimed: Collection[tuple[int, int]] = (),
 ) -> list[Path]:
     """Write the debug object of each reloaded ``(source, block)``; update the manifest once.
 
     ``registered``: the unwind tables that were registered with the program's
-    unwinder (undo deregisters them once their code no longer runs).  Objects
-    with much DWARF are written in the background (:data:`BACKGROUND_RELOCATIONS`).
+    unwinder (undo deregisters them once their code no longer runs).
+    ``reclaimed``: ``(address, size)`` of code reclaimed since (its objects are
+    retired for good).  Objects with much DWARF are written in the background
+    (:data:`BACKGROUND_RELOCATIONS`).
     """
     folder = _process_folder(journal.pid, journal.start_time, create=True)
     entries = _read_manifest(folder)
+    _retire(entries, reclaimed)
     paths = []
     later: list[tuple[Path, str, LinkedImage]] = []
     for source, image in blocks:
@@ -183,13 +189,17 @@ def reclaim_debug_objects(journal: Journal, ranges: Collection[tuple[int, int]])
     (later code may reuse the addresses), their unwind tables deregistered."""
     folder = _process_folder(journal.pid, journal.start_time, create=False)
     entries = _read_manifest(folder)
+    if _retire(entries, ranges):
+        _write_manifest(folder, entries)
+
+
+def _retire(entries: list[dict[str, Any]], ranges: Collection[tuple[int, int]]) -> bool:
     changed = False
     for entry in entries:
         if _reclaims(entry, ranges):
             entry["reclaimed"], entry["live"], entry["unwind_table"] = True, False, None
             changed = True
-    if changed:
-        _write_manifest(folder, entries)
+    return changed
 
 
 def _reclaims(entry: dict[str, Any], ranges: Collection[tuple[int, int]]) -> bool:
@@ -248,14 +258,19 @@ def list_debug_objects(pid: int, start_time: int | None = None) -> list[DebugObj
     ]
 
 
-def append_perf_map(pid: int, images: Sequence[LinkedImage]) -> Path | None:
+def append_perf_map(
+    pid: int, images: Sequence[LinkedImage], reclaimed: Collection[tuple[int, int]] = ()
+) -> Path | None:
     """Add the functions of new blocks to ``/tmp/perf-PID.map`` (``START SIZE name``, hex).
 
     The file is opened without following symlinks and used only if it is a
     regular file owned by us or by the target's owner: /tmp is shared, and a
     planted link must not make root append to another file.  Returns None when
-    the file cannot be used that way.
+    the file cannot be used that way.  Functions in ``reclaimed`` code
+    (``(address, size)``) are taken out first (see :func:`prune_perf_map`).
     """
+    if reclaimed:
+        prune_perf_map(pid, reclaimed)
     lines = [
         f"{span.address:x} {max(span.size, 1):x} {span.name}\n"
         for image in images

@@ -21,7 +21,7 @@ from relive.arch.base import Arch
 from relive.elf.image import ImageSymbol
 from relive.errors import ReliveError
 from relive.patch.arena import is_chunk_mapped
-from relive.patch.journal import EntryPatch, Journal, SourceRecord
+from relive.patch.journal import ArenaKind, EntryPatch, Journal, LoadedBlock, SourceRecord
 from relive.patch.modules import RunningModule, load_running_modules
 from relive.patch.original import check_same_build
 from relive.process.memory import ProcessMemory
@@ -111,17 +111,21 @@ def find_entry_jumps(pid: int, modules: list[RunningModule]) -> tuple[list[Entry
 
 
 def _inherit_arenas(journal: Journal, ancestor: Journal, maps: list[Mapping]) -> None:
-    """The ancestor's arenas the child has, and every block in them, all counted as
-    in use: the child may run code the ancestor reclaimed after the fork (its own
-    entry jumps may lead there), so nothing is free in the child that was not free
-    in every version of the ancestor's journal."""
+    """The ancestor's arenas the child has, each chunk wholly in use.
+
+    The child may run code the ancestor reclaimed (and forgot) after the fork:
+    its own entry jumps may lead there.  So nothing of an inherited chunk is free
+    in the child; its own reloads go to new space.
+    """
     journal.arenas = [dataclasses.replace(c) for c in ancestor.arenas if is_chunk_mapped(maps, c)]
-    ranges = journal.relive_ranges()
-    journal.blocks = [
-        dataclasses.replace(b, reclaimed=False, pending=False)
-        for b in ancestor.blocks
-        if _holds(ranges, b.code[0] if b.code[1] else b.data[0])
-    ]
+    for chunk in journal.arenas:
+        whole, empty = [chunk.address, chunk.size], [chunk.address, 0]
+        code = chunk.kind is ArenaKind.CODE
+        journal.blocks.append(
+            LoadedBlock(
+                "", chunk.module, whole if code else empty, empty if code else whole, escaped=True
+            )
+        )
 
 
 def _holds(regions: list[tuple[int, int]], address: int) -> bool:

@@ -105,6 +105,10 @@ class LoadedBlock:
     reclaimed: bool = False
     #: Recorded ahead of the entry jumps; kept once one of them (or the reload) commits.
     pending: bool = False
+    #: Bytes at the start of ``data`` the program may hold pointers to (the
+    #: object's variables, strings and constants); the rest (unwind table, GOT) only
+    #: the block's code uses, and is freed with it.  -1: all of it.
+    program_data: int = -1
 
 
 @dataclass

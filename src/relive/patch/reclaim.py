@@ -111,14 +111,12 @@ class DeadCodeCheck:
     @classmethod
     def for_undo(cls, journal: Journal, maps: list[Mapping]) -> DeadCodeCheck:
         """The check for an undo (its writes staged): code as for a reload, and the
-        data of the blocks whose code may turn out dead (or that have none)."""
+        data of the blocks whose code is, or may turn out, dead."""
         candidates = find_candidates(journal)
-        codeless = [
-            b
-            for b in journal.blocks
-            if (b.reclaimed or not b.code[1]) and not b.pending and b.data[1]
-        ]
-        return cls(candidates, maps, find_data_candidates(journal, [*candidates, *codeless]))
+        # Data of blocks without code of their own is kept: code elsewhere (an
+        # inherited arena's) may refer to it without storing a pointer.
+        freed = [b for b in journal.blocks if b.reclaimed and b.data[1]]
+        return cls(candidates, maps, find_data_candidates(journal, [*candidates, *freed]))
 
     def inspect(self, stopped: StoppedProcess, memory: ProcessMemory) -> None:
         if not self.candidates and not self.data:
@@ -151,10 +149,10 @@ class DeadCodeCheck:
     def _unreferenced_data(
         self, stopped: StoppedProcess, memory: ProcessMemory, sps: list[int]
     ) -> list[LoadedBlock]:
-        """Of the data blocks whose code is dead (or absent), those no word of the
+        """Of the data blocks whose code is dead, those no word of the
         program's writable memory (stacks from their pointer on) or registers points to."""
         dead = [id(b) for b in self.dead]
-        blocks = [b for b in self.data if not b.code[1] or b.reclaimed or id(b) in dead]
+        blocks = [b for b in self.data if b.reclaimed or id(b) in dead]
         ranges = [(b.data[0], b.data[0] + b.data[1]) for b in blocks]
         spans = []
         for m in self.maps:
@@ -209,18 +207,23 @@ def _scan_slowly(data: bytes, lo: int, hi: int, skew: int) -> bool:
     return any(lo <= word < hi for word in view)
 
 
-def mark_reclaimed(journal: Journal, dead: Iterable[LoadedBlock]) -> list[Range]:
-    """Free the code of ``dead`` blocks (their ranges, returned) and forget them as
-    earlier versions of any function (frames are never looked for there again)."""
-    freed = []
+def mark_reclaimed(journal: Journal, dead: Iterable[LoadedBlock]) -> list[tuple[int, int]]:
+    """Free the code of ``dead`` blocks, and the part of their data only that code
+    used (unwind table, GOT); forget blocks with nothing left, and forget the
+    code as an earlier version of any function (frames are never looked for there
+    again).  Returns ``(address, size)`` of the code freed."""
+    freed: list[tuple[int, int]] = []
     for block in dead:
         if block in journal.blocks and not block.reclaimed:
             block.reclaimed = True
-            freed.append((block.code[0], block.code[0] + block.code[1]))
+            freed.append((block.code[0], block.code[1]))
+            if block.program_data >= 0:
+                block.data = [block.data[0], min(block.data[1], block.program_data)]
     if freed:
+        journal.blocks = [b for b in journal.blocks if not (b.reclaimed and not b.data[1])]
         for patch in journal.patches.values():
             patch.earlier = [
-                r for r in patch.earlier if not any(lo <= r[0] < hi for lo, hi in freed)
+                r for r in patch.earlier if not any(a <= r[0] < a + n for a, n in freed)
             ]
     return freed
 

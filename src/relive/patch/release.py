@@ -16,11 +16,7 @@ def free_undone_blocks(pid: int, journal: Journal, check: DeadCodeCheck) -> list
     and unmap arenas no block uses; the notices."""
     notices = reclaim_code(pid, journal, check.dead)
     free_data = [id(b) for b in check.dead_data]
-    gone = [
-        b
-        for b in journal.blocks
-        if (b.reclaimed or not b.code[1]) and (not b.data[1] or id(b) in free_data)
-    ]
+    gone = [b for b in journal.blocks if b.reclaimed and (not b.data[1] or id(b) in free_data)]
     if not gone:
         return notices
     drop_blocks(journal, gone)

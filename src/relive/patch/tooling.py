@@ -14,7 +14,7 @@ its range is free for later reloads.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from relive.errors import ReliveError
 from relive.link import LinkedImage
@@ -38,8 +38,13 @@ def publish_new_code(
     modules: Sequence[RunningModule],
     journal: Journal,
     blocks: Sequence[tuple[str, LinkedImage]],
+    reclaimed: Collection[tuple[int, int]] = (),
 ) -> list[str]:
-    """Register, describe and map the new blocks (``(source, block)``); the notices."""
+    """Register, describe and map the new blocks (``(source, block)``); the notices.
+
+    ``reclaimed``: ``(address, size)`` of code the reload freed, which the debug
+    objects and the perf map stop describing.
+    """
     notices = []
     images = [image for _, image in blocks]
     registered: list[int] = []
@@ -54,10 +59,10 @@ def publish_new_code(
             )
     try:
         prune_expired()
-        write_debug_objects(journal, blocks, registered)
+        write_debug_objects(journal, blocks, registered, reclaimed)
     except ReliveError as error:
         notices.append(f"no debug object written ({error.message}): gdb shows ?? for new code")
-    append_perf_map(pid, images)
+    append_perf_map(pid, images, reclaimed)
     return notices
 
 
@@ -73,26 +78,41 @@ def retire_unused_code(pid: int, journal: Journal) -> list[str]:
     return []
 
 
-def reclaim_code(pid: int, journal: Journal, blocks: Sequence[LoadedBlock]) -> list[str]:
-    """Free the code of ``blocks`` (proven dead) for later reloads, once the tools no
-    longer claim it: unwind tables deregistered, debug objects no longer loaded,
-    perf map lines removed.  Saves the journal.  The notices (nothing is freed
-    when the unwind tables cannot be deregistered: stale tables over reused
-    addresses would mislead the program's unwinder)."""
+def deregister_dead_code(
+    pid: int, journal: Journal, blocks: Sequence[LoadedBlock]
+) -> tuple[list[LoadedBlock], list[str]]:
+    """Take the unwind tables of dead code (``blocks``) out of the program's unwinder
+    before its range is reused; the blocks that may be reclaimed, and notices.
+
+    None is when the tables cannot be deregistered: stale tables over reused
+    addresses would mislead the program's unwinder.
+    """
     if not blocks:
-        return []
-    ranges = {(b.code[0], b.code[1]) for b in blocks}
+        return [], []
     try:
-        tables = find_reclaimed_tables(journal, ranges)
+        tables = find_reclaimed_tables(journal, {(b.code[0], b.code[1]) for b in blocks})
         if tables:
             unwinder = find_unwinder(load_running_modules(pid))
             if unwinder is None:
-                return ["superseded code kept: its unwind tables cannot be deregistered"]
+                return [], ["superseded code kept: its unwind tables cannot be deregistered"]
             deregister_unwind_tables(pid, unwinder, tables)
-        reclaim_debug_objects(journal, ranges)
-        mark_reclaimed(journal, blocks)
-        save_journal(journal)
     except ReliveError as error:
-        return [f"superseded code kept ({error.message})"]
+        return [], [f"superseded code kept ({error.message})"]
+    return list(blocks), []
+
+
+def reclaim_code(pid: int, journal: Journal, blocks: Sequence[LoadedBlock]) -> list[str]:
+    """Free the code of ``blocks`` (proven dead) for later reloads, once the tools no
+    longer claim it: unwind tables deregistered, debug objects no longer loaded,
+    perf map lines removed.  Saves the journal; the notices."""
+    freed, notices = deregister_dead_code(pid, journal, blocks)
+    if not freed:
+        return notices
+    ranges = mark_reclaimed(journal, freed)
+    try:
+        save_journal(journal)
+        reclaim_debug_objects(journal, ranges)
+    except ReliveError as error:
+        return [f"debug objects of reclaimed code not retired ({error.message})"]
     prune_perf_map(pid, ranges)
     return []

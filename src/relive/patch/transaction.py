@@ -79,9 +79,9 @@ from relive.patch.loops import refuse_running_loop_heads
 from relive.patch.matched import binding_context
 from relive.patch.modules import RunningModule, load_running_modules
 from relive.patch.plan import Decision, ReloadPlan
-from relive.patch.reclaim import DeadCodeCheck, find_candidates
+from relive.patch.reclaim import DeadCodeCheck, find_candidates, mark_reclaimed
 from relive.patch.release import free_undone_blocks
-from relive.patch.tooling import publish_new_code, reclaim_code, retire_unused_code
+from relive.patch.tooling import deregister_dead_code, publish_new_code, retire_unused_code
 from relive.patch.wal import commit, find_done, stage_jumps, stage_undo
 from relive.process.memory import ProcessMemory
 from relive.process.procfs import read_maps
@@ -203,8 +203,11 @@ class StagedReload:
         self.values: list[tuple[int, bytes]] = []
         self.mover: FrameMover | None = None
         self.entries: EntryReport | None = None
-        #: Which superseded code no thread is in (seen at the stop that switches).
+        #: Which superseded code no thread is in (seen at the stop that switches),
+        #: and the code freed at the commit: ``(address, size)``.
         self.dead_code: DeadCodeCheck | None = None
+        self.reclaimed: list[tuple[int, int]] = []
+        self.notices: list[str] = []
         #: One allocator per module: the files of one reload share its arenas.
         self.allocators: dict[str, ArenaAllocator] = {}
 
@@ -272,9 +275,14 @@ class StagedReload:
         return None
 
     def commit(self) -> None:
-        """Step 7: the pending jumps committed and the journal saved."""
+        """Step 7: the pending jumps committed and the journal saved, with the code
+        they superseded that no thread was in freed (its unwind tables taken out
+        of the program's unwinder first)."""
+        dead = self.dead_code.dead if self.dead_code is not None else []
+        freed, self.notices = deregister_dead_code(self.pid, self.journal, dead)
         commit(self.journal)
         record_code_sizes(self.journal, self.plans, self.images, self.history)
+        self.reclaimed = mark_reclaimed(self.journal, freed)
         save_journal(self.journal)
 
     def publish(self) -> Applied:
@@ -290,9 +298,9 @@ class StagedReload:
             told = frames.told()
             active = [(name, tid) for name, tid in active if (name, tid) not in told]
         blocks = [(plan.source, image) for plan, image in zip(plans, self.images, strict=True)]
-        notices = publish_new_code(self.pid, self.modules, self.journal, blocks)
-        if self.dead_code is not None:  # superseded code no thread is in: free for reuse
-            notices += reclaim_code(self.pid, self.journal, self.dead_code.dead)
+        notices = self.notices + publish_new_code(
+            self.pid, self.modules, self.journal, blocks, self.reclaimed
+        )
         stopped = 0.0 if entries is None else entries.stopped_seconds
         return Applied(self.images, stopped, active, notices, frames)
 
@@ -416,12 +424,21 @@ def _record(journal: Journal, plans: list[ReloadPlan], images: list[LinkedImage]
                     list(image.data_range),
                     escaped=image.takes_own_code,
                     pending=True,
+                    program_data=_program_data(image),
                 )
             )
     for plan in plans:
         record = journal.sources[plan.source]
         record.matched = {d.name: d.matched for d in plan.decisions if d.matched}
         record.matched_context = binding_context(journal, plan.binder.modules)
+
+
+def _program_data(image: LinkedImage) -> int:
+    """Bytes at the start of the image's data part that hold the object's own data
+    (what follows, the unwind table and the GOT, only its code uses)."""
+    layout = image.layout
+    private = layout.eh_frame_offset if layout.eh_frame_offset is not None else layout.got_base
+    return max(min(private, len(image.data)) - layout.data_offset, 0)
 
 
 def _definitions(plan: ReloadPlan, image: LinkedImage) -> Iterator[Definition]:
