@@ -31,7 +31,7 @@ def map_count(pid: int) -> int:
 
 def set_value(source: Path, n: int) -> None:
     text = source.read_text()
-    start = text.index("return x + ") + len("return x + ")
+    start = text.index(" x + ", text.index("int value(")) + len(" x + ")
     source.write_text(text[:start] + str(n) + text[text.index(";", start) :])
 
 
@@ -267,26 +267,127 @@ def test_undo_after_many_reloads_restores_the_original_and_leaves_no_arena(
     assert len(load_journal(target.pid).arenas) == 2
 
 
-def test_a_forked_child_never_reuses_what_it_inherited(tmp_path: Path, spawn: SpawnFactory) -> None:
-    from test_fork import FORKING_PROG, _child_prints, _edit_value, _fork_child
+FORKING = r"""
+#include <signal.h>
+#include <stdio.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+__attribute__((noinline)) int value(int x) { return x + 1; }
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    char line[16];
+    while (fgets(line, sizeof line, stdin))  /* one child per line; the parent only forks */
+        if (fork() == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            for (;;) { printf("child %d value %d\n", (int)getpid(), value(0)); usleep(2000); }
+        }
+    return 0;
+}
+"""
 
-    exe = compile_c(tmp_path, FORKING_PROG)
+
+def test_a_forked_child_never_reuses_what_it_inherited(tmp_path: Path, spawn: SpawnFactory) -> None:
+    exe = compile_c(tmp_path, FORKING)
     source = tmp_path / "prog.c"
     parent = spawn([exe], stdin_pipe=True)
     wait_until(lambda: Path(f"/proc/{parent.pid}/exe").exists(), what="parent started")
-    _edit_value(source, 2)
+    set_value(source, 2)
     relive.attach(parent.pid).reload([source])
     [inherited] = load_journal(parent.pid).blocks
-    child = _fork_child(parent)
-    _child_prints(parent, child, 2)
-    for value in (3, 4, 5):  # the child's code of 2 is superseded: never reused in the child
-        _edit_value(source, value)
+    parent.write(b"f\n")
+    child = int(parent.wait_for(r"^child (\d+) value 2$")[1])
+    for n in (3, 4, 5):  # the child's code of 2 is superseded: never reused in the child
+        set_value(source, n)
         relive.attach(child).reload([source])
-        _child_prints(parent, child, value)
+        parent.wait_for(rf"^child {child} value {n}$", after=parent.mark())
     start, size = inherited.code
     for block in load_journal(child).blocks:
         if block.source:  # the child's own reloads
             assert block.code[0] + block.code[1] <= start or block.code[0] >= start + size
     relive.attach(child).undo()
-    _child_prints(parent, child, 1)
+    parent.wait_for(rf"^child {child} value 1$", after=parent.mark())
     assert [row.name for row in relive.attach(parent.pid).status()] == ["value"]
+
+
+UNWINDING = r"""
+#include <execinfo.h>
+#include <stdio.h>
+#include <unistd.h>
+/* backtrace() walks through value()'s frame only if the program's unwinder has
+   the table of the code running it: a negative value says it stopped there. */
+__attribute__((noinline)) int value(int x) {
+    void *frames[16];
+    if (backtrace(frames, 16) <= 2) return -1;
+    return x + 1;
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { printf("value %d\n", value(0)); usleep(2000); }
+}
+"""
+
+
+def test_reclaimed_code_leaves_the_programs_unwinder_exact(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    from relive.patch.debugfiles import list_debug_objects
+
+    exe = compile_c(tmp_path, UNWINDING)
+    target = spawn([exe])
+    target.wait_for(r"^value 1$")
+    source = tmp_path / "prog.c"
+    for n in range(2, 9):
+        set_value(source, n)
+        reload(target.pid, source)  # its table registered, the one before taken out
+        mark = target.mark()  # (until the reload returned, backtrace() could stop short)
+        for _ in range(5):
+            target.wait_for(rf"^value {n}$", after=target.mark())
+        assert not any(line.startswith("value -") for line in target.lines[mark:])
+    # The code before the last is freed unless the thread was inside it (in
+    # backtrace()) at the switch: then the next reload frees it.
+    live = live_code(target.pid)
+    assert 1 <= len(live) <= 2
+    objects = list_debug_objects(target.pid)
+    assert {(o.base, o.size) for o in objects if o.live} == set(live)
+    assert sum(o.live for o in objects) == len(live)
+    manifest = json.loads((objects[0].path.parent / "manifest.json").read_text())
+    registered = [e["unwind_table"] for e in manifest if e["unwind_table"] is not None]
+    assert len(registered) == len(live)  # only the tables of code that may run
+    relive.attach(target.pid).undo()
+    target.wait_for(r"^value 1$", after=target.mark())
+    assert target.alive() and load_journal(target.pid).arenas == []
+
+
+SWITCHING = r"""
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((noinline)) int value(int x) {
+    switch (x) {  /* a jump table: its entries hold addresses in the function */
+    case 0: return x + 1;
+    case 1: return 7;
+    case 2: return 11;
+    case 3: return 13;
+    case 4: return 17;
+    case 5: return 19;
+    default: return 23;
+    }
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { printf("value %d\n", value(0)); usleep(2000); }
+}
+"""
+
+
+def test_a_jump_table_does_not_keep_code_from_being_reclaimed(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    exe = compile_c(tmp_path, SWITCHING)  # -O0: a jump table in .rodata
+    target = spawn([exe])
+    target.wait_for(r"^value 1$")
+    source = tmp_path / "prog.c"
+    for n in (2, 3, 4):
+        reload_value(target, source, n)
+    blocks = load_journal(target.pid).blocks
+    assert not any(b.escaped for b in blocks)
+    assert [b.reclaimed for b in blocks] == [True, True, False]

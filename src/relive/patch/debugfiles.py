@@ -69,22 +69,16 @@ BACKGROUND_RELOCATIONS = 20_000
 
 
 def write_debug_objects(
-    journal: Journal,
-    blocks: Sequence[tuple[str, LinkedImage]],
-    registered: Collection[int] = (),
-    reclaimed: Collection[tuple[int, int]] = (),
+    journal: Journal, blocks: Sequence[tuple[str, LinkedImage]], registered: Collection[int] = ()
 ) -> list[Path]:
     """Write the debug object of each reloaded ``(source, block)``; update the manifest once.
 
     ``registered``: the unwind tables that were registered with the program's
-    unwinder (undo deregisters them once their code no longer runs).
-    ``reclaimed``: ``(address, size)`` of code reclaimed since (its objects are
-    retired for good).  Objects with much DWARF are written in the background
-    (:data:`BACKGROUND_RELOCATIONS`).
+    unwinder (undo deregisters them once their code no longer runs).  Objects
+    with much DWARF are written in the background (:data:`BACKGROUND_RELOCATIONS`).
     """
     folder = _process_folder(journal.pid, journal.start_time, create=True)
     entries = _read_manifest(folder)
-    _retire(entries, reclaimed)
     paths = []
     later: list[tuple[Path, str, LinkedImage]] = []
     for source, image in blocks:
@@ -107,7 +101,9 @@ def write_debug_objects(
             }
         )
         paths.append(folder / name)
-    _mark_live(journal, entries)
+    # Superseded code keeps its table registered (a thread may still run it) until
+    # undo retires it or the code is reclaimed: the manifest must keep knowing it.
+    _mark_live(journal, entries, retire=False)
     _write_manifest(folder, entries)
     if later:
         _in_background(lambda: _write_all(later))
@@ -154,8 +150,9 @@ def refresh_liveness(journal: Journal) -> list[int]:
     return retired
 
 
-def _mark_live(journal: Journal, entries: list[dict[str, Any]]) -> list[int]:
-    """Set each entry's liveness; the unwind tables of entries that are no longer live."""
+def _mark_live(journal: Journal, entries: list[dict[str, Any]], retire: bool = True) -> list[int]:
+    """Set each entry's liveness; with ``retire``, the unwind tables of entries that are
+    no longer live (forgotten here: the caller deregisters them)."""
     used = sorted(
         [p.target for p in journal.patches.values()]
         + [d.address for r in journal.sources.values() for d in r.definitions.values()]
@@ -167,7 +164,7 @@ def _mark_live(journal: Journal, entries: list[dict[str, Any]]) -> list[int]:
         entry["live"] = not entry.get("reclaimed", False) and any(
             _holds_any(used, start, start + size) for start, size in spans if size
         )
-        if not entry["live"] and entry.get("unwind_table") is not None:
+        if retire and not entry["live"] and entry.get("unwind_table") is not None:
             retired.append(entry["unwind_table"])
             entry["unwind_table"] = None
     return retired
@@ -189,17 +186,13 @@ def reclaim_debug_objects(journal: Journal, ranges: Collection[tuple[int, int]])
     (later code may reuse the addresses), their unwind tables deregistered."""
     folder = _process_folder(journal.pid, journal.start_time, create=False)
     entries = _read_manifest(folder)
-    if _retire(entries, ranges):
-        _write_manifest(folder, entries)
-
-
-def _retire(entries: list[dict[str, Any]], ranges: Collection[tuple[int, int]]) -> bool:
     changed = False
     for entry in entries:
         if _reclaims(entry, ranges):
             entry["reclaimed"], entry["live"], entry["unwind_table"] = True, False, None
             changed = True
-    return changed
+    if changed:
+        _write_manifest(folder, entries)
 
 
 def _reclaims(entry: dict[str, Any], ranges: Collection[tuple[int, int]]) -> bool:

@@ -153,7 +153,10 @@ class DeadCodeCheck:
         program's writable memory (stacks from their pointer on) or registers points to."""
         dead = [id(b) for b in self.dead]
         blocks = [b for b in self.data if b.reclaimed or id(b) in dead]
-        ranges = [(b.data[0], b.data[0] + b.data[1]) for b in blocks]
+        # Only the object's own data can have been handed to the program; the unwind
+        # table and GOT after it were only the block's code's (and the unwinder's,
+        # which has let go of them by the time they are freed).
+        ranges = [(b.data[0], b.data[0] + _program_part(b)) for b in blocks]
         spans = []
         for m in self.maps:
             if "w" not in m.perms or any(lo < m.end and m.start < hi for lo, hi in ranges):
@@ -161,8 +164,10 @@ class DeadCodeCheck:
             # Below a stack pointer (and its red zone) lie stale values of returned calls.
             start = max([m.start, *(sp - 128 for sp in sps if m.start <= sp < m.end)])
             spans.append((start, m.end))
-        if not ranges or sum(end - start for start, end in spans) > DATA_SCAN_LIMIT:
-            return []
+        if not any(lo < hi for lo, hi in ranges):
+            return blocks
+        if sum(end - start for start, end in spans) > DATA_SCAN_LIMIT:
+            return [b for b in blocks if not _program_part(b)]
         busy: set[int] = set()
         for start, end in spans:
             try:
@@ -172,6 +177,11 @@ class DeadCodeCheck:
         for tid in stopped.tids:
             busy |= find_words(bytes(stopped.get_regs(tid)), ranges)
         return [b for k, b in enumerate(blocks) if k not in busy]
+
+
+def _program_part(block: LoadedBlock) -> int:
+    """Bytes at the start of a block's data the program may point to."""
+    return block.data[1] if block.program_data < 0 else min(block.program_data, block.data[1])
 
 
 def find_words(data: bytes, ranges: Sequence[Range], base: int = 0) -> set[int]:
@@ -184,6 +194,8 @@ def find_words(data: bytes, ranges: Sequence[Range], base: int = 0) -> set[int]:
     found: set[int] = set()
     skew = base % 8
     for k, (lo, hi) in enumerate(ranges):
+        if lo >= hi:
+            continue
         if lo >> 32 != (hi - 1) >> 32:
             if _scan_slowly(data, lo, hi, skew):
                 found.add(k)

@@ -42,8 +42,8 @@ def publish_new_code(
 ) -> list[str]:
     """Register, describe and map the new blocks (``(source, block)``); the notices.
 
-    ``reclaimed``: ``(address, size)`` of code the reload freed, which the debug
-    objects and the perf map stop describing.
+    ``reclaimed``: ``(address, size)`` of code the reload freed, which the perf
+    map stops describing (its debug objects were retired when it was freed).
     """
     notices = []
     images = [image for _, image in blocks]
@@ -59,7 +59,7 @@ def publish_new_code(
             )
     try:
         prune_expired()
-        write_debug_objects(journal, blocks, registered, reclaimed)
+        write_debug_objects(journal, blocks, registered)
     except ReliveError as error:
         notices.append(f"no debug object written ({error.message}): gdb shows ?? for new code")
     append_perf_map(pid, images, reclaimed)
@@ -81,20 +81,25 @@ def retire_unused_code(pid: int, journal: Journal) -> list[str]:
 def deregister_dead_code(
     pid: int, journal: Journal, blocks: Sequence[LoadedBlock]
 ) -> tuple[list[LoadedBlock], list[str]]:
-    """Take the unwind tables of dead code (``blocks``) out of the program's unwinder
-    before its range is reused; the blocks that may be reclaimed, and notices.
+    """Retire the debug objects of dead code (``blocks``) and take its unwind tables
+    out of the program's unwinder before its range is reused; the blocks that may
+    be reclaimed, and notices.
 
-    None is when the tables cannot be deregistered: stale tables over reused
-    addresses would mislead the program's unwinder.
+    The manifest forgets the tables first: a relive killed in between leaves a
+    table registered, never one deregistered twice (libgcc aborts on that).
+    None is reclaimed when the tables cannot be deregistered: stale tables over
+    reused addresses would mislead the program's unwinder.
     """
     if not blocks:
         return [], []
+    ranges = {(b.code[0], b.code[1]) for b in blocks}
     try:
-        tables = find_reclaimed_tables(journal, {(b.code[0], b.code[1]) for b in blocks})
-        if tables:
-            unwinder = find_unwinder(load_running_modules(pid))
-            if unwinder is None:
-                return [], ["superseded code kept: its unwind tables cannot be deregistered"]
+        tables = find_reclaimed_tables(journal, ranges)
+        unwinder = find_unwinder(load_running_modules(pid)) if tables else None
+        if tables and unwinder is None:
+            return [], ["superseded code kept: its unwind tables cannot be deregistered"]
+        reclaim_debug_objects(journal, ranges)
+        if unwinder is not None:
             deregister_unwind_tables(pid, unwinder, tables)
     except ReliveError as error:
         return [], [f"superseded code kept ({error.message})"]
@@ -103,16 +108,15 @@ def deregister_dead_code(
 
 def reclaim_code(pid: int, journal: Journal, blocks: Sequence[LoadedBlock]) -> list[str]:
     """Free the code of ``blocks`` (proven dead) for later reloads, once the tools no
-    longer claim it: unwind tables deregistered, debug objects no longer loaded,
-    perf map lines removed.  Saves the journal; the notices."""
+    longer claim it: debug objects retired, unwind tables deregistered, perf map
+    lines removed.  Saves the journal; the notices."""
     freed, notices = deregister_dead_code(pid, journal, blocks)
     if not freed:
         return notices
     ranges = mark_reclaimed(journal, freed)
     try:
         save_journal(journal)
-        reclaim_debug_objects(journal, ranges)
     except ReliveError as error:
-        return [f"debug objects of reclaimed code not retired ({error.message})"]
+        return [f"reclaimed code not recorded ({error.message})"]
     prune_perf_map(pid, ranges)
     return []
