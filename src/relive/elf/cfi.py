@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from relive.elf.leb128 import Leb128Error, read_sleb, read_uleb
 from relive.elf.objfile import parse_elf_header, parse_section_headers, section_names
 from relive.errors import ReliveError
 
@@ -81,28 +82,6 @@ class _Cie:
     initial: bytes
 
 
-def read_uleb(data: bytes, pos: int) -> tuple[int, int]:
-    """The unsigned LEB128 number at ``pos`` and the position after it."""
-    result = shift = 0
-    while True:
-        if pos >= len(data):
-            raise CfiError("a LEB128 number runs past the end of its data")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return result, pos
-
-
-def read_sleb(data: bytes, pos: int) -> tuple[int, int]:
-    """The signed LEB128 number at ``pos`` and the position after it."""
-    start = pos
-    value, pos = read_uleb(data, pos)
-    bits = 7 * (pos - start)
-    return (value - (1 << bits) if value >> (bits - 1) & 1 else value), pos
-
-
 @dataclass
 class _Reader:
     data: bytes
@@ -121,11 +100,17 @@ class _Reader:
         return value - (top << 1) if value & top else value
 
     def uleb(self) -> int:
-        value, self.pos = read_uleb(self.data, self.pos)
+        try:
+            value, self.pos = read_uleb(self.data, self.pos)
+        except Leb128Error as e:
+            raise CfiError(str(e)) from None
         return value
 
     def sleb(self) -> int:
-        value, self.pos = read_sleb(self.data, self.pos)
+        try:
+            value, self.pos = read_sleb(self.data, self.pos)
+        except Leb128Error as e:
+            raise CfiError(str(e)) from None
         return value
 
     def cstr(self) -> bytes:

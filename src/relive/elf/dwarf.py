@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from relive.elf.constants import ET_REL, SHT_NOBITS, SHT_RELA
+from relive.elf.leb128 import Leb128Error, read_sleb, read_uleb
 from relive.elf.objfile import (
     SYM_SIZE,
     Buffer,
@@ -218,25 +219,20 @@ class _Section(NamedTuple):
         return int.from_bytes(self.buf[start : start + size], "little")
 
     def uleb(self, pos: int) -> tuple[int, int]:
-        result = shift = 0
-        buf, base, size = self.buf, self.base, self.size
-        while True:
-            if pos >= size:
-                raise _Malformed("a LEB128 number runs past the end of its section")
-            byte = buf[base + pos]
-            pos += 1
-            result |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return result, pos
-            shift += 7
+        base = self.base
+        try:
+            value, end = read_uleb(self.buf, base + pos, base + self.size)
+        except Leb128Error:
+            raise _Malformed("a LEB128 number runs past the end of its section") from None
+        return value, end - base
 
     def sleb(self, pos: int) -> tuple[int, int]:
-        start = pos
-        value, pos = self.uleb(pos)
-        bits = 7 * (pos - start)
-        if value >> (bits - 1) & 1:
-            value -= 1 << bits
-        return value, pos
+        base = self.base
+        try:
+            value, end = read_sleb(self.buf, base + pos, base + self.size)
+        except Leb128Error:
+            raise _Malformed("a LEB128 number runs past the end of its section") from None
+        return value, end - base
 
     def cstr(self, pos: int) -> tuple[bytes, int]:
         if not 0 <= pos < self.size:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from relive.arch.base import Equivalent, Resume
-from relive.elf.cfi import CfiError, read_sleb
+from relive.elf.cfi import CfiError
 from relive.elf.dwarf_types import (
     AT_ABSTRACT_ORIGIN,
     AT_BYTE_SIZE,
@@ -33,6 +33,7 @@ from relive.elf.dwarf_types import (
     TypeUnit,
     open_dwarf,
 )
+from relive.elf.leb128 import Leb128Error, read_sleb
 from relive.errors import ReliveError
 
 HOW_CALL_SITE = "matching call site"
@@ -92,7 +93,7 @@ def match_call_sites(
     try:
         old_homes = _variable_homes(old[2], old[3], name)
         new_homes = _variable_homes(new[2], new[3], name)
-    except (ReliveError, Malformed, IndexError, CfiError):
+    except (ReliveError, Malformed, IndexError, CfiError, Leb128Error):
         old_homes = new_homes = None  # then no slot can be shown to be the same variable
     resumes: dict[int, Resume | str] = {}
     for site in sites:

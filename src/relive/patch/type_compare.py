@@ -10,6 +10,8 @@ what the bytes mean does.
 
 from __future__ import annotations
 
+import contextlib
+
 from relive.elf.dwarf_types import (
     AT_ABSTRACT_ORIGIN,
     AT_BIT_OFFSET,
@@ -45,6 +47,7 @@ from relive.elf.dwarf_types import (
     Die,
     TypeUnit,
 )
+from relive.elf.leb128 import Leb128Error, read_uleb
 
 _PARAMETER_TAGS = frozenset({TAG_PARAMETER, TAG_VARARGS})
 _SUBRANGE_TAGS = frozenset({TAG_SUBRANGE})
@@ -326,14 +329,9 @@ def _member_offset(member: Die) -> int:
     if isinstance(value, int):
         return value
     if isinstance(value, bytes) and value[:1] == bytes([_DW_OP_PLUS_UCONST]):
-        result = shift = 0
-        for byte in value[1:]:
-            result |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                break
-        return result
-    return 0  # union members, or a location relive does not model
+        with contextlib.suppress(Leb128Error):
+            return read_uleb(value, 1)[0]
+    return 0  # union members, or a location relive does not model (or a truncated one)
 
 
 def _size_of(unit: TypeUnit, die: Die) -> int | None:
