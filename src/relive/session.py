@@ -16,7 +16,7 @@ import time
 from collections.abc import Collection, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relive.arch import get_arch
 from relive.errors import ReliveError
@@ -47,14 +47,15 @@ from relive.patch.planning import (
     plan_reload,
     reroute_too_small,
 )
-from relive.patch.recover import load_or_rebuild_journal
-from relive.patch.report import FunctionOutcomes, report_decisions, report_frames
 from relive.patch.selection import check_selected, still_patched_from
 from relive.patch.transaction import StagedReload, held_signals, undo_patches
 from relive.process.memory import ProcessMemory
 from relive.process.permissions import find_other_user
 from relive.process.procfs import check_alive, get_tgid
 from relive.statedir import scratch_dir
+
+if TYPE_CHECKING:
+    from relive.patch.report import FunctionOutcomes
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,8 @@ class Session:
             mark = time.perf_counter()
             if dry_run:  # the real reload's decisions and checks, nothing written
                 check_as_reload(plans, ctx, move_frames)
+                from relive.patch.report import report_decisions
+
                 self._take(report_decisions(plans, None, self.emit), result)
                 self._finished(result, dry_run=True)
                 return
@@ -289,6 +292,9 @@ class Session:
             finally:  # the jumps are in memory: they are committed in every case
                 staged.commit()
             yield Step.COMMITTED
+            # Imported once the new code runs (the report is what follows it).
+            from relive.patch.report import report_decisions, report_frames
+
             applied = staged.publish()
             result.stopped_us = applied.stopped_seconds * 1e6
             self._take(report_decisions(plans, applied.images, self.emit), result)
@@ -323,6 +329,8 @@ class Session:
 
     def status(self) -> list[PatchStatus]:
         """Every patch relive applied to this process, checked against memory."""
+        from relive.patch.recover import load_or_rebuild_journal  # status and undo only
+
         journal, _ = load_or_rebuild_journal(self.pid, self.emit)
         out = []
         with ProcessMemory(self.pid) as memory:
@@ -349,6 +357,8 @@ class Session:
 
     def _undo(self, functions: Collection[str] | None) -> list[str]:
         # Never trust a journal's bytes: put back only what the module files hold.
+        from relive.patch.recover import load_or_rebuild_journal
+
         journal, rebuilt = load_or_rebuild_journal(self.pid, self.emit, verify_originals=True)
         keys = [k for k, p in journal.patches.items() if functions is None or p.name in functions]
         if functions is not None:

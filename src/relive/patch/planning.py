@@ -32,18 +32,6 @@ from relive.patch.binder import Binder
 from relive.patch.callers import find_callers
 from relive.patch.entries import find_too_small, too_small_error
 from relive.patch.identify import check_object_belongs, check_source_belongs
-from relive.patch.inference import (
-    CF_PROTECTION,
-    LEVELS,
-    Score,
-    cached_flags,
-    candidate_flags,
-    describe_inferred,
-    inferred_part,
-    lacks_landing_pads,
-    score_plan,
-    with_flags,
-)
 from relive.patch.initial import DataChange, choose_reinit, describe_initial_change
 from relive.patch.journal import Journal
 from relive.patch.layout_check import check_layouts, prepare_layout_check
@@ -54,14 +42,15 @@ from relive.patch.running import fingerprints_running_now
 from relive.process.memory import ProcessMemory
 from relive.process.remote import remote_call
 from relive.process.threads import stop_all
-from relive.toolchain.choice import get_compile_command
 from relive.toolchain.command import ORIGIN_COMPDB, CompileCommand
-from relive.toolchain.compiler import CompileResult, compile_object
-from relive.toolchain.deoptimize import deoptimized
-from relive.toolchain.lto import without_lto
 
+# The compiler's modules and flag inference are imported where a source is
+# compiled: a reload of objects (``.o``) does not load them.
 if TYPE_CHECKING:
     from concurrent.futures import Future
+
+    from relive.patch.inference import Score
+    from relive.toolchain.compiler import CompileResult
 
 
 class Topic(enum.Enum):
@@ -227,6 +216,8 @@ def _compile_units(paths: Sequence[Path], ctx: PlanContext) -> list[_Unit]:
             continue
         found_command, found_module = _find_command(path, ctx)
         if ctx.options.debug:
+            from relive.toolchain.deoptimize import deoptimized
+
             found_command = deoptimized(found_command)
         prepare_layout_check(found_module, path)
         found.append((path, index, found_command, found_module))
@@ -266,6 +257,8 @@ def _compile_tries(
 ) -> list[CompileCommand]:
     """The commands to compile a source with: its own, or, when the build recorded
     no flags, the flags an earlier reload inferred or every candidate's."""
+    from relive.patch.inference import cached_flags, candidate_flags, with_flags
+
     if (
         not command.flags_unknown
         or module is None
@@ -298,6 +291,14 @@ def _infer(
     """The candidate under which most functions match the running code, its object,
     and the notice saying so; the answer is kept in the journal.  Compiles
     another process of the reload made (``shared``) were reported there."""
+    from relive.patch.inference import (
+        CF_PROTECTION,
+        LEVELS,
+        describe_inferred,
+        inferred_part,
+        lacks_landing_pads,
+    )
+
     scored = [_score(path, module, command, result, ctx, shared) for command, result in compiled]
     candidates = [c for c in scored if c is not None]
     if not candidates:
@@ -360,6 +361,8 @@ def _score(
 ) -> _Candidate | None:
     """A candidate's object compared with the running code (None: it did not
     compile, or could not be compared, e.g. it reaches data out of reach)."""
+    from relive.patch.inference import inferred_part, score_plan
+
     if isinstance(result, ReliveError):
         return None
     if not shared:
@@ -414,6 +417,8 @@ def _run_compiles(
     def run(
         job: tuple[CompileCommand, Path], on_wait: Callable[[], None] | None = None
     ) -> CompileResult | ReliveError:
+        from relive.toolchain.compiler import compile_object
+
         command, out_dir = job
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -606,6 +611,9 @@ def _call_in_target(pid: int, function: int) -> int:
 
 def _find_command(source: Path, ctx: PlanContext) -> tuple[CompileCommand, RunningModule]:
     """The compile command of ``source`` and the module it was built into."""
+    from relive.toolchain.choice import get_compile_command
+    from relive.toolchain.lto import without_lto
+
     ctx.progress(source, Phase.DEBUG_INFO)
     module, unit = ctx.modules[0], None
     for candidate in ctx.modules:

@@ -6,7 +6,6 @@ reload had been done.  It is a usage error now, naming the closest functions.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Collection, Sequence
 
 from relive.errors import UsageError
@@ -23,6 +22,8 @@ def check_selected(plans: Sequence[ReloadPlan], functions: Collection[str] | Non
     if not unknown:
         return
     files = ", ".join(sorted({p.obj.source_name or p.source for p in plans}))
+    import difflib  # only for the error: reloads do not pay for its import
+
     close = sorted({c for name in unknown for c in difflib.get_close_matches(name, known, n=3)})
     hint = f"did you mean {', '.join(close)}?" if close else "check the name (`nm` lists them)"
     noun = "function" if len(unknown) == 1 else "functions"

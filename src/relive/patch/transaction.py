@@ -63,7 +63,6 @@ from relive.patch.frames import (
     prepare_frame_mover,
     record_code_sizes,
 )
-from relive.patch.frames_back import prepare_undo_mover
 from relive.patch.initial import DataChange, write_initial_values
 from relive.patch.journal import (
     Definition,
@@ -81,7 +80,6 @@ from relive.patch.modules import RunningModule, load_running_modules
 from relive.patch.plan import Decision, ReloadPlan
 from relive.patch.reclaim import DeadCodeCheck, find_candidates, mark_reclaimed
 from relive.patch.release import free_undone_blocks
-from relive.patch.tooling import deregister_dead_code, publish_new_code, retire_unused_code
 from relive.patch.wal import commit, find_done, stage_jumps, stage_undo
 from relive.process.memory import ProcessMemory
 from relive.process.procfs import read_maps
@@ -278,6 +276,9 @@ class StagedReload:
         """Step 7: the pending jumps committed and the journal saved, with the code
         they superseded that no thread was in freed (its unwind tables taken out
         of the program's unwinder first)."""
+        # Imported here: the new code runs before relive loads the debug-object writers.
+        from relive.patch.tooling import deregister_dead_code
+
         dead = self.dead_code.dead if self.dead_code is not None else []
         freed, self.notices = deregister_dead_code(self.pid, self.journal, dead)
         commit(self.journal)
@@ -297,6 +298,8 @@ class StagedReload:
         if frames is not None:
             told = frames.told()
             active = [(name, tid) for name, tid in active if (name, tid) not in told]
+        from relive.patch.tooling import publish_new_code
+
         blocks = [(plan.source, image) for plan, image in zip(plans, self.images, strict=True)]
         notices = self.notices + publish_new_code(
             self.pid, self.modules, self.journal, blocks, self.reclaimed
@@ -328,6 +331,9 @@ def undo_patches(
     (their call finishes there), and the frames moved back to the original code
     (with ``arch``: under the same rules as moves into new code).
     """
+    from relive.patch.frames_back import prepare_undo_mover  # undo only
+    from relive.patch.tooling import retire_unused_code
+
     staying: list[tuple[str, int]] = []
     moved: list[FrameMove] = []
     chosen = [journal.patches[key] for key in keys]
