@@ -21,8 +21,9 @@ import relive
 from relive.cli.main import main
 from relive.errors import ProcessGone, ReliveError
 from relive.events import Compiled, Event
+from relive.patch.outcome import ReloadResult
 from relive.patch.transaction import held_signals
-from relive.session import ReloadResult, Session, Step, reload_together
+from relive.session import Session, Step, reload_together
 from support import (
     RELIVE,
     SpawnFactory,

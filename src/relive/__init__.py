@@ -15,17 +15,25 @@ from typing import TYPE_CHECKING, Any
 from relive.errors import ReliveError
 
 if TYPE_CHECKING:
-    from relive.session import PatchStatus, ReloadResult, Session, attach
+    from relive.events import PatchStatus
+    from relive.patch.outcome import ReloadResult
+    from relive.session import Session, attach
 
 __all__ = ["PatchStatus", "ReliveError", "ReloadResult", "Session", "attach"]
 __version__ = "0.1.0"
 
-_LAZY = {"PatchStatus", "ReloadResult", "Session", "attach"}
+#: Each lazy name and the module that defines it.
+_LAZY = {
+    "PatchStatus": "relive.events",
+    "ReloadResult": "relive.patch.outcome",
+    "Session": "relive.session",
+    "attach": "relive.session",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from relive import session
+        import importlib
 
-        return getattr(session, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'relive' has no attribute {name!r}")

@@ -4,7 +4,7 @@ The core never prints.  Each operation emits events to a callback; the CLI
 renders them with rich or as JSON lines (``--json``).  ``str(event)`` is the
 plain one-line text a user reads; :meth:`Event.to_json` is the line ``--json``
 writes.  Every JSON line relive writes is an event of this module, the CLI's
-own ones included (:class:`ErrorReported`, :class:`PatchListed`): its ``kind``
+own ones included (:class:`ErrorReported`, :class:`PatchStatus`): its ``kind``
 and fields are the protocol.
 """
 
@@ -629,8 +629,8 @@ class ErrorReported(Event):
         return f"relive: error{where}: {line}"
 
 
-class PatchListed(Event):
-    """One patched function, as ``relive status`` lists it."""
+class PatchStatus(Event):
+    """One patched function: a row of ``Session.status()``, a line of ``relive status``."""
 
     kind: ClassVar[str] = "patch"
     name: str
@@ -639,7 +639,7 @@ class PatchListed(Event):
     target: int
     count: int
     updated: float
-    #: The jump is really in memory.
+    #: The jump is really in memory (checked when the status was taken).
     active: bool
 
     #: The column titles ``relive status`` prints above the rows.

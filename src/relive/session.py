@@ -14,9 +14,8 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Collection, Generator, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from relive.arch import get_arch
 from relive.errors import ReliveError
@@ -27,6 +26,7 @@ from relive.events import (
     FunctionActive,
     FunctionRestored,
     Notice,
+    PatchStatus,
     ProcessesSwitched,
     ReloadFinished,
     Timings,
@@ -36,6 +36,7 @@ from relive.patch.dryrun import check_as_reload
 from relive.patch.journal import load_journal, save_journal
 from relive.patch.lock import process_lock
 from relive.patch.modules import get_main_module, load_running_modules
+from relive.patch.outcome import ReloadResult
 from relive.patch.planning import (
     PlanContext,
     ReloadOptions,
@@ -53,34 +54,6 @@ from relive.process.memory import ProcessMemory
 from relive.process.permissions import find_other_user
 from relive.process.procfs import check_alive, get_tgid
 from relive.statedir import scratch_dir
-
-if TYPE_CHECKING:
-    from relive.patch.report import FunctionOutcomes
-
-
-@dataclass(frozen=True)
-class PatchStatus:
-    """One patched function as ``status`` reports it."""
-
-    name: str
-    source: str
-    address: int
-    target: int
-    count: int
-    updated: float
-    active: bool  # the jump is really in memory
-
-
-@dataclass
-class ReloadResult:
-    """What a reload did, per function."""
-
-    redirected: list[str] = field(default_factory=list)
-    added: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    stopped_us: float = 0.0
-    phases_ms: dict[str, float] = field(default_factory=dict)
 
 
 class Step(enum.Enum):
@@ -271,7 +244,7 @@ class Session:
                 check_as_reload(plans, ctx, move_frames)
                 from relive.patch.report import report_decisions
 
-                self._take(report_decisions(plans, None, self.emit), result)
+                report_decisions(plans, None, self.emit, result)
                 self._finished(result, dry_run=True)
                 return
             for plan in plans:
@@ -297,7 +270,7 @@ class Session:
 
             applied = staged.publish()
             result.stopped_us = applied.stopped_seconds * 1e6
-            self._take(report_decisions(plans, applied.images, self.emit), result)
+            report_decisions(plans, applied.images, self.emit, result)
             report_frames(applied.frames, self.emit)
             for name, tid in applied.active:
                 self.emit(FunctionActive(name, tid))
@@ -306,13 +279,6 @@ class Session:
             lap(phases, "patch", mark)
         self.emit(Timings(dict(phases), result.stopped_us))
         self._finished(result, dry_run=False)
-
-    @staticmethod
-    def _take(outcomes: FunctionOutcomes, result: ReloadResult) -> None:
-        result.redirected += outcomes.redirected
-        result.added += outcomes.added
-        result.unchanged += outcomes.unchanged
-        result.skipped += outcomes.skipped
 
     def _finished(self, result: ReloadResult, dry_run: bool) -> None:
         self.emit(

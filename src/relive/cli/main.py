@@ -16,7 +16,7 @@ from pathlib import Path
 from relive.cli.render import Renderer
 from relive.cli.targets import resolve_pids
 from relive.errors import ReliveError
-from relive.events import PatchListed, Verdict
+from relive.events import PatchStatus, Verdict
 
 #: Signals ``run --on-signal`` accepts as the reload trigger.
 _TRIGGERS = ("INT", "QUIT", "HUP", "USR1", "USR2", "TERM")
@@ -291,14 +291,14 @@ def _cmd_status(args: argparse.Namespace, out: Renderer) -> int:
     import relive
 
     def status(pid: int) -> None:
-        rows = [PatchListed(**vars(row)) for row in relive.attach(pid, on_event=out).status()]
+        rows = relive.attach(pid, on_event=out).status()
         if out.json_lines:
             for row in rows:
                 out(row)
         elif not rows:
             print(f"pid {pid}: nothing patched")
         else:
-            print(PatchListed.HEADER)
+            print(PatchStatus.HEADER)
             for row in rows:
                 print(row)
 

@@ -6,8 +6,6 @@ a dry run): a line per function says what will run, the promise a user relies on
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from relive.events import (
     EventSink,
     FrameMoved,
@@ -20,25 +18,18 @@ from relive.events import (
 )
 from relive.link import LinkedImage
 from relive.patch.frames import FramePlan
+from relive.patch.outcome import ReloadResult
 from relive.patch.plan import NOT_SELECTED, Decision, ReloadPlan, find_orphan_clones
 
 
-@dataclass
-class FunctionOutcomes:
-    """The names of the functions a reload redirected, added, left or skipped."""
-
-    redirected: list[str] = field(default_factory=list)
-    added: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-
-
 def report_decisions(
-    plans: list[ReloadPlan], images: list[LinkedImage] | None, emit: EventSink
-) -> FunctionOutcomes:
-    """One event per function of every plan (``images``: None for a dry run), and a
-    notice per compiler clone the new code no longer has."""
-    outcomes = FunctionOutcomes()
+    plans: list[ReloadPlan],
+    images: list[LinkedImage] | None,
+    emit: EventSink,
+    outcomes: ReloadResult,
+) -> None:
+    """One event per function of every plan (``images``: None for a dry run), its name
+    added to ``outcomes``, and a notice per compiler clone the new code no longer has."""
     for i, plan in enumerate(plans):
         image = images[i] if images else None
         for d in plan.decisions:
@@ -65,7 +56,6 @@ def report_decisions(
                     "in the new code: its callers were reloaded instead"
                 )
             )
-    return outcomes
 
 
 def _report_unselected_changes(plan: ReloadPlan, emit: EventSink) -> None:

@@ -32,6 +32,7 @@ from relive.events import (
     EventSink,
     FlagsFromDwarf,
     Notice,
+    PatchStatus,
     PendingSinceBuild,
     SaveSkipped,
     SignalReload,
@@ -44,6 +45,7 @@ from relive.events import (
     WatchStopped,
 )
 from relive.patch.modules import load_running_modules
+from relive.patch.outcome import ReloadResult
 from relive.patch.planning import Topic
 from relive.process.procfs import is_alive
 from relive.toolchain.command import ORIGIN_DWARF
@@ -90,30 +92,6 @@ class WatchOptions:
     move_frames: bool = True
 
 
-class ReloadOutcome(Protocol):
-    """What the loop reads of a reload's result (``relive.ReloadResult``)."""
-
-    @property
-    def redirected(self) -> list[str]: ...
-    @property
-    def added(self) -> list[str]: ...
-    @property
-    def unchanged(self) -> list[str]: ...
-    @property
-    def skipped(self) -> list[str]: ...
-    @property
-    def stopped_us(self) -> float: ...
-    @property
-    def phases_ms(self) -> dict[str, float]: ...
-
-
-class Patched(Protocol):
-    """What the loop reads of a patch's status (``relive.PatchStatus``)."""
-
-    @property
-    def name(self) -> str: ...
-
-
 class ReloadTarget(Protocol):
     """The session API the loop uses (``relive.Session``)."""
 
@@ -127,12 +105,12 @@ class ReloadTarget(Protocol):
         reinit: Collection[str] = (),
         allow_layout_change: bool = False,
         move_frames: bool = True,
-    ) -> ReloadOutcome: ...
+    ) -> ReloadResult: ...
     @property
     def dependencies(self) -> Mapping[Path, tuple[Path, ...]]: ...
     @property
     def announced(self) -> set[tuple[Path, Topic]]: ...
-    def status(self) -> Sequence[Patched]: ...
+    def status(self) -> Sequence[PatchStatus]: ...
     def undo(self, functions: Collection[str] | None = None) -> list[str]: ...
 
 
@@ -142,7 +120,7 @@ Attach = Callable[[int, EventSink], ReloadTarget]
 #: Reload units into several sessions at once, compiled once and switched back to
 #: back, each process its own transaction (``relive.session.reload_together``):
 #: ``(sessions, paths, on_event, **options)`` -> one result or error per session.
-ReloadTogether = Callable[..., Sequence[ReloadOutcome | ReliveError]]
+ReloadTogether = Callable[..., Sequence[ReloadResult | ReliveError]]
 
 
 @dataclass
@@ -410,7 +388,7 @@ class Watcher:
 
     def _reload_each(
         self, units: list[Path], names: list[str], show_pid: bool
-    ) -> Iterator[tuple[_Target, ReloadOutcome | WatchFailed | None]]:
+    ) -> Iterator[tuple[_Target, ReloadResult | WatchFailed | None]]:
         """Each live process's reload: its result, its failure, or None (gone).
 
         Several processes reload together when the caller gave ``reload_together``
