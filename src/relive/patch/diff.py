@@ -30,8 +30,11 @@ _MAX_CONTENT = 4096
 
 def function_relocations(obj: ObjectFile, symbol: ObjSymbol) -> list[Relocation]:
     """Relocations whose field lies inside the function's bytes."""
-    end = symbol.value + symbol.size
-    return [r for r in obj.relocations.get(symbol.shndx, ()) if symbol.value <= r.offset < end]
+    relocs: list[Relocation] = obj.relocations.get(symbol.shndx, [])
+    start, end = symbol.value, symbol.value + symbol.size
+    if start == 0 and end == obj.sections[symbol.shndx].size:
+        return relocs  # the function is its section (-ffunction-sections): all of them
+    return [r for r in relocs if start <= r.offset < end]
 
 
 def function_bytes(obj: ObjectFile, symbol: ObjSymbol) -> bytes:
@@ -100,10 +103,11 @@ class FunctionComparer:
         """What a relocation to ``symbol`` refers to, by name or by content;
         remembered (a string table or a callee is referred to many times)."""
         key = (symbol.index, symbol.name, depth)
-        found = self._identities.get(key)
-        if found is None:
+        try:
+            return self._identities[key]
+        except KeyError:
             found = self._identities[key] = self._find_identity(symbol, depth)
-        return found
+            return found
 
     def _find_identity(self, symbol: ObjSymbol, depth: int) -> str:
         if not symbol.is_defined or symbol.is_common:
@@ -508,6 +512,9 @@ def _extent(
 
 def _find_terminator(data: bytes, start: int, step: int) -> int:
     """The end (past the terminator) of the string starting at ``start``."""
+    if step == 1:
+        end = data.find(0, start)
+        return len(data) if end < 0 else end + 1
     at = start
     nul = bytes(step)
     while at < len(data):

@@ -19,6 +19,7 @@ from relive.patch.initial import DataChange, find_initial_changes
 from relive.patch.matched import match_key
 from relive.patch.modules import RunningModule
 from relive.patch.rules import check_constructors
+from relive.patch.snapshot import ChunkedReader
 
 
 @dataclass(frozen=True)
@@ -211,8 +212,10 @@ def build_plan(
     # The data sections are bound now: where a symbol lives no longer changes, and
     # a big unit asks for the same callees and variables thousands of times.
     comparer.address_of = _memoized(address_of)
+    # Thousands of functions' code and strings: read in chunks, each once.
+    deciding = comparer.reading(ChunkedReader(binder.read_memory))
     decisions = [
-        _decide(symbol, binder, comparer, previous_fingerprints, only, redirect_all, matches)
+        _decide(symbol, binder, deciding, previous_fingerprints, only, redirect_all, matches)
         for symbol in _functions_in_code(obj, on_step)
     ]
     notices.extend(check_constructors(obj, {d.name: d.status for d in decisions}))
