@@ -134,8 +134,12 @@ def test_watch_status_line_shows_progress_then_its_own_text_again() -> None:
 
 def _big_unit(count: int, version: int) -> str:
     """A generated file of ``count`` functions plus a loop; ``version`` changes one."""
+    callee = ["0", *(f"(x > 0 ? gen_{i:05d}(x - 1) : 0)" for i in range(count - 1))]
     functions = "".join(
-        f"__attribute__((noinline)) long gen_{i:05d}(long x) {{ return x * {i + 3} + {i}; }}\n"
+        f"static long calls_{i};\n"
+        f"__attribute__((noinline)) long gen_{i:05d}(long x) {{\n"
+        f'    calls_{i}++; if (x < 0) puts("gen {i}");\n'
+        f"    return x * {i + 3} + calls_{i} + {callee[i]};\n}}\n"
         for i in range(count)
     )
     return (
@@ -157,8 +161,8 @@ def test_json_progress_repeats_while_a_big_unit_is_planned(
     """Planning (linking) a big unit is one phase of seconds: its progress event comes
     again while it runs, as often as the renderer lets JSON progress through.  The
     interval is scaled down from one second so that a 3,000-function unit, planned
-    in well under a second on a quiet machine, shows it."""
-    every = 0.05
+    in a fraction of a second on a quiet machine, shows it."""
+    every = 0.01
     monkeypatch.setattr(planning, "STILL_EVERY", every)
     monkeypatch.setattr(render, "JSON_PROGRESS_EVERY", every)
     count = 3000
