@@ -135,3 +135,15 @@ def test_a_dry_run_of_an_unchanged_file_has_nothing_left_unchecked(running: Targ
     assert "redirected" not in kinds(planned)
     assert NOT_CHECKED not in _notices(planned)
     assert_untouched(running)
+
+
+def test_options_are_one_value_and_keywords_override_it(running: Target, tmp_path: Path) -> None:
+    source = tmp_path / "prog.c"
+    edit(source, "return table[0];", "return table[1];")
+    dry = relive.ReloadOptions(dry_run=True, functions=["value"])
+    result = relive.attach(running.pid).reload([source], dry)
+    assert result.redirected == ["value"]
+    assert_untouched(running)
+    result = relive.attach(running.pid).reload([source], dry, dry_run=False)
+    assert result.redirected == ["value"]
+    running.wait_for(r"^value 2$")

@@ -16,15 +16,17 @@ from relive.errors import ReliveError
 
 if TYPE_CHECKING:
     from relive.events import PatchStatus
+    from relive.patch.options import ReloadOptions
     from relive.patch.outcome import ReloadResult
     from relive.session import Session, attach
 
-__all__ = ["PatchStatus", "ReliveError", "ReloadResult", "Session", "attach"]
+__all__ = ["PatchStatus", "ReliveError", "ReloadOptions", "ReloadResult", "Session", "attach"]
 __version__ = "0.1.0"
 
 #: Each lazy name and the module that defines it.
 _LAZY = {
     "PatchStatus": "relive.events",
+    "ReloadOptions": "relive.patch.options",
     "ReloadResult": "relive.patch.outcome",
     "Session": "relive.session",
     "attach": "relive.session",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Collection, Generator, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,10 @@ from relive.patch.dryrun import check_as_reload
 from relive.patch.journal import load_journal, save_journal
 from relive.patch.lock import process_lock
 from relive.patch.modules import get_main_module, load_running_modules
+from relive.patch.options import DEFAULTS, ReloadOptions
 from relive.patch.outcome import ReloadResult
 from relive.patch.planning import (
     PlanContext,
-    ReloadOptions,
     SharedCompiles,
     Topic,
     announce,
@@ -129,43 +130,18 @@ class Session:
     def reload(
         self,
         paths: Sequence[str | Path],
-        functions: Collection[str] | None = None,
-        dry_run: bool = False,
-        cflags: Sequence[str] | None = None,
-        compdb: Path | None = None,
-        trust_build: bool = False,
-        reinit: Collection[str] = (),
-        new_file: bool = False,
-        allow_layout_change: bool = False,
-        debug: bool = False,
-        move_frames: bool = True,
+        options: ReloadOptions | None = None,
+        **choices: Any,
     ) -> ReloadResult:
         """Compile (``.c``) or take (``.o``) each path and redirect its changed functions.
 
-        ``reinit`` names variables whose changed initial value is copied into the
-        running storage (otherwise the program keeps their current value).
-        ``new_file`` accepts a file the program was not built from: it may then only
-        add functions, or replace those named in ``functions``.
-        A type whose layout differs from the one data in the program has is refused
-        (LayoutChanged) unless ``allow_layout_change``.
-        ``debug`` (hot-deoptimize) compiles at ``-O0 -g3`` and redirects every function.
-        With ``move_frames``, threads inside a redirected function continue in its
-        new code where that is provably safe (``patch.frames``).
+        ``options`` (:class:`~relive.patch.options.ReloadOptions`) are the caller's
+        choices; ``choices`` set the same names one by one (``dry_run=True``,
+        ``functions=["f"]``), over ``options`` if both are given.
         The plan side is ``patch.planning``, the transaction ``patch.transaction``.
         """
-        steps = self.reload_steps(
-            paths,
-            functions,
-            dry_run,
-            cflags,
-            compdb,
-            trust_build,
-            reinit,
-            new_file,
-            allow_layout_change,
-            debug,
-            move_frames,
-        )
+        chosen = options or DEFAULTS
+        steps = self.reload_steps(paths, replace(chosen, **choices) if choices else chosen)
         if steps.advance(Step.STAGED):  # planned (not a dry run): load ... commit
             with held_signals():  # relive's SIGINT/SIGTERM/SIGHUP wait meanwhile
                 steps.advance(Step.COMMITTED)
@@ -175,16 +151,7 @@ class Session:
     def reload_steps(
         self,
         paths: Sequence[str | Path],
-        functions: Collection[str] | None = None,
-        dry_run: bool = False,
-        cflags: Sequence[str] | None = None,
-        compdb: Path | None = None,
-        trust_build: bool = False,
-        reinit: Collection[str] = (),
-        new_file: bool = False,
-        allow_layout_change: bool = False,
-        debug: bool = False,
-        move_frames: bool = True,
+        options: ReloadOptions = DEFAULTS,
         shared: SharedCompiles | None = None,
     ) -> ReloadSteps:
         """:meth:`reload` as steps (see :class:`ReloadSteps`), for :func:`reload_together`.
@@ -192,21 +159,15 @@ class Session:
         The caller holds relive's signals (``patch.transaction.held_signals``)
         while the steps from loading to committing run, over every process.
         """
-        check_paths(paths, debug)
-        options = ReloadOptions(
-            functions, cflags, compdb, trust_build, new_file, allow_layout_change, debug
-        )
+        check_paths(paths, options.debug)
         steps = ReloadSteps()
-        steps.run = self._reload(paths, options, dry_run, reinit, move_frames, shared, steps)
+        steps.run = self._reload(paths, options, shared, steps)
         return steps
 
     def _reload(
         self,
         paths: Sequence[str | Path],
         options: ReloadOptions,
-        dry_run: bool,
-        reinit: Collection[str],
-        move_frames: bool,
         shared: SharedCompiles | None,
         steps: ReloadSteps,
     ) -> Iterator[Step]:
@@ -238,10 +199,10 @@ class Session:
             )
             plans = plan_reload([Path(p) for p in paths], ctx)
             check_selected(plans, options.functions)
-            reinits = announce(plans, reinit, self.emit)
+            reinits = announce(plans, options.reinit, self.emit)
             mark = time.perf_counter()
-            if dry_run:  # the real reload's decisions and checks, nothing written
-                check_as_reload(plans, ctx, move_frames)
+            if options.dry_run:  # the real reload's decisions and checks, nothing written
+                check_as_reload(plans, ctx, options.move_frames)
                 from relive.patch.report import report_decisions
 
                 report_decisions(plans, None, self.emit, result)
@@ -250,7 +211,15 @@ class Session:
             for plan in plans:
                 reroute_too_small(plan, ctx)
             staged = StagedReload(
-                self.pid, plans, journal, memory, arch, reinits, modules, self.emit, move_frames
+                self.pid,
+                plans,
+                journal,
+                memory,
+                arch,
+                reinits,
+                modules,
+                self.emit,
+                options.move_frames,
             )
             yield Step.STAGED
             staged.load()
@@ -356,7 +325,7 @@ def reload_together(
     sessions: Sequence[Session],
     paths: Sequence[str | Path],
     on_event: EventSink,
-    **options: Any,
+    options: ReloadOptions = DEFAULTS,
 ) -> list[ReloadResult | ReliveError]:
     """Reload the same files into processes of one executable (``reload --all``).
 
@@ -366,8 +335,7 @@ def reload_together(
     then are their entry jumps written, one process right after the other, so
     that they start the new code close together (``ProcessesSwitched`` says how
     close).  Each process is its own transaction: one failing is rolled back and
-    its error returned in its place, the others go on.  ``options`` are
-    :meth:`Session.reload`'s.
+    its error returned in its place, the others go on.
     """
     outcomes: list[ReloadResult | ReliveError | None] = [None] * len(sessions)
     live: dict[int, ReloadSteps] = {}
@@ -386,7 +354,7 @@ def reload_together(
         shared = SharedCompiles(Path(scratch))
         for index, session in enumerate(sessions):
             try:
-                live[index] = session.reload_steps(paths, **options, shared=shared)
+                live[index] = session.reload_steps(paths, options, shared)
             except ReliveError as error:
                 outcomes[index] = error
         try:

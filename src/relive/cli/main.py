@@ -17,6 +17,7 @@ from relive.cli.render import Renderer
 from relive.cli.targets import resolve_pids
 from relive.errors import ReliveError
 from relive.events import PatchStatus, Verdict
+from relive.patch.options import ReloadOptions
 
 #: Signals ``run --on-signal`` accepts as the reload trigger.
 _TRIGGERS = ("INT", "QUIT", "HUP", "USR1", "USR2", "TERM")
@@ -214,20 +215,20 @@ def _cmd_reload(args: argparse.Namespace, out: Renderer) -> int:
 
     out.show_timings = args.timings
     pids = resolve_pids(args.pid, args.name, args.every)
-    options = {
-        "functions": args.functions,
-        "dry_run": args.dry_run,
-        "debug": args.debug,
-        "cflags": _cli_flags(args),
-        "compdb": args.compdb,
-        "trust_build": args.trust_build,
-        "reinit": args.reinit,
-        "new_file": args.new_file,
-        "allow_layout_change": args.allow_layout_change,
-        "move_frames": args.move_frames,
-    }
+    options = ReloadOptions(
+        functions=args.functions,
+        dry_run=args.dry_run,
+        debug=args.debug,
+        cflags=_cli_flags(args),
+        compdb=args.compdb,
+        trust_build=args.trust_build,
+        reinit=args.reinit,
+        new_file=args.new_file,
+        allow_layout_change=args.allow_layout_change,
+        move_frames=args.move_frames,
+    )
     if len(pids) == 1:
-        relive.attach(pids[0], on_event=out).reload(args.files, **options)
+        relive.attach(pids[0], on_event=out).reload(args.files, options)
         return 0
     from relive.cli.together import reload_processes
 

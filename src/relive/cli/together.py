@@ -8,16 +8,15 @@ after the other, each followed by its own error if it failed.
 
 from __future__ import annotations
 
-from typing import Any
-
 from relive.cli.render import Renderer
 from relive.errors import ReliveError
 from relive.events import Event, TargetProcess
+from relive.patch.options import ReloadOptions
 from relive.process.procfs import get_process_name
 
 
 def reload_processes(
-    pids: list[int], files: list[str], options: dict[str, Any], out: Renderer
+    pids: list[int], files: list[str], options: ReloadOptions, out: Renderer
 ) -> int:
     """Reload ``files`` into every process of ``pids``; the first failure's exit code."""
     import relive
@@ -33,7 +32,7 @@ def reload_processes(
         except ReliveError as error:
             failed[pid] = error
     switched: list[Event] = []
-    outcomes = reload_together(sessions, files, switched.append, **options)
+    outcomes = reload_together(sessions, files, switched.append, options)
     for session, outcome in zip(sessions, outcomes, strict=True):
         if isinstance(outcome, ReliveError):
             failed[session.pid] = outcome

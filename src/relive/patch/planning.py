@@ -37,6 +37,7 @@ from relive.patch.journal import Journal
 from relive.patch.layout_check import check_layouts, prepare_layout_check
 from relive.patch.matched import binding_context, usable_matches
 from relive.patch.modules import RunningModule, find_module_defining
+from relive.patch.options import ReloadOptions
 from relive.patch.plan import Decision, FarData, FarDataReference, ReloadPlan, build_plan
 from relive.patch.running import fingerprints_running_now
 from relive.process.memory import ProcessMemory
@@ -63,24 +64,6 @@ class Topic(enum.Enum):
     INDIRECT_DATA = "indirect data"
     #: Flags an earlier reload inferred (``patch.inference``).
     INFERRED = "inferred"
-
-
-@dataclass(frozen=True)
-class ReloadOptions:
-    """What the caller chose for one reload."""
-
-    functions: Collection[str] | None = None
-    cflags: Sequence[str] | None = None
-    compdb: Path | None = None
-    #: Use compile_commands.json and compilers other users control (--trust-build).
-    trust_build: bool = False
-    #: Accept a file the program was not built from (--new-file).
-    new_file: bool = False
-    #: Reload even where data the program holds changed its layout (a notice, not
-    #: a refusal; see patch.layout_check).
-    allow_layout_change: bool = False
-    #: Hot-deoptimize (--debug): compile at -O0 -g3 and redirect every function.
-    debug: bool = False
 
 
 class SharedCompiles:

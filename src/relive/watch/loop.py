@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from relive.errors import CompileError, ProcessGone, ReliveError, UsageError
 from relive.events import (
@@ -45,6 +45,7 @@ from relive.events import (
     WatchStopped,
 )
 from relive.patch.modules import load_running_modules
+from relive.patch.options import ReloadOptions
 from relive.patch.outcome import ReloadResult
 from relive.patch.planning import Topic
 from relive.process.procfs import is_alive
@@ -96,15 +97,7 @@ class ReloadTarget(Protocol):
     """The session API the loop uses (``relive.Session``)."""
 
     def reload(
-        self,
-        paths: Sequence[str | Path],
-        *,
-        cflags: Sequence[str] | None = None,
-        compdb: Path | None = None,
-        trust_build: bool = False,
-        reinit: Collection[str] = (),
-        allow_layout_change: bool = False,
-        move_frames: bool = True,
+        self, paths: Sequence[str | Path], options: ReloadOptions | None = None
     ) -> ReloadResult: ...
     @property
     def dependencies(self) -> Mapping[Path, tuple[Path, ...]]: ...
@@ -119,7 +112,7 @@ Attach = Callable[[int, EventSink], ReloadTarget]
 
 #: Reload units into several sessions at once, compiled once and switched back to
 #: back, each process its own transaction (``relive.session.reload_together``):
-#: ``(sessions, paths, on_event, **options)`` -> one result or error per session.
+#: ``(sessions, paths, on_event, options)`` -> one result or error per session.
 ReloadTogether = Callable[..., Sequence[ReloadResult | ReliveError]]
 
 
@@ -394,19 +387,19 @@ class Watcher:
         Several processes reload together when the caller gave ``reload_together``
         (one compile; switched back to back); a compile error is reported once.
         """
-        options: dict[str, Any] = {
-            "cflags": self.options.cflags,
-            "compdb": self.options.compdb,
-            "trust_build": self.options.trust_build,
-            "reinit": self.options.reinit,
-            "allow_layout_change": self.options.allow_layout_change,
-            "move_frames": self.options.move_frames,
-        }
+        options = ReloadOptions(
+            cflags=self.options.cflags,
+            compdb=self.options.compdb,
+            trust_build=self.options.trust_build,
+            reinit=self.options.reinit,
+            allow_layout_change=self.options.allow_layout_change,
+            move_frames=self.options.move_frames,
+        )
         live = [target for target in self._targets if target.alive]
         if self._together is None or len(live) < 2:
             for target in live:
                 try:
-                    yield target, target.session.reload(units, **options)
+                    yield target, target.session.reload(units, options)
                 except ProcessGone:
                     yield target, None
                 # The one handler of any exception: a bug must not end a watch (under
@@ -418,7 +411,7 @@ class Watcher:
                         return  # the same source fails to compile for every process
             return
         try:
-            outcomes = self._together([t.session for t in live], units, self.emit, **options)
+            outcomes = self._together([t.session for t in live], units, self.emit, options)
         except Exception as error:  # noqa: BLE001  (as above)
             for target in live:
                 yield target, _failure(target.pid, names, error, show_pid)
