@@ -56,7 +56,7 @@ def plan_layout(request: LinkRequest) -> Layout:
     eh_frame_offset = unwind_object_offset = None
     eh_frame = _find_eh_frame(obj)
     if eh_frame is not None and any(obj.sections[i].is_exec for i in request.load):
-        eh_frame_offset = _align(cursor, 8)
+        eh_frame_offset = _align(cursor, 16)  # relive's own part starts aligned
         unwind_object_offset = _align(eh_frame_offset + eh_frame.size + len(TERMINATOR), 16)
         cursor = unwind_object_offset + UNWIND_OBJECT_SIZE
     got_base = _align(cursor, 16)
@@ -79,6 +79,7 @@ def plan_layout(request: LinkRequest) -> Layout:
         eh_frame_offset=eh_frame_offset,
         unwind_object_offset=unwind_object_offset,
         data_offset=data_offset,
+        own_offset=eh_frame_offset if eh_frame_offset is not None else got_base,
     )
 
 

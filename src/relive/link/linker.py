@@ -8,7 +8,7 @@ from relive.arch.base import Need, Operands, RelocationType, fits
 from relive.elf.objfile import ObjSymbol, Relocation, Section
 from relive.errors import BadObject, LinkError
 from relive.link.ehframe import EH_FRAME, disable_fdes
-from relive.link.model import Bound, GotKey, Layout, LinkedImage
+from relive.link.model import Bound, GotKey, Layout, LinkedImage, place
 
 #: The linker-defined symbol that names the GOT (psABI); for new code, relive's GOT.
 GOT_SYMBOL = "_GLOBAL_OFFSET_TABLE_"
@@ -16,24 +16,36 @@ GOT_SYMBOL = "_GLOBAL_OFFSET_TABLE_"
 _TLS_NEEDS = (Need.TPOFF, Need.DTPOFF, Need.GOT_TPOFF, Need.GOT_TLS_PAIR)
 
 
-def link(layout: Layout, base: int, data_base: int | None = None) -> LinkedImage:
+def link(
+    layout: Layout, base: int, data_base: int | None = None, own_base: int | None = None
+) -> LinkedImage:
     """Copy every loaded section to its offset, apply its relocations, fill GOT and stubs.
 
-    The code part goes at ``base``, the data part at ``data_base`` (by default
-    right after the code's pages).
+    The code part goes at ``base``, the object's data at ``data_base``, relive's
+    own data (unwind table, GOT) at ``own_base`` (by default each right after the
+    part before, as laid out).
     """
-    linker = _Linker(layout, base, data_base)
+    linker = _Linker(layout, base, data_base, own_base)
     data = linker.run()
-    return LinkedImage(base, data, layout, data_base, takes_own_code=linker.takes_own_code)
+    return LinkedImage(
+        base, data, layout, data_base, own_base, takes_own_code=linker.takes_own_code
+    )
 
 
 class _Linker:
-    def __init__(self, layout: Layout, base: int, data_base: int | None = None) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        base: int,
+        data_base: int | None = None,
+        own_base: int | None = None,
+    ) -> None:
         self.layout = layout
         self.request = layout.request
         self.obj = layout.request.obj
         self.base = base
-        self.data_base = base + layout.data_offset if data_base is None else data_base
+        self.data_base = data_base
+        self.own_base = own_base
         self.image = bytearray(layout.size)
         self.got_values: dict[GotKey, bytes] = {}
         #: Addresses of existing functions taken by new code are their original entries.
@@ -59,9 +71,7 @@ class _Linker:
 
     def _at(self, offset: int) -> int:
         """The runtime address of byte ``offset`` of the layout."""
-        if offset < self.layout.data_offset:
-            return self.base + offset
-        return self.data_base + offset - self.layout.data_offset
+        return place(self.layout, offset, self.base, self.data_base, self.own_base)
 
     # -- one relocation -------------------------------------------------------
 
@@ -286,7 +296,9 @@ class _Linker:
         offset = self.layout.eh_frame_offset
         if offset is None:
             return
-        table = relocate_eh_frame(self.layout, self.base, self._at(offset), self.data_base)
+        table = relocate_eh_frame(
+            self.layout, self.base, self._at(offset), self.data_base, self.own_base
+        )
         self.image[offset : offset + len(table)] = table
 
     def _write_stubs(self) -> None:
@@ -317,12 +329,16 @@ def _describe(sections: list[Section], symbol: ObjSymbol) -> str:
 
 
 def relocate_eh_frame(
-    layout: Layout, base: int, address: int, data_base: int | None = None
+    layout: Layout,
+    base: int,
+    address: int,
+    data_base: int | None = None,
+    own_base: int | None = None,
 ) -> bytes:
     """The object's ``.eh_frame`` relocated to ``address``, FDEs of unloaded code disabled."""
     for section in layout.request.obj.sections:
         if section.name == EH_FRAME and section.size:
-            linker = _DetachedLinker(layout, base, data_base)
+            linker = _DetachedLinker(layout, base, data_base, own_base)
             table = bytearray(linker.relocate(section.index, address))
             disable_fdes(table, linker.unresolved)
             return bytes(table)
@@ -340,13 +356,19 @@ def relocate_detached(image: LinkedImage, index: int, address: int) -> tuple[byt
     what they describe as discarded.  A field that cannot be computed (a TLS
     offset the process does not have) is left 0.
     """
-    linker = _DetachedLinker(image.layout, image.base, image.data_address)
+    linker = _DetachedLinker(image.layout, image.base, image.data_base, image.own_base)
     return linker.relocate(index, address), linker.unresolved
 
 
 class _DetachedLinker(_Linker):
-    def __init__(self, layout: Layout, base: int, data_base: int | None = None) -> None:
-        super().__init__(layout, base, data_base)
+    def __init__(
+        self,
+        layout: Layout,
+        base: int,
+        data_base: int | None = None,
+        own_base: int | None = None,
+    ) -> None:
+        super().__init__(layout, base, data_base, own_base)
         # Debug info and unwind tables describe the new code where it is.
         self.takes_identity = False
         self.unresolved: list[int] = []

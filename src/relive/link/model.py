@@ -77,6 +77,26 @@ class Layout:
     unwind_object_offset: int | None = None
     #: Where the data part begins (a page boundary at or after ``code_size``).
     data_offset: int = 0
+    #: Where relive's own part of the data begins (unwind table, its registration
+    #: record, GOT: only the block's code and the unwinder use it), which may live
+    #: apart from the object's data; None: the data part runs to the end.
+    own_offset: int | None = None
+
+
+def place(
+    layout: Layout, offset: int, base: int, data_base: int | None, own_base: int | None
+) -> int:
+    """The runtime address of byte ``offset`` of ``layout``: code and stubs at ``base``,
+    the object's data at ``data_base``, relive's own data at ``own_base`` (each, when
+    None, right after the part before it, as laid out)."""
+    if offset < layout.data_offset:
+        return base + offset
+    data = base + layout.data_offset if data_base is None else data_base
+    own = layout.own_offset
+    if own is None or offset < own:
+        return data + offset - layout.data_offset
+    start = data + own - layout.data_offset if own_base is None else own_base
+    return start + offset - own
 
 
 @dataclass(frozen=True)
@@ -84,58 +104,75 @@ class LinkedImage:
     """The relocated bytes of the new block and where its symbols ended up.
 
     ``data`` is laid out as the layout says: code and stubs in
-    ``[0, code_size)``, data from ``data_offset``.  The code part lives at
-    ``base``; the data part at ``data_base`` (right after the code's pages when
-    None), so that code and data can come from separate arenas.
+    ``[0, code_size)``, the object's data from ``data_offset``, relive's own data
+    from ``own_offset``.  The parts live at ``base``, ``data_base`` and
+    ``own_base`` (each right after the one before when None), so that code and
+    data come from separate arenas, and relive's own data, freed with the code,
+    from space of its own.
     """
 
     base: int
     data: bytes
     layout: Layout
     data_base: int | None = None
+    own_base: int | None = None
     #: A relocation of the loaded code or writable data takes the address of this
     #: block's own code other than as a direct call or jump: that address may be
     #: stored anywhere, so the code must never be reclaimed (``patch.reclaim``).
     takes_own_code: bool = False
 
-    @property
-    def data_address(self) -> int:
-        """The runtime address of the data part."""
-        return self.base + self.layout.data_offset if self.data_base is None else self.data_base
-
     def address_of(self, offset: int) -> int:
         """The runtime address of byte ``offset`` of the layout."""
-        if offset < self.layout.data_offset:
-            return self.base + offset
-        return self.data_address + offset - self.layout.data_offset
+        return place(self.layout, offset, self.base, self.data_base, self.own_base)
+
+    @property
+    def _own_offset(self) -> int:
+        own = self.layout.own_offset
+        end = len(self.data)
+        return end if own is None else max(min(own, end), min(self.layout.data_offset, end))
+
+    def _parts(self) -> list[tuple[int, int]]:
+        """[start, end) in the layout of the code, the object's data and relive's own."""
+        data, own, end = (
+            min(self.layout.data_offset, len(self.data)),
+            self._own_offset,
+            len(self.data),
+        )
+        return [(0, min(self.layout.code_size, end)), (data, own), (own, end)]
+
+    def _range(self, part: int) -> tuple[int, int]:
+        start, end = self._parts()[part]
+        return self.address_of(start), end - start
 
     @property
     def code_range(self) -> tuple[int, int]:
         """(address, size) of the code and stubs (size 0: no code)."""
-        return self.base, self.layout.code_size if self.data else 0
+        return self._range(0)
 
     @property
     def data_range(self) -> tuple[int, int]:
-        """(address, size) of the data part (size 0: no data)."""
-        return self.data_address, max(len(self.data) - self.layout.data_offset, 0)
+        """(address, size) of the object's data (size 0: none)."""
+        return self._range(1)
 
     @property
-    def code_bytes(self) -> bytes:
-        return self.data[: self.layout.code_size]
+    def own_range(self) -> tuple[int, int]:
+        """(address, size) of relive's own data: unwind table, its record, GOT."""
+        return self._range(2)
 
-    @property
-    def data_bytes(self) -> bytes:
-        return self.data[self.layout.data_offset :]
+    def part_bytes(self) -> list[tuple[int, bytes]]:
+        """(address, bytes) of each part to write (empty parts left out)."""
+        return [
+            (self.address_of(start), self.data[start:end])
+            for start, end in self._parts()
+            if end > start
+        ]
 
     def read(self, address: int, size: int) -> bytes | None:
         """The image's bytes at runtime ``address`` (None: not all inside one part)."""
-        for start, length, offset in (
-            (self.base, self.layout.code_size, 0),
-            (self.data_address, len(self.data) - self.layout.data_offset, self.layout.data_offset),
-        ):
-            if start <= address and address + size <= start + length:
-                at = offset + address - start
-                return self.data[at : at + size]
+        for start, end in self._parts():
+            at = self.address_of(start)
+            if at <= address and address + size <= at + end - start:
+                return self.data[start + address - at : start + address - at + size]
         return None
 
     def find_section_address(self, index: int) -> int | None:

@@ -68,21 +68,18 @@ def _spans(chunks: Iterable[ArenaChunk]) -> list[Range]:
     return spans
 
 
-def block_range(block: LoadedBlock, kind: ArenaKind) -> Range | None:
-    """The part of ``block`` in an arena of ``kind`` that is still in use (None: none)."""
+def block_ranges(block: LoadedBlock, kind: ArenaKind) -> list[Range]:
+    """The parts of ``block`` in arenas of ``kind`` that are still in use."""
     if kind is ArenaKind.CODE:
-        if block.reclaimed or not block.code[1]:
-            return None
-        return block.code[0], block.code[0] + block.code[1]
-    if not block.data[1]:
-        return None
-    return block.data[0], block.data[0] + block.data[1]
+        parts = [] if block.reclaimed else [block.code]
+    else:
+        parts = [block.data] if block.reclaimed else [block.data, block.own]
+    return [(start, start + size) for start, size in parts if size]
 
 
 def used_ranges(journal: Journal, module: str, kind: ArenaKind) -> list[Range]:
     """The ranges of ``module``'s arenas of ``kind`` that blocks use."""
-    found = (block_range(b, kind) for b in journal.blocks if b.module == module)
-    return sorted(r for r in found if r is not None)
+    return sorted(r for b in journal.blocks if b.module == module for r in block_ranges(b, kind))
 
 
 def free_ranges(

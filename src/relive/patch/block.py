@@ -1,7 +1,8 @@
 """The new memory one reload links its code and data into: allocated in the module's
 arenas (``patch.arena``), written, and linked again across the files of a reload.
 
-Code and data go to separate arenas (read+execute, read+write); both are
+Code and data go to separate arenas (read+execute, read+write), relive's own
+data (unwind table, GOT: freed with the code) apart from the object's; all are
 written through /proc/PID/mem while the program runs (nothing refers to them
 yet): no page is ever writable and executable, and no ``mprotect`` is needed.
 """
@@ -32,11 +33,13 @@ def allocate_and_link(
     layout = plan.layout
     if not layout.request.load or (plan.loads_nothing_new and not reinit):
         return LinkedImage(base=0, data=b"", layout=layout)
-    code_size = layout.code_size
-    data_size = max(layout.size - layout.data_offset, 0)
-    code = allocator.allocate(ArenaKind.CODE, code_size, layout.alignment) if code_size else 0
-    data = allocator.allocate(ArenaKind.DATA, data_size, layout.alignment) if data_size else 0
-    return link(layout, code, data)
+    own = layout.size if layout.own_offset is None else min(layout.own_offset, layout.size)
+    sizes = (layout.code_size, max(own - layout.data_offset, 0), max(layout.size - own, 0))
+    code, data, mine = (
+        allocator.allocate(kind, size, layout.alignment) if size else 0
+        for kind, size in zip((ArenaKind.CODE, ArenaKind.DATA, ArenaKind.DATA), sizes, strict=True)
+    )
+    return link(layout, code, data, mine)
 
 
 def link_across(plans: Sequence[ReloadPlan], images: Sequence[LinkedImage]) -> list[LinkedImage]:
@@ -59,7 +62,8 @@ def link_across(plans: Sequence[ReloadPlan], images: Sequence[LinkedImage]) -> l
         layout = dataclasses.replace(
             plan.layout, request=dataclasses.replace(request, externals=externals)
         )
-        linked[index] = link(layout, images[index].base, images[index].data_base)
+        image = images[index]
+        linked[index] = link(layout, image.base, image.data_base, image.own_base)
     return linked
 
 
@@ -82,11 +86,5 @@ def _peer_address(name: str, plan: ReloadPlan, image: LinkedImage) -> Bound:
 
 def write_block(memory: ProcessMemory, image: LinkedImage) -> None:
     """Write the new code and data (the program cannot reach them yet)."""
-    if not image.data:
-        return
-    for (address, size), part in (
-        (image.code_range, image.code_bytes),
-        (image.data_range, image.data_bytes),
-    ):
-        if size:
-            memory.write(address, part)
+    for address, part in image.part_bytes():
+        memory.write(address, part)

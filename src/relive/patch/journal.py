@@ -106,9 +106,13 @@ class LoadedBlock:
     #: Recorded ahead of the entry jumps; kept once one of them (or the reload) commits.
     pending: bool = False
     #: Bytes at the start of ``data`` the program may hold pointers to (the
-    #: object's variables, strings and constants); the rest (unwind table, GOT) only
-    #: the block's code uses, and is freed with it.  -1: all of it.
+    #: object's variables, strings and constants); the rest only the block's code
+    #: uses, and is freed with it.  -1: all of it.  (Blocks recorded since relive's
+    #: own data lives apart, in ``own``, have all of ``data`` here.)
     program_data: int = -1
+    #: [address, size] of relive's own data (unwind table, its record, GOT): only the
+    #: block's code and the program's unwinder use it; freed with the code.
+    own: list[int] = field(default_factory=lambda: [0, 0])
 
 
 @dataclass

@@ -153,17 +153,17 @@ class DeadCodeCheck:
         program's writable memory (stacks from their pointer on) or registers points to."""
         dead = [id(b) for b in self.dead]
         blocks = [b for b in self.data if b.reclaimed or id(b) in dead]
-        # Only the object's own data can have been handed to the program; the unwind
-        # table and GOT after it were only the block's code's (and the unwinder's,
-        # which has let go of them by the time they are freed).
+        # Only the object's data can have been handed to the program; relive's own
+        # (unwind table, GOT) was only the block's code's and the unwinder's, which
+        # has let go of it by the time it is freed.
         ranges = [(b.data[0], b.data[0] + _program_part(b)) for b in blocks]
         spans = []
         for m in self.maps:
-            if "w" not in m.perms or any(lo < m.end and m.start < hi for lo, hi in ranges):
+            if "w" not in m.perms:
                 continue
             # Below a stack pointer (and its red zone) lie stale values of returned calls.
             start = max([m.start, *(sp - 128 for sp in sps if m.start <= sp < m.end)])
-            spans.append((start, m.end))
+            spans += _subtract((start, m.end), ranges)  # the data itself is not a referrer
         if not any(lo < hi for lo, hi in ranges):
             return blocks
         if sum(end - start for start, end in spans) > DATA_SCAN_LIMIT:
@@ -177,6 +177,19 @@ class DeadCodeCheck:
         for tid in stopped.tids:
             busy |= find_words(bytes(stopped.get_regs(tid)), ranges)
         return [b for k, b in enumerate(blocks) if k not in busy]
+
+
+def _subtract(span: Range, holes: Sequence[Range]) -> list[Range]:
+    """``span`` without ``holes``."""
+    pieces = [span]
+    for lo, hi in holes:
+        pieces = [
+            piece
+            for start, end in pieces
+            for piece in ((start, min(end, lo)), (max(start, hi), end))
+            if piece[0] < piece[1]
+        ]
+    return pieces
 
 
 def _program_part(block: LoadedBlock) -> int:
@@ -229,6 +242,7 @@ def mark_reclaimed(journal: Journal, dead: Iterable[LoadedBlock]) -> list[tuple[
         if block in journal.blocks and not block.reclaimed:
             block.reclaimed = True
             freed.append((block.code[0], block.code[1]))
+            block.own = [block.own[0], 0]
             if block.program_data >= 0:
                 block.data = [block.data[0], min(block.data[1], block.program_data)]
     if freed:

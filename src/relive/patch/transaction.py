@@ -430,21 +430,14 @@ def _record(journal: Journal, plans: list[ReloadPlan], images: list[LinkedImage]
                     list(image.data_range),
                     escaped=image.takes_own_code,
                     pending=True,
-                    program_data=_program_data(image),
+                    program_data=image.data_range[1],
+                    own=list(image.own_range),
                 )
             )
     for plan in plans:
         record = journal.sources[plan.source]
         record.matched = {d.name: d.matched for d in plan.decisions if d.matched}
         record.matched_context = binding_context(journal, plan.binder.modules)
-
-
-def _program_data(image: LinkedImage) -> int:
-    """Bytes at the start of the image's data part that hold the object's own data
-    (what follows, the unwind table and the GOT, only its code uses)."""
-    layout = image.layout
-    private = layout.eh_frame_offset if layout.eh_frame_offset is not None else layout.got_base
-    return max(min(private, len(image.data)) - layout.data_offset, 0)
 
 
 def _definitions(plan: ReloadPlan, image: LinkedImage) -> Iterator[Definition]:
