@@ -186,3 +186,20 @@ def test_json_progress_repeats_while_a_big_unit_is_planned(
     kinds = [line["kind"] for line in lines]
     assert kinds.index("progress") < kinds.index("redirected") < kinds.index("reloaded")
     target.wait_for(r"^value 2 ")
+
+
+def test_progress_events_go_only_to_a_caller_that_asks(running: Target, tmp_path: Path) -> None:
+    """They are for a live line: the CLI asks for them, a program using the API gets
+    only what the reload did unless it asks too."""
+    import relive
+
+    source = tmp_path / "prog.c"
+    edit(source, "return table[0];", "return table[1];")
+    plain: list[object] = []
+    relive.attach(running.pid, on_event=plain.append).reload([source], dry_run=True)
+    assert plain and not [e for e in plain if isinstance(e, Progress)]
+    asked: list[object] = []
+    relive.attach(running.pid, on_event=asked.append, progress=True).reload([source])
+    phases = [e.phase for e in asked if isinstance(e, Progress)]
+    assert Phase.COMPILE in phases and Phase.LINK in phases, phases
+    running.wait_for(r"^value 2$")

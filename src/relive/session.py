@@ -21,6 +21,7 @@ from typing import Any
 from relive.arch import get_arch
 from relive.errors import ReliveError
 from relive.events import (
+    Event,
     EventSink,
     FrameMoved,
     FrameStaysNew,
@@ -29,6 +30,7 @@ from relive.events import (
     Notice,
     PatchStatus,
     ProcessesSwitched,
+    Progress,
     ReloadFinished,
     Timings,
     ignore_event,
@@ -98,18 +100,32 @@ class ReloadSteps:
             self.run.close()
 
 
-def attach(pid: int, on_event: EventSink | None = None) -> Session:
+def attach(pid: int, on_event: EventSink | None = None, progress: bool = False) -> Session:
     """A session on a running process (raises ProcessGone if there is none).
 
     A thread id stands for its process.  A process relive may not trace is
     refused here (PermissionDenied), so that ``undo`` and ``status`` of another
     user's process say so rather than find nothing in this user's journals.
+    ``progress``: ``on_event`` also gets :class:`~relive.events.Progress` events,
+    one per phase of a reload and one a second within a long one (the CLI's live
+    line asks for them; a program using the API gets only what a reload did).
     """
     check_alive(pid)
     denied = find_other_user(pid)
     if denied is not None:
         raise denied
-    return Session(get_tgid(pid), on_event or ignore_event)
+    sink = on_event or ignore_event
+    return Session(get_tgid(pid), sink if progress else without_progress(sink))
+
+
+def without_progress(sink: EventSink) -> EventSink:
+    """``sink`` with :class:`Progress` events left out."""
+
+    def emit(event: Event) -> None:
+        if not isinstance(event, Progress):
+            sink(event)
+
+    return emit
 
 
 class Session:

@@ -228,7 +228,7 @@ def _cmd_reload(args: argparse.Namespace, out: Renderer) -> int:
         move_frames=args.move_frames,
     )
     if len(pids) == 1:
-        relive.attach(pids[0], on_event=out).reload(args.files, options)
+        relive.attach(pids[0], on_event=out, progress=True).reload(args.files, options)
         return 0
     from relive.cli.together import reload_processes
 

@@ -1,7 +1,7 @@
 """``relive watch`` and ``relive run``: the edit loop's commands.
 
 The loop itself is ``relive.watch.Watcher``; this module picks the processes,
-installs the signal policy and hands the loop ``relive.attach`` (the session
+installs the signal policy and hands the loop ``relive.attach`` with progress events (the session
 layer sits above ``watch``).  Imported only when one of these commands runs.
 """
 
@@ -14,12 +14,17 @@ import relive
 from relive.cli.render import WATCH_QUIET, Renderer
 from relive.cli.targets import follow_executable, resolve_pids
 from relive.errors import ReliveError, UsageError
-from relive.events import ProcessStarted
+from relive.events import EventSink, ProcessStarted
 from relive.watch import Watcher, WatchOptions
 from relive.watch.child import TERMINAL_SIGNALS, ChildProgram, wait_for_loader
 from relive.watch.signals import Handler, handle_signals, parse_signal, signal_name
 
 __all__ = ["run_program", "watch_process"]
+
+
+def attach_with_progress(pid: int, on_event: EventSink) -> relive.Session:
+    """``relive.attach`` for the watch loop: its status line shows a long reload's progress."""
+    return relive.attach(pid, on_event, progress=True)
 
 
 def watch_process(args: argparse.Namespace, out: Renderer, cflags: list[str] | None) -> int:
@@ -45,7 +50,7 @@ def watch_process(args: argparse.Namespace, out: Renderer, cflags: list[str] | N
         args.paths,
         options,
         out,
-        relive.attach,
+        attach_with_progress,
         discover=discover,
         together=reload_together if args.every else None,
     )
@@ -95,7 +100,7 @@ def run_program(args: argparse.Namespace, out: Renderer, cflags: list[str] | Non
     )
     try:
         watcher = Watcher(
-            [program.pid], args.paths, options, out, relive.attach, on_exit=program.reap
+            [program.pid], args.paths, options, out, attach_with_progress, on_exit=program.reap
         )
     except ReliveError:
         if program.proc.poll() is not None:
