@@ -252,6 +252,9 @@ class Arch:
     #: that may compute a PC-relative address without being a branch, found by its
     #: encoding (a superset); None: unknown, so any loaded code may take its own address.
     find_address_loads: Callable[[bytes, int], list[tuple[int, int]]] | None = None
+    #: Import what the code analysis needs (the disassembler) ahead of its first use:
+    #: a reload runs it in a thread while the compiler runs (None: nothing to load).
+    preload: Callable[[], None] | None = None
 
 
 def fits(value: int, width: int, kind: Range) -> bool:

@@ -14,9 +14,11 @@ anything is written, each explicit here:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import os
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -411,6 +413,7 @@ def _run_compiles(
 
     if not jobs:
         return []
+    _preload_analysis(ctx.arch)
     if len(jobs) == 1:
         # In this thread: Ctrl+C then stops the compiler at once (no worker to join).
         source = jobs[0][0].source
@@ -424,6 +427,27 @@ def _run_compiles(
         futures = [pool.submit(run, job) for job in jobs]
         _wait_reporting(futures, [command.source for command, _ in jobs], ctx)
         return [future.result() for future in futures]
+
+
+#: The thread importing the code analysis's disassembler (started once per process).
+_preloading: list[threading.Thread] = []
+
+
+def _preload_analysis(arch: Arch) -> None:
+    """Import what the code analysis needs (``Arch.preload``) on another thread while
+    the compiler runs: this process only waits for gcc meanwhile, and the import
+    (capstone: some 30 ms) is then done when the frame check needs it."""
+    if arch.preload is None or _preloading:
+        return
+    thread = threading.Thread(target=_quietly, args=(arch.preload,), daemon=True)
+    _preloading.append(thread)
+    thread.start()
+
+
+def _quietly(preload: Callable[[], None]) -> None:
+    # Missing: the analysis imports it again and reports it.
+    with contextlib.suppress(ImportError):
+        preload()
 
 
 def _wait_reporting(

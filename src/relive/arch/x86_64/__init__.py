@@ -21,6 +21,7 @@ from relive.arch.x86_64.shapes import (
     CALLEE_SAVED,
     DWARF_REGISTERS,
     in_syscall,
+    load_disassembler,
     match_call_sites,
     match_shapes,
 )
@@ -109,6 +110,7 @@ ARCH = Arch(
     callee_saved=CALLEE_SAVED,
     match_shapes=match_shapes,
     match_call_sites=match_call_sites,
+    preload=load_disassembler,
     in_syscall=in_syscall,
     find_address_loads=find_address_loads,
 )

@@ -50,6 +50,11 @@ _EVERY_REGISTER = frozenset(
 _ENTRY = -1  # the pseudo-instruction "function entry" in reaching definitions
 
 
+def load_disassembler() -> None:
+    """Import capstone (some 30 ms of a reload's start-up), e.g. while gcc runs."""
+    import capstone  # noqa: F401  (the import is the work)
+
+
 @cache
 def _disassembler() -> Any:
     import capstone
