@@ -322,3 +322,22 @@ def test_clean_refuses_an_unsafe_state_dir(
     code, err = run_cli(capsys, "clean")
     assert code == 1 and "symbolic link" in err, err
     assert os.listdir(elsewhere / "debug") == ["5-1"]
+
+
+def test_exited_journals_are_swept_once_per_command_not_at_every_save(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relive.patch import journal as journals
+
+    monkeypatch.setattr(journals, "_swept_at", {})
+    me = os.getpid()
+    ours = journals.Journal(me, get_start_time(me))
+    gone = journal_name(me, 1)  # this pid with another start time: a process that exited
+    journals.save_journal(ours)  # the first save of this relive sweeps
+    (state / gone).write_text("{}")
+    journals.save_journal(ours)  # a second save in the same minute does not
+    assert (state / gone).exists()
+    monkeypatch.setattr(journals, "SWEEP_EVERY", 0.0)  # as if a minute had passed (a watch)
+    journals.save_journal(ours)
+    assert not (state / gone).exists()
+    assert (state / journal_name(me, ours.start_time)).exists()  # a live one stays

@@ -438,11 +438,31 @@ def save_journal(journal: Journal) -> bytes:
     # of functions costs more than the reload itself.
     data = json.dumps(_as_plain(journal), separators=(",", ":")).encode()
     write_state_file(journal_name(journal.pid, journal.start_time), data)
-    remove_exited_journals()
+    if _sweep_due(time.monotonic()):
+        remove_exited_journals()
     return data
 
 
 _JOURNAL_NAME = re.compile(r"(\d+)-(\d+)\.json")
+
+#: How often one relive sweeps the journals of exited processes, in seconds: at its
+#: first journal save (once per command), then at most this often (a long watch).
+#: A reload saves its journal several times; each sweep lists the state directory
+#: and reads the start time of every journal's process.
+SWEEP_EVERY = 60.0
+
+#: When this relive last swept, per state directory (``time.monotonic()``).
+_swept_at: dict[Path, float] = {}
+
+
+def _sweep_due(now: float) -> bool:
+    """Whether this save sweeps (and, if so, note that it did)."""
+    folder = find_state_dir()
+    last = _swept_at.get(folder)
+    if last is not None and now - last < SWEEP_EVERY:
+        return False
+    _swept_at[folder] = now
+    return True
 
 
 def remove_exited_journals() -> list[str]:
