@@ -15,10 +15,12 @@ to 5, 32- and 64-bit, relocatable objects and linked files alike.
 from __future__ import annotations
 
 import bisect
+import itertools
 import mmap
 import os
 import struct
 import threading
+from array import array
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -964,11 +966,12 @@ class _SortedRelocations(dict[int, int]):
         data = data[: len(data) - len(data) % 24]
         self._words = memoryview(data).cast("Q")
         self._signed = memoryview(data).cast("q")
-        self._offsets: list[int] = self._words[0::3].tolist()
+        # An array, not a list: 8 bytes an offset instead of about 40.
+        self._offsets = array("Q", self._words[0::3])
         self._symtab = reader.shdrs[rela.link]
         self._data = reader.data
         offsets = self._offsets
-        self._sorted = offsets == sorted(offsets)
+        self._sorted = all(a <= b for a, b in itertools.pairwise(offsets))
         if not self._sorted:
             for i in range(len(offsets)):
                 dict.__setitem__(self, offsets[i], self._value(i))
