@@ -44,7 +44,7 @@ def _many_functions(count: int) -> str:
 
 
 def _astuple(symbol: object) -> tuple[object, ...] | None:
-    return None if symbol is None else dataclasses.astuple(symbol)  # type: ignore[call-overload]
+    return None if symbol is None else tuple(symbol)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
