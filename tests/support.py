@@ -335,6 +335,31 @@ int main(void) {
 }
 """
 
+#: ``VALUE_PROG`` whose value(x) is `mov %edi,%eax; ret` at -O1 (``TINY_FLAGS``): 3 bytes,
+#: too small for an entry jump; tick() calls it in the same file.
+TINY_WITH_CALLER = (
+    VALUE_PROG.replace("int value(void) { return table[0]; }", "int value(int x) { return x; }")
+    .replace("value())", "value(one))")
+    .replace("int table[4]", "volatile int one = 1;\nint table[4]")
+)
+
+#: The same tiny value(x) in a file of its own (``tiny.c``): no caller there to
+#: reroute through.  ``TINY_MAIN`` prints "value 1" every 20 ms with it.
+TINY = "__attribute__((noinline)) int value(int x) { return x; }\n"
+TINY_MAIN = r"""
+#include <stdio.h>
+#include <unistd.h>
+int value(int x);
+volatile int one = 1;
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { printf("value %d\n", value(one)); usleep(20000); }
+}
+"""
+
+#: Flags under which value(x) is 3 bytes (no padding after it either).
+TINY_FLAGS = ("-g", "-O1", "-fno-align-functions")
+
 #: Loops that jump back into their function's first five bytes, where an entry
 #: jump goes: main's at -O0 (to main+4), a -O1 worker's right after its prologue.
 LOOP_OVER_ENTRY_MAIN = r"""

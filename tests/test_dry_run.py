@@ -17,7 +17,10 @@ from relive.events import Event, Notice
 from relive.patch.dryrun import NOT_CHECKED
 from support import (
     LOOP_OVER_ENTRY_MAIN,
-    VALUE_PROG,
+    TINY,
+    TINY_FLAGS,
+    TINY_MAIN,
+    TINY_WITH_CALLER,
     SpawnFactory,
     Target,
     assert_untouched,
@@ -28,29 +31,6 @@ from support import (
     remember_maps,
     run_cli,
 )
-
-#: VALUE_PROG whose value(x) is `mov %edi,%eax; ret` at -O1: 3 bytes, too small for
-#: an entry jump; tick() calls it in the same file.
-TINY_WITH_CALLER = (
-    VALUE_PROG.replace("int value(void) { return table[0]; }", "int value(int x) { return x; }")
-    .replace("value())", "value(one))")
-    .replace("int table[4]", "volatile int one = 1;\nint table[4]")
-)
-
-#: The same tiny value(x), but in a file of its own: no caller there to reroute through.
-TINY_ALONE = "__attribute__((noinline)) int value(int x) { return x; }\n"
-TINY_ALONE_MAIN = r"""
-#include <stdio.h>
-#include <unistd.h>
-int value(int x);
-volatile int one = 1;
-int main(void) {
-    setvbuf(stdout, NULL, _IONBF, 0);
-    for (;;) { printf("value %d\n", value(one)); usleep(20000); }
-}
-"""
-
-TINY_FLAGS = ("-g", "-O1", "-fno-align-functions")
 
 
 def _notices(events: list[Event]) -> list[str]:
@@ -84,9 +64,7 @@ def test_a_dry_run_reroutes_a_too_small_function_as_the_reload_does(
 def test_a_dry_run_refuses_a_too_small_function_without_callers(
     tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    exe = compile_c(
-        tmp_path, TINY_ALONE_MAIN, flags=TINY_FLAGS, extra_sources={"tiny.c": TINY_ALONE}
-    )
+    exe = compile_c(tmp_path, TINY_MAIN, flags=TINY_FLAGS, extra_sources={"tiny.c": TINY})
     target = _start(spawn, exe)
     edit(tmp_path / "tiny.c", "return x;", "return x + 1;")
     argv = ["reload", "-p", str(target.pid), str(tmp_path / "tiny.c")]

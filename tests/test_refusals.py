@@ -13,6 +13,10 @@ import pytest
 
 import relive
 from support import (
+    TINY,
+    TINY_FLAGS,
+    TINY_MAIN,
+    TINY_WITH_CALLER,
     VALUE_PROG,
     SpawnFactory,
     Target,
@@ -134,29 +138,11 @@ def test_changed_global_size(
     assert_untouched(running)
 
 
-TINY = "__attribute__((noinline)) int value(int x) { return x; }\n"
-TINY_MAIN = r"""
-#include <stdio.h>
-#include <unistd.h>
-int value(int x);
-volatile int one = 1;
-int main(void) {
-    setvbuf(stdout, NULL, _IONBF, 0);
-    for (;;) { printf("value %d\n", value(one)); usleep(20000); }
-}
-"""
-
-
 def test_function_too_small(
     tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # value(x) compiles to `mov %edi,%eax; ret`: 3 bytes, and no caller in its file
-    exe = compile_c(
-        tmp_path,
-        TINY_MAIN,
-        flags=("-g", "-O1", "-fno-align-functions"),
-        extra_sources={"tiny.c": TINY},
-    )
+    exe = compile_c(tmp_path, TINY_MAIN, flags=TINY_FLAGS, extra_sources={"tiny.c": TINY})
     target = spawn([exe])
     target.wait_for(r"^value 1$")
     remember_maps(target)
@@ -170,12 +156,7 @@ def test_function_too_small(
 def test_too_small_function_is_replaced_through_its_callers(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
-    source = (
-        VALUE_PROG.replace("int value(void) { return table[0]; }", "int value(int x) { return x; }")
-        .replace("value())", "value(one))")
-        .replace("int table[4]", "volatile int one = 1;\nint table[4]")
-    )
-    exe = compile_c(tmp_path, source, flags=("-g", "-O1", "-fno-align-functions"))
+    exe = compile_c(tmp_path, TINY_WITH_CALLER, flags=TINY_FLAGS)
     target = spawn([exe])
     target.wait_for(r"^value 1$")
     remember_maps(target)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from relive.elf.leb128 import Leb128Error, read_sleb, read_uleb
+from relive.elf.leb128 import Leb128Error, read_uleb, signed
 from relive.elf.objfile import parse_elf_header, parse_section_headers, section_names
 from relive.errors import ReliveError
 
@@ -107,11 +107,8 @@ class _Reader:
         return value
 
     def sleb(self) -> int:
-        try:
-            value, self.pos = read_sleb(self.data, self.pos)
-        except Leb128Error as e:
-            raise CfiError(str(e)) from None
-        return value
+        start = self.pos
+        return signed(self.uleb(), self.pos - start)
 
     def cstr(self) -> bytes:
         end = self.data.index(b"\0", self.pos)

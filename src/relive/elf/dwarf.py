@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from relive.elf.constants import ET_REL, SHT_NOBITS, SHT_RELA
-from relive.elf.leb128 import Leb128Error, read_sleb, read_uleb
+from relive.elf.leb128 import Leb128Error, read_uleb, signed
 from relive.elf.objfile import (
     SYM_SIZE,
     Buffer,
@@ -227,12 +227,8 @@ class _Section(NamedTuple):
         return value, end - base
 
     def sleb(self, pos: int) -> tuple[int, int]:
-        base = self.base
-        try:
-            value, end = read_sleb(self.buf, base + pos, base + self.size)
-        except Leb128Error:
-            raise _Malformed("a LEB128 number runs past the end of its section") from None
-        return value, end - base
+        value, end = self.uleb(pos)
+        return signed(value, end - pos), end
 
     def cstr(self, pos: int) -> tuple[bytes, int]:
         if not 0 <= pos < self.size:

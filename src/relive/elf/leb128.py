@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import mmap
 
-__all__ = ["Leb128Error", "read_sleb", "read_uleb"]
+__all__ = ["Leb128Error", "read_sleb", "read_uleb", "signed"]
 
 
 #: What the numbers are read from: a file's bytes, or a mapping of it.
@@ -46,7 +46,12 @@ def read_uleb(data: Data, pos: int, end: int | None = None) -> tuple[int, int]:
 
 def read_sleb(data: Data, pos: int, end: int | None = None) -> tuple[int, int]:
     """The signed LEB128 number at ``pos`` and the position after it."""
-    start = pos
-    value, pos = read_uleb(data, pos, end)
-    bits = 7 * (pos - start)
-    return (value - (1 << bits) if value >> (bits - 1) & 1 else value), pos
+    value, after = read_uleb(data, pos, end)
+    return signed(value, after - pos), after
+
+
+def signed(value: int, length: int) -> int:
+    """A LEB128 number of ``length`` bytes, decoded unsigned, read as signed (for a
+    reader that decoded it with its own ``uleb``)."""
+    bits = 7 * length
+    return value - (1 << bits) if value >> (bits - 1) & 1 else value
