@@ -252,6 +252,44 @@ def wait_until(
         delay = min(delay * 2, 0.05)
 
 
+def wait_reading_stdin(target: Target) -> None:
+    """Wait until ``target`` is blocked reading its stdin: its ``main`` runs, so the
+    dynamic loader has mapped every library (a reload right after ``spawn`` may
+    find the process still inside ``execve`` or the loader)."""
+
+    def reading() -> bool:
+        fields = Path(f"/proc/{target.pid}/syscall").read_text().split()
+        return fields[:2] == ["0", "0x0"]  # read(0, ...); the loader reads fd 3 and up
+
+    wait_until(reading, what=f"pid {target.pid} reads its stdin")
+
+
+def children(pid: int) -> set[int]:
+    """The pids of ``pid``'s children now."""
+    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def fork_child(parent: Target, printed: str) -> int:
+    """Have ``parent`` fork (a line on its stdin) and return the new child's pid once
+    it printed a line matching ``printed`` (a regex with ``{pid}``).
+
+    The new child is the one the parent's children list gained: older children
+    still printing the same kind of line are never taken for it.
+    """
+    before = children(parent.pid)
+    parent.write(b"f\n")
+    new: set[int] = set()
+
+    def forked() -> bool:
+        new.update(children(parent.pid) - before)
+        return bool(new)
+
+    wait_until(forked, what=f"pid {parent.pid} forked a child")
+    [pid] = new
+    parent.wait_for(printed.format(pid=pid), after=0)
+    return pid
+
+
 # --- driving the relive CLI as a separate process ------------------------------
 
 #: The relive command line, run with the interpreter running the tests.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import relive
 from relive.patch.journal import LoadedBlock, journal_path, load_journal, save_journal
-from support import SpawnFactory, Target, compile_c, reload, wait_until
+from support import SpawnFactory, Target, compile_c, reload, wait_reading_stdin
 
 PROG = r"""
 #include <stdio.h>
@@ -291,7 +291,7 @@ def test_a_forked_child_never_reuses_what_it_inherited(tmp_path: Path, spawn: Sp
     exe = compile_c(tmp_path, FORKING)
     source = tmp_path / "prog.c"
     parent = spawn([exe], stdin_pipe=True)
-    wait_until(lambda: Path(f"/proc/{parent.pid}/exe").exists(), what="parent started")
+    wait_reading_stdin(parent)
     set_value(source, 2)
     relive.attach(parent.pid).reload([source])
     [inherited] = load_journal(parent.pid).blocks

@@ -17,7 +17,7 @@ from relive.cli.main import main
 from relive.patch.modules import load_running_modules
 from relive.patch.original import read_original_code
 from relive.process.memory import ProcessMemory
-from support import SpawnFactory, Target, compile_c, wait_until
+from support import SpawnFactory, Target, compile_c, fork_child
 
 FORKING_PROG = r"""
 #include <stdio.h>
@@ -47,28 +47,8 @@ def _start(spawn: SpawnFactory, exe: Path) -> Target:
     return parent
 
 
-def _children(pid: int) -> set[int]:
-    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
-
-
 def _fork_child(target: Target) -> int:
-    """Fork one more child and return its pid once it printed a line.
-
-    The new child is told apart from the older ones (still printing) by the
-    parent's children list, not by whichever child prints first.
-    """
-    before = _children(target.pid)
-    target.write(b"f\n")
-    new: set[int] = set()
-
-    def forked() -> bool:
-        new.update(_children(target.pid) - before)
-        return bool(new)
-
-    wait_until(forked, what="the parent forked a child")
-    [pid] = new
-    target.wait_for(rf"child {pid} value=", after=0)
-    return pid
+    return fork_child(target, r"child {pid} value=")
 
 
 def _child_prints(target: Target, pid: int, value: int) -> None:

@@ -29,6 +29,7 @@ from support import (
     SpawnFactory,
     Target,
     compile_c,
+    fork_child,
     json_events,
     wait_event,
     wait_until,
@@ -190,9 +191,7 @@ int main(void) {
 
 
 def _fork_worker(parent: Target) -> int:
-    mark = parent.mark()
-    parent.write(b"f\n")
-    return int(parent.wait_for(r"worker (\d+) value=", after=mark).group(1))
+    return fork_child(parent, r"worker {pid} value=")
 
 
 def test_watch_all_follows_a_worker_forked_after_it_started(
