@@ -36,6 +36,7 @@ from relive.events import (
     ignore_event,
 )
 from relive.patch.dryrun import check_as_reload
+from relive.patch.gcpause import cyclic_gc_paused
 from relive.patch.journal import load_journal, save_journal
 from relive.patch.lock import process_lock
 from relive.patch.modules import get_main_module, load_running_modules
@@ -157,11 +158,12 @@ class Session:
         The plan side is ``patch.planning``, the transaction ``patch.transaction``.
         """
         chosen = options or DEFAULTS
-        steps = self.reload_steps(paths, replace(chosen, **choices) if choices else chosen)
-        if steps.advance(Step.STAGED):  # planned (not a dry run): load ... commit
-            with held_signals():  # relive's SIGINT/SIGTERM/SIGHUP wait meanwhile
-                steps.advance(Step.COMMITTED)
-            steps.advance(None)
+        with cyclic_gc_paused():
+            steps = self.reload_steps(paths, replace(chosen, **choices) if choices else chosen)
+            if steps.advance(Step.STAGED):  # planned (not a dry run): load ... commit
+                with held_signals():  # relive's SIGINT/SIGTERM/SIGHUP wait meanwhile
+                    steps.advance(Step.COMMITTED)
+                steps.advance(None)
         return steps.result
 
     def reload_steps(
@@ -366,7 +368,7 @@ def reload_together(
                 outcomes[index] = error
             del live[index]
 
-    with scratch_dir() as scratch:
+    with scratch_dir() as scratch, cyclic_gc_paused():
         shared = SharedCompiles(Path(scratch))
         for index, session in enumerate(sessions):
             try:
