@@ -6,6 +6,7 @@ Real processes, real ptrace: the mapping count is read from /proc/PID/maps.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -111,6 +112,20 @@ def test_a_block_recorded_for_a_reload_that_never_committed_is_free_again(
     assert load_journal(target.pid).blocks == [block]
     reload_value(target, source, 3)
     assert load_journal(target.pid).blocks[1].code[0] < code + 64  # the space was reused
+
+
+def test_a_chunk_recorded_but_never_mapped_is_forgotten(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    target, source = start(tmp_path, spawn)
+    reload_value(target, source, 2)
+    journal = load_journal(target.pid)
+    [code] = [c for c in journal.arenas if c.kind == "code"]
+    # As a relive killed after writing the chunk ahead and before mapping it.
+    journal.arenas.append(dataclasses.replace(code, address=code.address + code.size + (1 << 20)))
+    save_journal(journal)
+    assert load_journal(target.pid).arenas == [c for c in journal.arenas[:-1]]
+    reload_value(target, source, 3)
 
 
 def test_an_old_journal_with_regions_only_still_loads_and_undoes(

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 import relive
+from relive.patch.journal import load_journal
 from support import RELIVE, SpawnFactory, Target, assert_untouched, compile_c, edit, reload
 
 #: Random-instant kills per test run; `make bench` runs 200.
@@ -100,6 +101,14 @@ def assert_survived_and_exact(target: Target, exe: Path, ping: str) -> None:
         assert [(p.name, p.address) for p in patches] == [("value", address)]
     else:
         assert patches == []
+    # The code a live jump leads to is in a block the journal keeps: never free space.
+    journal = load_journal(target.pid)
+    assert not any(block.pending for block in journal.blocks)
+    for patch in journal.patches.values():
+        assert any(
+            b.code[0] <= patch.target < b.code[0] + b.code[1] and not b.reclaimed
+            for b in journal.blocks
+        ), (patch, journal.blocks)
 
 
 def start(tmp_path: Path, spawn: SpawnFactory) -> tuple[Target, Path]:
