@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -115,15 +116,18 @@ def reload_objects(pid: int, objects: Sequence[Path], at: Path, count: int) -> d
     session = relive.attach(pid)
     before = snapshot(pid)
     started = time.monotonic()
+    stopped = []
     for k in range(count):
         shutil.copyfile(objects[k % len(objects)], at)
         result = session.reload([at])
         if not result.redirected:
             raise SystemExit(f"reload {k + 1} redirected nothing")
+        stopped.append(result.stopped_us)
     seconds = time.monotonic() - started
     figures = added(before, snapshot(pid))
     figures["reloads"] = count
     figures["seconds_per_reload"] = seconds / count
+    figures["stopped_us_median"] = statistics.median(stopped)
     return figures
 
 
@@ -323,6 +327,7 @@ def print_table(results: dict[str, Any]) -> None:
             ("added_mapped_kb", "size of added mappings (KiB)"),
             ("rss_delta_kb", "process resident memory, after - before (KiB)"),
             ("seconds_per_reload", "seconds per reload (in-process)"),
+            ("stopped_us_median", "threads stopped per reload, median (us)"),
         ):
             print(
                 f"  {what:48} {figures[key]:>10.3f}"
