@@ -128,6 +128,19 @@ def test_a_chunk_recorded_but_never_mapped_is_forgotten(
     reload_value(target, source, 3)
 
 
+def test_blocks_written_as_objects_still_load(tmp_path: Path, spawn: SpawnFactory) -> None:
+    target, source = start(tmp_path, spawn)
+    reload_value(target, source, 2)
+    journal = load_journal(target.pid)
+    path = journal_path(target.pid, journal.start_time)
+    raw = json.loads(path.read_text())
+    raw["blocks"] = [dataclasses.asdict(b) for b in journal.blocks]  # as this morning's relive
+    path.write_text(json.dumps(raw))
+    assert load_journal(target.pid).blocks == journal.blocks
+    reload_value(target, source, 3)
+    assert json.loads(path.read_text())["blocks"][0][:2] == [str(source), journal.blocks[0].module]
+
+
 def test_an_old_journal_with_regions_only_still_loads_and_undoes(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:

@@ -170,29 +170,29 @@ def _mark_live(journal: Journal, entries: list[dict[str, Any]], retire: bool = T
     return retired
 
 
-def find_reclaimed_tables(journal: Journal, ranges: Collection[tuple[int, int]]) -> list[int]:
-    """The registered unwind tables of the debug objects of code in ``ranges``
-    (``(address, size)``), which the caller deregisters before reclaiming it."""
-    folder = _process_folder(journal.pid, journal.start_time, create=False)
-    return [
-        entry["unwind_table"]
-        for entry in _read_manifest(folder)
-        if _reclaims(entry, ranges) and entry.get("unwind_table") is not None
-    ]
+def reclaim_debug_objects(
+    journal: Journal,
+    ranges: Collection[tuple[int, int]],
+    may_deregister: Callable[[], bool] = lambda: True,
+) -> list[int] | None:
+    """Mark the debug objects of code in ``ranges`` (``(address, size)``) as no longer
+    live, for good (later code may reuse the addresses), and forget their unwind
+    tables; return those tables, which the caller then deregisters.
 
-
-def reclaim_debug_objects(journal: Journal, ranges: Collection[tuple[int, int]]) -> None:
-    """Mark the debug objects of code in ``ranges`` as no longer live, for good
-    (later code may reuse the addresses), their unwind tables deregistered."""
+    When there are tables and ``may_deregister()`` says they cannot be, nothing is
+    changed and None is returned (the code must then be kept).
+    """
     folder = _process_folder(journal.pid, journal.start_time, create=False)
     entries = _read_manifest(folder)
-    changed = False
-    for entry in entries:
-        if _reclaims(entry, ranges):
-            entry["reclaimed"], entry["live"], entry["unwind_table"] = True, False, None
-            changed = True
-    if changed:
+    chosen = [entry for entry in entries if _reclaims(entry, ranges)]
+    tables = [e["unwind_table"] for e in chosen if e.get("unwind_table") is not None]
+    if tables and not may_deregister():
+        return None
+    for entry in chosen:
+        entry["reclaimed"], entry["live"], entry["unwind_table"] = True, False, None
+    if chosen:
         _write_manifest(folder, entries)
+    return tables
 
 
 def _reclaims(entry: dict[str, Any], ranges: Collection[tuple[int, int]]) -> bool:

@@ -303,9 +303,14 @@ def _parse_journal(pid: int, start: int, data: bytes) -> Journal:
             raise _Invalid(f"arena chunk at {chunk.address:#x} has no sensible address or size")
         journal.arenas.append(chunk)
     for value in _expect(raw.get("blocks", []), list, "blocks"):
-        block = _build(LoadedBlock, value, "a block")
+        block = (
+            _load_block_row(value)
+            if isinstance(value, list)
+            else _build(LoadedBlock, value, "a block")
+        )
         if not all(
-            0 <= r[0] < _ADDRESS_END and 0 <= r[1] < (1 << 40) for r in (block.code, block.data)
+            0 <= r[0] < _ADDRESS_END and 0 <= r[1] < (1 << 40)
+            for r in (block.code, block.data, block.own)
         ):
             raise _Invalid(f"block of {block.source} has no sensible ranges")
         journal.blocks.append(block)
@@ -315,6 +320,49 @@ def _parse_journal(pid: int, start: int, data: bytes) -> Journal:
             raise _Invalid(f"inferred flags of {key} are not a list of strings")
         journal.inferred_flags[key] = list(flags)
     return journal
+
+
+#: Flags of a block row (see :func:`_block_row`).
+_ESCAPED, _RECLAIMED, _PENDING = 1, 2, 4
+
+
+def _block_row(block: LoadedBlock) -> list[Any]:
+    """A block as one flat JSON array: a long session records thousands, and a journal
+    is read and written at every reload (objects with named fields cost ten times more)."""
+    flags = _ESCAPED * block.escaped | _RECLAIMED * block.reclaimed | _PENDING * block.pending
+    return [
+        block.source,
+        block.module,
+        *block.code,
+        *block.data,
+        *block.own,
+        flags,
+        block.program_data,
+    ]
+
+
+def _load_block_row(row: list[Any]) -> LoadedBlock:
+    """A block from :func:`_block_row`'s array, every element checked."""
+    if not (
+        len(row) == 10
+        and isinstance(row[0], str)
+        and isinstance(row[1], str)
+        and all(_is_int(v) for v in row[2:])
+        and 0 <= row[8] < 8
+    ):
+        raise _Invalid(f"a block is not what relive writes: {row!r:.200}")
+    flags = row[8]
+    return LoadedBlock(
+        row[0],
+        row[1],
+        [row[2], row[3]],
+        [row[4], row[5]],
+        escaped=bool(flags & _ESCAPED),
+        reclaimed=bool(flags & _RECLAIMED),
+        pending=bool(flags & _PENDING),
+        program_data=row[9],
+        own=[row[6], row[7]],
+    )
 
 
 def _load_pending(raw: dict[str, Any], key: str) -> PendingPatch:
@@ -506,7 +554,7 @@ def _as_plain(journal: Journal) -> dict[str, Any]:
         },
         "regions": journal.regions,
         "arenas": [vars(a) for a in journal.arenas],
-        "blocks": [vars(b) for b in journal.blocks],
+        "blocks": [_block_row(b) for b in journal.blocks],
         "pending": {
             k: {
                 "after": None if p.after is None else vars(p.after),

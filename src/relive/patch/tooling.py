@@ -20,7 +20,6 @@ from relive.errors import ReliveError
 from relive.link import LinkedImage
 from relive.patch.debugfiles import (
     append_perf_map,
-    find_reclaimed_tables,
     prune_expired,
     prune_perf_map,
     reclaim_debug_objects,
@@ -30,7 +29,12 @@ from relive.patch.debugfiles import (
 from relive.patch.journal import Journal, LoadedBlock, save_journal
 from relive.patch.modules import RunningModule, load_running_modules
 from relive.patch.reclaim import mark_reclaimed
-from relive.patch.unwind import deregister_unwind_tables, find_unwinder, register_unwind_tables
+from relive.patch.unwind import (
+    Unwinder,
+    deregister_unwind_tables,
+    find_unwinder,
+    register_unwind_tables,
+)
 
 
 def publish_new_code(
@@ -93,16 +97,27 @@ def deregister_dead_code(
     if not blocks:
         return [], []
     ranges = {(b.code[0], b.code[1]) for b in blocks}
+    unwinder: list[Unwinder | None] = []
+
+    def may_deregister() -> bool:
+        unwinder.append(find_unwinder(load_running_modules(pid)))
+        return unwinder[0] is not None
+
     try:
-        tables = find_reclaimed_tables(journal, ranges)
-        unwinder = find_unwinder(load_running_modules(pid)) if tables else None
-        if tables and unwinder is None:
-            return [], ["superseded code kept: its unwind tables cannot be deregistered"]
-        reclaim_debug_objects(journal, ranges)
-        if unwinder is not None:
-            deregister_unwind_tables(pid, unwinder, tables)
+        tables = reclaim_debug_objects(journal, ranges, may_deregister)
     except ReliveError as error:
         return [], [f"superseded code kept ({error.message})"]
+    if tables is None:
+        return [], ["superseded code kept: its unwind tables cannot be deregistered"]
+    if tables and unwinder and unwinder[0] is not None:
+        try:
+            deregister_unwind_tables(pid, unwinder[0], tables)
+        except ReliveError as error:
+            # Whether the tables are still registered is unknown, and the manifest
+            # no longer lists them: the code and its tables are kept for good.
+            for block in blocks:
+                block.escaped = True
+            return [], [f"superseded code kept for good ({error.message})"]
     return list(blocks), []
 
 
@@ -112,6 +127,11 @@ def reclaim_code(pid: int, journal: Journal, blocks: Sequence[LoadedBlock]) -> l
     lines removed.  Saves the journal; the notices."""
     freed, notices = deregister_dead_code(pid, journal, blocks)
     if not freed:
+        if any(block.escaped for block in blocks):
+            try:
+                save_journal(journal)
+            except ReliveError as error:
+                notices.append(f"journal not saved ({error.message})")
         return notices
     ranges = mark_reclaimed(journal, freed)
     try:
