@@ -13,17 +13,29 @@ that were inside it.  It is dead, and its range free for later reloads, when:
   takes the address of its code other than a direct call or jump (``&f`` of a
   replaced function binds to the original entry, see ``patch.binder``; the
   linker records what remains, ``LinkedImage.takes_own_code``);
-* no thread's PC is in it and no word of any thread's stack (from its stack
-  pointer to the end of that mapping) points into it: checked while every
-  thread is held, after the jumps moved away from it.  Nothing can enter the
-  code afterwards, so dead then is dead for good.
+* no thread's PC is in it, and no register of any thread and no word of the
+  program's memory points into it: every readable and writable mapping (heap,
+  thread stacks, coroutine stacks, alternate signal stacks, the contexts
+  ``swapcontext`` and the kernel's signal frames save, globals), see
+  :class:`MemoryScan`.  Checked while every thread is held, after the jumps
+  moved away from it.  Nothing can enter the code afterwards but through a
+  pointer that was somewhere at that moment, so dead then is dead for good.
 
-A thread whose stack cannot be scanned whole (its stack pointer outside any
-mapping, or more than :data:`STACK_LIMIT` of stack) makes the check give up
-for that stop: nothing is reclaimed, later reloads try again.  Not seen: the
-frames of a thread interrupted by a signal while it runs the handler on an
-alternate signal stack, below the interrupted stack pointer (the alternate
-stack itself is scanned).
+Below the lowest stack pointer in a mapping lie the stale words of calls that
+returned: that part is scanned only if something scanned points into it (a
+coroutine suspended there, a frame under a handler running on an alternate
+stack, a context saved there).  The leaf function a thread is stopped in may
+keep a value in its red zone, below its stack pointer: a pointer into
+superseded code kept only there, and nowhere else, is not seen.
+
+The check gives up (nothing reclaimed that time; later reloads try again) when
+the memory to scan is over :data:`SCAN_LIMIT` or cannot be read.  Not seen
+either: pointers the program keeps mangled (glibc's ``setjmp`` buffers and
+``atexit`` lists hold them XORed with a secret: a ``jmp_buf`` is only valid
+while its frame is live, so the frame's own return address keeps the code),
+outside its memory (in a file, a pipe, another process, the kernel: a signal
+handler installed from a pointer that is no longer in memory), or in floating
+point and vector registers.
 
 ``undo`` frees a block's data too, under a stronger check: no variable relive
 added lives in it and no word of the program's writable memory points into it
@@ -34,20 +46,21 @@ brought).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from relive.arch import host_registers
 from relive.errors import ReliveError
-from relive.patch.journal import Journal, LoadedBlock
+from relive.patch.journal import ArenaKind, Journal, LoadedBlock
 from relive.process.memory import ProcessMemory
-from relive.process.procfs import Mapping, find_mapping
+from relive.process.pagemap import PopulatedPages
+from relive.process.procfs import Mapping, read_maps
 from relive.process.threads import StoppedProcess
 
-#: Most stack read per thread at a stop (its used part: stack pointer to mapping end).
-STACK_LIMIT = 1 << 20
-#: Most writable memory scanned for pointers into data an undo would free (a
-#: program with more keeps that data: the scan holds its threads).
-DATA_SCAN_LIMIT = 16 << 20
+#: Most writable memory (resident or swapped pages) scanned at a stop for
+#: pointers into superseded code or into data an undo would free: a program
+#: with more keeps both (the scan holds its threads).
+SCAN_LIMIT = 16 << 20
 
 Range = tuple[int, int]
 
@@ -95,88 +108,218 @@ def find_data_candidates(journal: Journal, blocks: Iterable[LoadedBlock]) -> lis
 
 @dataclass
 class DeadCodeCheck:
-    """Run while every thread is held (``inspect``): which candidates no thread is in.
+    """Run while every thread is held (``inspect``): which candidates nothing can
+    return or jump into any more.
 
-    ``maps`` are read before the stop (stacks do not move).  With ``data``, the
-    program's writable memory is scanned for pointers into those blocks' data too.
+    The program's mappings are read at the stop.  With ``data``, pointers into
+    those blocks' data are looked for too.
     """
 
     candidates: Sequence[LoadedBlock]
-    maps: list[Mapping]
     data: Sequence[LoadedBlock] = ()
-    #: Blocks whose code no thread is in; blocks whose data nothing points to.
+    #: Parts of relive's arenas the program holds nothing in (see :func:`relive_only`).
+    unscanned: Sequence[Range] = ()
+    #: Blocks whose code nothing refers to; blocks whose data nothing points to.
     dead: list[LoadedBlock] = field(default_factory=list)
     dead_data: list[LoadedBlock] = field(default_factory=list)
 
     @classmethod
-    def for_undo(cls, journal: Journal, maps: list[Mapping]) -> DeadCodeCheck:
+    def for_reload(cls, journal: Journal) -> DeadCodeCheck:
+        """The check for a reload (its writes staged): superseded code only."""
+        return cls(find_candidates(journal), unscanned=relive_only(journal))
+
+    @classmethod
+    def for_undo(cls, journal: Journal) -> DeadCodeCheck:
         """The check for an undo (its writes staged): code as for a reload, and the
         data of the blocks whose code is, or may turn out, dead."""
         candidates = find_candidates(journal)
         # Data of blocks without code of their own is kept: code elsewhere (an
         # inherited arena's) may refer to it without storing a pointer.
         freed = [b for b in journal.blocks if b.reclaimed and b.data[1]]
-        return cls(candidates, maps, find_data_candidates(journal, [*candidates, *freed]))
+        data = find_data_candidates(journal, [*candidates, *freed])
+        return cls(candidates, data, relive_only(journal))
 
     def inspect(self, stopped: StoppedProcess, memory: ProcessMemory) -> None:
         if not self.candidates and not self.data:
             return
-        code = [(b.code[0], b.code[0] + b.code[1]) for b in self.candidates]
+        registers = {tid: stopped.get_regs(tid) for tid in stopped.tids}
+        # A return address may be the end of the range (a call as last instruction).
+        code = [(b.code[0], b.code[0] + b.code[1] + 1) for b in self.candidates]
         busy: set[int] = set()
-        positions = list(stopped.iter_positions())
-        for _tid, pc, sp in positions:
-            busy |= {k for k, (lo, hi) in enumerate(code) if lo <= pc < hi}
-            words = self._stack(memory, sp)
-            if words is None:
-                return  # cannot tell: reclaim nothing this time
-            # A return address may be the end of the range (a call as last instruction).
-            busy |= find_words(words, [(lo, hi + 1) for lo, hi in code])
-        self.dead = [b for k, b in enumerate(self.candidates) if k not in busy]
-        if self.data:
-            self.dead_data = self._unreferenced_data(
-                stopped, memory, [sp for _, _, sp in positions]
-            )
-
-    def _stack(self, memory: ProcessMemory, sp: int) -> bytes | None:
-        stack = find_mapping(self.maps, sp)
-        if stack is None or stack.end - sp > STACK_LIMIT:
-            return None
-        try:
-            return memory.read(sp & ~7, stack.end - (sp & ~7))
-        except ReliveError:
-            return None
-
-    def _unreferenced_data(
-        self, stopped: StoppedProcess, memory: ProcessMemory, sps: list[int]
-    ) -> list[LoadedBlock]:
-        """Of the data blocks whose code is dead, those no word of the
-        program's writable memory (stacks from their pointer on) or registers points to."""
-        dead = [id(b) for b in self.dead]
-        blocks = [b for b in self.data if b.reclaimed or id(b) in dead]
+        for regs in registers.values():
+            pc = host_registers().get_pc(regs)
+            busy |= {k for k, (lo, hi) in enumerate(code) if lo <= pc < hi - 1}
         # Only the object's data can have been handed to the program; relive's own
         # (unwind table, GOT) was only the block's code's and the unwinder's, which
         # has let go of it by the time it is freed.
-        ranges = [(b.data[0], b.data[0] + _program_part(b)) for b in blocks]
-        spans = []
-        for m in self.maps:
-            if "w" not in m.perms:
-                continue
-            # Below a stack pointer (and its red zone) lie stale values of returned calls.
-            start = max([m.start, *(sp - 128 for sp in sps if m.start <= sp < m.end)])
-            spans += _subtract((start, m.end), ranges)  # the data itself is not a referrer
-        if not any(lo < hi for lo, hi in ranges):
-            return blocks
-        if sum(end - start for start, end in spans) > DATA_SCAN_LIMIT:
-            return [b for b in blocks if not _program_part(b)]
-        busy: set[int] = set()
-        for start, end in spans:
-            try:
-                busy |= find_words(memory.read(start, end - start), ranges, start)
-            except ReliveError:
-                continue  # a guard page or a mapping gone: holds nothing readable
-        for tid in stopped.tids:
-            busy |= find_words(bytes(stopped.get_regs(tid)), ranges)
-        return [b for k, b in enumerate(blocks) if k not in busy]
+        data_blocks = self._data_blocks_to_check()
+        data = [(b.data[0], b.data[0] + _program_part(b)) for b in data_blocks]
+        sps = [host_registers().get_sp(regs) for regs in registers.values()]
+        scan = MemoryScan(code, data, self.unscanned)
+        found = scan.run(stopped.pid, memory, b"".join(map(bytes, registers.values())), sps)
+        if found is None:  # too much memory, or unreadable: keep it all
+            self.dead = []
+            self.dead_data = [b for b in data_blocks if b.reclaimed and not _program_part(b)]
+            return
+        code_busy, data_busy = found
+        self.dead = [b for k, b in enumerate(self.candidates) if k not in busy | code_busy]
+        self.dead_data = [
+            b
+            for k, b in enumerate(data_blocks)
+            if k not in data_busy and (b.reclaimed or b in self.dead)
+        ]
+
+    def _data_blocks_to_check(self) -> list[LoadedBlock]:
+        """The data candidates whose code is gone or may turn out dead."""
+        candidates = [id(b) for b in self.candidates]
+        return [b for b in self.data if b.reclaimed or id(b) in candidates]
+
+
+@dataclass
+class _Piece:
+    """A run of the program's memory to scan: ``region``, the index of the stale
+    stack region it lies in (scanned only once something points there)."""
+
+    start: int
+    end: int
+    #: In data an undo may free: searched for pointers into code only.
+    code_only: bool
+    region: int | None
+
+
+@dataclass
+class MemoryScan:
+    """Which ``code`` and ``data`` ranges (``[lo, hi)``) some word of the program's
+    memory or registers points into.
+
+    Every readable and writable mapping is scanned, not only thread stacks from
+    their stack pointers: a coroutine's suspended stack, a frame under a signal
+    handler running on an alternate stack, a context saved by ``swapcontext``
+    or a function pointer the program loaded from a table can be anywhere.
+    Relive's own arena space is left out (``unscanned``, see
+    :func:`relive_only`).
+
+    Stale words below a stack pointer (return addresses of calls that
+    returned) would keep code forever, so the part of a mapping below the
+    lowest stack pointer in it is scanned only if a
+    word of the memory scanned, or a register, points into that part: a
+    suspended coroutine stack, an interrupted frame or a saved context there is
+    reached through a saved stack pointer or a pointer to it.  The data being
+    freed is searched for pointers into code only (a pointer in it is live if
+    the data is kept).
+    """
+
+    code: list[Range]
+    data: list[Range]
+    unscanned: Sequence[Range]
+
+    def run(
+        self, pid: int, memory: ProcessMemory, registers: bytes, sps: list[int]
+    ) -> tuple[set[int], set[int]] | None:
+        """``(code indices, data indices)`` pointed into; None when the memory is
+        over :data:`SCAN_LIMIT` or cannot all be read."""
+        pieces, regions = self._plan(pid, sps)
+        if sum(p.end - p.start for p in pieces) > SCAN_LIMIT:
+            return None
+        code_busy = find_words(registers, self.code)
+        data_busy = find_words(registers, self.data)
+        live = find_words(registers, regions)
+        todo = [p for p in pieces if p.region is None or p.region in live]
+        try:
+            while todo:
+                reached: set[int] = set()
+                for code_only, words in _read_grouped(memory, todo):
+                    # Pieces are 8-byte aligned: joined, each word stays whole.
+                    code_busy |= find_words(words, self.code)
+                    if not code_only:
+                        data_busy |= find_words(words, self.data)
+                    reached |= find_words(words, regions)
+                reached -= live
+                live |= reached
+                todo = [p for p in pieces if p.region in reached]
+        except ReliveError:
+            return None
+        return code_busy, data_busy
+
+    def _plan(self, pid: int, sps: list[int]) -> tuple[list[_Piece], list[Range]]:
+        """The pieces of memory to scan, and the stale stack regions."""
+        pieces: list[_Piece] = []
+        regions: list[Range] = []
+        with PopulatedPages(pid) as populated:
+            for mapping in read_maps(pid):
+                if "w" in mapping.perms and "r" in mapping.perms:
+                    self._plan_mapping(mapping, populated, sps, pieces, regions)
+        return pieces, regions
+
+    def _plan_mapping(
+        self,
+        mapping: Mapping,
+        populated: PopulatedPages,
+        sps: list[int],
+        pieces: list[_Piece],
+        regions: list[Range],
+    ) -> None:
+        """Add the pieces of ``mapping`` to scan (and its stale stack region)."""
+        unscanned = sorted(self.unscanned)
+        held = [r for r in self.data if r[0] < r[1]]
+        inside = [sp for sp in sps if mapping.start <= sp < mapping.end]
+        stale = (mapping.start, max(mapping.start, min(inside, default=0)))
+        region = None
+        if stale[0] < stale[1]:
+            region = len(regions)
+            regions.append(stale)
+        runs = (
+            populated.runs(mapping.start, mapping.end)
+            if mapping.perms.endswith("p")
+            else [(mapping.start, mapping.end)]
+        )
+        for run in runs:
+            for piece in _subtract(run, unscanned):
+                for part in _subtract(piece, [stale]):
+                    pieces += _split(part, held, None)
+                for part in _intersect(piece, [stale]):
+                    pieces += _split(part, held, region)
+
+
+def _read_grouped(memory: ProcessMemory, pieces: list[_Piece]) -> Iterator[tuple[bool, bytes]]:
+    """The bytes of ``pieces``, joined by kind (code-only or not): one search per
+    kind instead of one per piece."""
+    for code_only in (False, True):
+        parts = [memory.read(p.start, p.end - p.start) for p in pieces if p.code_only is code_only]
+        if parts:
+            yield code_only, b"".join(parts)
+
+
+def _split(span: Range, held: Sequence[Range], region: int | None) -> list[_Piece]:
+    """``span`` as pieces, those inside ``held`` (data being freed) marked code-only;
+    widened to whole words (pieces are joined before the search)."""
+    outside = [(lo, hi, False) for lo, hi in _subtract(span, held)]
+    inside = [(lo, hi, True) for lo, hi in _intersect(span, held)]
+    return [_Piece(lo & ~7, (hi + 7) & ~7, kind, region) for lo, hi, kind in outside + inside]
+
+
+def relive_only(journal: Journal) -> list[Range]:
+    """The parts of relive's arenas the program cannot have stored anything in: the
+    code arenas, and the data arenas but for the blocks' program data.
+
+    The rest of a data arena is relive's own data (unwind tables and their
+    registration records, which hold their code's address; GOTs, which hold
+    only the addresses of what their block calls) and free space, which may
+    still hold such records of code reclaimed before.
+    """
+    out: list[Range] = []
+    program = [(b.data[0], b.data[0] + _program_part(b)) for b in journal.blocks]
+    for chunk in journal.arenas:
+        span = (chunk.address, chunk.address + chunk.size)
+        out += [span] if chunk.kind is ArenaKind.CODE else _subtract(span, program)
+    return out
+
+
+def _intersect(span: Range, ranges: Sequence[Range]) -> list[Range]:
+    """The parts of ``span`` inside ``ranges``."""
+    return [
+        (max(span[0], lo), min(span[1], hi)) for lo, hi in ranges if lo < span[1] and hi > span[0]
+    ]
 
 
 def _subtract(span: Range, holes: Sequence[Range]) -> list[Range]:
@@ -201,29 +344,47 @@ def find_words(data: bytes, ranges: Sequence[Range], base: int = 0) -> set[int]:
     """Indices of ``ranges`` (``[lo, hi)``) that some 8-byte aligned word of ``data``
     (at address ``base``) falls in.
 
-    Searched for the upper half of the range's addresses first (in C, by
-    ``bytes.find``), so a stack or a heap of megabytes is scanned in milliseconds.
+    Searched for by three bytes of the range's addresses above the lowest two
+    (or four) bytes (in C, by ``bytes.find``), each hit checked whole, so
+    megabytes of memory full of pointers are scanned in milliseconds.
     """
     found: set[int] = set()
     skew = base % 8
     for k, (lo, hi) in enumerate(ranges):
         if lo >= hi:
             continue
-        if lo >> 32 != (hi - 1) >> 32:
+        for shift in (16, 32):
+            if ((hi - 1) >> shift) - (lo >> shift) < _MOST_PATTERNS:
+                break
+        else:
             if _scan_slowly(data, lo, hi, skew):
                 found.add(k)
             continue
-        pattern = (lo >> 32).to_bytes(4, "little")
-        at = data.find(pattern, 4)
-        while at != -1:
-            start = at - 4
-            if (start + skew) % 8 == 0 and lo <= int.from_bytes(
-                data[start : at + 4], "little"
-            ) < hi:
+        # Three bytes from the lowest that differ between nearby pointers: the
+        # needle's last byte is not the zero of every user-space address's top.
+        low = shift // 8
+        for high in range(lo >> shift, ((hi - 1) >> shift) + 1):
+            if _find_in(data, (high & 0xFFFFFF).to_bytes(3, "little"), low, lo, hi, skew):
                 found.add(k)
                 break
-            at = data.find(pattern, at + 1)
     return found
+
+
+#: Most distinct upper parts of a range searched one by one.
+_MOST_PATTERNS = 8
+
+
+def _find_in(data: bytes, pattern: bytes, low: int, lo: int, hi: int, skew: int) -> bool:
+    """Whether an aligned word whose upper bytes are ``pattern`` (after ``low`` lower
+    bytes) is in ``[lo, hi)``."""
+    at = data.find(pattern, low)
+    while at != -1:
+        start = at - low
+        word = data[start : start + 8]
+        if (start + skew) % 8 == 0 and len(word) == 8 and lo <= int.from_bytes(word, "little") < hi:
+            return True
+        at = data.find(pattern, at + 1)
+    return False
 
 
 def _scan_slowly(data: bytes, lo: int, hi: int, skew: int) -> bool:

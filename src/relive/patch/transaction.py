@@ -78,11 +78,10 @@ from relive.patch.loops import refuse_running_loop_heads
 from relive.patch.matched import binding_context
 from relive.patch.modules import RunningModule, load_running_modules
 from relive.patch.plan import Decision, ReloadPlan
-from relive.patch.reclaim import DeadCodeCheck, find_candidates, mark_reclaimed
+from relive.patch.reclaim import DeadCodeCheck, mark_reclaimed
 from relive.patch.release import free_undone_blocks
 from relive.patch.wal import commit, find_done, stage_jumps, stage_undo
 from relive.process.memory import ProcessMemory
-from relive.process.procfs import read_maps
 
 
 @dataclass(frozen=True)
@@ -259,7 +258,7 @@ class StagedReload:
         frames); when the jumps were written (``time.monotonic()``), None if none was."""
         with self._rollback_on_failure():
             if self.writes:
-                self.dead_code = DeadCodeCheck(find_candidates(self.journal), read_maps(self.pid))
+                self.dead_code = DeadCodeCheck.for_reload(self.journal)
                 self.entries = write_entries(
                     self.pid,
                     self.writes,
@@ -347,10 +346,9 @@ def undo_patches(
             with ProcessMemory(pid) as memory:
                 modules = load_running_modules(pid)
                 mover = prepare_undo_mover(pid, journal, chosen, modules, memory, arch)
-        maps = read_maps(pid)
         with held_signals():
             stage_undo(journal, keys)
-            dead = DeadCodeCheck.for_undo(journal, maps)
+            dead = DeadCodeCheck.for_undo(journal)
             save_journal(journal)  # write-ahead (and refused here if it cannot be)
             try:
                 report = write_entries(pid, writes, None, mover, inspect=dead.inspect)
