@@ -10,8 +10,8 @@ packs the result with the code, data and symbols into one ELF file
 Sections of the object that were not loaded (functions that did not change)
 resolve to address 0: DWARF consumers treat code at 0 as discarded, exactly as
 for a linker's ``--gc-sections``, so gdb keeps using the program's own
-description of the unchanged functions.  ``.eh_frame`` entries of such
-functions get a zero start address, which unwinders skip.
+description of the unchanged functions.  The ``.eh_frame`` is the block's own
+table, which holds only the entries of the loaded code.
 """
 
 from __future__ import annotations
@@ -107,9 +107,12 @@ def _named_symbols(symbols: list[ObjSymbol]) -> Iterator[ObjSymbol]:
 
 def _eh_frame_of(image: LinkedImage) -> OutSection | None:
     """The unwind table as loaded in the block (the linker relocated it there)."""
-    address, offset = image.eh_frame_address, image.layout.eh_frame_offset
-    if address is None or offset is None:
+    address, offset, table = (
+        image.eh_frame_address,
+        image.layout.eh_frame_offset,
+        image.layout.eh_frame,
+    )
+    if address is None or offset is None or table is None:
         return None
-    size = next(s.size for s in image.layout.request.obj.sections if s.name == EH_FRAME)
-    data = image.data[offset : offset + size]
+    data = image.data[offset : offset + table.size]
     return OutSection(EH_FRAME, data, address=address, flags=SHF_ALLOC, align=8)

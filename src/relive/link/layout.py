@@ -5,7 +5,7 @@ from __future__ import annotations
 from relive.arch.base import Need
 from relive.elf.objfile import ObjectFile, ObjSymbol, Section
 from relive.errors import LinkError
-from relive.link.ehframe import EH_FRAME, TERMINATOR, UNWIND_OBJECT_SIZE
+from relive.link.ehframe import EH_FRAME, TERMINATOR, UNWIND_OBJECT_SIZE, trim_eh_frame
 from relive.link.model import GotKey, Layout, LinkRequest
 
 #: Bytes of the GOT entry each GOT-using relocation needs.
@@ -55,9 +55,10 @@ def plan_layout(request: LinkRequest) -> Layout:
     cursor = _place(obj, data, offsets, data_offset)
     eh_frame_offset = unwind_object_offset = None
     eh_frame = _find_eh_frame(obj)
-    if eh_frame is not None and any(obj.sections[i].is_exec for i in request.load):
+    table = None if eh_frame is None or not code else trim_eh_frame(obj, eh_frame, code)
+    if table is not None:
         eh_frame_offset = _align(cursor, 16)  # relive's own part starts aligned
-        unwind_object_offset = _align(eh_frame_offset + eh_frame.size + len(TERMINATOR), 16)
+        unwind_object_offset = _align(eh_frame_offset + table.size + len(TERMINATOR), 16)
         cursor = unwind_object_offset + UNWIND_OBJECT_SIZE
     got_base = _align(cursor, 16)
     got_offsets: dict[GotKey, int] = {}
@@ -76,6 +77,7 @@ def plan_layout(request: LinkRequest) -> Layout:
         size=max(cursor, 1),
         code_size=code_size,
         alignment=max([16, *(obj.sections[i].align for i in request.load)]),
+        eh_frame=table,
         eh_frame_offset=eh_frame_offset,
         unwind_object_offset=unwind_object_offset,
         data_offset=data_offset,

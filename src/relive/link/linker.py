@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 
 from relive.arch.base import Need, Operands, RelocationType, fits
 from relive.elf.objfile import ObjSymbol, Relocation, Section
 from relive.errors import BadObject, LinkError
-from relive.link.ehframe import EH_FRAME, disable_fdes
+from relive.link.ehframe import build_table, move_relocations
 from relive.link.model import Bound, GotKey, Layout, LinkedImage, place
 
 #: The linker-defined symbol that names the GOT (psABI); for new code, relive's GOT.
@@ -335,14 +336,19 @@ def relocate_eh_frame(
     data_base: int | None = None,
     own_base: int | None = None,
 ) -> bytes:
-    """The object's ``.eh_frame`` relocated to ``address``, FDEs of unloaded code disabled."""
-    for section in layout.request.obj.sections:
-        if section.name == EH_FRAME and section.size:
-            linker = _DetachedLinker(layout, base, data_base, own_base)
-            table = bytearray(linker.relocate(section.index, address))
-            disable_fdes(table, linker.unresolved)
-            return bytes(table)
-    return b""
+    """The block's unwind table (the kept records of the object's ``.eh_frame``,
+    ``layout.eh_frame``) relocated to ``address``."""
+    table = layout.eh_frame
+    if table is None:
+        return b""
+    obj = layout.request.obj
+    section = obj.sections[table.section]
+    data = build_table(section.data, table)
+    relocations = move_relocations(obj.relocations.get(table.section, ()), table)
+    linker = _DetachedLinker(layout, base, data_base, own_base)
+    return linker.relocate_contents(
+        section._replace(data=data, size=len(data)), relocations, address
+    )
 
 
 def relocate_detached(image: LinkedImage, index: int, address: int) -> tuple[bytes, list[int]]:
@@ -376,10 +382,16 @@ class _DetachedLinker(_Linker):
 
     def relocate(self, index: int, address: int) -> bytes:
         section = self.obj.sections[index]
+        return self.relocate_contents(section, self.obj.relocations.get(index, ()), address)
+
+    def relocate_contents(
+        self, section: Section, relocations: Iterable[Relocation], address: int
+    ) -> bytes:
+        """``section``'s contents with ``relocations`` applied, as if at ``address``."""
         out = bytearray(section.data)
         types = self.request.arch.relocations
         targets: dict[int, int | None] = {}
-        for reloc in self.obj.relocations.get(index, ()):
+        for reloc in relocations:
             self._field = reloc.offset
             rtype = types.get(reloc.type)
             if (

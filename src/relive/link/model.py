@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from relive.arch.base import Arch, Need
 from relive.elf.objfile import ObjectFile, ObjSymbol
+from relive.link.ehframe import TrimmedTable
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,10 @@ class Layout:
     code_size: int
     #: The block's address must be a multiple of this (the largest section alignment).
     alignment: int = 16
-    #: Where the relocated ``.eh_frame`` (and its terminator) goes, if the object has
-    #: one; libgcc's registration record follows it at ``unwind_object_offset``.
+    #: The records of the object's ``.eh_frame`` that describe the loaded code (None:
+    #: no FDE does), and where they go, relocated and followed by a terminator;
+    #: libgcc's registration record follows them at ``unwind_object_offset``.
+    eh_frame: TrimmedTable | None = None
     eh_frame_offset: int | None = None
     unwind_object_offset: int | None = None
     #: Where the data part begins (a page boundary at or after ``code_size``).
