@@ -164,12 +164,12 @@ def test_kept_fdes_find_their_own_cie_and_lsda(tmp_path: Path) -> None:
     cies = [e for e in entries if isinstance(e, CIE)]
     assert len(cies) == 2  # the plain one and the one with a personality routine
     guarded = fdes[addresses["guarded"]]
-    assert b"P" in guarded.cie.header.augmentation
+    assert guarded.cie is not None and b"P" in guarded.cie.header.augmentation
     # Its LSDA pointer, relocated in the moved record, leads to the loaded table.
     assert guarded.lsda_pointer == image.find_section_address(except_table)
     for name in ("f3", "f30"):  # plain ones
         plain = fdes[addresses[name]]
-        assert plain.cie.header.augmentation == b"zR"
+        assert plain.cie is not None and plain.cie.header.augmentation == b"zR"
         assert plain.header.address_range == obj.find_symbol(name).size  # type: ignore[union-attr]
 
 
@@ -183,7 +183,7 @@ def test_code_without_fdes_gets_no_table(tmp_path: Path) -> None:
 def _records_in_memory(pid: int, address: int) -> list[bytes]:
     """The records of the unwind table at ``address`` in the process, read from its
     memory up to the terminator."""
-    records = []
+    records: list[bytes] = []
     with open(f"/proc/{pid}/mem", "rb") as mem:
         while True:
             mem.seek(address)
