@@ -12,8 +12,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from relive.patch.journal import load_journal
-from support import SpawnFactory, Target, compile_c, reload, wait_until
+from support import SpawnFactory, Target, compile_c, fork_child, reload, wait_until
 
 HELD_SIGNAL = r"""
 #include <pthread.h>
@@ -199,3 +201,297 @@ def test_a_coroutine_suspended_on_a_mapped_stack_keeps_its_code(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
     run_suspended_coroutine(tmp_path, spawn, "mmap")
+
+
+RETURN_ADDRESS = r"""
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+const void *where;  /* where value() called note() from: in value()'s code */
+unsigned char seen[16];
+__attribute__((noinline)) void note(void) {
+    where = __builtin_return_address(0);
+    memcpy(seen, where, sizeof seen);
+}
+__attribute__((noinline)) int value(int x) {
+    if (x) note();
+    return x + 1;
+}
+static int has_input(void) {
+    struct pollfd in = {.fd = 0, .events = POLLIN};
+    char c;
+    return poll(&in, 1, 0) == 1 && read(0, &c, 1) == 1;
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (int noted = 0;;) {
+        printf("value %d\n", value(0));
+        if (has_input()) {
+            if (!noted++) printf("noted %d\n", value(1));
+            else printf("%s\n", memcmp(seen, where, sizeof seen) ? "overwritten" : "intact");
+        }
+        usleep(2000);
+    }
+}
+"""
+
+
+def test_a_return_address_the_program_stored_keeps_its_code(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    exe = compile_c(tmp_path, RETURN_ADDRESS)
+    target = spawn([exe], stdin_pipe=True)
+    target.wait_for(r"^value 1$")
+    source = tmp_path / "prog.c"
+    reload_value(target, source, 2)
+    held = newest_code(target)
+    target.write(b"n")  # value() v2 has note() store a return address into it
+    target.wait_for(r"^noted 3$")
+    supersede(target, source, 3, 6)
+    assert intact(target, held)
+    target.write(b"c")
+    target.wait_for(r"^intact$")
+
+
+HANDLER_TABLE = r"""
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+static void on_signal(int sig) { printf("handler %d\n", sig > 0 ? 1 : 0); }
+/* Built without PIE: the table is in .rodata, its entry a plain absolute address. */
+static void (*const handlers[])(int) = {on_signal};
+__attribute__((noinline)) int value(int x) {
+    if (x) {  /* only the kernel keeps the handler's address once this returns */
+        struct sigaction action;
+        memset(&action, 0, sizeof action);
+        action.sa_handler = handlers[0];
+        sigaction(SIGUSR1, &action, NULL);
+    }
+    return x + 1;
+}
+static int input(void) {
+    struct pollfd in = {.fd = 0, .events = POLLIN};
+    char c;
+    return poll(&in, 1, 0) == 1 && read(0, &c, 1) == 1 ? c : 0;
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) {
+        printf("value %d\n", value(0));
+        switch (input()) {
+        case 'i': printf("installed %d\n", value(1)); break;
+        case 'k': raise(SIGUSR1); break;
+        }
+        usleep(2000);
+    }
+}
+"""
+
+
+def set_handler(source: Path, n: int) -> None:
+    text = source.read_text()
+    start = text.index('printf("handler %d\\n", sig > 0 ? ') + len(
+        'printf("handler %d\\n", sig > 0 ? '
+    )
+    source.write_text(text[:start] + str(n) + text[text.index(" :", start) :])
+
+
+def test_a_handler_installed_from_a_table_in_read_only_data_runs_the_newest_code(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    exe = compile_c(
+        tmp_path, HANDLER_TABLE, flags=("-g", "-O0", "-fno-pie"), link_flags=("-no-pie",)
+    )
+    target = spawn([exe], stdin_pipe=True)
+    target.wait_for(r"^value 1$")
+    source = tmp_path / "prog.c"
+    set_handler(source, 2)
+    reload_value(target, source, 2)
+    held = newest_code(target)
+    target.write(b"i")  # value() v2 installs on_signal() from its table
+    target.wait_for(r"^installed 3$")
+    for n in range(3, 7):
+        set_handler(source, n)
+        reload_value(target, source, n)
+    # The table's entry (a replaced function's address) is the original
+    # on_signal(), which jumps to the newest: v2 itself is not kept for it.
+    assert not intact(target, held)
+    target.write(b"k")
+    target.wait_for(r"^handler 6$")
+    target.wait_for(r"^value 6$", after=target.mark())
+
+
+EXITING = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+static void at_exit(void) { printf("bye %d\n", 1); }
+__attribute__((noinline)) int value(int x) {
+    if (x) atexit(at_exit);  /* the handler's address, kept mangled by libc */
+    return x + 1;
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (int i = 0;; i++) {
+        printf("value %d\n", value(0));
+        char c;
+        if (read(0, &c, 1) == 1 && c == 'a') printf("registered %d\n", value(1));
+        if (c == 'q') exit(0);
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("added", [False, True], ids=["replaced", "added"])
+def test_an_atexit_handler_registered_by_new_code_runs_its_newest_version(
+    tmp_path: Path, spawn: SpawnFactory, added: bool
+) -> None:
+    """libc keeps the handler's address mangled, where no scan sees it: the address
+    is the original function's entry (``&f`` of a replaced function), or, for a
+    function a reload added, the added function itself, which a later version
+    redirects with an entry jump: never reclaimed."""
+    exe = compile_c(tmp_path, EXITING)
+    target = spawn([exe], stdin_pipe=True)
+    target.wait_for(r"^value 1$")
+    source = tmp_path / "prog.c"
+    if added:  # a handler the original does not have
+        source.write_text(
+            EXITING.replace(
+                "static void at_exit(void)",
+                'static void at_exit_added(void) { printf("bye %d\\n", 1); }\n'
+                "static void at_exit(void)",
+            ).replace("atexit(at_exit)", "atexit(at_exit_added)")
+        )
+
+    def reload_both(n: int) -> None:
+        text = source.read_text()
+        start = text.index('printf("bye %d\\n", ') + len('printf("bye %d\\n", ')
+        source.write_text(text[:start] + str(n) + text[text.index(")", start) :])
+        set_value(source, n)
+        wait_in_read(target)
+        reload(target.pid, source, move_frames=False)
+        mark = target.mark()
+        target.write(b".")
+        target.wait_for(rf"^value {n}$", after=mark)
+
+    reload_both(2)
+    held = newest_code(target)
+    wait_in_read(target)
+    target.write(b"a")  # value() v2 registers at_exit()
+    target.wait_for(r"^registered 3$")
+    for n in range(3, 7):
+        reload_both(n)
+    if added:  # the added function's first version holds its entry jump (not freed)
+        patches = load_journal(target.pid).patches.values()
+        assert any(held[0] <= p.entry < held[0] + len(held[1]) for p in patches)
+    target.write(b"q")
+    target.wait_for(r"^bye 6$")
+    assert target.wait_exit() == 0
+
+
+FORKING = r"""
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+__attribute__((noinline)) int value(int x) { return x + 1; }
+static int has_input(void) {
+    struct pollfd in = {.fd = 0, .events = POLLIN};
+    char line[16];  /* one fork per write */
+    return poll(&in, 1, 0) == 1 && read(0, line, sizeof line) > 0;
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) {
+        if (has_input() && fork() == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            for (;;) { printf("child %d value %d\n", (int)getpid(), value(0)); usleep(2000); }
+        }
+        printf("value %d\n", value(0));
+        usleep(2000);
+    }
+}
+"""
+
+
+def test_a_child_forked_after_reclaims_and_its_parent_reload_apart(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    exe = compile_c(tmp_path, FORKING)
+    parent = spawn([exe], stdin_pipe=True)
+    parent.wait_for(r"^value 1$")
+    source = tmp_path / "prog.c"
+    supersede(parent, source, 2, 6)  # the parent reuses its freed code
+    assert (
+        any(b.reclaimed for b in load_journal(parent.pid).blocks)
+        or len(load_journal(parent.pid).blocks) < 5
+    )
+    child = fork_child(parent, r"^child {pid} value 6$")
+    for n in range(7, 11):  # the parent goes on reusing: the child's copy is its own
+        reload_value(parent, source, n)
+        parent.wait_for(rf"^child {child} value 6$", after=parent.mark())
+    for n in range(11, 15):  # the child reloads in space it never ran code in
+        set_value(source, n)
+        reload(child, source, move_frames=False)
+        parent.wait_for(rf"^child {child} value {n}$", after=parent.mark())
+        parent.wait_for(r"^value 10$", after=parent.mark())
+    inherited = [b.code for b in load_journal(child).blocks if not b.source and b.code[1]]
+    for block in load_journal(child).blocks:
+        if block.source:
+            assert not any(
+                block.code[0] < start + size and start < block.code[0] + block.code[1]
+                for start, size in inherited
+            )
+    assert parent.alive()
+
+
+IN_SYSCALL = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((noinline)) int value(int x) {
+    if (x) {  /* the worker waits in a system call made from this version's own code */
+        char c;
+        long got;
+        __asm__ volatile("syscall" : "=a"(got) : "a"(0L), "D"(0L), "S"(&c), "d"(1L)
+                         : "rcx", "r11", "memory");
+        (void)got;
+    }
+    return x + 1;
+}
+static void *worker(void *arg) {
+    for (;;) printf("worker %d\n", value(1));
+    return arg;
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    pthread_t thread;
+    pthread_create(&thread, NULL, worker, NULL);
+    for (;;) { printf("value %d\n", value(0)); usleep(2000); }
+}
+"""
+
+
+def test_a_thread_in_a_system_call_made_by_old_code_keeps_it(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    exe = compile_c(tmp_path, IN_SYSCALL, link_flags=("-pthread",))
+    target = spawn([exe], stdin_pipe=True)
+    target.wait_for(r"^value 1$")
+    source = tmp_path / "prog.c"
+    reload_value(target, source, 2)
+    wait_in_read(target)
+    target.write(b"x")  # the worker leaves the original, enters v2 and waits in there
+    target.wait_for(r"^worker 2$")
+    held = newest_code(target)
+    wait_in_read(target)
+    supersede(target, source, 3, 6)
+    assert intact(target, held)
+    mark = target.mark()
+    target.write(b"x")  # returns from v2 (1 + 2), then waits in v6
+    target.wait_for(r"^worker 3$", after=mark)
+    assert target.alive()

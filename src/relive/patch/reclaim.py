@@ -2,8 +2,9 @@
 
 A reload's code (its block's range in the code arena) is only ever reached
 through the entry jumps that lead to it, direct calls from code relive loaded
-to the functions it added (journal definitions), and the stacks of threads
-that were inside it.  It is dead, and its range free for later reloads, when:
+to the functions it added (journal definitions), and the return addresses,
+saved contexts and other pointers made while a thread ran it.  It is dead, and
+its range free for later reloads, when:
 
 * no entry jump leads into it and no entry lies in it (``Journal.patches``, as
   they stand once the jumps being written are committed);
@@ -17,9 +18,10 @@ that were inside it.  It is dead, and its range free for later reloads, when:
   program's memory points into it: every readable and writable mapping (heap,
   thread stacks, coroutine stacks, alternate signal stacks, the contexts
   ``swapcontext`` and the kernel's signal frames save, globals), see
-  :class:`MemoryScan`.  Checked while every thread is held, after the jumps
-  moved away from it.  Nothing can enter the code afterwards but through a
-  pointer that was somewhere at that moment, so dead then is dead for good.
+  :class:`MemoryScan`.  Registers and memory are copied while every thread is
+  held, after the jumps moved away from it, and searched once the threads run
+  again.  Nothing can enter the code afterwards but through a pointer that was
+  somewhere at that moment, so dead then is dead for good.
 
 Below the lowest stack pointer in a mapping lie the stale words of calls that
 returned: that part is scanned only if something scanned points into it (a
@@ -29,7 +31,7 @@ keep a value in its red zone, below its stack pointer: a pointer into
 superseded code kept only there, and nowhere else, is not seen.
 
 The check gives up (nothing reclaimed that time; later reloads try again) when
-the memory to scan is over :data:`SCAN_LIMIT` or cannot be read.  Not seen
+the memory to copy is over :data:`SCAN_LIMIT` or cannot be read.  Not seen
 either: pointers the program keeps mangled (glibc's ``setjmp`` buffers and
 ``atexit`` lists hold them XORed with a secret: a ``jmp_buf`` is only valid
 while its frame is live, so the frame's own return address keeps the code),
@@ -46,7 +48,7 @@ brought).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from relive.arch import host_registers
@@ -57,9 +59,10 @@ from relive.process.pagemap import PopulatedPages
 from relive.process.procfs import Mapping, read_maps
 from relive.process.threads import StoppedProcess
 
-#: Most writable memory (resident or swapped pages) scanned at a stop for
-#: pointers into superseded code or into data an undo would free: a program
-#: with more keeps both (the scan holds its threads).
+#: Most memory (resident or swapped pages of readable, writable mappings) copied
+#: at a stop to search for pointers into superseded code or into data an undo
+#: would free: a program with more keeps both (the copy holds its threads, about
+#: 1 ms per MiB).
 SCAN_LIMIT = 16 << 20
 
 Range = tuple[int, int]
@@ -108,20 +111,21 @@ def find_data_candidates(journal: Journal, blocks: Iterable[LoadedBlock]) -> lis
 
 @dataclass
 class DeadCodeCheck:
-    """Run while every thread is held (``inspect``): which candidates nothing can
-    return or jump into any more.
+    """Which candidates nothing can return or jump into any more: ``inspect`` runs
+    while every thread is held and copies what it needs (registers, the
+    program's memory); ``dead`` and ``dead_data`` are worked out from that copy
+    afterwards, with the threads running again.
 
-    The program's mappings are read at the stop.  With ``data``, pointers into
-    those blocks' data are looked for too.
+    With ``data``, pointers into those blocks' data are looked for too.
     """
 
     candidates: Sequence[LoadedBlock]
     data: Sequence[LoadedBlock] = ()
     #: Parts of relive's arenas the program holds nothing in (see :func:`relive_only`).
     unscanned: Sequence[Range] = ()
-    #: Blocks whose code nothing refers to; blocks whose data nothing points to.
-    dead: list[LoadedBlock] = field(default_factory=list)
-    dead_data: list[LoadedBlock] = field(default_factory=list)
+    _pcs: list[int] = field(default_factory=list, init=False)
+    _scan: MemoryScan | None = field(default=None, init=False)
+    _result: tuple[list[LoadedBlock], list[LoadedBlock]] | None = field(default=None, init=False)
 
     @classmethod
     def for_reload(cls, journal: Journal) -> DeadCodeCheck:
@@ -140,36 +144,52 @@ class DeadCodeCheck:
         return cls(candidates, data, relive_only(journal))
 
     def inspect(self, stopped: StoppedProcess, memory: ProcessMemory) -> None:
+        """At the stop: copy the registers and the memory to search."""
         if not self.candidates and not self.data:
             return
-        registers = {tid: stopped.get_regs(tid) for tid in stopped.tids}
+        registers = [stopped.get_regs(tid) for tid in stopped.tids]
+        self._pcs = [host_registers().get_pc(regs) for regs in registers]
         # A return address may be the end of the range (a call as last instruction).
         code = [(b.code[0], b.code[0] + b.code[1] + 1) for b in self.candidates]
-        busy: set[int] = set()
-        for regs in registers.values():
-            pc = host_registers().get_pc(regs)
-            busy |= {k for k, (lo, hi) in enumerate(code) if lo <= pc < hi - 1}
         # Only the object's data can have been handed to the program; relive's own
         # (unwind table, GOT) was only the block's code's and the unwinder's, which
         # has let go of it by the time it is freed.
-        data_blocks = self._data_blocks_to_check()
-        data = [(b.data[0], b.data[0] + _program_part(b)) for b in data_blocks]
-        sps = [host_registers().get_sp(regs) for regs in registers.values()]
+        data = [(b.data[0], b.data[0] + _program_part(b)) for b in self._data_blocks()]
         scan = MemoryScan(code, data, self.unscanned)
-        found = scan.run(stopped.pid, memory, b"".join(map(bytes, registers.values())), sps)
-        if found is None:  # too much memory, or unreadable: keep it all
-            self.dead = []
-            self.dead_data = [b for b in data_blocks if b.reclaimed and not _program_part(b)]
-            return
-        code_busy, data_busy = found
-        self.dead = [b for k, b in enumerate(self.candidates) if k not in busy | code_busy]
-        self.dead_data = [
+        sps = [host_registers().get_sp(regs) for regs in registers]
+        if scan.capture(stopped.pid, memory, b"".join(map(bytes, registers)), sps):
+            self._scan = scan
+
+    @property
+    def dead(self) -> list[LoadedBlock]:
+        """Blocks whose code nothing refers to (none if ``inspect`` never ran)."""
+        return self._decide()[0]
+
+    @property
+    def dead_data(self) -> list[LoadedBlock]:
+        """Blocks whose data nothing points to."""
+        return self._decide()[1]
+
+    def _decide(self) -> tuple[list[LoadedBlock], list[LoadedBlock]]:
+        if self._result is not None:
+            return self._result
+        data_blocks = self._data_blocks()
+        if self._scan is None:  # not inspected, too much memory, or unreadable: keep it all
+            self._result = [], [b for b in data_blocks if b.reclaimed and not _program_part(b)]
+            return self._result
+        code_busy, data_busy = self._scan.search()
+        for pc in self._pcs:
+            code_busy |= {k for k, b in enumerate(self.candidates) if _holds([pc], *b.code)}
+        dead = [b for k, b in enumerate(self.candidates) if k not in code_busy]
+        dead_data = [
             b
             for k, b in enumerate(data_blocks)
-            if k not in data_busy and (b.reclaimed or b in self.dead)
+            if k not in data_busy and (b.reclaimed or b in dead)
         ]
+        self._result = dead, dead_data
+        return self._result
 
-    def _data_blocks_to_check(self) -> list[LoadedBlock]:
+    def _data_blocks(self) -> list[LoadedBlock]:
         """The data candidates whose code is gone or may turn out dead."""
         candidates = [id(b) for b in self.candidates]
         return [b for b in self.data if b.reclaimed or id(b) in candidates]
@@ -212,33 +232,44 @@ class MemoryScan:
     code: list[Range]
     data: list[Range]
     unscanned: Sequence[Range]
+    #: What ``capture`` copied: the registers, the stale stack regions, and
+    #: each piece with its bytes.
+    registers: bytes = b""
+    regions: list[Range] = field(default_factory=list)
+    copied: list[tuple[_Piece, bytes]] = field(default_factory=list)
 
-    def run(
-        self, pid: int, memory: ProcessMemory, registers: bytes, sps: list[int]
-    ) -> tuple[set[int], set[int]] | None:
-        """``(code indices, data indices)`` pointed into; None when the memory is
-        over :data:`SCAN_LIMIT` or cannot all be read."""
-        pieces, regions = self._plan(pid, sps)
+    def capture(self, pid: int, memory: ProcessMemory, registers: bytes, sps: list[int]) -> bool:
+        """Copy the memory to search (threads held); False when it is over
+        :data:`SCAN_LIMIT` or cannot all be read (then nothing may be freed)."""
+        pieces, self.regions = self._plan(pid, sps)
         if sum(p.end - p.start for p in pieces) > SCAN_LIMIT:
-            return None
+            return False
+        try:
+            self.copied = [(p, memory.read(p.start, p.end - p.start)) for p in pieces]
+        except ReliveError:
+            return False
+        self.registers = registers
+        return True
+
+    def search(self) -> tuple[set[int], set[int]]:
+        """``(code indices, data indices)`` the copy points into."""
+        registers, regions = self.registers, self.regions
         code_busy = find_words(registers, self.code)
         data_busy = find_words(registers, self.data)
         live = find_words(registers, regions)
-        todo = [p for p in pieces if p.region is None or p.region in live]
-        try:
-            while todo:
-                reached: set[int] = set()
-                for code_only, words in _read_grouped(memory, todo):
-                    # Pieces are 8-byte aligned: joined, each word stays whole.
-                    code_busy |= find_words(words, self.code)
-                    if not code_only:
-                        data_busy |= find_words(words, self.data)
-                    reached |= find_words(words, regions)
-                reached -= live
-                live |= reached
-                todo = [p for p in pieces if p.region in reached]
-        except ReliveError:
-            return None
+        todo = [c for c in self.copied if c[0].region is None or c[0].region in live]
+        while todo:
+            reached: set[int] = set()
+            for code_only in (False, True):
+                # Pieces are 8-byte aligned: joined, each word stays whole.
+                words = b"".join(data for piece, data in todo if piece.code_only is code_only)
+                code_busy |= find_words(words, self.code)
+                if not code_only:
+                    data_busy |= find_words(words, self.data)
+                reached |= find_words(words, regions)
+            reached -= live
+            live |= reached
+            todo = [c for c in self.copied if c[0].region in reached]
         return code_busy, data_busy
 
     def _plan(self, pid: int, sps: list[int]) -> tuple[list[_Piece], list[Range]]:
@@ -279,15 +310,6 @@ class MemoryScan:
                     pieces += _split(part, held, None)
                 for part in _intersect(piece, [stale]):
                     pieces += _split(part, held, region)
-
-
-def _read_grouped(memory: ProcessMemory, pieces: list[_Piece]) -> Iterator[tuple[bool, bytes]]:
-    """The bytes of ``pieces``, joined by kind (code-only or not): one search per
-    kind instead of one per piece."""
-    for code_only in (False, True):
-        parts = [memory.read(p.start, p.end - p.start) for p in pieces if p.code_only is code_only]
-        if parts:
-            yield code_only, b"".join(parts)
 
 
 def _split(span: Range, held: Sequence[Range], region: int | None) -> list[_Piece]:
