@@ -36,8 +36,8 @@ either: pointers the program keeps mangled (glibc's ``setjmp`` buffers and
 ``atexit`` lists hold them XORed with a secret: a ``jmp_buf`` is only valid
 while its frame is live, so the frame's own return address keeps the code),
 outside its memory (in a file, a pipe, another process, the kernel: a signal
-handler installed from a pointer that is no longer in memory), or in floating
-point and vector registers.
+handler installed from a pointer that is no longer in memory), or in vector
+registers of a thread whose vector state cannot be read.
 
 ``undo`` frees a block's data too, under a stronger check: no variable relive
 added lives in it and no word of the program's writable memory points into it
@@ -157,7 +157,8 @@ class DeadCodeCheck:
         data = [(b.data[0], b.data[0] + _program_part(b)) for b in self._data_blocks()]
         scan = MemoryScan(code, data, self.unscanned)
         sps = [host_registers().get_sp(regs) for regs in registers]
-        if scan.capture(stopped.pid, memory, b"".join(map(bytes, registers)), sps):
+        words = b"".join([*map(bytes, registers), *_vector_registers(stopped)])
+        if scan.capture(stopped.pid, memory, words, sps):
             self._scan = scan
 
     @property
@@ -195,6 +196,19 @@ class DeadCodeCheck:
         return [b for b in self.data if b.reclaimed or id(b) in candidates]
 
 
+def _vector_registers(stopped: StoppedProcess) -> list[bytes]:
+    """Each held thread's FPU/vector state (a pointer copied through ``memcpy``
+    may be in a vector register only); empty where it cannot be read."""
+    states = []
+    for tid in stopped.tids:
+        try:
+            state = stopped.get_xstate(tid)
+        except ReliveError:
+            continue
+        states.append(state + bytes(-len(state) % 8))  # joined: words stay whole
+    return states
+
+
 @dataclass
 class _Piece:
     """A run of the program's memory to scan: ``region``, the index of the stale
@@ -212,7 +226,8 @@ class MemoryScan:
     """Which ``code`` and ``data`` ranges (``[lo, hi)``) some word of the program's
     memory or registers points into.
 
-    Every readable and writable mapping is scanned, not only thread stacks from
+    Every readable and writable mapping (and anonymous readable one) is
+    scanned, not only thread stacks from
     their stack pointers: a coroutine's suspended stack, a frame under a signal
     handler running on an alternate stack, a context saved by ``swapcontext``
     or a function pointer the program loaded from a table can be anywhere.
@@ -278,7 +293,7 @@ class MemoryScan:
         regions: list[Range] = []
         with PopulatedPages(pid) as populated:
             for mapping in read_maps(pid):
-                if "w" in mapping.perms and "r" in mapping.perms:
+                if _may_hold_pointers(mapping):
                     self._plan_mapping(mapping, populated, sps, pieces, regions)
         return pieces, regions
 
@@ -310,6 +325,15 @@ class MemoryScan:
                     pieces += _split(part, held, None)
                 for part in _intersect(piece, [stale]):
                     pieces += _split(part, held, region)
+
+
+def _may_hold_pointers(mapping: Mapping) -> bool:
+    """Whether the program may have stored a pointer in ``mapping``: readable and
+    writable, or anonymous (a table it made read-only, code it generated), but
+    the kernel's own pages."""
+    if "r" not in mapping.perms:
+        return False
+    return "w" in mapping.perms or not (mapping.inode or mapping.path.startswith("[v"))
 
 
 def _split(span: Range, held: Sequence[Range], region: int | None) -> list[_Piece]:
