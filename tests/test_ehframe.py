@@ -141,7 +141,7 @@ def test_one_function_of_many_links_one_fde(tmp_path: Path) -> None:
     original = _object_fde(obj, "f150")
     assert len(kept) == len(original) and kept[12:] == original[12:]
     assert linked[-4:] == bytes(4)  # the terminator follows
-    assert table.size == len(cie) + len(kept)
+    assert table.size == len(cie) + len(kept) and table.fde_count == 1
     eh_frame = next(s for s in obj.sections if s.name == ".eh_frame")
     assert table.size * 50 < eh_frame.size  # 2 records of 301
 
