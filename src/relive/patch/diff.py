@@ -21,6 +21,7 @@ from relive.elf.constants import SHF_STRINGS
 from relive.elf.objfile import ObjectFile, ObjSymbol, Relocation, Section
 from relive.errors import ReliveError
 from relive.patch.binder import MemoryReader
+from relive.patch.constants import is_constant_section
 
 #: Where a symbol of the new object is in the running process (None: new memory).
 AddressOf = Callable[[ObjSymbol], int | None]
@@ -117,13 +118,25 @@ class FunctionComparer:
             return f"abs:{symbol.value}"
         if section.is_exec:
             return f"code:{section.name}:{symbol.name}"
-        if self.address_of(symbol) is not None:
+        if not is_constant_section(section) and self.address_of(symbol) is not None:
             return f"var:{section.name}:{symbol.name}"
+        # New memory or a constant: what it holds (a constant bound to an equal
+        # running copy has the same identity as a new copy of it).
+        # A string is the one its label names, not the file's whole string
+        # section: a string added elsewhere changes no other function's fingerprint.
+        if _names_a_string(self.obj, symbol):
+            return _string_identity(section, symbol.value)
         content = hashlib.sha1(section.data)
         for r in self.obj.relocations.get(symbol.shndx, ()):
-            content.update(f"{r.offset}:{r.type}:{r.addend}:".encode())
-            # What a table's entries point at counts too (e.g. strings of a CSWTCH).
-            inner = "deep" if depth else self._identity(r.symbol, depth + 1)
+            # What a table's entries point at counts too (e.g. strings of a CSWTCH);
+            # a pointer to a string by its place in the string section is that string.
+            target = r.symbol
+            if _in_string_section(self.obj, target):
+                inner = _string_identity(self.obj.sections[target.shndx], target.value + r.addend)
+                content.update(f"{r.offset}:{r.type}:".encode())
+            else:
+                inner = "deep" if depth else self._identity(target, depth + 1)
+                content.update(f"{r.offset}:{r.type}:{r.addend}:".encode())
             content.update(inner.encode())
         return f"data:{content.hexdigest()}:{symbol.value}"
 
@@ -451,6 +464,20 @@ class _Listing:
         """The instruction's bytes."""
         at = instruction.address - self.base
         return self.code[at : at + instruction.size]
+
+
+def _in_string_section(obj: ObjectFile, symbol: ObjSymbol) -> bool:
+    """Whether ``symbol`` (a label or the section's own symbol) is in a string section."""
+    if not symbol.is_defined or not 0 < symbol.shndx < len(obj.sections):
+        return False
+    return bool(obj.sections[symbol.shndx].flags & SHF_STRINGS)
+
+
+def _string_identity(section: Section, offset: int) -> str:
+    """The string at ``offset`` of a string section, to its terminator, as an identity."""
+    data = section.data
+    end = _find_terminator(data, offset, max(section.entsize, 1)) if offset >= 0 else 0
+    return f"str:{hashlib.sha1(data[max(offset, 0) : end]).hexdigest()}"
 
 
 def _names_a_string(obj: ObjectFile, symbol: ObjSymbol) -> bool:

@@ -13,6 +13,7 @@ from relive.errors import LinkError
 from relive.link import Bound, Layout, LinkedImage, LinkRequest, link, plan_layout
 from relive.link.linker import GOT_SYMBOL
 from relive.patch.binder import Binder, OldDefinition, is_skipped_section
+from relive.patch.constants import bind_constant, is_constant_section
 from relive.patch.decision import Decision as Decision
 from relive.patch.diff import AddressOf, FunctionComparer
 from relive.patch.initial import DataChange, find_initial_changes
@@ -179,8 +180,10 @@ def build_plan(
     for index, section in enumerate(obj.sections):
         if index == 0 or is_skipped_section(section) or section.is_exec:
             continue
-        binding = binder.bind_data_section(index)
-        if binding is not None and binder.is_read_only_after_start(binding):
+        # A constant binds only where the running copy is equal (``patch.constants``).
+        constant = is_constant_section(section)
+        binding = bind_constant(binder, index) if constant else binder.bind_data_section(index)
+        if binding is not None and (constant or binder.is_read_only_after_start(binding)):
             read_only[index] = binding
         elif binding is not None:
             bound[index] = binding
@@ -202,7 +205,7 @@ def build_plan(
     )
     notices: list[str] = []
     for index, binding in read_only.items():
-        # Read-only after start-up: not state.  Same content: the running table;
+        # A constant, or read-only after start-up: not state.  Same content: the running table;
         # else a new copy, and the functions using it differ from the running ones.
         if comparer.matches_data(index, binding.address or 0):
             bound[index] = binding
