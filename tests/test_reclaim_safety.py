@@ -495,3 +495,109 @@ def test_a_thread_in_a_system_call_made_by_old_code_keeps_it(
     target.write(b"x")  # returns from v2 (1 + 2), then waits in v6
     target.wait_for(r"^worker 3$", after=mark)
     assert target.alive()
+
+
+SWITCHING = r"""
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((noinline)) int value(int x) {
+    switch (x) {  /* without PIE: a table of absolute addresses in .rodata */
+    case 0: return x + 1;
+    case 1: return 7;
+    case 2: return 11;
+    case 3: return 13;
+    case 4: return 17;
+    case 5: return 19;
+    default: return 23;
+    }
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { printf("value %d\n", value(0)); usleep(2000); }
+}
+"""
+
+
+def test_a_jump_table_of_absolute_addresses_does_not_keep_its_code(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    """The table lies in the block's own data, which only its code reads: it keeps
+    the code only while something else reaches that data."""
+    exe = compile_c(tmp_path, SWITCHING, flags=("-g", "-O0", "-fno-pie"), link_flags=("-no-pie",))
+    target = spawn([exe])
+    target.wait_for(r"^value 1$")
+    source = tmp_path / "prog.c"
+    for n in (2, 3, 4, 5):
+        reload_value(target, source, n)
+    blocks = load_journal(target.pid).blocks
+    assert not any(b.escaped for b in blocks)
+    assert sum(not b.reclaimed for b in blocks) <= 2
+
+
+STATIC_STACK = r"""
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <ucontext.h>
+#include <unistd.h>
+/* One object in .bss: the pointer lies below the stack the program runs on. */
+static struct {
+    char pad[8192];
+    const void *where;
+    unsigned char seen[16];
+    char gap[16384];
+    char stack[1 << 16];
+} g;
+static ucontext_t main_ctx, loop_ctx;
+__attribute__((noinline)) void note(void) {
+    g.where = __builtin_return_address(0);
+    memcpy(g.seen, g.where, sizeof g.seen);
+}
+__attribute__((noinline)) int value(int x) {
+    if (x) note();
+    return x + 1;
+}
+static int has_input(void) {
+    struct pollfd in = {.fd = 0, .events = POLLIN};
+    char c;
+    return poll(&in, 1, 0) == 1 && read(0, &c, 1) == 1;
+}
+static void loop(void) {
+    memset(&loop_ctx, 0, sizeof loop_ctx);  /* no pointer to the stack's bottom is left */
+    for (int noted = 0;;) {
+        printf("value %d\n", value(0));
+        if (has_input()) {
+            if (!noted++) printf("noted %d\n", value(1));
+            else printf("%s\n", memcmp(g.seen, g.where, sizeof g.seen) ? "overwritten" : "intact");
+        }
+        usleep(2000);
+    }
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    getcontext(&loop_ctx);
+    loop_ctx.uc_stack.ss_sp = g.stack;
+    loop_ctx.uc_stack.ss_size = sizeof g.stack;
+    makecontext(&loop_ctx, loop, 0);
+    swapcontext(&main_ctx, &loop_ctx);  /* runs on a stack in .bss from here on */
+}
+"""
+
+
+def test_a_pointer_below_a_stack_in_the_programs_own_data_keeps_its_code(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    """Memory below a stack pointer is not taken for stale in a module's data: the
+    program's code reaches its variables there without a stored pointer."""
+    exe = compile_c(tmp_path, STATIC_STACK)
+    target = spawn([exe], stdin_pipe=True)
+    target.wait_for(r"^value 1$")
+    source = tmp_path / "prog.c"
+    reload_value(target, source, 2)
+    held = newest_code(target)
+    target.write(b"n")
+    target.wait_for(r"^noted 3$")
+    supersede(target, source, 3, 6)
+    assert intact(target, held)
+    target.write(b"c")
+    target.wait_for(r"^intact$")

@@ -23,10 +23,12 @@ its range free for later reloads, when:
   again.  Nothing can enter the code afterwards but through a pointer that was
   somewhere at that moment, so dead then is dead for good.
 
-Below the lowest stack pointer in a mapping lie the stale words of calls that
-returned: that part is scanned only if something scanned points into it (a
-coroutine suspended there, a frame under a handler running on an alternate
-stack, a context saved there).  The leaf function a thread is stopped in may
+Below the lowest stack pointer in an anonymous mapping lie the stale words of
+calls that returned: that part is scanned only if something scanned points into
+it (a coroutine suspended there, a frame under a handler running on an
+alternate stack, a context saved there).  A candidate's own data (jump tables
+of absolute addresses, without PIE) counts only if its code or a pointer into it
+is found.  The leaf function a thread is stopped in may
 keep a value in its red zone, below its stack pointer: a pointer into
 superseded code kept only there, and nowhere else, is not seen.
 
@@ -123,6 +125,10 @@ class DeadCodeCheck:
     data: Sequence[LoadedBlock] = ()
     #: Parts of relive's arenas the program holds nothing in (see :func:`relive_only`).
     unscanned: Sequence[Range] = ()
+    #: Relive's arenas, and per candidate the data only its code reaches (see
+    #: :class:`MemoryScan`; ``(0, 0)``: none).
+    arenas: Sequence[Range] = ()
+    gates: Sequence[Range] = ()
     _pcs: list[int] = field(default_factory=list, init=False)
     _scan: MemoryScan | None = field(default=None, init=False)
     _result: tuple[list[LoadedBlock], list[LoadedBlock]] | None = field(default=None, init=False)
@@ -130,7 +136,8 @@ class DeadCodeCheck:
     @classmethod
     def for_reload(cls, journal: Journal) -> DeadCodeCheck:
         """The check for a reload (its writes staged): superseded code only."""
-        return cls(find_candidates(journal), unscanned=relive_only(journal))
+        candidates = find_candidates(journal)
+        return cls(candidates, (), *_arena_facts(journal, candidates))
 
     @classmethod
     def for_undo(cls, journal: Journal) -> DeadCodeCheck:
@@ -141,7 +148,7 @@ class DeadCodeCheck:
         # inherited arena's) may refer to it without storing a pointer.
         freed = [b for b in journal.blocks if b.reclaimed and b.data[1]]
         data = find_data_candidates(journal, [*candidates, *freed])
-        return cls(candidates, data, relive_only(journal))
+        return cls(candidates, data, *_arena_facts(journal, candidates))
 
     def inspect(self, stopped: StoppedProcess, memory: ProcessMemory) -> None:
         """At the stop: copy the registers and the memory to search."""
@@ -155,7 +162,7 @@ class DeadCodeCheck:
         # (unwind table, GOT) was only the block's code's and the unwinder's, which
         # has let go of it by the time it is freed.
         data = [(b.data[0], b.data[0] + _program_part(b)) for b in self._data_blocks()]
-        scan = MemoryScan(code, data, self.unscanned)
+        scan = MemoryScan(code, data, self.unscanned, self.arenas, self.gates)
         sps = [host_registers().get_sp(regs) for regs in registers]
         words = b"".join([*map(bytes, registers), *_vector_registers(stopped)])
         if scan.capture(stopped.pid, memory, words, sps):
@@ -178,9 +185,10 @@ class DeadCodeCheck:
         if self._scan is None:  # not inspected, too much memory, or unreadable: keep it all
             self._result = [], [b for b in data_blocks if b.reclaimed and not _program_part(b)]
             return self._result
-        code_busy, data_busy = self._scan.search()
-        for pc in self._pcs:
-            code_busy |= {k for k, b in enumerate(self.candidates) if _holds([pc], *b.code)}
+        running = {
+            k for k, b in enumerate(self.candidates) for pc in self._pcs if _holds([pc], *b.code)
+        }
+        code_busy, data_busy = self._scan.search(running)
         dead = [b for k, b in enumerate(self.candidates) if k not in code_busy]
         dead_data = [
             b
@@ -194,6 +202,21 @@ class DeadCodeCheck:
         """The data candidates whose code is gone or may turn out dead."""
         candidates = [id(b) for b in self.candidates]
         return [b for b in self.data if b.reclaimed or id(b) in candidates]
+
+
+def _arena_facts(
+    journal: Journal, candidates: Sequence[LoadedBlock]
+) -> tuple[list[Range], list[Range], list[Range]]:
+    """What the scan needs to know of relive's arenas: the parts it leaves out,
+    the arenas, and each candidate's gate (its program data, unless a variable
+    a later reload binds to lives there: that code reaches it without a pointer)."""
+    pins = _pins(journal)
+    gates = []
+    for block in candidates:
+        start, size = block.data[0], _program_part(block)
+        gates.append((0, 0) if not size or _holds(pins, start, size) else (start, start + size))
+    arenas = [(c.address, c.address + c.size) for c in journal.arenas]
+    return relive_only(journal), arenas, gates
 
 
 def _vector_registers(stopped: StoppedProcess) -> list[bytes]:
@@ -227,28 +250,34 @@ class MemoryScan:
     memory or registers points into.
 
     Every readable and writable mapping (and anonymous readable one) is
-    scanned, not only thread stacks from
-    their stack pointers: a coroutine's suspended stack, a frame under a signal
-    handler running on an alternate stack, a context saved by ``swapcontext``
-    or a function pointer the program loaded from a table can be anywhere.
-    Relive's own arena space is left out (``unscanned``, see
-    :func:`relive_only`).
+    scanned, not only thread stacks from their stack pointers: a coroutine's
+    suspended stack, a frame under a signal handler running on an alternate
+    stack, a context saved by ``swapcontext`` or a function pointer the
+    program loaded from a table can be anywhere.  Relive's own arena space is
+    left out (``unscanned``, see :func:`relive_only`).
 
-    Stale words below a stack pointer (return addresses of calls that
-    returned) would keep code forever, so the part of a mapping below the
-    lowest stack pointer in it is scanned only if a
-    word of the memory scanned, or a register, points into that part: a
-    suspended coroutine stack, an interrupted frame or a saved context there is
-    reached through a saved stack pointer or a pointer to it.  The data being
-    freed is searched for pointers into code only (a pointer in it is live if
-    the data is kept).
+    Some memory counts only if something reaches it (a *region*, searched once
+    a register or a word already searched points into it):
+
+    * below the lowest stack pointer in an anonymous mapping lie the stale
+      words of calls that returned: a suspended coroutine stack, an interrupted
+      frame or a saved context there is reached through a saved stack pointer
+      or a pointer to it.  Not in memory code reaches without a stored pointer:
+      a module's data and bss (file-backed, or the anonymous mapping right
+      after one) and relive's arenas (``arenas``);
+    * ``gates[k]``, the data of candidate ``k`` (its jump tables and constants
+      point into its code): reached also when candidate ``k``'s code is.
+
+    The data being freed is searched for pointers into code only (a pointer in
+    it is live if the data is kept).
     """
 
     code: list[Range]
     data: list[Range]
     unscanned: Sequence[Range]
-    #: What ``capture`` copied: the registers, the stale stack regions, and
-    #: each piece with its bytes.
+    arenas: Sequence[Range] = ()
+    gates: Sequence[Range] = ()
+    #: What ``capture`` copied: the registers, the regions, and each piece with its bytes.
     registers: bytes = b""
     regions: list[Range] = field(default_factory=list)
     copied: list[tuple[_Piece, bytes]] = field(default_factory=list)
@@ -256,7 +285,7 @@ class MemoryScan:
     def capture(self, pid: int, memory: ProcessMemory, registers: bytes, sps: list[int]) -> bool:
         """Copy the memory to search (threads held); False when it is over
         :data:`SCAN_LIMIT` or cannot all be read (then nothing may be freed)."""
-        pieces, self.regions = self._plan(pid, sps)
+        pieces = self._plan(pid, sps)
         if sum(p.end - p.start for p in pieces) > SCAN_LIMIT:
             return False
         try:
@@ -266,19 +295,22 @@ class MemoryScan:
         self.registers = registers
         return True
 
-    def search(self) -> tuple[set[int], set[int]]:
-        """``(code indices, data indices)`` the copy points into."""
+    def search(self, running: set[int]) -> tuple[set[int], set[int]]:
+        """``(code indices, data indices)`` the copy points into, or (code) some
+        thread runs (``running``)."""
         registers, regions = self.registers, self.regions
-        code_busy = find_words(registers, self.code)
+        code_busy = find_words(registers, self.code) | running
         data_busy = find_words(registers, self.data)
-        live = find_words(registers, regions)
+        live = find_words(registers, regions) | code_busy  # gate k is region k
         todo = [c for c in self.copied if c[0].region is None or c[0].region in live]
         while todo:
             reached: set[int] = set()
             for code_only in (False, True):
                 # Pieces are 8-byte aligned: joined, each word stays whole.
                 words = b"".join(data for piece, data in todo if piece.code_only is code_only)
-                code_busy |= find_words(words, self.code)
+                found = find_words(words, self.code)
+                code_busy |= found
+                reached |= found  # a candidate's code in use reaches its data
                 if not code_only:
                     data_busy |= find_words(words, self.data)
                 reached |= find_words(words, regions)
@@ -287,44 +319,58 @@ class MemoryScan:
             todo = [c for c in self.copied if c[0].region in reached]
         return code_busy, data_busy
 
-    def _plan(self, pid: int, sps: list[int]) -> tuple[list[_Piece], list[Range]]:
-        """The pieces of memory to scan, and the stale stack regions."""
+    def _plan(self, pid: int, sps: list[int]) -> list[_Piece]:
+        """The pieces of memory to scan; sets ``regions`` (the gates first)."""
         pieces: list[_Piece] = []
-        regions: list[Range] = []
+        self.regions = list(self.gates) + [(0, 0)] * (len(self.code) - len(self.gates))
+        previous: Mapping | None = None
         with PopulatedPages(pid) as populated:
             for mapping in read_maps(pid):
                 if _may_hold_pointers(mapping):
-                    self._plan_mapping(mapping, populated, sps, pieces, regions)
-        return pieces, regions
+                    stale = self._stale_part(mapping, previous, sps)
+                    pieces += self._plan_mapping(mapping, populated, stale)
+                previous = mapping
+        return pieces
+
+    def _stale_part(self, mapping: Mapping, previous: Mapping | None, sps: list[int]) -> Range:
+        """The part of ``mapping`` below the lowest stack pointer in it, if only
+        stored pointers lead into that mapping's memory."""
+        lowest = min((sp for sp in sps if mapping.start <= sp < mapping.end), default=0)
+        after_module = previous is not None and previous.end == mapping.start and previous.inode
+        if not lowest or mapping.inode or after_module:
+            return (0, 0)
+        if any(lo < mapping.end and hi > mapping.start for lo, hi in self.arenas):
+            return (0, 0)
+        return (mapping.start, lowest)
 
     def _plan_mapping(
-        self,
-        mapping: Mapping,
-        populated: PopulatedPages,
-        sps: list[int],
-        pieces: list[_Piece],
-        regions: list[Range],
-    ) -> None:
-        """Add the pieces of ``mapping`` to scan (and its stale stack region)."""
+        self, mapping: Mapping, populated: PopulatedPages, stale: Range
+    ) -> list[_Piece]:
+        """The pieces of ``mapping``, each with its region (or None)."""
         unscanned = sorted(self.unscanned)
         held = [r for r in self.data if r[0] < r[1]]
-        inside = [sp for sp in sps if mapping.start <= sp < mapping.end]
-        stale = (mapping.start, max(mapping.start, min(inside, default=0)))
-        region = None
+        inside = [
+            (k, (max(lo, mapping.start), min(hi, mapping.end)))
+            for k, (lo, hi) in enumerate(self.regions)
+            if lo < mapping.end and hi > mapping.start
+        ]
         if stale[0] < stale[1]:
-            region = len(regions)
-            regions.append(stale)
+            inside.append((len(self.regions), stale))
+            self.regions.append(stale)
         runs = (
             populated.runs(mapping.start, mapping.end)
             if mapping.perms.endswith("p")
             else [(mapping.start, mapping.end)]
         )
+        pieces: list[_Piece] = []
         for run in runs:
             for piece in _subtract(run, unscanned):
-                for part in _subtract(piece, [stale]):
+                for part in _subtract(piece, [r for _, r in inside]):
                     pieces += _split(part, held, None)
-                for part in _intersect(piece, [stale]):
-                    pieces += _split(part, held, region)
+                for k, region in inside:
+                    for part in _intersect(piece, [region]):
+                        pieces += _split(part, held, k)
+        return pieces
 
 
 def _may_hold_pointers(mapping: Mapping) -> bool:
