@@ -601,3 +601,69 @@ def test_a_pointer_below_a_stack_in_the_programs_own_data_keeps_its_code(
     assert intact(target, held)
     target.write(b"c")
     target.wait_for(r"^intact$")
+
+
+CALLBACKS = r"""
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+static int compare(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
+static void *spin(void *arg) {  /* runs for good in the version that started it */
+    for (;;) {
+        int numbers[] = {3, 1, 2};
+        qsort(numbers, 3, sizeof *numbers, compare);
+        printf("thread %d %d\n", numbers[0], 1);
+        usleep(2000);
+    }
+    return arg;
+}
+__attribute__((noinline)) int value(int x) {
+    pthread_t thread;
+    if (x) pthread_create(&thread, NULL, spin, NULL);
+    return x + 1;
+}
+static int has_input(void) {
+    struct pollfd in = {.fd = 0, .events = POLLIN};
+    char c;
+    return poll(&in, 1, 0) == 1 && read(0, &c, 1) == 1;
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) {
+        printf("value %d\n", value(0));
+        if (has_input()) printf("started %d\n", value(1));
+        usleep(2000);
+    }
+}
+"""
+
+
+def test_a_thread_started_on_a_function_of_new_code_keeps_running_it(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    """``pthread_create`` and ``qsort`` take the address of a static function of the
+    reloaded file: its original entry (which leads to the newest version); the
+    thread that started in v2's spin() loops there, and its frames keep v2."""
+    exe = compile_c(tmp_path, CALLBACKS, link_flags=("-pthread",))
+    target = spawn([exe], stdin_pipe=True)
+    target.wait_for(r"^value 1$")
+    source = tmp_path / "prog.c"
+    text = source.read_text()
+    source.write_text(text.replace("numbers[0], 1)", "numbers[0], 2)"))
+    reload_value(target, source, 2)
+    held = newest_code(target)
+    target.write(b"s")  # value() v2 starts spin() v2, which sorts with compare() v2
+    target.wait_for(r"^started 3$")
+    for n in range(3, 7):
+        text = source.read_text()
+        source.write_text(text.replace(f"numbers[0], {n - 1})", f"numbers[0], {n})"))
+        reload_value(target, source, n)
+    assert intact(target, held)
+    mark = target.mark()
+    for _ in range(3):
+        target.wait_for(r"^thread 1 2$", after=target.mark())
+    assert not any(
+        line.startswith("thread") and line != "thread 1 2" for line in target.lines[mark:]
+    )

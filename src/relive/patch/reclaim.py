@@ -281,6 +281,9 @@ class MemoryScan:
     registers: bytes = b""
     regions: list[Range] = field(default_factory=list)
     copied: list[tuple[_Piece, bytes]] = field(default_factory=list)
+    #: ``unscanned`` in address order (disjoint ranges), and their ends.
+    _holes: list[Range] = field(default_factory=list)
+    _hole_ends: list[int] = field(default_factory=list)
 
     def capture(self, pid: int, memory: ProcessMemory, registers: bytes, sps: list[int]) -> bool:
         """Copy the memory to search (threads held); False when it is over
@@ -332,6 +335,19 @@ class MemoryScan:
                 previous = mapping
         return pieces
 
+    def _unscanned_in(self, mapping: Mapping) -> list[Range]:
+        """The parts of relive's arenas left out that overlap ``mapping`` (found by
+        bisection: a long session's arenas hold thousands of blocks)."""
+        if not self._holes:
+            self._holes = sorted(r for r in self.unscanned if r[0] < r[1])
+            self._hole_ends = [end for _, end in self._holes]
+        at = bisect.bisect_right(self._hole_ends, mapping.start)
+        found = []
+        while at < len(self._holes) and self._holes[at][0] < mapping.end:
+            found.append(self._holes[at])
+            at += 1
+        return found
+
     def _stale_part(self, mapping: Mapping, previous: Mapping | None, sps: list[int]) -> Range:
         """The part of ``mapping`` below the lowest stack pointer in it, if only
         stored pointers lead into that mapping's memory."""
@@ -347,7 +363,7 @@ class MemoryScan:
         self, mapping: Mapping, populated: PopulatedPages, stale: Range
     ) -> list[_Piece]:
         """The pieces of ``mapping``, each with its region (or None)."""
-        unscanned = sorted(self.unscanned)
+        unscanned = self._unscanned_in(mapping)
         held = [r for r in self.data if r[0] < r[1]]
         inside = [
             (k, (max(lo, mapping.start), min(hi, mapping.end)))
@@ -400,11 +416,28 @@ def relive_only(journal: Journal) -> list[Range]:
     still hold such records of code reclaimed before.
     """
     out: list[Range] = []
-    program = [(b.data[0], b.data[0] + _program_part(b)) for b in journal.blocks]
+    program = sorted((b.data[0], b.data[0] + _program_part(b)) for b in journal.blocks)
     for chunk in journal.arenas:
         span = (chunk.address, chunk.address + chunk.size)
-        out += [span] if chunk.kind is ArenaKind.CODE else _subtract(span, program)
+        out += [span] if chunk.kind is ArenaKind.CODE else _gaps(span, program)
     return out
+
+
+def _gaps(span: Range, sorted_holes: Sequence[Range]) -> list[Range]:
+    """``span`` without ``sorted_holes`` (in address order), in one sweep."""
+    gaps: list[Range] = []
+    cursor, end = span
+    for lo, hi in sorted_holes:
+        if lo >= end:
+            break
+        if hi <= cursor:
+            continue
+        if lo > cursor:
+            gaps.append((cursor, lo))
+        cursor = max(cursor, hi)
+    if cursor < end:
+        gaps.append((cursor, end))
+    return gaps
 
 
 def _intersect(span: Range, ranges: Sequence[Range]) -> list[Range]:
