@@ -70,6 +70,8 @@ int main(void) {
     setvbuf(stdout, NULL, _IONBF, 0);
     pthread_t t[4];
     for (long i = 0; i < 4; i++) pthread_create(&t[i], NULL, worker, (void *)i);
+    /* "started" once every worker spins in its loop (not still in libc's thread start). */
+    while (!counters[0] || !counters[1] || !counters[2] || !counters[3]) sleep_ms(1);
     printf("started\\n");
     for (unsigned n = 0;; n++) { printf("tick %u\\n", n); sleep_ms(20); }
 }
