@@ -591,6 +591,20 @@ class TypeUnit:
                 pos += width + info.uint(pos, width)
         return pos
 
+    def block_at(self, die: Die, attr: int) -> int | None:
+        """Where the bytes of ``die``'s block or expression ``attr`` start in
+        ``.debug_info`` (past its length), or None when it has no such attribute:
+        a relocatable object's relocations are found by that position."""
+        code, at = self.file.reader.info.uleb(die.offset)
+        abbrev = self._abbrevs.get(code) or self._abbrev(code)
+        for index, (name, form, _) in enumerate(abbrev.specs):
+            if name == attr:
+                if form not in _BLOCK_FORMS:
+                    return None  # not a block, or DW_FORM_indirect (never used for one)
+                block, end, _ = self._block(self._attribute_position(abbrev, at, index), form)
+                return end - len(block)
+        return None
+
     def _attribute_position(self, abbrev: _Abbrev, at: int, index: int) -> int:
         """Where attribute ``index`` of a DIE whose attributes start at ``at`` begins."""
         info = self.file.reader.info

@@ -28,11 +28,17 @@ from relive.link import Bound
 from relive.patch.journal import Definition, DefinitionKind, SourceRecord
 from relive.patch.modules import RunningModule
 from relive.patch.rules import in_relro, is_label_table
+from relive.patch.static_scope import (
+    GCC_STATIC_SUFFIX,
+    StaticScope,
+    object_static_scopes,
+    running_static_scopes,
+)
 
 MemoryReader = Callable[[int, int], bytes]
 
 #: gcc names a function-local static ``name.N``; clang names it ``function.name``.
-_GCC_STATIC_SUFFIX = re.compile(r"\.\d+$")
+_GCC_STATIC_SUFFIX = GCC_STATIC_SUFFIX
 #: LTO renames file-local symbols ``name.lto_priv.N`` to keep them apart.
 _LTO_SUFFIX = re.compile(r"\.lto_priv\.\d+$")
 _SKIPPED_SECTIONS = (
@@ -107,6 +113,10 @@ class Binder:
         self._locals_by_name: dict[str, list[ImageSymbol]] | None = None
         self._locals_by_base: dict[str, dict[str, list[ImageSymbol]]] = {}
         self._old: dict[tuple[int, str], OldDefinition | None] = {}
+        #: New object's symbol index -> scope, and scope -> running link-time
+        #: address; None when either side has no DWARF for the file.
+        self._scopes: tuple[dict[int, StaticScope], dict[StaticScope, int]] | None = None
+        self._scopes_read = False
 
     # -- definitions of the reloaded file ---------------------------------------
 
@@ -123,19 +133,20 @@ class Binder:
             return found
 
     def _find_old(self, symbol: ObjSymbol) -> OldDefinition | None:
-        if self.record is not None:
-            found = self.record.definitions.get(symbol.name)
-            if found is not None and (found.file or None) == (
-                symbol.file if symbol.is_local else None
-            ):
-                return OldDefinition(
-                    found.name,
-                    found.address,
-                    found.size,
-                    found.kind is DefinitionKind.FUNCTION,
-                    from_journal=True,
-                )
-        image_symbol = self._find_image_symbol(symbol)
+        scope = self.static_scope(symbol)
+        found = self._journal_definition(symbol, scope)
+        if found is not None:
+            return OldDefinition(
+                found.name,
+                found.address,
+                found.size,
+                found.kind is DefinitionKind.FUNCTION,
+                from_journal=True,
+            )
+        if scope is not None:
+            image_symbol = self._find_scoped(symbol, scope)
+        else:
+            image_symbol = self._find_image_symbol(symbol)
         if image_symbol is None:
             return None
         tls = image_symbol.type == STT_TLS
@@ -147,6 +158,69 @@ class Binder:
             tls_offset=image_symbol.value if tls else None,
             is_weak=image_symbol.bind == STB_WEAK,
         )
+
+    def _journal_definition(
+        self, symbol: ObjSymbol, scope: StaticScope | None
+    ) -> Definition | None:
+        """What an earlier reload of this file added for ``symbol``: by its scope for
+        a function's static (its ``.N`` may name another function's now), else by name."""
+        if self.record is None:
+            return None
+        file = symbol.file if symbol.is_local else None
+        if scope is None:
+            found = self.record.definitions.get(symbol.name)
+            return found if found is not None and (found.file or None) == file else None
+        label = scope.label()
+        return next(
+            (
+                d
+                for d in self.record.definitions.values()
+                if d.scope == label and (d.file or None) == file
+            ),
+            None,
+        )
+
+    # -- function-scope statics -----------------------------------------------------
+
+    def static_scope(self, symbol: ObjSymbol) -> StaticScope | None:
+        """The function (and name) a gcc ``name.N`` static of the new object is
+        declared in, when both the object and the running program have DWARF for it."""
+        if not symbol.is_local or symbol.is_function or not _GCC_STATIC_SUFFIX.search(symbol.name):
+            return None
+        if not self._scopes_read:
+            self._scopes_read = True
+            self._scopes = self._read_scopes()
+        return None if self._scopes is None else self._scopes[0].get(symbol.index)
+
+    def _read_scopes(self) -> tuple[dict[int, StaticScope], dict[StaticScope, int]] | None:
+        new = object_static_scopes(self.obj)
+        if new is None:
+            return None
+        running = running_static_scopes(self.module.file, new[0])
+        return None if running is None else (new[1], running)
+
+    def _find_scoped(self, symbol: ObjSymbol, scope: StaticScope) -> ImageSymbol | None:
+        """The running storage of the same function's static, None when that function
+        or its static is new (new storage, starting at its initializer)."""
+        assert self._scopes is not None
+        address = self._scopes[1].get(scope)
+        if address is None:
+            return None
+        file = symbol.file or self.obj.source_name or ""
+        base = _GCC_STATIC_SUFFIX.sub("", symbol.name)
+        candidates = [
+            s
+            for s in self._file_locals_by_base(file).get(base, [])
+            if s.value == address and s.type == symbol.type
+        ]
+        if len(candidates) != 1:
+            raise LinkError(
+                f"static {symbol.name} of {file} ({scope.name} in {scope.function}) cannot be "
+                "matched: the running program's DWARF places it where its symbol table does not",
+                hint="rebuild the program with -g and restart it, or reload with --function "
+                f"to leave {scope.function} alone",
+            )
+        return candidates[0]
 
     def _find_image_symbol(self, symbol: ObjSymbol) -> ImageSymbol | None:
         image = self.module.image

@@ -65,6 +65,9 @@ class Definition:
     kind: DefinitionKind
     file: str | None  # STT_FILE group for file-local symbols
     fingerprint: str = ""
+    #: A function's static: ``function:name:ordinal`` (its ``name.N`` is renumbered
+    #: by edits; see ``patch.static_scope``), else empty.
+    scope: str = ""
 
 
 class ArenaKind(enum.StrEnum):
@@ -174,7 +177,9 @@ class Journal:
         record.generations += 1
         record.fingerprints.update(fingerprints)
         for definition in definitions:
-            record.definitions[definition.name] = definition
+            # Statics of different functions may share a ``name.N`` across reloads.
+            key = f"{definition.name}@{definition.scope}" if definition.scope else definition.name
+            record.definitions[key] = definition
 
     def add_regions(self, regions: Iterable[tuple[int, int]]) -> None:
         """Remember blocks of memory relive mapped: (address, size)."""

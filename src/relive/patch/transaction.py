@@ -453,12 +453,14 @@ def _definitions(plan: ReloadPlan, image: LinkedImage) -> Iterator[Definition]:
     for symbol in plan.new_data:
         section = plan.obj.sections[symbol.shndx]
         if section.is_write:
+            scope = plan.binder.static_scope(symbol)
             yield Definition(
                 symbol.name,
                 image.get_symbol_address(symbol),
                 symbol.size,
                 DefinitionKind.DATA,
                 symbol.file if symbol.is_local else None,
+                scope="" if scope is None else scope.label(),
             )
 
 

@@ -1,0 +1,160 @@
+"""Which function a function-scope static belongs to, from DWARF.
+
+gcc names a function's ``static int count`` ``count.N`` with a counter of the
+whole compile: a function with its own ``count`` added before the others
+renumbers them all, so the name says nothing about whose static it is.  The
+DWARF does: a ``DW_TAG_variable`` with a ``DW_OP_addr`` location nested in the
+``DW_TAG_subprogram`` (or a lexical block) of ``f`` is f's.  A static is named
+here by its scope, ``(function, name, ordinal)``, the ordinal telling apart
+several statics of one name in one function (in lexical blocks), in the order
+the DWARF lists them.
+
+The running program's side maps link-time addresses to scopes; the new
+object's maps symbols (through the relocations of ``.debug_info``).  Either is
+None when its DWARF is missing or unreadable: the binder then keeps matching
+by name (and refuses when that is ambiguous).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from relive.elf.dwarf_types import (
+    AT_ABSTRACT_ORIGIN,
+    AT_LOCATION,
+    AT_SPECIFICATION,
+    TAG_LEXICAL_BLOCK,
+    TAG_SUBPROGRAM,
+    TAG_VARIABLE,
+    Die,
+    Malformed,
+    TypeUnit,
+    open_dwarf,
+)
+from relive.elf.objfile import ObjectFile
+from relive.errors import BadObject
+
+#: gcc names a function-local static ``name.N``.
+GCC_STATIC_SUFFIX = re.compile(r"\.\d+$")
+#: DW_OP_addr: a variable at a fixed address (the operand is the address).
+_DW_OP_ADDR = 0x03
+_FUNCTION_TAGS = frozenset({TAG_SUBPROGRAM})
+_NESTED_TAGS = frozenset({TAG_LEXICAL_BLOCK, TAG_VARIABLE})
+
+
+@dataclass(frozen=True)
+class StaticScope:
+    """Where a function-scope static is declared: which function, which name."""
+
+    function: str
+    name: str
+    #: Among the statics called ``name`` in ``function``, which one (DWARF order).
+    ordinal: int
+
+    def label(self) -> str:
+        """How the journal names the scope."""
+        return f"{self.function}:{self.name}:{self.ordinal}"
+
+
+def running_static_scopes(program: str, source: str) -> dict[StaticScope, int] | None:
+    """Scope -> link-time address of each function-scope static ``source`` put in
+    the running program's file ``program``; None without DWARF for it."""
+    try:
+        unit = open_dwarf(program).find_unit(source)
+        if unit is None:
+            return None
+        found: dict[StaticScope, int] = {}
+        for scope, location, _ in _iter_statics(unit):
+            found[scope] = int.from_bytes(location[1:], "little")
+        return found
+    except (Malformed, BadObject):
+        return None
+
+
+def object_static_scopes(obj: ObjectFile) -> tuple[str, dict[int, StaticScope]] | None:
+    """(the unit's source, symbol index -> scope) for the function-scope statics of a
+    new object; None without DWARF."""
+    try:
+        unit = open_dwarf(obj.path).find_unit()
+        if unit is None:
+            return None
+        info = next((s.index for s in obj.sections if s.name == ".debug_info"), None)
+        if info is None:
+            return None
+        relocations = {r.offset: r for r in obj.relocations.get(info, ())}
+        found: dict[int, StaticScope] = {}
+        for scope, _, operand in _iter_statics(unit):
+            reloc = None if operand is None else relocations.get(operand)
+            if reloc is None:
+                continue
+            offset = reloc.symbol.value + reloc.addend
+            named = [
+                s
+                for s in obj.iter_section_symbols(reloc.symbol.shndx)
+                if s.value == offset and GCC_STATIC_SUFFIX.sub("", s.name) == scope.name
+            ]
+            if len(named) == 1:
+                found[named[0].index] = scope
+        return unit.path, found
+    except (Malformed, BadObject):
+        return None
+
+
+def _iter_statics(unit: TypeUnit) -> Iterator[tuple[StaticScope, bytes, int | None]]:
+    """(scope, location expression, position of its address operand in ``.debug_info``).
+
+    A static listed twice (an abstract instance and a concrete one) is one static:
+    the ordinal counts distinct addresses.  A scope that two addresses claim
+    is left out: it could not be told apart."""
+    seen: dict[tuple[str, str], list[bytes]] = {}
+    claimed: dict[StaticScope, bytes] = {}
+    dropped: set[StaticScope] = set()
+    results: list[tuple[StaticScope, bytes, int | None]] = []
+    for function in unit.children(unit.top_die(), _FUNCTION_TAGS):
+        function_name = _name(unit, function)
+        if function_name is None:
+            continue
+        for die in _nested_variables(unit, function):
+            location = die.attrs.get(AT_LOCATION)
+            name = _name(unit, die)
+            if (
+                name is None
+                or not isinstance(location, bytes)
+                or len(location) != 1 + unit.unit.address_size
+                or location[0] != _DW_OP_ADDR
+            ):
+                continue
+            addresses = seen.setdefault((function_name, name), [])
+            if location not in addresses:
+                addresses.append(location)
+            scope = StaticScope(function_name, name, addresses.index(location))
+            if claimed.setdefault(scope, location) != location:
+                dropped.add(scope)
+            at = unit.block_at(die, AT_LOCATION)
+            results.append((scope, location, None if at is None else at + 1))
+    for scope, location, at in results:
+        if scope not in dropped:
+            yield scope, location, at
+
+
+def _nested_variables(unit: TypeUnit, block: Die) -> Iterator[Die]:
+    for child in unit.children(block, _NESTED_TAGS):
+        if child.tag == TAG_VARIABLE:
+            yield child
+        else:
+            yield from _nested_variables(unit, child)
+
+
+def _name(unit: TypeUnit, die: Die) -> str | None:
+    """A DIE's name, or its origin's (an out-of-line instance of an inlined function)."""
+    for _ in range(3):
+        name = die.name()
+        if name is not None:
+            return name
+        origin = die.ref(AT_ABSTRACT_ORIGIN) or die.ref(AT_SPECIFICATION)
+        if origin is None:
+            return None
+        die = unit.die(origin)
+    return None
