@@ -151,3 +151,44 @@ def test_removed_function_does_not_hand_its_static_to_another(
     second = _last(target, r"^f (\d+)$")[0]
     assert 5 < first < second < 1000, (first, second)
     assert second <= _read_int(target.pid, running[0][1]) < 1000
+
+
+BLOCKS = r"""
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((noinline)) int f(int k) {
+    if (k) { static int count = 0; return ++count; }
+    else { static int count = 1000; return ++count; }
+}
+__attribute__((noinline)) void tick(void) { printf("a %d b %d\n", f(1), f(0)); }
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { tick(); usleep(20000); }
+}
+"""
+
+
+@pytest.mark.parametrize("opt", ["-O0", "-O2"])
+def test_statics_of_one_name_in_lexical_blocks_keep_their_block(
+    tmp_path: Path, spawn: SpawnFactory, opt: str
+) -> None:
+    """Two ``count``s in blocks of one function are told apart by their order."""
+    exe = compile_c(tmp_path, BLOCKS, flags=("-g", opt), link_flags=("-no-pie",))
+    running = _counts(exe)
+    target = spawn([exe])
+    target.wait_for(r"^a 5 b 1005$")
+    source = tmp_path / "prog.c"
+    tick = "__attribute__((noinline)) void tick(void)"
+    edit(source, tick, ADDED + tick)
+    edit(
+        source,
+        'printf("a %d b %d\\n", f(1), f(0));',
+        'printf("h %d a %d b %d\\n", h(), f(1), f(0));',
+    )
+    events = reload(target.pid, source)
+    assert kinds(events).get("new") == ["h"] and kinds(events).get("redirected") == ["tick"]
+    h1, a1, b1 = _last(target, r"^h (\d+) a (\d+) b (\d+)$")
+    h2, a2, b2 = _last(target, r"^h (\d+) a (\d+) b (\d+)$")
+    assert 500 < h1 < h2 < 1000 and 5 < a1 < a2 < 500 and b1 - a1 == b2 - a2 == 1000, (h2, a2, b2)
+    a_mem, b_mem = _read_int(target.pid, running[0][1]), _read_int(target.pid, running[1000][1])
+    assert a2 <= a_mem < 500 and b_mem - a_mem == 1000, (a_mem, b_mem)

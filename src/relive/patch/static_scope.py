@@ -18,8 +18,9 @@ by name (and refuses when that is ambiguous).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from relive.elf.dwarf_types import (
     AT_ABSTRACT_ORIGIN,
@@ -40,6 +41,7 @@ from relive.errors import BadObject
 GCC_STATIC_SUFFIX = re.compile(r"\.\d+$")
 #: DW_OP_addr: a variable at a fixed address (the operand is the address).
 _DW_OP_ADDR = 0x03
+_P = TypeVar("_P", bound=Hashable)
 _FUNCTION_TAGS = frozenset({TAG_SUBPROGRAM})
 _NESTED_TAGS = frozenset({TAG_LEXICAL_BLOCK, TAG_VARIABLE})
 
@@ -65,17 +67,17 @@ def running_static_scopes(program: str, source: str) -> dict[StaticScope, int] |
         unit = open_dwarf(program).find_unit(source)
         if unit is None:
             return None
-        found: dict[StaticScope, int] = {}
-        for scope, location, _ in _iter_statics(unit):
-            found[scope] = int.from_bytes(location[1:], "little")
-        return found
+        return dict(_iter_statics(unit, lambda location, _: int.from_bytes(location[1:], "little")))
     except (Malformed, BadObject):
         return None
 
 
 def object_static_scopes(obj: ObjectFile) -> tuple[str, dict[int, StaticScope]] | None:
     """(the unit's source, symbol index -> scope) for the function-scope statics of a
-    new object; None without DWARF."""
+    new object; None without DWARF.
+
+    The address operands of a relocatable object are zero: where a static is comes
+    from the relocation of ``.debug_info`` at its operand (section and offset)."""
     try:
         unit = open_dwarf(obj.path).find_unit()
         if unit is None:
@@ -84,15 +86,18 @@ def object_static_scopes(obj: ObjectFile) -> tuple[str, dict[int, StaticScope]] 
         if info is None:
             return None
         relocations = {r.offset: r for r in obj.relocations.get(info, ())}
-        found: dict[int, StaticScope] = {}
-        for scope, _, operand in _iter_statics(unit):
+
+        def place(_: bytes, operand: int | None) -> tuple[int, int] | None:
             reloc = None if operand is None else relocations.get(operand)
             if reloc is None:
-                continue
-            offset = reloc.symbol.value + reloc.addend
+                return None
+            return reloc.symbol.shndx, reloc.symbol.value + reloc.addend
+
+        found: dict[int, StaticScope] = {}
+        for scope, (shndx, offset) in _iter_statics(unit, place):
             named = [
                 s
-                for s in obj.iter_section_symbols(reloc.symbol.shndx)
+                for s in obj.iter_section_symbols(shndx)
                 if s.value == offset and GCC_STATIC_SUFFIX.sub("", s.name) == scope.name
             ]
             if len(named) == 1:
@@ -102,16 +107,16 @@ def object_static_scopes(obj: ObjectFile) -> tuple[str, dict[int, StaticScope]] 
         return None
 
 
-def _iter_statics(unit: TypeUnit) -> Iterator[tuple[StaticScope, bytes, int | None]]:
-    """(scope, location expression, position of its address operand in ``.debug_info``).
+def _iter_statics(
+    unit: TypeUnit, place: Callable[[bytes, int | None], _P | None]
+) -> Iterator[tuple[StaticScope, _P]]:
+    """(scope, place) of each function-scope static, ``place`` telling where one is
+    from its location expression and the position of its address operand in
+    ``.debug_info``.
 
-    A static listed twice (an abstract instance and a concrete one) is one static:
-    the ordinal counts distinct addresses.  A scope that two addresses claim
-    is left out: it could not be told apart."""
-    seen: dict[tuple[str, str], list[bytes]] = {}
-    claimed: dict[StaticScope, bytes] = {}
-    dropped: set[StaticScope] = set()
-    results: list[tuple[StaticScope, bytes, int | None]] = []
+    A static listed twice (in an abstract instance and a concrete one) is one
+    static: the ordinal counts distinct places, in the order the DWARF lists them."""
+    seen: dict[tuple[str, str], list[_P]] = {}
     for function in unit.children(unit.top_die(), _FUNCTION_TAGS):
         function_name = _name(unit, function)
         if function_name is None:
@@ -126,17 +131,14 @@ def _iter_statics(unit: TypeUnit) -> Iterator[tuple[StaticScope, bytes, int | No
                 or location[0] != _DW_OP_ADDR
             ):
                 continue
-            addresses = seen.setdefault((function_name, name), [])
-            if location not in addresses:
-                addresses.append(location)
-            scope = StaticScope(function_name, name, addresses.index(location))
-            if claimed.setdefault(scope, location) != location:
-                dropped.add(scope)
             at = unit.block_at(die, AT_LOCATION)
-            results.append((scope, location, None if at is None else at + 1))
-    for scope, location, at in results:
-        if scope not in dropped:
-            yield scope, location, at
+            where = place(location, None if at is None else at + 1)
+            if where is None:
+                continue
+            places = seen.setdefault((function_name, name), [])
+            if where not in places:
+                places.append(where)
+                yield StaticScope(function_name, name, len(places) - 1), where
 
 
 def _nested_variables(unit: TypeUnit, block: Die) -> Iterator[Die]:
