@@ -18,7 +18,17 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from support import SpawnFactory, Target, compile_c, edit, kinds, reload
+from relive.errors import LinkError
+from support import (
+    SpawnFactory,
+    Target,
+    assert_maps_unchanged,
+    compile_c,
+    edit,
+    kinds,
+    reload,
+    remember_maps,
+)
 
 COUNTERS = r"""
 #include <stdio.h>
@@ -192,3 +202,22 @@ def test_statics_of_one_name_in_lexical_blocks_keep_their_block(
     assert 500 < h1 < h2 < 1000 and 5 < a1 < a2 < 500 and b1 - a1 == b2 - a2 == 1000, (h2, a2, b2)
     a_mem, b_mem = _read_int(target.pid, running[0][1]), _read_int(target.pid, running[1000][1])
     assert a2 <= a_mem < 500 and b_mem - a_mem == 1000, (a_mem, b_mem)
+
+
+def test_without_the_programs_dwarf_a_renumbered_static_is_refused_not_guessed(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    """A program built without -g says nothing of scopes: the name cannot tell
+    whose count.2 is which, so the reload is refused and the program is left as it was."""
+    exe = compile_c(tmp_path, COUNTERS, flags=("-O0",), link_flags=("-no-pie",))
+    target = remember_maps(spawn([exe]))
+    target.wait_for(r"^f 5 g 1005$")
+    source = tmp_path / "prog.c"
+    edit(source, PLACES["after"], ADDED + PLACES["after"])
+    edit(source, TICK, TICK_WITH_H)
+    with pytest.raises(LinkError, match="cannot be matched unambiguously"):
+        reload(target.pid, source)
+    assert_maps_unchanged(target)
+    first, _ = _last(target, r"^f (\d+) g (\d+)$")
+    second, g = _last(target, r"^f (\d+) g (\d+)$")
+    assert 5 < first < second and g - second == 1000
