@@ -667,3 +667,30 @@ def test_a_thread_started_on_a_function_of_new_code_keeps_running_it(
     assert not any(
         line.startswith("thread") and line != "thread 1 2" for line in target.lines[mark:]
     )
+
+
+BIG_HEAP = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+__attribute__((noinline)) int value(int x) { return x + 1; }
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    size_t size = 24 << 20;  /* more resident memory than the reclaim check copies */
+    char *heap = malloc(size);
+    memset(heap, 1, size);
+    for (;;) { printf("value %d\n", value(0)); usleep(2000); }
+}
+"""
+
+
+def test_a_program_with_more_memory_than_the_check_copies_keeps_superseded_code(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    exe = compile_c(tmp_path, BIG_HEAP)
+    target = spawn([exe])
+    target.wait_for(r"^value 1$")
+    source = tmp_path / "prog.c"
+    supersede(target, source, 2, 5)
+    assert [b.reclaimed for b in load_journal(target.pid).blocks] == [False] * 4
