@@ -367,8 +367,12 @@ def test_reclaimed_code_leaves_the_programs_unwinder_exact(
     source = tmp_path / "prog.c"
     for n in range(2, 9):
         set_value(source, n)
+        before = target.mark()
         reload(target.pid, source)  # its table registered, the one before taken out
-        mark = target.mark()  # (until the reload returned, backtrace() could stop short)
+        # Until the table is registered (after the threads ran on) backtrace()
+        # stops short: such lines may be read after the reload returned.
+        target.wait_for(rf"^value {n}$", after=before)
+        mark = target.lines.index(f"value {n}", before)
         for _ in range(5):
             target.wait_for(rf"^value {n}$", after=target.mark())
         assert not any(line.startswith("value -") for line in target.lines[mark:])
