@@ -109,10 +109,17 @@ def supersede(target: Target, source: Path, first: int, last: int) -> None:
         reload_value(target, source, n)
 
 
+@pytest.mark.parametrize("where", ["callee", "itself"])
 def test_a_frame_under_a_handler_on_an_alternate_stack_keeps_its_code(
-    tmp_path: Path, spawn: SpawnFactory
+    tmp_path: Path, spawn: SpawnFactory, where: str
 ) -> None:
-    exe = compile_c(tmp_path, HELD_SIGNAL, link_flags=("-pthread",))
+    """Interrupted in a function value() called (its return address on the
+    thread's own stack) or in value() itself (the PC the kernel saved in the
+    signal frame on the alternate stack)."""
+    program = HELD_SIGNAL
+    if where == "itself":
+        program = program.replace("if (x) spin();", "if (x) { armed = 1; while (!released) ; }")
+    exe = compile_c(tmp_path, program, link_flags=("-pthread",))
     target = spawn([exe], stdin_pipe=True)
     target.wait_for(r"^value 1$")
     source = tmp_path / "prog.c"
