@@ -32,6 +32,14 @@ is found.  The leaf function a thread is stopped in may
 keep a value in its red zone, below its stack pointer: a pointer into
 superseded code kept only there, and nowhere else, is not seen.
 
+The copy holds the threads about 1 ms per MiB, so a reload does not always pay
+it: a program with at most :data:`CHECK_EVERY_RELOAD_BELOW` of anonymous
+resident memory is checked at every reload (well under a millisecond more); a
+bigger one only once :data:`RECLAIM_BATCH` of superseded code has gathered (see
+:func:`worth_checking`).  Code waiting for the next check stays where it was,
+in arena space already mapped: the mapping count does not grow, and memory by
+at most that batch.
+
 The check gives up (nothing reclaimed that time; later reloads try again) when
 the memory to copy is over :data:`SCAN_LIMIT` or cannot be read.  Not seen
 either: pointers the program keeps mangled (glibc's ``setjmp`` buffers and
@@ -58,7 +66,7 @@ from relive.errors import ReliveError
 from relive.patch.journal import ArenaKind, Journal, LoadedBlock
 from relive.process.memory import ProcessMemory
 from relive.process.pagemap import PopulatedPages
-from relive.process.procfs import Mapping, read_maps
+from relive.process.procfs import Mapping, find_anonymous_resident, read_maps
 from relive.process.threads import StoppedProcess
 
 #: Most memory (resident or swapped pages of readable, writable mappings) copied
@@ -66,6 +74,11 @@ from relive.process.threads import StoppedProcess
 #: would free: a program with more keeps both (the copy holds its threads, about
 #: 1 ms per MiB).
 SCAN_LIMIT = 16 << 20
+#: A program with at most this much anonymous resident memory has its superseded
+#: code checked at every reload: the copy adds well under a millisecond to the stop.
+CHECK_EVERY_RELOAD_BELOW = 1 << 20
+#: Superseded code a bigger program lets gather before a reload's stop checks it.
+RECLAIM_BATCH = 64 << 10
 
 Range = tuple[int, int]
 
@@ -134,9 +147,12 @@ class DeadCodeCheck:
     _result: tuple[list[LoadedBlock], list[LoadedBlock]] | None = field(default=None, init=False)
 
     @classmethod
-    def for_reload(cls, journal: Journal) -> DeadCodeCheck:
-        """The check for a reload (its writes staged): superseded code only."""
+    def for_reload(cls, journal: Journal, pid: int) -> DeadCodeCheck:
+        """The check for a reload (its writes staged): superseded code only, when
+        it is worth the time the threads are held (:func:`worth_checking`)."""
         candidates = find_candidates(journal)
+        if not worth_checking(pid, candidates):
+            candidates = []
         return cls(candidates, (), *_arena_facts(journal, candidates))
 
     @classmethod
@@ -202,6 +218,24 @@ class DeadCodeCheck:
         """The data candidates whose code is gone or may turn out dead."""
         candidates = [id(b) for b in self.candidates]
         return [b for b in self.data if b.reclaimed or id(b) in candidates]
+
+
+def worth_checking(pid: int, candidates: Sequence[LoadedBlock]) -> bool:
+    """Whether a reload's stop should copy the program's memory to look for dead code
+    among ``candidates``.
+
+    The copy is what makes the check sound (a pointer into superseded code may be
+    anywhere) and what it costs: about 1 ms of held threads per MiB.  A small
+    program pays it at each reload; a bigger one once enough superseded code
+    has gathered to be worth freeing, so most of its reloads hold the threads
+    no longer than before arenas.
+    """
+    if not candidates:
+        return False
+    resident = find_anonymous_resident(pid)
+    if resident is None or resident <= CHECK_EVERY_RELOAD_BELOW:
+        return True
+    return sum(block.code[1] for block in candidates) >= RECLAIM_BATCH
 
 
 def _arena_facts(

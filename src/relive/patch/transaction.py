@@ -258,7 +258,7 @@ class StagedReload:
         frames); when the jumps were written (``time.monotonic()``), None if none was."""
         with self._rollback_on_failure():
             if self.writes:
-                self.dead_code = DeadCodeCheck.for_reload(self.journal)
+                self.dead_code = DeadCodeCheck.for_reload(self.journal, self.pid)
                 self.entries = write_entries(
                     self.pid,
                     self.writes,

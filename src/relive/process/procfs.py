@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from relive.errors import PermissionDenied, ProcessGone, UsageError
+from relive.errors import PermissionDenied, ProcessGone, ReliveError, UsageError
 
 PROC = Path("/proc")
 
@@ -164,6 +164,18 @@ def read_status(pid: int) -> dict[str, str]:
         if sep:
             fields[key] = value.strip()
     return fields
+
+
+def find_anonymous_resident(pid: int) -> int | None:
+    """Bytes of anonymous memory ``pid`` has resident (``RssAnon``), None if unknown."""
+    try:
+        value = read_status(pid).get("RssAnon", "")
+    except ReliveError:
+        return None
+    number, _, unit = value.partition(" ")
+    if not number.isdigit() or unit != "kB":
+        return None
+    return int(number) * 1024
 
 
 def find_tracer_pid(pid: int) -> int | None:
