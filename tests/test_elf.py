@@ -508,3 +508,22 @@ def test_libc_gnu_hash_agrees_with_bulk_table(libc: ElfImage) -> None:
         if name in default:
             found = libc.find_dynamic_symbol(name)
             assert found is not None and found.value == default[name][0], name
+
+
+@pytest.mark.parametrize("cc", ["gcc", "clang"])
+def test_a_relocation_found_by_offset_is_the_decoded_one(tmp_path: Path, cc: str) -> None:
+    """``relocation_at`` decodes one entry of a debug section's table (a big unit's
+    ``.debug_info`` has hundreds of thousands): it must be the entry a full decode
+    gives at that offset, and None where nothing is relocated."""
+    need_program(cc)
+    path = build(tmp_path, {"demo.c": DEMO_C}, *OBJ_FLAGS, out="demo.o", cc=cc)
+    info = section_named(ObjectFile.open(path), ".debug_info")
+    looked_up = ObjectFile.open(path)  # nothing decoded yet: the one-entry path
+    decoded = ObjectFile.open(path).relocations[info]
+    assert len(decoded) >= 3  # clang's DWARF 5 puts most addresses in .debug_addr
+    for reloc in decoded:
+        assert looked_up.relocation_at(info, reloc.offset) == reloc
+    relocated = {r.offset for r in decoded}
+    free = next(o for o in range(1, max(relocated)) if o not in relocated)
+    assert looked_up.relocation_at(info, free) is None
+    assert looked_up.relocation_at(info, max(relocated) + 1) is None

@@ -11,6 +11,9 @@ The low-level helpers (:func:`parse_elf_header`, :func:`parse_section_headers`,
 
 from __future__ import annotations
 
+import array
+import bisect
+import itertools
 import mmap
 import os
 import stat
@@ -444,6 +447,12 @@ class ObjectFile:
             self._by_name = by_name
         return self._by_name.get(name)
 
+    def relocation_at(self, section_index: int, offset: int) -> Relocation | None:
+        """The relocation applied at ``offset`` of section ``section_index``, if any."""
+        if isinstance(self.relocations, _LazyRelocations):
+            return self.relocations.find_at(section_index, offset)
+        return _find_relocation(self.relocations.get(section_index, ()), offset)
+
     def relocation_count(self, section_index: int) -> int:
         """How many relocations apply to section ``section_index`` (decoded or not)."""
         if isinstance(self.relocations, _LazyRelocations):
@@ -555,6 +564,10 @@ class _LazyRelocations(Mapping[int, list[Relocation]]):
                     )
                 self._sources.setdefault(sec.info, []).append(sec)
         self._decoded: dict[int, list[Relocation]] = {}
+        #: Per section looked up by ``find_at``: its relocations' offsets, and whether
+        #: they are in order.
+        self._offsets: dict[int, array.array[int]] = {}
+        self._ordered: dict[int, bool] = {}
 
     def __getitem__(self, section_index: int) -> list[Relocation]:
         found = self._decoded.get(section_index)
@@ -581,6 +594,37 @@ class _LazyRelocations(Mapping[int, list[Relocation]]):
     def __contains__(self, key: object) -> bool:
         return key in self._sources
 
+    def find_at(self, section_index: int, offset: int) -> Relocation | None:
+        """The relocation at ``offset`` of section ``section_index``, decoding only that
+        one when its table is in offset order (as gcc and clang write debug sections':
+        a big unit's ``.debug_info`` has hundreds of thousands, of which a static's
+        scope needs a few)."""
+        if section_index in self._decoded or len(self._sources.get(section_index, ())) != 1:
+            return _find_relocation(self.get(section_index, ()), offset)
+        sec = self._sources[section_index][0]
+        offsets = self._offsets.get(section_index)
+        if offsets is None:
+            usable = len(sec.data) - len(sec.data) % _RELA_SIZE
+            offsets = array.array("Q", memoryview(sec.data[:usable]).cast("Q")[0::3])
+            self._offsets[section_index] = offsets
+        if offsets and not self._in_order(section_index, offsets):
+            return _find_relocation(self[section_index], offset)
+        at = bisect.bisect_left(offsets, offset)
+        if at == len(offsets) or offsets[at] != offset:
+            return None
+        _, info, addend = struct.unpack_from(_RELA_FORMAT, sec.data, at * _RELA_SIZE)
+        if info >> 32 >= len(self._symbols):
+            where = f"a relocation of section {sec.index} ({sec.name})"
+            raise bad_field(self._path, where, "r_info", info, "no such symbol")
+        return Relocation(offset, info & 0xFFFFFFFF, self._symbols[info >> 32], addend)
+
+    def _in_order(self, section_index: int, offsets: array.array[int]) -> bool:
+        known = self._ordered.get(section_index)
+        if known is None:
+            known = all(a <= b for a, b in itertools.pairwise(offsets))
+            self._ordered[section_index] = known
+        return known
+
     def count(self, section_index: int) -> int:
         """How many relocations apply to section ``section_index``, without decoding them."""
         return sum(len(sec.data) // _RELA_SIZE for sec in self._sources.get(section_index, ()))
@@ -598,3 +642,7 @@ class _LazyRelocations(Mapping[int, list[Relocation]]):
             make(Relocation, (offset, info & 0xFFFFFFFF, symbols[info >> 32], addend))
             for offset, info, addend in entries
         ]
+
+
+def _find_relocation(relocations: Collection[Relocation], offset: int) -> Relocation | None:
+    return next((r for r in relocations if r.offset == offset), None)

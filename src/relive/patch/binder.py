@@ -112,6 +112,7 @@ class Binder:
         self._file_groups: set[str] | None = None
         self._locals_by_name: dict[str, list[ImageSymbol]] | None = None
         self._locals_by_base: dict[str, dict[str, list[ImageSymbol]]] = {}
+        self._locals_by_place: dict[str, dict[tuple[str, int], list[ImageSymbol]]] = {}
         self._old: dict[tuple[int, str], OldDefinition | None] = {}
         #: New object's symbol index -> scope, and scope -> running link-time
         #: address; None when either side has no DWARF for the file.
@@ -210,8 +211,8 @@ class Binder:
         base = _GCC_STATIC_SUFFIX.sub("", symbol.name)
         candidates = [
             s
-            for s in self._file_locals_by_base(file).get(base, [])
-            if s.value == address and s.type == symbol.type
+            for s in self._file_locals_by_place(file).get((base, address), [])
+            if s.type == symbol.type
         ]
         if len(candidates) != 1:
             raise LinkError(
@@ -249,6 +250,19 @@ class Binder:
             for s in self.module.image.iter_file_locals(file):
                 index.setdefault(_GCC_STATIC_SUFFIX.sub("", s.name), []).append(s)
             self._locals_by_base[file] = index
+        return index
+
+    def _file_locals_by_place(self, file: str) -> dict[tuple[str, int], list[ImageSymbol]]:
+        """The same locals by (name without ``.N``, address), built once per file: a
+        unit whose thousands of functions each have a ``static long calls`` looks
+        each one up by where DWARF places it (a scan per static was quadratic)."""
+        index = self._locals_by_place.get(file)
+        if index is None:
+            index = {}
+            for base, symbols in self._file_locals_by_base(file).items():
+                for s in symbols:
+                    index.setdefault((base, s.value), []).append(s)
+            self._locals_by_place[file] = index
         return index
 
     def _has_file_group(self, file: str) -> bool:

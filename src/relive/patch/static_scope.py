@@ -85,10 +85,9 @@ def object_static_scopes(obj: ObjectFile) -> tuple[str, dict[int, StaticScope]] 
         info = next((s.index for s in obj.sections if s.name == ".debug_info"), None)
         if info is None:
             return None
-        relocations = {r.offset: r for r in obj.relocations.get(info, ())}
 
         def place(_: bytes, operand: int | None) -> tuple[int, int] | None:
-            reloc = None if operand is None else relocations.get(operand)
+            reloc = None if operand is None else obj.relocation_at(info, operand)
             if reloc is None:
                 return None
             return reloc.symbol.shndx, reloc.symbol.value + reloc.addend
