@@ -210,8 +210,9 @@ def test_without_the_programs_dwarf_a_renumbered_static_is_refused_not_guessed(
     """A program built without -g says nothing of scopes: the name cannot tell
     whose count.2 is which, so the reload is refused and the program is left as it was."""
     exe = compile_c(tmp_path, COUNTERS, flags=("-O0",), link_flags=("-no-pie",))
-    target = remember_maps(spawn([exe]))
+    target = spawn([exe])
     target.wait_for(r"^f 5 g 1005$")
+    remember_maps(target)  # once it runs: while it starts, its loader still maps
     source = tmp_path / "prog.c"
     edit(source, PLACES["after"], ADDED + PLACES["after"])
     edit(source, TICK, TICK_WITH_H)

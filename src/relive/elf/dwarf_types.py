@@ -344,8 +344,14 @@ class TypeUnit:
         """The unit's own DIE (name, ranges, bases)."""
         return self.die(self.top)
 
-    def children(self, die: Die, tags: frozenset[int] | None = None) -> Iterator[Die]:
-        """The children of ``die``, in order (only those with one of ``tags``)."""
+    def children(
+        self, die: Die, tags: frozenset[int] | None = None, keep: bool = True
+    ) -> Iterator[Die]:
+        """The children of ``die``, in order (only those with one of ``tags``).
+
+        ``keep=False`` for a walk over the whole unit that reads each DIE once
+        (every function's statics): its DIEs are not kept for later lookups, so
+        a big unit's walk does not hold them all in memory."""
         pos = die.children_at
         if pos is None:
             return
@@ -360,7 +366,8 @@ class TypeUnit:
             child = self._dies.get(pos)
             if child is None:
                 child, _ = self._decode(pos)
-                self._dies[pos] = child
+                if keep:
+                    self._dies[pos] = child
             yield child
             pos = child.end if child.children_at is None else self._skip(pos)
 

@@ -116,7 +116,7 @@ def _iter_statics(
     A static listed twice (in an abstract instance and a concrete one) is one
     static: the ordinal counts distinct places, in the order the DWARF lists them."""
     seen: dict[tuple[str, str], list[_P]] = {}
-    for function in unit.children(unit.top_die(), _FUNCTION_TAGS):
+    for function in unit.children(unit.top_die(), _FUNCTION_TAGS, keep=False):
         function_name = _name(unit, function)
         if function_name is None:
             continue
@@ -141,7 +141,7 @@ def _iter_statics(
 
 
 def _nested_variables(unit: TypeUnit, block: Die) -> Iterator[Die]:
-    for child in unit.children(block, _NESTED_TAGS):
+    for child in unit.children(block, _NESTED_TAGS, keep=False):
         if child.tag == TAG_VARIABLE:
             yield child
         else:
