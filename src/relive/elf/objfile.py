@@ -568,6 +568,7 @@ class _LazyRelocations(Mapping[int, list[Relocation]]):
         #: they are in order.
         self._offsets: dict[int, array.array[int]] = {}
         self._ordered: dict[int, bool] = {}
+        self._offset_index: dict[int, dict[int, Relocation]] = {}
 
     def __getitem__(self, section_index: int) -> list[Relocation]:
         found = self._decoded.get(section_index)
@@ -600,7 +601,7 @@ class _LazyRelocations(Mapping[int, list[Relocation]]):
         a big unit's ``.debug_info`` has hundreds of thousands, of which a static's
         scope needs a few)."""
         if section_index in self._decoded or len(self._sources.get(section_index, ())) != 1:
-            return _find_relocation(self.get(section_index, ()), offset)
+            return self._by_offset(section_index).get(offset)
         sec = self._sources[section_index][0]
         offsets = self._offsets.get(section_index)
         if offsets is None:
@@ -608,7 +609,7 @@ class _LazyRelocations(Mapping[int, list[Relocation]]):
             offsets = array.array("Q", memoryview(sec.data[:usable]).cast("Q")[0::3])
             self._offsets[section_index] = offsets
         if offsets and not self._in_order(section_index, offsets):
-            return _find_relocation(self[section_index], offset)
+            return self._by_offset(section_index).get(offset)
         at = bisect.bisect_left(offsets, offset)
         if at == len(offsets) or offsets[at] != offset:
             return None
@@ -617,6 +618,15 @@ class _LazyRelocations(Mapping[int, list[Relocation]]):
             where = f"a relocation of section {sec.index} ({sec.name})"
             raise bad_field(self._path, where, "r_info", info, "no such symbol")
         return Relocation(offset, info & 0xFFFFFFFF, self._symbols[info >> 32], addend)
+
+    def _by_offset(self, section_index: int) -> dict[int, Relocation]:
+        """A section's relocations by offset, for tables ``find_at`` cannot bisect
+        (out of order, or spread over several tables): built once, not scanned per call."""
+        found = self._offset_index.get(section_index)
+        if found is None:
+            found = {r.offset: r for r in self.get(section_index, ())}
+            self._offset_index[section_index] = found
+        return found
 
     def _in_order(self, section_index: int, offsets: array.array[int]) -> bool:
         known = self._ordered.get(section_index)

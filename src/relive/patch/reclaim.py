@@ -170,7 +170,10 @@ class DeadCodeCheck:
         """At the stop: copy the registers and the memory to search."""
         if not self.candidates and not self.data:
             return
-        registers = [stopped.get_regs(tid) for tid in stopped.tids]
+        try:
+            registers = [stopped.get_regs(tid) for tid in stopped.tids]
+        except ReliveError:  # a thread that cannot be read: nothing is freed, the reload stands
+            return
         self._pcs = [host_registers().get_pc(regs) for regs in registers]
         # A return address may be the end of the range (a call as last instruction).
         code = [(b.code[0], b.code[0] + b.code[1] + 1) for b in self.candidates]
