@@ -20,14 +20,13 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 from relive.elf.constants import ET_REL, SHT_NOBITS, SHT_RELA
+from relive.elf.filecache import FileCache
 from relive.elf.leb128 import Leb128Error, read_uleb, signed
 from relive.elf.objfile import (
     SYM_SIZE,
@@ -65,13 +64,7 @@ class CompileUnit:
         return os.path.normpath(os.path.join(self.comp_dir, self.name))
 
 
-# A watch session asks about the same executable on every save, so keep the last
-# few files' answers.  The key identifies file *content* (a rebuilt executable gets
-# a new mtime or inode), not its name.
-_CACHE_SIZE = 16
-_CacheKey = tuple[int, int, int, int]
-_cache: OrderedDict[_CacheKey, tuple[CompileUnit, ...]] = OrderedDict()
-_cache_lock = threading.Lock()
+_cache: FileCache[tuple[CompileUnit, ...]] = FileCache(16)
 
 
 def iter_compile_units(path: str | Path) -> Iterator[CompileUnit]:
@@ -119,33 +112,14 @@ def find_compile_unit(path: str | Path, source: Path) -> CompileUnit | None:
 
 
 def _read_units(path: Path) -> tuple[CompileUnit, ...]:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise BadObject(
-            f"cannot read {path}: {e.strerror}", "check that the program's file still exists"
-        ) from e
-    try:
-        # Stat the open file, not the name, so the key describes the bytes we parse
-        # even if the file is replaced meanwhile.
-        st = os.fstat(fd)
-        key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-        with _cache_lock:
-            cached = _cache.get(key)
-            if cached is not None:
-                _cache.move_to_end(key)
-                return cached
-        if st.st_size == 0:
-            parse_elf_header(str(path), b"", "ELF")
-        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as data:
-            units = _parse_units(str(path), data)
-    finally:
-        os.close(fd)
-    with _cache_lock:
-        _cache[key] = units
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return units
+    return _cache.get(path, _parse_file, "check that the program's file still exists")
+
+
+def _parse_file(name: str, fd: int, st: os.stat_result) -> tuple[CompileUnit, ...]:
+    if st.st_size == 0:
+        parse_elf_header(name, b"", "ELF")
+    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as data:
+        return _parse_units(name, data)
 
 
 # -- the reader ---------------------------------------------------------------------

@@ -19,9 +19,7 @@ import itertools
 import mmap
 import os
 import struct
-import threading
 from array import array
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +41,7 @@ from relive.elf.dwarf import (
     _Section,
     _Unit,
 )
+from relive.elf.filecache import FileCache
 from relive.elf.objfile import SectionHeader
 from relive.errors import BadObject
 
@@ -1037,36 +1036,17 @@ def _bad(path: str, error: Exception) -> BadObject:
 
 
 # One process of `relive watch` checks the same executable on every save.
-_CACHE_SIZE = 8
-_cache: OrderedDict[tuple[int, int, int, int], DwarfFile] = OrderedDict()
-_cache_lock = threading.Lock()
+_cache: FileCache[DwarfFile] = FileCache(8)
 
 
 def open_dwarf(path: str | Path) -> DwarfFile:
     """The DWARF of the ELF file at ``path`` (kept for a few files: content-keyed)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise BadObject(
-            f"cannot read {path}: {e.strerror}", "check that the file still exists"
-        ) from e
-    try:
-        st = os.fstat(fd)
-        key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-        with _cache_lock:
-            cached = _cache.get(key)
-            if cached is not None:
-                _cache.move_to_end(key)
-                return cached
-        data: mmap.mmap | bytes = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if st.st_size else b""
-    finally:
-        os.close(fd)
-    found = DwarfFile(str(path), data)
-    with _cache_lock:
-        _cache[key] = found
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return found
+    return _cache.get(path, _map_dwarf, "check that the file still exists")
+
+
+def _map_dwarf(name: str, fd: int, st: os.stat_result) -> DwarfFile:
+    data: mmap.mmap | bytes = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if st.st_size else b""
+    return DwarfFile(name, data)
 
 
 def malformed_as_bad_object(path: str, error: Exception) -> BadObject:

@@ -15,9 +15,8 @@ import mmap
 import os
 import stat
 import struct
-from collections import OrderedDict
 from collections.abc import Iterator
-from typing import ClassVar, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 from relive.elf.constants import (
     DT_NULL,
@@ -49,6 +48,7 @@ from relive.elf.constants import (
     STT_FUNC,
     STT_GNU_IFUNC,
 )
+from relive.elf.filecache import FileCache, FileIdentity, file_identity
 from relive.elf.gnu_hash import GnuHash
 from relive.elf.objfile import (
     SYM_FORMAT,
@@ -67,9 +67,8 @@ __all__ = ["DynamicRelocation", "ElfImage", "ImageSymbol", "LoadSegment", "TlsSe
 _PHDR = struct.Struct("<IIQQQQQQ")
 _DYN = struct.Struct("<qQ")
 _RELA = struct.Struct("<QQq")
-_CACHE_SIZE = 64
 
-_Identity = tuple[int, int, int, int]
+_images: FileCache[ElfImage] = FileCache(64)
 
 
 class LoadSegment(NamedTuple):
@@ -109,8 +108,6 @@ class ElfImage:
     Use :meth:`open`, which caches by file identity.
     """
 
-    _cache: ClassVar[OrderedDict[_Identity, ElfImage]] = OrderedDict()
-
     path: str
     machine: int
     e_type: int
@@ -123,7 +120,7 @@ class ElfImage:
     relro: tuple[int, int] | None
     soname: str | None
 
-    def __init__(self, path: str, identity: _Identity, data: mmap.mmap) -> None:
+    def __init__(self, path: str, identity: FileIdentity, data: mmap.mmap) -> None:
         """Parse headers from ``data``; use :meth:`open` instead of calling this."""
         self.path = path
         self._identity = identity
@@ -158,35 +155,21 @@ class ElfImage:
 
         Raises :class:`BadObject` for unreadable, non-ELF, 32-bit or relocatable files.
         """
-        name = os.fspath(path)
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            raise BadObject(f"cannot read {name}: {e.strerror}", "check the path") from e
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise BadObject(f"{name} is not a regular file", "pass a program or library")
-            identity = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-            image = cls._cache.get(identity)
-            if image is not None:
-                cls._cache.move_to_end(identity)
-                return image
-            if st.st_size < 64:
-                parse_elf_header(name, b"", "executable or shared library")
-            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as data:
-                image = cls(name, identity, data)
-        finally:
-            os.close(fd)
-        cls._cache[identity] = image
-        if len(cls._cache) > _CACHE_SIZE:
-            cls._cache.popitem(last=False)
-        return image
+        return _images.get(path, cls._parse_file, "check the path")
+
+    @classmethod
+    def _parse_file(cls, name: str, fd: int, st: os.stat_result) -> ElfImage:
+        if not stat.S_ISREG(st.st_mode):
+            raise BadObject(f"{name} is not a regular file", "pass a program or library")
+        if st.st_size < 64:
+            parse_elf_header(name, b"", "executable or shared library")
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as data:
+            return cls(name, file_identity(st), data)
 
     @classmethod
     def clear_cache(cls) -> None:
         """Forget every parsed image."""
-        cls._cache.clear()
+        _images.clear()
 
     def _read_segments(self, data: mmap.mmap, phoff: int, phnum: int, phentsize: int) -> None:
         if phnum and phentsize != _PHDR.size:
