@@ -43,6 +43,10 @@ class Event:
     """
 
     kind: ClassVar[str] = "event"
+    #: The line a user reads, a :meth:`str.format` template over the fields (one line
+    #: instead of the same ``__str__`` in every event); an event whose line needs more
+    #: than its fields' values overrides ``__str__`` instead.
+    template: ClassVar[str] = ""
     _fields: ClassVar[tuple[tuple[str, Any], ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -87,6 +91,9 @@ class Event:
     def __hash__(self) -> int:
         return hash((type(self), self._values()))
 
+    def __str__(self) -> str:
+        return self.template.format_map({name: getattr(self, name) for name, _ in self._fields})
+
     def __repr__(self) -> str:
         inner = ", ".join(f"{name}={getattr(self, name)!r}" for name, _ in self._fields)
         return f"{type(self).__name__}({inner})"
@@ -116,8 +123,7 @@ class Compiled(Event):
     command: list[str]
     milliseconds: float
 
-    def __str__(self) -> str:
-        return f"compiled {self.source} ({self.flags_origin} flags) in {self.milliseconds:.0f} ms"
+    template = "compiled {source} ({flags_origin} flags) in {milliseconds:.0f} ms"
 
 
 class CompilerWarnings(Event):
@@ -168,8 +174,7 @@ class FunctionUnchanged(Event):
     kind: ClassVar[str] = "unchanged"
     name: str
 
-    def __str__(self) -> str:
-        return f"unchanged {self.name}"
+    template = "unchanged {name}"
 
 
 class FunctionSkipped(Event):
@@ -179,8 +184,7 @@ class FunctionSkipped(Event):
     name: str
     reason: str
 
-    def __str__(self) -> str:
-        return f"skipped {self.name}: {self.reason}"
+    template = "skipped {name}: {reason}"
 
 
 class FunctionActive(Event):
@@ -190,10 +194,7 @@ class FunctionActive(Event):
     name: str
     tid: int
 
-    def __str__(self) -> str:
-        return (
-            f"{self.name} is running on thread {self.tid}: the new code applies from its next call"
-        )
+    template = "{name} is running on thread {tid}: the new code applies from its next call"
 
 
 class FrameMoved(Event):
@@ -206,11 +207,7 @@ class FrameMoved(Event):
     new: int
     how: str
 
-    def __str__(self) -> str:
-        return (
-            f"moved {self.function} on thread {self.tid} into the new code: "
-            f"{self.old:#x} -> {self.new:#x} ({self.how})"
-        )
+    template = "moved {function} on thread {tid} into the new code: {old:#x} -> {new:#x} ({how})"
 
 
 class FrameStays(Event):
@@ -248,11 +245,10 @@ class FrameStaysNew(Event):
     tid: int
     function: str
 
-    def __str__(self) -> str:
-        return (
-            f"{self.function} on thread {self.tid} keeps running its reloaded code until that "
-            "call returns (its frame cannot move back to the original code)"
-        )
+    template = (
+        "{function} on thread {tid} keeps running its reloaded code until that "
+        "call returns (its frame cannot move back to the original code)"
+    )
 
 
 class FunctionRestored(Event):
@@ -262,8 +258,7 @@ class FunctionRestored(Event):
     name: str
     address: int
 
-    def __str__(self) -> str:
-        return f"restored {self.name} at {self.address:#x}"
+    template = "restored {name} at {address:#x}"
 
 
 class Notice(Event):
@@ -272,8 +267,7 @@ class Notice(Event):
     kind: ClassVar[str] = "notice"
     message: str
 
-    def __str__(self) -> str:
-        return self.message
+    template = "{message}"
 
 
 class BlockNotReleased(Event):
@@ -284,11 +278,10 @@ class BlockNotReleased(Event):
     size: int
     reason: str
 
-    def __str__(self) -> str:
-        return (
-            f"could not unmap the {self.size}-byte block at {self.address:#x} after the "
-            f"failed reload ({self.reason}): it stays mapped, unused"
-        )
+    template = (
+        "could not unmap the {size}-byte block at {address:#x} after the "
+        "failed reload ({reason}): it stays mapped, unused"
+    )
 
 
 class Timings(Event):
@@ -380,8 +373,7 @@ class TargetProcess(Event):
     pid: int
     name: str
 
-    def __str__(self) -> str:
-        return f"pid {self.pid} ({self.name}):"
+    template = "pid {pid} ({name}):"
 
 
 class ProcessesSwitched(Event):
@@ -428,8 +420,7 @@ class WatchFollows(Event):
     kind: ClassVar[str] = "watch-follows"
     pid: int
 
-    def __str__(self) -> str:
-        return f"following pid {self.pid}: a new process of the same program"
+    template = "following pid {pid}: a new process of the same program"
 
 
 class FlagsFromDwarf(Event):
