@@ -101,6 +101,19 @@ class Applied:
     frames: FramePlan | None = None
 
 
+@dataclass(frozen=True)
+class ReloadTarget:
+    """The process a reload transaction changes, as the session attached it."""
+
+    pid: int
+    #: What relive did to this process (``patch.journal``), updated as the reload goes.
+    journal: Journal
+    memory: ProcessMemory
+    arch: Arch
+    #: Every ELF file the process maps, with its load bias (``patch.modules``).
+    modules: Sequence[RunningModule]
+
+
 @contextmanager
 def held_signals() -> Iterator[None]:
     """Defer SIGINT/SIGTERM/SIGHUP to relive until the transaction is over."""
@@ -113,13 +126,9 @@ def held_signals() -> Iterator[None]:
 
 
 def apply_reload(
-    pid: int,
+    target: ReloadTarget,
     plans: list[ReloadPlan],
-    journal: Journal,
-    memory: ProcessMemory,
-    arch: Arch,
     reinits: list[list[DataChange]],
-    modules: Sequence[RunningModule],
     emit: EventSink,
     move_frames: bool = False,
 ) -> Applied:
@@ -130,7 +139,7 @@ def apply_reload(
     frames running the old code move to the new code where that is provably
     safe (``patch.frames``).
     """
-    staged = StagedReload(pid, plans, journal, memory, arch, reinits, modules, emit, move_frames)
+    staged = StagedReload(target, plans, reinits, emit, move_frames)
     with held_signals():
         staged.load()
         staged.switch()
@@ -177,21 +186,19 @@ class StagedReload:
 
     def __init__(
         self,
-        pid: int,
+        target: ReloadTarget,
         plans: list[ReloadPlan],
-        journal: Journal,
-        memory: ProcessMemory,
-        arch: Arch,
         reinits: list[list[DataChange]],
-        modules: Sequence[RunningModule],
         emit: EventSink,
         move_frames: bool = False,
     ) -> None:
-        self.pid, self.plans, self.journal, self.memory = pid, plans, journal, memory
-        self.arch, self.reinits, self.modules, self.emit = arch, reinits, modules, emit
+        self.target, self.plans, self.reinits, self.emit = target, plans, reinits, emit
         self.move_frames = move_frames
+        journal = target.journal
         # 1. Every entry is checked before the first byte is allocated or written.
-        self.sites = check_entries(pid, plans, journal, memory, arch, move_frames)
+        self.sites = check_entries(
+            target.pid, plans, journal, target.memory, target.arch, move_frames
+        )
         self.history = code_history(journal)
         # Nothing changes in the target unless the journal can be written.
         self.before = save_journal(journal)
@@ -212,10 +219,10 @@ class StagedReload:
         module = plan.module
         if module.path not in self.allocators:
             self.allocators[module.path] = ArenaAllocator(
-                self.pid,
-                self.journal,
+                self.target.pid,
+                self.target.journal,
                 module,
-                self.arch.jump_reach,
+                self.target.arch.jump_reach,
                 low_memory=not module.image.is_pie_or_shared,
             )
         return self.allocators[module.path]
@@ -229,7 +236,7 @@ class StagedReload:
             for plan, changes in zip(plans, self.reinits, strict=True):
                 images.append(allocate_and_link(self._allocator(plan), plan, bool(changes)))
             images[:] = link_across(plans, images)
-            self.writes = _entry_writes(self.sites, images, self.arch)
+            self.writes = _entry_writes(self.sites, images, self.target.arch)
             self.values = [
                 (change.bound.address or 0, plan.link_initial_value(change, image))
                 for plan, image, changes in zip(plans, images, self.reinits, strict=True)
@@ -237,38 +244,38 @@ class StagedReload:
             ]
             # 3. Write (code arenas are read+execute already: written through /proc/PID/mem).
             for image in images:
-                write_block(self.memory, image)
+                write_block(self.target.memory, image)
             if self.move_frames:  # matched while the program runs
                 self.mover = prepare_frame_mover(
-                    self.pid,
+                    self.target.pid,
                     plans,
                     images,
-                    self.journal,
-                    self.memory,
-                    self.arch,
-                    list(self.modules),
+                    self.target.journal,
+                    self.target.memory,
+                    self.target.arch,
+                    list(self.target.modules),
                 )
             # 4. Write ahead: the journal knows every jump before it is written.
-            stage_jumps(self.journal, self.writes)
-            _record(self.journal, plans, images)
-            save_journal(self.journal)
+            stage_jumps(self.target.journal, self.writes)
+            _record(self.target.journal, plans, images)
+            save_journal(self.target.journal)
 
     def switch(self) -> float | None:
         """Step 5: stop, check and write the entries and initial values (and move
         frames); when the jumps were written (``time.monotonic()``), None if none was."""
         with self._rollback_on_failure():
             if self.writes:
-                self.dead_code = DeadCodeCheck.for_reload(self.journal, self.pid)
+                self.dead_code = DeadCodeCheck.for_reload(self.target.journal, self.target.pid)
                 self.entries = write_entries(
-                    self.pid,
+                    self.target.pid,
                     self.writes,
-                    self.arch,
+                    self.target.arch,
                     self.mover,
                     self.values,
                     self.dead_code.inspect,
                 )
                 return self.entries.written_at
-            write_initial_values(self.pid, self.values)
+            write_initial_values(self.target.pid, self.values)
         return None
 
     def commit(self) -> None:
@@ -279,11 +286,11 @@ class StagedReload:
         from relive.patch.tooling import deregister_dead_code
 
         dead = self.dead_code.dead if self.dead_code is not None else []
-        freed, self.notices = deregister_dead_code(self.pid, self.journal, dead)
-        commit(self.journal)
-        record_code_sizes(self.journal, self.plans, self.images, self.history)
-        self.reclaimed = mark_reclaimed(self.journal, freed)
-        save_journal(self.journal)
+        freed, self.notices = deregister_dead_code(self.target.pid, self.target.journal, dead)
+        commit(self.target.journal)
+        record_code_sizes(self.target.journal, self.plans, self.images, self.history)
+        self.reclaimed = mark_reclaimed(self.target.journal, freed)
+        save_journal(self.target.journal)
 
     def publish(self) -> Applied:
         """Step 8 (threads running again): tools see the new code; what was done."""
@@ -291,7 +298,9 @@ class StagedReload:
         active = (
             []
             if entries is None
-            else _find_active(self.pid, plans, self.memory, self.arch, entries.positions)
+            else _find_active(
+                self.target.pid, plans, self.target.memory, self.target.arch, entries.positions
+            )
         )
         frames = None if entries is None else entries.frames
         if frames is not None:
@@ -301,7 +310,7 @@ class StagedReload:
 
         blocks = [(plan.source, image) for plan, image in zip(plans, self.images, strict=True)]
         notices = self.notices + publish_new_code(
-            self.pid, self.modules, self.journal, blocks, self.reclaimed
+            self.target.pid, self.target.modules, self.target.journal, blocks, self.reclaimed
         )
         stopped = 0.0 if entries is None else entries.stopped_seconds
         return Applied(self.images, stopped, active, notices, frames)
@@ -309,7 +318,13 @@ class StagedReload:
     def abandon(self) -> None:
         """Step 6: give the new blocks back and the journal its old contents (or,
         if some jumps made it into memory, commit those and keep their code)."""
-        _abandon(self.journal, self.memory, list(self.allocators.values()), self.before, self.emit)
+        _abandon(
+            self.target.journal,
+            self.target.memory,
+            list(self.allocators.values()),
+            self.before,
+            self.emit,
+        )
 
     @contextmanager
     def _rollback_on_failure(self) -> Iterator[None]:
