@@ -17,7 +17,15 @@ import relive
 from relive.cli.main import main
 from relive.patch.journal import journal_name, load_journal
 from relive.process.procfs import get_start_time
-from relive.statedir import StateDirError, find_state_dir, open_state_dir, scratch_dir
+from relive.statedir import (
+    StateDirError,
+    _exchange,
+    find_state_dir,
+    open_state_dir,
+    read_state_file,
+    scratch_dir,
+    write_state_file,
+)
 from support import (
     NOBODY,
     Target,
@@ -341,3 +349,21 @@ def test_exited_journals_are_swept_once_per_command_not_at_every_save(
     journals.save_journal(ours)
     assert not (state / gone).exists()
     assert (state / journal_name(me, ours.start_time)).exists()  # a live one stays
+
+
+def test_state_file_replaced_whole_leaving_no_temporary(state: Path) -> None:
+    """A state file is replaced by swapping the new file in (no flush on ext4) and
+    removing the old one: its name holds the new content, nothing else is left."""
+    write_state_file("a.json", b"first")
+    write_state_file("a.json", b"second")
+    assert read_state_file("a.json") == b"second"
+    assert os.listdir(state) == ["a.json"]
+    (state / "other").write_bytes(b"old")
+    (state / "new").write_bytes(b"new")
+    _, dir_fd = open_state_dir()
+    try:
+        if not _exchange("new", "other", dir_fd):
+            pytest.skip("this file system cannot exchange names (a plain rename is used)")
+    finally:
+        os.close(dir_fd)
+    assert (state / "other").read_bytes() == b"new" and (state / "new").read_bytes() == b"old"
