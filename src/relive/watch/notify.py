@@ -41,8 +41,12 @@ _COMPLETE = IN_CLOSE_WRITE | IN_MOVED_TO
 _HEADER = struct.Struct("iIII")  # wd, mask, cookie, len
 
 #: How long a burst waits after its last file completed, for the next file of
-#: the same save (an editor's "save all", a header and its unit).
-GRACE_S = 0.003
+#: the same save (an editor's "save all", a header and its unit).  Part of every
+#: save's latency; an editor writes the files of one save back to back (vim's
+#: ``:wa``: the next file's first event 0.1 ms after the last one's close, each
+#: file's own fsync falling inside its write, which keeps the burst open), so a
+#: millisecond is ample.  A file saved later is reloaded by a reload of its own.
+GRACE_S = 0.001
 
 
 class Notifier:
