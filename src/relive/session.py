@@ -53,7 +53,7 @@ from relive.patch.planning import (
     reroute_too_small,
 )
 from relive.patch.selection import check_selected, still_patched_from
-from relive.patch.transaction import ReloadTarget, StagedReload, held_signals, undo_patches
+from relive.patch.transaction import AttachedProcess, StagedReload, held_signals, undo_patches
 from relive.process.memory import ProcessMemory
 from relive.process.permissions import find_other_user
 from relive.process.procfs import check_alive, get_tgid
@@ -228,8 +228,8 @@ class Session:
                 return
             for plan in plans:
                 reroute_too_small(plan, ctx)
-            target = ReloadTarget(self.pid, journal, memory, arch, modules)
-            staged = StagedReload(target, plans, reinits, self.emit, options.move_frames)
+            process = AttachedProcess(self.pid, journal, memory, arch, modules)
+            staged = StagedReload(process, plans, reinits, self.emit, options.move_frames)
             yield Step.STAGED
             staged.load()
             try:

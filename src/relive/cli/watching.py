@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+from dataclasses import replace
 
 import relive
 from relive.cli.render import WATCH_QUIET, Renderer
@@ -27,19 +28,23 @@ def attach_with_progress(pid: int, on_event: EventSink) -> relive.Session:
     return relive.attach(pid, on_event, progress=True)
 
 
-def watch_process(args: argparse.Namespace, out: Renderer, cflags: list[str] | None) -> int:
-    """``relive watch``: reload the sources of running processes on save."""
-    pids = resolve_pids(args.pid, args.name, args.every)
-    options = WatchOptions(
+def _watch_options(args: argparse.Namespace, cflags: list[str] | None) -> WatchOptions:
+    """The options ``watch`` and ``run`` share, as parsed."""
+    return WatchOptions(
         cflags=cflags,
         compdb=args.compdb,
         trust_build=args.trust_build,
         move_frames=args.move_frames,
         step_ms=args.debounce,
-        undo_on_exit=args.undo_on_exit,
         reinit=args.reinit,
         allow_layout_change=args.allow_layout_change,
     )
+
+
+def watch_process(args: argparse.Namespace, out: Renderer, cflags: list[str] | None) -> int:
+    """``relive watch``: reload the sources of running processes on save."""
+    pids = resolve_pids(args.pid, args.name, args.every)
+    options = replace(_watch_options(args, cflags), undo_on_exit=args.undo_on_exit)
     if not args.verbose:
         out.hide(WATCH_QUIET)
     discover = follow_executable(pids[0]) if args.every else None
@@ -87,16 +92,8 @@ def run_program(args: argparse.Namespace, out: Renderer, cflags: list[str] | Non
         out.hide(WATCH_QUIET)
     program = ChildProgram(argv, own_group=trigger in TERMINAL_SIGNALS)
     out(ProcessStarted(program.pid, argv))
-    options = WatchOptions(
-        cflags=cflags,
-        compdb=args.compdb,
-        trust_build=args.trust_build,
-        move_frames=args.move_frames,
-        step_ms=args.debounce,
-        trigger=trigger.name if trigger else "save",
-        poll_ms=100,
-        reinit=args.reinit,
-        allow_layout_change=args.allow_layout_change,
+    options = replace(
+        _watch_options(args, cflags), trigger=trigger.name if trigger else "save", poll_ms=100
     )
     try:
         watcher = Watcher(

@@ -102,7 +102,7 @@ class Applied:
 
 
 @dataclass(frozen=True)
-class ReloadTarget:
+class AttachedProcess:
     """The process a reload transaction changes, as the session attached it."""
 
     pid: int
@@ -126,7 +126,7 @@ def held_signals() -> Iterator[None]:
 
 
 def apply_reload(
-    target: ReloadTarget,
+    process: AttachedProcess,
     plans: list[ReloadPlan],
     reinits: list[list[DataChange]],
     emit: EventSink,
@@ -139,7 +139,7 @@ def apply_reload(
     frames running the old code move to the new code where that is provably
     safe (``patch.frames``).
     """
-    staged = StagedReload(target, plans, reinits, emit, move_frames)
+    staged = StagedReload(process, plans, reinits, emit, move_frames)
     with held_signals():
         staged.load()
         staged.switch()
@@ -186,18 +186,18 @@ class StagedReload:
 
     def __init__(
         self,
-        target: ReloadTarget,
+        process: AttachedProcess,
         plans: list[ReloadPlan],
         reinits: list[list[DataChange]],
         emit: EventSink,
         move_frames: bool = False,
     ) -> None:
-        self.target, self.plans, self.reinits, self.emit = target, plans, reinits, emit
+        self.process, self.plans, self.reinits, self.emit = process, plans, reinits, emit
         self.move_frames = move_frames
-        journal = target.journal
+        journal = process.journal
         # 1. Every entry is checked before the first byte is allocated or written.
         self.sites = check_entries(
-            target.pid, plans, journal, target.memory, target.arch, move_frames
+            process.pid, plans, journal, process.memory, process.arch, move_frames
         )
         self.history = code_history(journal)
         # Nothing changes in the target unless the journal can be written.
@@ -219,10 +219,10 @@ class StagedReload:
         module = plan.module
         if module.path not in self.allocators:
             self.allocators[module.path] = ArenaAllocator(
-                self.target.pid,
-                self.target.journal,
+                self.process.pid,
+                self.process.journal,
                 module,
-                self.target.arch.jump_reach,
+                self.process.arch.jump_reach,
                 low_memory=not module.image.is_pie_or_shared,
             )
         return self.allocators[module.path]
@@ -236,7 +236,7 @@ class StagedReload:
             for plan, changes in zip(plans, self.reinits, strict=True):
                 images.append(allocate_and_link(self._allocator(plan), plan, bool(changes)))
             images[:] = link_across(plans, images)
-            self.writes = _entry_writes(self.sites, images, self.target.arch)
+            self.writes = _entry_writes(self.sites, images, self.process.arch)
             self.values = [
                 (change.bound.address or 0, plan.link_initial_value(change, image))
                 for plan, image, changes in zip(plans, images, self.reinits, strict=True)
@@ -244,38 +244,38 @@ class StagedReload:
             ]
             # 3. Write (code arenas are read+execute already: written through /proc/PID/mem).
             for image in images:
-                write_block(self.target.memory, image)
+                write_block(self.process.memory, image)
             if self.move_frames:  # matched while the program runs
                 self.mover = prepare_frame_mover(
-                    self.target.pid,
+                    self.process.pid,
                     plans,
                     images,
-                    self.target.journal,
-                    self.target.memory,
-                    self.target.arch,
-                    list(self.target.modules),
+                    self.process.journal,
+                    self.process.memory,
+                    self.process.arch,
+                    list(self.process.modules),
                 )
             # 4. Write ahead: the journal knows every jump before it is written.
-            stage_jumps(self.target.journal, self.writes)
-            _record(self.target.journal, plans, images)
-            save_journal(self.target.journal)
+            stage_jumps(self.process.journal, self.writes)
+            _record(self.process.journal, plans, images)
+            save_journal(self.process.journal)
 
     def switch(self) -> float | None:
         """Step 5: stop, check and write the entries and initial values (and move
         frames); when the jumps were written (``time.monotonic()``), None if none was."""
         with self._rollback_on_failure():
             if self.writes:
-                self.dead_code = DeadCodeCheck.for_reload(self.target.journal, self.target.pid)
+                self.dead_code = DeadCodeCheck.for_reload(self.process.journal, self.process.pid)
                 self.entries = write_entries(
-                    self.target.pid,
+                    self.process.pid,
                     self.writes,
-                    self.target.arch,
+                    self.process.arch,
                     self.mover,
                     self.values,
                     self.dead_code.inspect,
                 )
                 return self.entries.written_at
-            write_initial_values(self.target.pid, self.values)
+            write_initial_values(self.process.pid, self.values)
         return None
 
     def commit(self) -> None:
@@ -286,11 +286,11 @@ class StagedReload:
         from relive.patch.tooling import deregister_dead_code
 
         dead = self.dead_code.dead if self.dead_code is not None else []
-        freed, self.notices = deregister_dead_code(self.target.pid, self.target.journal, dead)
-        commit(self.target.journal)
-        record_code_sizes(self.target.journal, self.plans, self.images, self.history)
-        self.reclaimed = mark_reclaimed(self.target.journal, freed)
-        save_journal(self.target.journal)
+        freed, self.notices = deregister_dead_code(self.process.pid, self.process.journal, dead)
+        commit(self.process.journal)
+        record_code_sizes(self.process.journal, self.plans, self.images, self.history)
+        self.reclaimed = mark_reclaimed(self.process.journal, freed)
+        save_journal(self.process.journal)
 
     def publish(self) -> Applied:
         """Step 8 (threads running again): tools see the new code; what was done."""
@@ -299,7 +299,7 @@ class StagedReload:
             []
             if entries is None
             else _find_active(
-                self.target.pid, plans, self.target.memory, self.target.arch, entries.positions
+                self.process.pid, plans, self.process.memory, self.process.arch, entries.positions
             )
         )
         frames = None if entries is None else entries.frames
@@ -310,7 +310,7 @@ class StagedReload:
 
         blocks = [(plan.source, image) for plan, image in zip(plans, self.images, strict=True)]
         notices = self.notices + publish_new_code(
-            self.target.pid, self.target.modules, self.target.journal, blocks, self.reclaimed
+            self.process.pid, self.process.modules, self.process.journal, blocks, self.reclaimed
         )
         stopped = 0.0 if entries is None else entries.stopped_seconds
         return Applied(self.images, stopped, active, notices, frames)
@@ -319,8 +319,8 @@ class StagedReload:
         """Step 6: give the new blocks back and the journal its old contents (or,
         if some jumps made it into memory, commit those and keep their code)."""
         _abandon(
-            self.target.journal,
-            self.target.memory,
+            self.process.journal,
+            self.process.memory,
             list(self.allocators.values()),
             self.before,
             self.emit,
