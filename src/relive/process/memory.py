@@ -14,10 +14,9 @@ import os
 import sys
 from collections.abc import Sequence
 from itertools import pairwise
-from types import TracebackType
 
 from relive.elf.constants import PAGE_SIZE
-from relive.errors import PermissionDenied, ProcessGone, ReliveError
+from relive.errors import ProcessGone, ReliveError
 from relive.process import procfs, ptrace
 
 #: errnos of a /proc/PID/mem write the kernel refused for this address, where
@@ -75,20 +74,12 @@ class ProcessMemory:
             # root: that is "gone", not "not permitted".
             if not procfs.is_alive(pid):
                 raise ProcessGone(f"no such process: {pid}") from None
-            raise PermissionDenied(
-                f"cannot open the memory of process {pid}: permission denied",
-                hint="run relive as the process's user or as root",
-            ) from exc
+            raise procfs.permission_denied(f"open the memory of process {pid}") from exc
 
     def __enter__(self) -> ProcessMemory:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()
 
     def close(self) -> None:

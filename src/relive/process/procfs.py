@@ -59,6 +59,13 @@ def _gone(pid: int) -> ProcessGone:
     return ProcessGone(f"no such process: {pid}", hint=_GONE_HINT)
 
 
+def permission_denied(action: str) -> PermissionDenied:
+    """The error for what another user's process refuses to relive: ``cannot ACTION``."""
+    return PermissionDenied(
+        f"cannot {action}: permission denied", hint="run relive as the process's user or as root"
+    )
+
+
 def _read_file(path: str) -> str:
     """A /proc file's text, read with plain system calls (pathlib and text I/O cost
     more than the read itself for these small files)."""
@@ -79,10 +86,7 @@ def _read_text(pid: int, name: str) -> str:
     except (FileNotFoundError, ProcessLookupError):
         raise _gone(pid) from None
     except PermissionError as exc:
-        raise PermissionDenied(
-            f"cannot read /proc/{pid}/{name}: permission denied",
-            hint="run relive as the process's user or as root",
-        ) from exc
+        raise permission_denied(f"read /proc/{pid}/{name}") from exc
 
 
 def parse_maps_line(line: str) -> Mapping:
@@ -150,10 +154,7 @@ def get_exe_path(pid: int) -> str:
     except (FileNotFoundError, ProcessLookupError):
         raise _gone(pid) from None
     except PermissionError as exc:
-        raise PermissionDenied(
-            f"cannot read the executable of process {pid}: permission denied",
-            hint="run relive as the process's user or as root",
-        ) from exc
+        raise permission_denied(f"read the executable of process {pid}") from exc
 
 
 def read_status(pid: int) -> dict[str, str]:

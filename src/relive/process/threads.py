@@ -33,7 +33,6 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
-from types import TracebackType
 
 from relive.arch import host_registers
 from relive.arch.base import RegisterBlock
@@ -133,12 +132,7 @@ class StoppedProcess:
     def __enter__(self) -> StoppedProcess:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.release()
 
     # -- public API -------------------------------------------------------
