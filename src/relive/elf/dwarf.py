@@ -213,6 +213,20 @@ class _Section(NamedTuple):
             raise _Malformed("a string is not terminated")
         return bytes(self.buf[start:end]), end - self.base + 1
 
+    def attribute_specs(self, pos: int) -> tuple[list[tuple[int, int, int]], int]:
+        """The (attribute, form, implicit constant) triples of the abbreviation whose
+        list starts at ``pos`` (it ends with a (0, 0) pair), and the position after it."""
+        specs: list[tuple[int, int, int]] = []
+        while True:
+            attr, pos = self.uleb(pos)
+            form, pos = self.uleb(pos)
+            if attr == 0 and form == 0:
+                return specs, pos
+            implicit = 0
+            if form == _FORM_IMPLICIT_CONST:
+                implicit, pos = self.sleb(pos)
+            specs.append((attr, form, implicit))
+
 
 _EMPTY = _Section(b"", 0, 0, {})
 
@@ -408,17 +422,7 @@ class _Reader:
                 pos = -1
                 continue
             tag, pos = section.uleb(pos)
-            pos += 1  # DW_CHILDREN_yes/no
-            specs: list[tuple[int, int, int]] = []
-            while True:
-                attr, pos = section.uleb(pos)
-                form, pos = section.uleb(pos)
-                if attr == 0 and form == 0:
-                    break
-                implicit = 0
-                if form == _FORM_IMPLICIT_CONST:
-                    implicit, pos = section.sleb(pos)
-                specs.append((attr, form, implicit))
+            specs, pos = section.attribute_specs(pos + 1)  # after DW_CHILDREN_yes/no
             table[entry] = (tag, specs)
         self._abbrev_ends[offset] = pos
         return table[code]

@@ -822,17 +822,7 @@ class DwarfFile:
                 break
             tag, pos = section.uleb(pos)
             children = section.uint(pos, 1) == 1
-            pos += 1
-            specs: list[tuple[int, int, int]] = []
-            while True:
-                attr, pos = section.uleb(pos)
-                form, pos = section.uleb(pos)
-                if attr == 0 and form == 0:
-                    break
-                implicit = 0
-                if form == _FORM_IMPLICIT_CONST:
-                    implicit, pos = section.sleb(pos)
-                specs.append((attr, form, implicit))
+            specs, pos = section.attribute_specs(pos + 1)
             table[code] = (tag, children, specs)
         self._abbrev_tables[offset] = table
         return table
