@@ -22,28 +22,14 @@ from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from relive.elf.dwarf_types import (
-    AT_ABSTRACT_ORIGIN,
-    AT_LOCATION,
-    AT_SPECIFICATION,
-    TAG_LEXICAL_BLOCK,
-    TAG_SUBPROGRAM,
-    TAG_VARIABLE,
-    Die,
-    Malformed,
-    TypeUnit,
-    open_dwarf,
-)
+from relive.elf.dwarf_statics import iter_function_statics
+from relive.elf.dwarf_types import Malformed, TypeUnit, open_dwarf
 from relive.elf.objfile import ObjectFile
 from relive.errors import BadObject
 
 #: gcc names a function-local static ``name.N``.
 GCC_STATIC_SUFFIX = re.compile(r"\.\d+$")
-#: DW_OP_addr: a variable at a fixed address (the operand is the address).
-_DW_OP_ADDR = 0x03
 _P = TypeVar("_P", bound=Hashable)
-_FUNCTION_TAGS = frozenset({TAG_SUBPROGRAM})
-_NESTED_TAGS = frozenset({TAG_LEXICAL_BLOCK, TAG_VARIABLE})
 
 
 @dataclass(frozen=True)
@@ -116,46 +102,11 @@ def _iter_statics(
     A static listed twice (in an abstract instance and a concrete one) is one
     static: the ordinal counts distinct places, in the order the DWARF lists them."""
     seen: dict[tuple[str, str], list[_P]] = {}
-    for function in unit.children(unit.top_die(), _FUNCTION_TAGS, keep=False):
-        function_name = _name(unit, function)
-        if function_name is None:
+    for static in iter_function_statics(unit):
+        where = place(static.location, static.operand)
+        if where is None:
             continue
-        for die in _nested_variables(unit, function):
-            location = die.attrs.get(AT_LOCATION)
-            name = _name(unit, die)
-            if (
-                name is None
-                or not isinstance(location, bytes)
-                or len(location) != 1 + unit.unit.address_size
-                or location[0] != _DW_OP_ADDR
-            ):
-                continue
-            at = unit.block_at(die, AT_LOCATION)
-            where = place(location, None if at is None else at + 1)
-            if where is None:
-                continue
-            places = seen.setdefault((function_name, name), [])
-            if where not in places:
-                places.append(where)
-                yield StaticScope(function_name, name, len(places) - 1), where
-
-
-def _nested_variables(unit: TypeUnit, block: Die) -> Iterator[Die]:
-    for child in unit.children(block, _NESTED_TAGS, keep=False):
-        if child.tag == TAG_VARIABLE:
-            yield child
-        else:
-            yield from _nested_variables(unit, child)
-
-
-def _name(unit: TypeUnit, die: Die) -> str | None:
-    """A DIE's name, or its origin's (an out-of-line instance of an inlined function)."""
-    for _ in range(3):
-        name = die.name()
-        if name is not None:
-            return name
-        origin = die.ref(AT_ABSTRACT_ORIGIN) or die.ref(AT_SPECIFICATION)
-        if origin is None:
-            return None
-        die = unit.die(origin)
-    return None
+        places = seen.setdefault((static.function, static.name), [])
+        if where not in places:
+            places.append(where)
+            yield StaticScope(static.function, static.name, len(places) - 1), where
