@@ -252,16 +252,22 @@ def wait_until(
         delay = min(delay * 2, 0.05)
 
 
-def wait_reading_stdin(target: Target) -> None:
+def wait_reading_stdin(target: Target, any_thread: bool = False) -> None:
     """Wait until ``target`` is blocked reading its stdin: its ``main`` runs, so the
     dynamic loader has mapped every library (a reload right after ``spawn`` may
-    find the process still inside ``execve`` or the loader)."""
+    find the process still inside ``execve`` or the loader).  With ``any_thread``,
+    until any of its threads (those it has now) is."""
+    pid = target.pid
+    tids = os.listdir(f"/proc/{pid}/task") if any_thread else [str(pid)]
 
     def reading() -> bool:
-        fields = Path(f"/proc/{target.pid}/syscall").read_text().split()
-        return fields[:2] == ["0", "0x0"]  # read(0, ...); the loader reads fd 3 and up
+        for tid in tids:
+            fields = Path(f"/proc/{pid}/task/{tid}/syscall").read_text().split()
+            if fields[:2] == ["0", "0x0"]:  # read(0, ...); the loader reads fd 3 and up
+                return True
+        return False
 
-    wait_until(reading, what=f"pid {target.pid} reads its stdin")
+    wait_until(reading, what=f"pid {pid} reads its stdin")
 
 
 def children(pid: int) -> set[int]:
@@ -324,6 +330,13 @@ def save_by_rename(path: Path, text: str) -> None:
 
 
 # --- editing sources, reloading, checking a refused reload changed nothing ----------
+
+
+def read_memory(pid: int, address: int, size: int) -> bytes:
+    """``size`` bytes of process ``pid``'s memory at ``address`` (through /proc/PID/mem)."""
+    with open(f"/proc/{pid}/mem", "rb") as mem:
+        mem.seek(address)
+        return mem.read(size)
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -453,3 +466,91 @@ def assert_untouched(target: Target) -> None:
     assert not (journal.regions or journal.arenas or journal.blocks)  # nothing allocated
     state = Path(f"/proc/{target.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     assert state in "RS"
+
+
+# --- programs around value(x): one function reloaded again and again -----------------
+
+#: The main() of a program that defines ``int value(int x)`` (and includes <stdio.h> and
+#: <unistd.h>): prints "value N", N = value(0), every 2 ms.
+VALUE_LOOP_MAIN = r"""
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { printf("value %d\n", value(0)); usleep(2000); }
+}
+"""
+
+#: The same, with a thread that prints "worker N", N = value(1), in a loop (the program
+#: includes <pthread.h> and links with -pthread).
+VALUE_WORKER_MAIN = r"""
+static void *worker(void *arg) {
+    for (;;) printf("worker %d\n", value(1));
+    return arg;
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    pthread_t thread;
+    pthread_create(&thread, NULL, worker, NULL);
+    for (;;) { printf("value %d\n", value(0)); usleep(2000); }
+}
+"""
+
+#: value(0) through a switch whose jump table holds addresses in the function (with
+#: PIE, offsets in .rodata; without, absolute addresses); value(0) is 1, as in the others.
+SWITCHING = (
+    r"""
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((noinline)) int value(int x) {
+    switch (x) {
+    case 0: return x + 1;
+    case 1: return 7;
+    case 2: return 11;
+    case 3: return 13;
+    case 4: return 17;
+    case 5: return 19;
+    default: return 23;
+    }
+}
+"""
+    + VALUE_LOOP_MAIN
+)
+
+#: ``has_input()``: whether a byte came on stdin (then read), without waiting (the
+#: program includes <poll.h> and <unistd.h>).
+HAS_INPUT = r"""
+static int has_input(void) {
+    struct pollfd in = {.fd = 0, .events = POLLIN};
+    char c;
+    return poll(&in, 1, 0) == 1 && read(0, &c, 1) == 1;
+}
+"""
+
+
+def start_value_program(
+    tmp_path: Path,
+    spawn: SpawnFactory,
+    program: str,
+    *argv: str,
+    stdin_pipe: bool = False,
+    **build: Any,
+) -> tuple[Target, Path]:
+    """Build ``program`` (``compile_c`` options in ``build``), start it with ``argv`` and
+    wait for its "value 1": the target and its source, ``prog.c``."""
+    exe = compile_c(tmp_path, program, **build)
+    target = spawn([exe, *argv], stdin_pipe=stdin_pipe)
+    target.wait_for(r"^value 1$")
+    return target, tmp_path / "prog.c"
+
+
+def set_value(source: Path, n: int) -> None:
+    """Make ``value(x)`` in ``source`` return ``x + n``."""
+    text = source.read_text()
+    start = text.index(" x + ", text.index("int value(")) + len(" x + ")
+    source.write_text(text[:start] + str(n) + text[text.index(";", start) :])
+
+
+def reload_value(target: Target, source: Path, n: int, **options: Any) -> None:
+    """``set_value`` and reload (``Session.reload`` options); wait for "value N"."""
+    set_value(source, n)
+    reload(target.pid, source, **options)
+    target.wait_for(rf"^value {n}$", after=target.mark())

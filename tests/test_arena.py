@@ -13,51 +13,42 @@ from pathlib import Path
 
 import relive
 from relive.patch.journal import LoadedBlock, journal_path, load_journal, save_journal
-from support import SpawnFactory, Target, compile_c, reload, wait_reading_stdin
+from support import (
+    SWITCHING,
+    VALUE_LOOP_MAIN,
+    VALUE_WORKER_MAIN,
+    SpawnFactory,
+    Target,
+    compile_c,
+    read_memory,
+    reload,
+    reload_value,
+    set_value,
+    start_value_program,
+    wait_reading_stdin,
+)
 
-PROG = r"""
+PROG = (
+    r"""
 #include <stdio.h>
 #include <unistd.h>
 __attribute__((noinline)) int value(int x) { return x + 1; }
-int main(void) {
-    setvbuf(stdout, NULL, _IONBF, 0);
-    for (int i = 0;; i++) { printf("value %d\n", value(0)); usleep(2000); }
-}
 """
+    + VALUE_LOOP_MAIN
+)
 
 
 def map_count(pid: int) -> int:
     return len(Path(f"/proc/{pid}/maps").read_text().splitlines())
 
 
-def set_value(source: Path, n: int) -> None:
-    text = source.read_text()
-    start = text.index(" x + ", text.index("int value(")) + len(" x + ")
-    source.write_text(text[:start] + str(n) + text[text.index(";", start) :])
-
-
 def start(tmp_path: Path, spawn: SpawnFactory) -> tuple[Target, Path]:
-    exe = compile_c(tmp_path, PROG)
-    target = spawn([exe])
-    target.wait_for(r"^value 1$")
-    return target, tmp_path / "prog.c"
-
-
-def reload_value(target: Target, source: Path, n: int) -> None:
-    set_value(source, n)
-    reload(target.pid, source)
-    target.wait_for(rf"^value {n}$", after=target.mark())
+    return start_value_program(tmp_path, spawn, PROG)
 
 
 def original_entry(target: Target) -> tuple[int, bytes]:
     [patch] = load_journal(target.pid).patches.values()
     return patch.entry, bytes.fromhex(patch.original)
-
-
-def read(pid: int, address: int, size: int) -> bytes:
-    with open(f"/proc/{pid}/mem", "rb") as mem:
-        mem.seek(address)
-        return mem.read(size)
 
 
 def test_reloads_share_two_arenas_and_no_page_is_writable_and_executable(
@@ -157,7 +148,7 @@ def test_an_old_journal_with_regions_only_still_loads_and_undoes(
     assert [p.name for p in relive.attach(target.pid).status()] == ["value"]
     relive.attach(target.pid).undo()
     target.wait_for(r"^value 1$", after=target.mark())
-    assert read(target.pid, address, len(original)) == original
+    assert read_memory(target.pid, address, len(original)) == original
 
 
 def live_code(pid: int) -> list[tuple[int, int]]:
@@ -189,7 +180,8 @@ def patch_key(target: Target) -> str:
     return key
 
 
-PARKING_PROG = r"""
+PARKING_PROG = (
+    r"""
 #include <pthread.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -199,26 +191,17 @@ __attribute__((noinline)) int value(int x) {
     if (x) read(fd, &c, 1);  /* the worker waits here: inside this version */
     return x + 1;
 }
-static void *worker(void *arg) {
-    for (;;) printf("worker %d\n", value(1));
-    return arg;
-}
-int main(void) {
-    setvbuf(stdout, NULL, _IONBF, 0);
-    pthread_t thread;
-    pthread_create(&thread, NULL, worker, NULL);
-    for (;;) { printf("value %d\n", value(0)); usleep(2000); }
-}
 """
+    + VALUE_WORKER_MAIN
+)
 
 
 def test_a_thread_parked_in_old_code_keeps_it_until_it_leaves(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
-    exe = compile_c(tmp_path, PARKING_PROG, link_flags=("-pthread",))
-    target = spawn([exe], stdin_pipe=True)
-    target.wait_for(r"^value 1$")
-    source = tmp_path / "prog.c"
+    target, source = start_value_program(
+        tmp_path, spawn, PARKING_PROG, stdin_pipe=True, link_flags=("-pthread",)
+    )
 
     def reload_no_move(n: int) -> list[bool]:
         set_value(source, n)
@@ -239,25 +222,21 @@ def test_a_thread_parked_in_old_code_keeps_it_until_it_leaves(
     assert target.alive()
 
 
-ESCAPING = r"""
+ESCAPING = (
+    r"""
 #include <stdio.h>
 #include <unistd.h>
 void *volatile where;
 __attribute__((noinline)) int value(int x) { return x + 1; }
-int main(void) {
-    setvbuf(stdout, NULL, _IONBF, 0);
-    for (;;) { printf("value %d\n", value(0)); usleep(2000); }
-}
 """
+    + VALUE_LOOP_MAIN
+)
 
 
 def test_code_whose_address_was_taken_is_never_reclaimed(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
-    exe = compile_c(tmp_path, ESCAPING)
-    target = spawn([exe])
-    target.wait_for(r"^value 1$")
-    source = tmp_path / "prog.c"
+    target, source = start_value_program(tmp_path, spawn, ESCAPING)
     # A label's address, stored where the program can keep it: the code escapes.
     source.write_text(
         ESCAPING.replace(
@@ -288,7 +267,7 @@ def test_undo_after_many_reloads_restores_the_original_and_leaves_no_arena(
     address, original = original_entry(target)
     relive.attach(target.pid).undo()
     target.wait_for(r"^value 1$", after=target.mark())
-    assert read(target.pid, address, len(original)) == original
+    assert read_memory(target.pid, address, len(original)) == original
     journal = load_journal(target.pid)
     assert journal.arenas == [] and journal.blocks == []
     assert map_count(target.pid) == maps
@@ -338,7 +317,8 @@ def test_a_forked_child_never_reuses_what_it_inherited(tmp_path: Path, spawn: Sp
     assert [row.name for row in relive.attach(parent.pid).status()] == ["value"]
 
 
-UNWINDING = r"""
+UNWINDING = (
+    r"""
 #include <execinfo.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -349,11 +329,9 @@ __attribute__((noinline)) int value(int x) {
     if (backtrace(frames, 16) <= 2) return -1;
     return x + 1;
 }
-int main(void) {
-    setvbuf(stdout, NULL, _IONBF, 0);
-    for (;;) { printf("value %d\n", value(0)); usleep(2000); }
-}
 """
+    + VALUE_LOOP_MAIN
+)
 
 
 def test_reclaimed_code_leaves_the_programs_unwinder_exact(
@@ -361,10 +339,7 @@ def test_reclaimed_code_leaves_the_programs_unwinder_exact(
 ) -> None:
     from relive.patch.debugfiles import list_debug_objects
 
-    exe = compile_c(tmp_path, UNWINDING)
-    target = spawn([exe])
-    target.wait_for(r"^value 1$")
-    source = tmp_path / "prog.c"
+    target, source = start_value_program(tmp_path, spawn, UNWINDING)
     for n in range(2, 9):
         set_value(source, n)
         before = target.mark()
@@ -391,34 +366,10 @@ def test_reclaimed_code_leaves_the_programs_unwinder_exact(
     assert target.alive() and load_journal(target.pid).arenas == []
 
 
-SWITCHING = r"""
-#include <stdio.h>
-#include <unistd.h>
-__attribute__((noinline)) int value(int x) {
-    switch (x) {  /* a jump table: its entries hold addresses in the function */
-    case 0: return x + 1;
-    case 1: return 7;
-    case 2: return 11;
-    case 3: return 13;
-    case 4: return 17;
-    case 5: return 19;
-    default: return 23;
-    }
-}
-int main(void) {
-    setvbuf(stdout, NULL, _IONBF, 0);
-    for (;;) { printf("value %d\n", value(0)); usleep(2000); }
-}
-"""
-
-
 def test_a_jump_table_does_not_keep_code_from_being_reclaimed(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
-    exe = compile_c(tmp_path, SWITCHING)  # -O0: a jump table in .rodata
-    target = spawn([exe])
-    target.wait_for(r"^value 1$")
-    source = tmp_path / "prog.c"
+    target, source = start_value_program(tmp_path, spawn, SWITCHING)  # -O0: a jump table
     for n in (2, 3, 4):
         reload_value(target, source, n)
     blocks = load_journal(target.pid).blocks

@@ -14,8 +14,21 @@ from pathlib import Path
 
 import pytest
 
+import support
 from relive.patch.journal import load_journal
-from support import SpawnFactory, Target, compile_c, fork_child, reload, wait_until
+from support import (
+    HAS_INPUT,
+    SWITCHING,
+    VALUE_WORKER_MAIN,
+    SpawnFactory,
+    Target,
+    fork_child,
+    read_memory,
+    reload,
+    set_value,
+    start_value_program,
+    wait_reading_stdin,
+)
 
 HELD_SIGNAL = r"""
 #include <pthread.h>
@@ -58,42 +71,20 @@ int main(void) {
 """
 
 
-def set_value(source: Path, n: int) -> None:
-    text = source.read_text()
-    start = text.index(" x + ", text.index("int value(")) + len(" x + ")
-    source.write_text(text[:start] + str(n) + text[text.index(";", start) :])
-
-
 def reload_value(target: Target, source: Path, n: int) -> None:
-    set_value(source, n)
-    reload(target.pid, source, move_frames=False)
-    target.wait_for(rf"^value {n}$", after=target.mark())
+    """The frames stay where they are: the program keeps its way back into old code."""
+    support.reload_value(target, source, n, move_frames=False)
 
 
-def wait_in_read(target: Target, tid: int | None = None) -> None:
-    """Until a thread of ``target`` (``tid``, or any) is blocked in read(0, ...)."""
-    tids = [tid] if tid else [int(t.name) for t in Path(f"/proc/{target.pid}/task").iterdir()]
-
-    def reading() -> bool:
-        for t in tids:
-            fields = Path(f"/proc/{target.pid}/task/{t}/syscall").read_text().split()
-            if fields[:2] == ["0", "0x0"]:
-                return True
-        return False
-
-    wait_until(reading, what=f"pid {target.pid} reads its stdin")
+def wait_in_read(target: Target) -> None:
+    """Until a thread of ``target`` is blocked in read(0, ...)."""
+    wait_reading_stdin(target, any_thread=True)
 
 
 def newest_code(target: Target) -> tuple[int, bytes]:
     """Where the last reload's code is, and its bytes."""
     address, size = load_journal(target.pid).blocks[-1].code
-    return address, read(target.pid, address, size)
-
-
-def read(pid: int, address: int, size: int) -> bytes:
-    with open(f"/proc/{pid}/mem", "rb") as mem:
-        mem.seek(address)
-        return mem.read(size)
+    return address, read_memory(target.pid, address, size)
 
 
 def intact(target: Target, code: tuple[int, bytes]) -> bool:
@@ -101,7 +92,7 @@ def intact(target: Target, code: tuple[int, bytes]) -> bool:
     address, data = code
     blocks = load_journal(target.pid).blocks
     free = not any(b.code[0] == address and not b.reclaimed for b in blocks)
-    return not free and read(target.pid, address, len(data)) == data
+    return not free and read_memory(target.pid, address, len(data)) == data
 
 
 def supersede(target: Target, source: Path, first: int, last: int) -> None:
@@ -119,10 +110,9 @@ def test_a_frame_under_a_handler_on_an_alternate_stack_keeps_its_code(
     program = HELD_SIGNAL
     if where == "itself":
         program = program.replace("if (x) spin();", "if (x) { armed = 1; while (!released) ; }")
-    exe = compile_c(tmp_path, program, link_flags=("-pthread",))
-    target = spawn([exe], stdin_pipe=True)
-    target.wait_for(r"^value 1$")
-    source = tmp_path / "prog.c"
+    target, source = start_value_program(
+        tmp_path, spawn, program, stdin_pipe=True, link_flags=("-pthread",)
+    )
     wait_in_read(target)
     reload_value(target, source, 2)
     held = newest_code(target)
@@ -138,7 +128,8 @@ def test_a_frame_under_a_handler_on_an_alternate_stack_keeps_its_code(
     assert target.alive()
 
 
-COROUTINE = r"""
+COROUTINE = (
+    r"""
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -155,11 +146,9 @@ static void coroutine(void) {
     printf("coroutine %d\n", value(1));
     yield();
 }
-static int has_input(void) {
-    struct pollfd in = {.fd = 0, .events = POLLIN};
-    char c;
-    return poll(&in, 1, 0) == 1 && read(0, &c, 1) == 1;
-}
+"""
+    + HAS_INPUT
+    + r"""
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
     size_t size = 1 << 16;
@@ -177,13 +166,11 @@ int main(int argc, char **argv) {
     }
 }
 """
+)
 
 
 def run_suspended_coroutine(tmp_path: Path, spawn: SpawnFactory, *argv: str) -> None:
-    exe = compile_c(tmp_path, COROUTINE)
-    target = spawn([exe, *argv], stdin_pipe=True)
-    target.wait_for(r"^value 1$")
-    source = tmp_path / "prog.c"
+    target, source = start_value_program(tmp_path, spawn, COROUTINE, *argv, stdin_pipe=True)
     reload_value(target, source, 2)
     held = newest_code(target)
     target.write(b"s")  # the coroutine enters value() v2 and yields from inside it
@@ -210,7 +197,8 @@ def test_a_coroutine_suspended_on_a_mapped_stack_keeps_its_code(
     run_suspended_coroutine(tmp_path, spawn, "mmap")
 
 
-RETURN_ADDRESS = r"""
+RETURN_ADDRESS = (
+    r"""
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
@@ -225,11 +213,9 @@ __attribute__((noinline)) int value(int x) {
     if (x) note();
     return x + 1;
 }
-static int has_input(void) {
-    struct pollfd in = {.fd = 0, .events = POLLIN};
-    char c;
-    return poll(&in, 1, 0) == 1 && read(0, &c, 1) == 1;
-}
+"""
+    + HAS_INPUT
+    + r"""
 int main(void) {
     setvbuf(stdout, NULL, _IONBF, 0);
     for (int noted = 0;;) {
@@ -242,15 +228,13 @@ int main(void) {
     }
 }
 """
+)
 
 
 def test_a_return_address_the_program_stored_keeps_its_code(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
-    exe = compile_c(tmp_path, RETURN_ADDRESS)
-    target = spawn([exe], stdin_pipe=True)
-    target.wait_for(r"^value 1$")
-    source = tmp_path / "prog.c"
+    target, source = start_value_program(tmp_path, spawn, RETURN_ADDRESS, stdin_pipe=True)
     reload_value(target, source, 2)
     held = newest_code(target)
     target.write(b"n")  # value() v2 has note() store a return address into it
@@ -309,12 +293,14 @@ def set_handler(source: Path, n: int) -> None:
 def test_a_handler_installed_from_a_table_in_read_only_data_runs_the_newest_code(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
-    exe = compile_c(
-        tmp_path, HANDLER_TABLE, flags=("-g", "-O0", "-fno-pie"), link_flags=("-no-pie",)
+    target, source = start_value_program(
+        tmp_path,
+        spawn,
+        HANDLER_TABLE,
+        stdin_pipe=True,
+        flags=("-g", "-O0", "-fno-pie"),
+        link_flags=("-no-pie",),
     )
-    target = spawn([exe], stdin_pipe=True)
-    target.wait_for(r"^value 1$")
-    source = tmp_path / "prog.c"
     set_handler(source, 2)
     reload_value(target, source, 2)
     held = newest_code(target)
@@ -360,10 +346,7 @@ def test_an_atexit_handler_registered_by_new_code_runs_its_newest_version(
     is the original function's entry (``&f`` of a replaced function), or, for a
     function a reload added, the added function itself, which a later version
     redirects with an entry jump: never reclaimed."""
-    exe = compile_c(tmp_path, EXITING)
-    target = spawn([exe], stdin_pipe=True)
-    target.wait_for(r"^value 1$")
-    source = tmp_path / "prog.c"
+    target, source = start_value_program(tmp_path, spawn, EXITING, stdin_pipe=True)
     if added:  # a handler the original does not have
         source.write_text(
             EXITING.replace(
@@ -428,10 +411,7 @@ int main(void) {
 def test_a_child_forked_after_reclaims_and_its_parent_reload_apart(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
-    exe = compile_c(tmp_path, FORKING)
-    parent = spawn([exe], stdin_pipe=True)
-    parent.wait_for(r"^value 1$")
-    source = tmp_path / "prog.c"
+    parent, source = start_value_program(tmp_path, spawn, FORKING, stdin_pipe=True)
     supersede(parent, source, 2, 6)  # the parent reuses its freed code
     assert (
         any(b.reclaimed for b in load_journal(parent.pid).blocks)
@@ -456,7 +436,8 @@ def test_a_child_forked_after_reclaims_and_its_parent_reload_apart(
     assert parent.alive()
 
 
-IN_SYSCALL = r"""
+IN_SYSCALL = (
+    r"""
 #include <pthread.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -470,26 +451,17 @@ __attribute__((noinline)) int value(int x) {
     }
     return x + 1;
 }
-static void *worker(void *arg) {
-    for (;;) printf("worker %d\n", value(1));
-    return arg;
-}
-int main(void) {
-    setvbuf(stdout, NULL, _IONBF, 0);
-    pthread_t thread;
-    pthread_create(&thread, NULL, worker, NULL);
-    for (;;) { printf("value %d\n", value(0)); usleep(2000); }
-}
 """
+    + VALUE_WORKER_MAIN
+)
 
 
 def test_a_thread_in_a_system_call_made_by_old_code_keeps_it(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
-    exe = compile_c(tmp_path, IN_SYSCALL, link_flags=("-pthread",))
-    target = spawn([exe], stdin_pipe=True)
-    target.wait_for(r"^value 1$")
-    source = tmp_path / "prog.c"
+    target, source = start_value_program(
+        tmp_path, spawn, IN_SYSCALL, stdin_pipe=True, link_flags=("-pthread",)
+    )
     reload_value(target, source, 2)
     wait_in_read(target)
     target.write(b"x")  # the worker leaves the original, enters v2 and waits in there
@@ -504,36 +476,14 @@ def test_a_thread_in_a_system_call_made_by_old_code_keeps_it(
     assert target.alive()
 
 
-SWITCHING = r"""
-#include <stdio.h>
-#include <unistd.h>
-__attribute__((noinline)) int value(int x) {
-    switch (x) {  /* without PIE: a table of absolute addresses in .rodata */
-    case 0: return x + 1;
-    case 1: return 7;
-    case 2: return 11;
-    case 3: return 13;
-    case 4: return 17;
-    case 5: return 19;
-    default: return 23;
-    }
-}
-int main(void) {
-    setvbuf(stdout, NULL, _IONBF, 0);
-    for (;;) { printf("value %d\n", value(0)); usleep(2000); }
-}
-"""
-
-
 def test_a_jump_table_of_absolute_addresses_does_not_keep_its_code(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
     """The table lies in the block's own data, which only its code reads: it keeps
     the code only while something else reaches that data."""
-    exe = compile_c(tmp_path, SWITCHING, flags=("-g", "-O0", "-fno-pie"), link_flags=("-no-pie",))
-    target = spawn([exe])
-    target.wait_for(r"^value 1$")
-    source = tmp_path / "prog.c"
+    target, source = start_value_program(
+        tmp_path, spawn, SWITCHING, flags=("-g", "-O0", "-fno-pie"), link_flags=("-no-pie",)
+    )
     for n in (2, 3, 4, 5):
         reload_value(target, source, n)
     blocks = load_journal(target.pid).blocks
@@ -541,7 +491,8 @@ def test_a_jump_table_of_absolute_addresses_does_not_keep_its_code(
     assert sum(not b.reclaimed for b in blocks) <= 2
 
 
-STATIC_STACK = r"""
+STATIC_STACK = (
+    r"""
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
@@ -564,11 +515,9 @@ __attribute__((noinline)) int value(int x) {
     if (x) note();
     return x + 1;
 }
-static int has_input(void) {
-    struct pollfd in = {.fd = 0, .events = POLLIN};
-    char c;
-    return poll(&in, 1, 0) == 1 && read(0, &c, 1) == 1;
-}
+"""
+    + HAS_INPUT
+    + r"""
 static void loop(void) {
     memset(&loop_ctx, 0, sizeof loop_ctx);  /* no pointer to the stack's bottom is left */
     for (int noted = 0;;) {
@@ -589,6 +538,7 @@ int main(void) {
     swapcontext(&main_ctx, &loop_ctx);  /* runs on a stack in .bss from here on */
 }
 """
+)
 
 
 def test_a_pointer_below_a_stack_in_the_programs_own_data_keeps_its_code(
@@ -596,10 +546,7 @@ def test_a_pointer_below_a_stack_in_the_programs_own_data_keeps_its_code(
 ) -> None:
     """Memory below a stack pointer is not taken for stale in a module's data: the
     program's code reaches its variables there without a stored pointer."""
-    exe = compile_c(tmp_path, STATIC_STACK)
-    target = spawn([exe], stdin_pipe=True)
-    target.wait_for(r"^value 1$")
-    source = tmp_path / "prog.c"
+    target, source = start_value_program(tmp_path, spawn, STATIC_STACK, stdin_pipe=True)
     reload_value(target, source, 2)
     held = newest_code(target)
     target.write(b"n")
@@ -610,7 +557,8 @@ def test_a_pointer_below_a_stack_in_the_programs_own_data_keeps_its_code(
     target.wait_for(r"^intact$")
 
 
-CALLBACKS = r"""
+CALLBACKS = (
+    r"""
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -631,11 +579,9 @@ __attribute__((noinline)) int value(int x) {
     if (x) pthread_create(&thread, NULL, spin, NULL);
     return x + 1;
 }
-static int has_input(void) {
-    struct pollfd in = {.fd = 0, .events = POLLIN};
-    char c;
-    return poll(&in, 1, 0) == 1 && read(0, &c, 1) == 1;
-}
+"""
+    + HAS_INPUT
+    + r"""
 int main(void) {
     setvbuf(stdout, NULL, _IONBF, 0);
     for (;;) {
@@ -645,6 +591,7 @@ int main(void) {
     }
 }
 """
+)
 
 
 def test_a_thread_started_on_a_function_of_new_code_keeps_running_it(
@@ -653,10 +600,9 @@ def test_a_thread_started_on_a_function_of_new_code_keeps_running_it(
     """``pthread_create`` and ``qsort`` take the address of a static function of the
     reloaded file: its original entry (which leads to the newest version); the
     thread that started in v2's spin() loops there, and its frames keep v2."""
-    exe = compile_c(tmp_path, CALLBACKS, link_flags=("-pthread",))
-    target = spawn([exe], stdin_pipe=True)
-    target.wait_for(r"^value 1$")
-    source = tmp_path / "prog.c"
+    target, source = start_value_program(
+        tmp_path, spawn, CALLBACKS, stdin_pipe=True, link_flags=("-pthread",)
+    )
     text = source.read_text()
     source.write_text(text.replace("numbers[0], 1)", "numbers[0], 2)"))
     reload_value(target, source, 2)
@@ -695,9 +641,6 @@ int main(void) {
 def test_a_program_with_more_memory_than_the_check_copies_keeps_superseded_code(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
-    exe = compile_c(tmp_path, BIG_HEAP)
-    target = spawn([exe])
-    target.wait_for(r"^value 1$")
-    source = tmp_path / "prog.c"
+    target, source = start_value_program(tmp_path, spawn, BIG_HEAP)
     supersede(target, source, 2, 5)
     assert [b.reclaimed for b in load_journal(target.pid).blocks] == [False] * 4
