@@ -40,11 +40,20 @@ int main(void) {
 """
 
 
-def _start(spawn: SpawnFactory, exe: Path) -> Target:
-    """The forking program, once it runs main (its loader done, its libraries mapped)."""
-    parent = spawn([exe], stdin_pipe=True)
+def _start(tmp_path: Path, spawn: SpawnFactory) -> tuple[Target, Path]:
+    """The forking program, once it runs main (its loader done, its libraries mapped),
+    and its source."""
+    parent = spawn([compile_c(tmp_path, FORKING_PROG)], stdin_pipe=True)
     parent.wait_for(r"^parent ready$")
-    return parent
+    return parent, tmp_path / "prog.c"
+
+
+def _start_patched(tmp_path: Path, spawn: SpawnFactory) -> tuple[Target, Path]:
+    """The forking program with value() reloaded to return 2, and its source."""
+    parent, source = _start(tmp_path, spawn)
+    _edit_value(source, 2)
+    relive.attach(parent.pid).reload([source])
+    return parent, source
 
 
 def _fork_child(target: Target) -> int:
@@ -67,12 +76,7 @@ def _edit_value(source: Path, value: int) -> None:
 def test_children_forked_after_a_reload_and_after_an_undo(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
-    exe = compile_c(tmp_path, FORKING_PROG)
-    source = tmp_path / "prog.c"
-    parent = _start(spawn, exe)
-
-    _edit_value(source, 2)
-    relive.attach(parent.pid).reload([source])
+    parent, source = _start_patched(tmp_path, spawn)
     first = _fork_child(parent)
     _child_prints(parent, first, 2)
 
@@ -108,11 +112,7 @@ def test_children_forked_after_a_reload_and_after_an_undo(
 def test_a_child_keeps_a_patch_its_parent_undid_after_the_fork(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
-    exe = compile_c(tmp_path, FORKING_PROG)
-    source = tmp_path / "prog.c"
-    parent = _start(spawn, exe)
-    _edit_value(source, 2)
-    relive.attach(parent.pid).reload([source])
+    parent, _ = _start_patched(tmp_path, spawn)
     child = _fork_child(parent)
     relive.attach(parent.pid).undo()
     _child_prints(parent, child, 2)
@@ -125,9 +125,7 @@ def test_a_child_keeps_a_patch_its_parent_undid_after_the_fork(
 def test_original_code_comes_from_the_file_not_from_patched_memory(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
-    exe = compile_c(tmp_path, FORKING_PROG)
-    source = tmp_path / "prog.c"
-    parent = _start(spawn, exe)
+    parent, source = _start(tmp_path, spawn)
     [main, *_] = load_running_modules(parent.pid)
     symbol = main.image.find_global("value")
     assert symbol is not None
@@ -144,11 +142,7 @@ def test_original_code_comes_from_the_file_not_from_patched_memory(
 def test_status_and_undo_take_all_for_the_workers_of_a_program(
     tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    exe = compile_c(tmp_path, FORKING_PROG)
-    source = tmp_path / "prog.c"
-    parent = _start(spawn, exe)
-    _edit_value(source, 2)
-    relive.attach(parent.pid).reload([source])
+    parent, _ = _start_patched(tmp_path, spawn)
     workers = [_fork_child(parent), _fork_child(parent)]
 
     assert main(["status", "-p", str(workers[0])]) == 0
