@@ -19,6 +19,19 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
+class Connection:
+    """One TCP connection to a server on 127.0.0.1 that stays open across reloads:
+    ``sock`` to send, ``file`` to read its replies."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.file = self.sock.makefile("rb")
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
 @dataclass
 class Reload:
     """What ``relive --json reload`` returned and printed (one JSON event per line)."""

@@ -7,7 +7,6 @@ counting.  An unmodified reload of several of its files redirects nothing.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from realworld.debsrc import SourceTree
 from realworld.realworld_support import (
+    Connection,
     assert_nothing_redirected,
     assert_reloaded,
     dry_run,
@@ -37,16 +37,8 @@ UNMODIFIED_FILES = (
 )  # fmt: skip
 
 
-class TextClient:
+class TextClient(Connection):
     """memcached's text protocol on one TCP connection that stays open."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.file = self.sock.makefile("rb")
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
     def line(self) -> str:
         raw = self.file.readline()

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 
 from realworld.debsrc import SourceTree
 from realworld.realworld_support import (
+    Connection,
     assert_nothing_redirected,
     assert_reloaded,
     dry_run,
@@ -69,16 +69,8 @@ http {{
 """
 
 
-class HttpConnection:
+class HttpConnection(Connection):
     """HTTP/1.1 requests on one keep-alive TCP connection."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.file = self.sock.makefile("rb")
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
     def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
         """Status, headers (lower-case names) and body of ``GET path``; the connection stays."""

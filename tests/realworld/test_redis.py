@@ -7,7 +7,6 @@ there; redis-cli (built from the same source) sees the new reply too.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,23 +14,15 @@ from pathlib import Path
 import pytest
 
 from realworld.debsrc import SourceTree
-from realworld.realworld_support import assert_reloaded, free_port, relive_reload
+from realworld.realworld_support import Connection, assert_reloaded, free_port, relive_reload
 from support import SpawnFactory, Target
 
 KEYS = 2000
 NEW_REPLY = "PONG (hot-reloaded)"
 
 
-class RespClient:
+class RespClient(Connection):
     """A minimal RESP2 client on one TCP connection that stays open."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.file = self.sock.makefile("rb")
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
     @staticmethod
     def encode(*args: str) -> bytes:
