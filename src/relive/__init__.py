@@ -4,17 +4,20 @@
 >>> session = relive.attach(pid)          # doctest: +SKIP
 >>> session.reload(["demo.c"])            # doctest: +SKIP
 
-The names below are imported on first use, so that ``relive --help`` and the
-CLI start without loading the linker, the ELF readers or capstone.
+The names below are imported on first use (PEP 562), so that the ``relive``
+command's client (``relive.cli.client``), ``relive --help`` and the CLI start
+without loading ``typing``, the linker, the ELF readers or capstone.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from relive.errors import ReliveError
-
+#: mypy reads the block below as true (it knows the name); Python never runs it,
+#: and ``typing`` stays unimported.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
+    from relive.errors import ReliveError
     from relive.events import PatchStatus
     from relive.patch.options import ReloadOptions
     from relive.patch.outcome import ReloadResult
@@ -26,6 +29,7 @@ __version__ = "0.1.0"
 #: Each lazy name and the module that defines it.
 _LAZY = {
     "PatchStatus": "relive.events",
+    "ReliveError": "relive.errors",
     "ReloadOptions": "relive.patch.options",
     "ReloadResult": "relive.patch.outcome",
     "Session": "relive.session",

@@ -12,21 +12,28 @@ the file it replaces, where the file system can).
 
 Where it is: ``$RELIVE_STATE_DIR`` if set, else ``$XDG_RUNTIME_DIR/relive``
 when that runtime directory is private to the user, else ``/tmp/relive-UID``.
+
+The command's client (``relive.cli.client``) opens this directory too, to find the
+command server's socket, and must start in a few milliseconds: so this module
+imports only ``os``, ``stat``, ``sys`` and ``errno`` up front (``pathlib``,
+``tempfile``, ``shutil``, ``contextlib`` and ``functools`` would cost it more than
+the rest of its work).
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import functools
 import os
-import shutil
 import stat
-import tempfile
-from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
+import sys
 
 from relive.errors import ReliveError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from contextlib import AbstractContextManager
+    from pathlib import Path
 
 __all__ = [
     "StateDirError",
@@ -34,6 +41,7 @@ __all__ = [
     "find_state_dir",
     "list_state_files",
     "open_state_dir",
+    "open_state_dir_fd",
     "read_state_file",
     "remove_state_files",
     "scratch_dir",
@@ -51,13 +59,35 @@ class StateDirError(ReliveError):
 
 def find_state_dir() -> Path:
     """The state directory's path (not yet created or checked)."""
+    from pathlib import Path
+
+    return Path(_state_dir_name())
+
+
+def _state_dir_name() -> str:
     override = os.environ.get("RELIVE_STATE_DIR")
     if override:
-        return Path(override)
+        return override
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and _is_private_dir(runtime):
-        return Path(runtime) / "relive"
-    return Path(tempfile.gettempdir()) / f"relive-{os.geteuid()}"
+        return os.path.join(runtime, "relive")
+    return os.path.join(_temp_dir(), f"relive-{os.geteuid()}")
+
+
+def _temp_dir() -> str:
+    """``tempfile.gettempdir()``, without importing ``tempfile`` (and ``shutil``,
+    ``random``, ``re`` with it) where its answer is plain: no TMPDIR, TEMP or TMP
+    and a /tmp this user may create files in.  (It would differ only when /tmp
+    passes that check but a file cannot be created there, e.g. a full disk:
+    relive cannot write its state there then either.)"""
+    plain = "tempfile" not in sys.modules and not any(
+        os.environ.get(name) for name in ("TMPDIR", "TEMP", "TMP")
+    )
+    if plain and os.access("/tmp", os.W_OK | os.X_OK, effective_ids=True):
+        return "/tmp"
+    import tempfile
+
+    return tempfile.gettempdir()
 
 
 def _is_private_dir(path: str) -> bool:
@@ -74,9 +104,19 @@ def open_state_dir() -> tuple[Path, int]:
     Returns the path and a descriptor of the very directory that was checked;
     the caller closes it.  Raises StateDirError naming what is wrong and the fix.
     """
-    path = find_state_dir()
-    with contextlib.suppress(FileExistsError):
+    from pathlib import Path
+
+    path, fd = open_state_dir_fd()
+    return Path(path), fd
+
+
+def open_state_dir_fd() -> tuple[str, int]:
+    """``open_state_dir`` with the path as a string (no ``pathlib``: the client)."""
+    path = _state_dir_name()
+    try:  # noqa: SIM105 (no contextlib here: see the module's docstring)
         os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
@@ -89,7 +129,7 @@ def open_state_dir() -> tuple[Path, int]:
     return path, fd
 
 
-def _why_not_opened(path: Path, error: OSError) -> str:
+def _why_not_opened(path: str, error: OSError) -> str:
     try:
         st = os.lstat(path)
     except OSError:
@@ -101,7 +141,7 @@ def _why_not_opened(path: Path, error: OSError) -> str:
     return f"cannot open it: {error.strerror}"
 
 
-def _check_private(path: Path, st: os.stat_result) -> None:
+def _check_private(path: str, st: os.stat_result) -> None:
     me = os.geteuid()
     if st.st_uid != me:
         raise _unsafe(path, f"it belongs to uid {st.st_uid}, not to uid {me}")
@@ -113,7 +153,7 @@ def _check_private(path: Path, st: os.stat_result) -> None:
         )
 
 
-def _unsafe(path: Path, why: str) -> StateDirError:
+def _unsafe(path: str, why: str) -> StateDirError:
     return StateDirError(
         f"state directory {path} is unsafe: {why}; another user could read or forge "
         "relive's journals",
@@ -178,8 +218,7 @@ def remove_state_files(names: Iterable[str]) -> None:
     _, dir_fd = open_state_dir()
     try:
         for name in names:
-            with contextlib.suppress(OSError):
-                os.unlink(name, dir_fd=dir_fd)
+            _unlink_quietly(name, dir_fd)
     finally:
         os.close(dir_fd)
 
@@ -210,18 +249,23 @@ def write_state_file(name: str, data: bytes) -> None:
             os.close(fd)
         _move_into_place(tmp, name, dir_fd)
     except OSError as e:  # a full disk, a file size limit, a read-only file system
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
+        _unlink_quietly(tmp, dir_fd)
         raise StateDirError(
             f"cannot write {state_file_path(name)}: {e.strerror or e}",
             hint="free some space in the state directory, or set RELIVE_STATE_DIR",
         ) from e
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
+        _unlink_quietly(tmp, dir_fd)
         raise
     finally:
         os.close(dir_fd)
+
+
+def _unlink_quietly(name: str, dir_fd: int | None = None) -> None:
+    try:  # noqa: SIM105 (no contextlib here: see the module's docstring)
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
 
 
 def _move_into_place(tmp: str, name: str, dir_fd: int) -> None:
@@ -241,8 +285,7 @@ def _move_into_place(tmp: str, name: str, dir_fd: int) -> None:
     except FileNotFoundError:
         existing = None
     if existing is not None and stat.S_ISREG(existing.st_mode) and _exchange(tmp, name, dir_fd):
-        with contextlib.suppress(OSError):  # a leftover is replaced or swept later
-            os.unlink(tmp, dir_fd=dir_fd)
+        _unlink_quietly(tmp, dir_fd)  # a leftover is replaced or swept later
         return
     os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
@@ -267,10 +310,19 @@ def _exchange(first: str, second: str, dir_fd: int) -> bool:
     raise OSError(code, os.strerror(code), second)
 
 
-@functools.cache
+_RENAMEAT2: list[Callable[[int, bytes, int, bytes, int], int] | None] = []
+
+
 def _renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
     """libc's ``renameat2`` (glibc 2.28 and later) returning 0 or the errno; None
-    without it.  (ctypes is imported only when a state file is first replaced.)"""
+    without it.  (ctypes is imported only when a state file is first replaced;
+    the answer is kept in ``_RENAMEAT2``.)"""
+    if not _RENAMEAT2:
+        _RENAMEAT2.append(_load_renameat2())
+    return _RENAMEAT2[0]
+
+
+def _load_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
     import ctypes
 
     function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
@@ -302,13 +354,22 @@ def _create_exclusive(name: str, dir_fd: int) -> int:
         ) from e
 
 
-@contextlib.contextmanager
-def scratch_dir() -> Iterator[Path]:
+def scratch_dir() -> AbstractContextManager[Path]:
     """A private scratch folder in the state directory, removed afterwards.
 
     Scratch folders and half-written state files that relives killed before they
     could clean up left behind (their pid no longer runs) are removed first.
     """
+    import contextlib
+
+    return contextlib.contextmanager(_scratch_dir)()
+
+
+def _scratch_dir() -> Iterator[Path]:
+    import shutil
+    import tempfile
+    from pathlib import Path
+
     path, dir_fd = open_state_dir()
     os.close(dir_fd)
     _remove_stale_scratch(path)
@@ -320,6 +381,8 @@ def scratch_dir() -> Iterator[Path]:
 
 
 def _remove_stale_scratch(state: Path) -> None:
+    import shutil
+
     try:
         names = os.listdir(state)
     except OSError:
@@ -333,8 +396,7 @@ def _remove_stale_scratch(state: Path) -> None:
             # ".NAME.PID.tmp": a state file a killed relive was writing.
             owner = name.removesuffix(".tmp").rpartition(".")[2]
             if owner.isdigit() and not _pid_exists(int(owner)):
-                with contextlib.suppress(OSError):
-                    os.unlink(state / name)
+                _unlink_quietly(str(state / name))
 
 
 def _pid_exists(pid: int) -> bool:
