@@ -11,6 +11,10 @@ import pytest
 
 from support import VALUE_PROG, SpawnFactory, Target, cannot_run, compile_c, remember_maps
 
+# The suite runs every `relive` command in its own process: no test leaves a command
+# server behind (tests/test_server.py turns it on for its own private state dirs).
+os.environ["RELIVE_SERVER"] = "0"
+
 
 @pytest.fixture(autouse=True)
 def signal_mask_kept() -> Iterator[None]:

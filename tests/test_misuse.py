@@ -67,7 +67,7 @@ def relive_as_nobody(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         user=NOBODY,
         group=NOBODY,
         cwd=cwd,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(cwd), "PYTHONPATH": path},
+        env={"PATH": "/usr/bin:/bin", "HOME": str(cwd), "PYTHONPATH": path, "RELIVE_SERVER": "0"},
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,5 +1,5 @@
 """``python -m relive``: the same as the ``relive`` command."""
 
-from relive.cli.main import entry_point
+from relive.cli.client import entry_point
 
 entry_point()

@@ -81,3 +81,10 @@ class UnsafePatch(ReliveError):
         super().__init__(message, hint)
         #: The function that could not be redirected.
         self.function = function
+
+
+class CommandKilled(ReliveError):
+    """The command server's process running the command was killed before it
+    finished (``relive.cli.client``): the command's outcome is unknown."""
+
+    exit_code = 10

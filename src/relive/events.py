@@ -646,3 +646,33 @@ class PatchStatus(Event):
             f"{self.name:24} {self.address:>#14x} -> {self.target:<#14x}  {self.count:>7}  "
             f"{when:8}  {state:6}  {self.source or '(inherited from the parent)'}"
         )
+
+
+class ServerState(Event):
+    """``relive server status`` / ``stop``: the command server, if one runs."""
+
+    kind: ClassVar[str] = "server"
+    #: The server's pid; 0 when none runs.
+    pid: int
+    #: Commands it forked a child for, and the pids of those running now.
+    served: int = 0
+    running: list[int] = field(default_factory=list)
+    #: Seconds without a command after which it exits.
+    idle_s: float = 0.0
+    #: It runs the code on disk now (else it exits at its next command).
+    current: bool = True
+    #: It has removed its socket and exits once its running commands are done.
+    stopping: bool = False
+    socket: str = ""
+
+    def __str__(self) -> str:
+        if not self.pid:
+            return "no command server runs (the next reload, undo or status starts one)"
+        if self.stopping:
+            return f"command server pid {self.pid} stops ({len(self.running)} command(s) running)"
+        stale = "" if self.current else "; runs older code than on disk: exits at its next command"
+        return (
+            f"command server pid {self.pid}: {self.served} command(s) served, "
+            f"{len(self.running)} running, exits after {self.idle_s:g} s idle; "
+            f"socket {self.socket}{stale}"
+        )

@@ -102,6 +102,11 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="relive", description="Hot-reload C functions into a running Linux process."
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per event")
+    parser.add_argument(
+        "--no-server",
+        action="store_true",
+        help="run the command in this process, without the command server (RELIVE_SERVER=0)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     reload = sub.add_parser("reload", help="recompile files and redirect changed functions")
@@ -189,7 +194,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_commands(sub)
 
-    for command in (reload, watch, run, doctor, undo, status):
+    server = sub.add_parser("server", help="the command server: its state, or stop it")
+    server.add_argument("action", choices=("status", "stop"))
+    server.set_defaults(run=_cmd_server)
+
+    for command in (reload, watch, run, doctor, undo, status, server):
         _add_common(command)
     return parser
 
@@ -310,6 +319,12 @@ def _cmd_status(args: argparse.Namespace, out: Renderer) -> int:
     return _each_process(resolve_pids(args.pid, args.name, args.every), status, out)
 
 
+def _cmd_server(args: argparse.Namespace, out: Renderer) -> int:
+    from relive.cli.servercontrol import control
+
+    return control(args.action, out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 done, see README for the others)."""
     parser = _build_parser()
@@ -336,13 +351,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry_point() -> None:
-    """Console-script entry.
+    """Entry of ``python -m relive.cli.main``: the command in this process.
 
     Exits without the interpreter's teardown (30-70 ms of module and object
     clean-up that nobody waits for in an edit loop): the streams are flushed
-    first, and every target was released before ``main`` returned.  The code
-    ``dataclasses`` generates is compiled once, not at every start (``codecache``).
+    first, and every target was released before ``main`` returned.
     """
+    code = run_command()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run_command(argv: Sequence[str] | None = None) -> int:
+    """``main`` as the command runs it: the code ``dataclasses`` generates
+    compiled once, not at every start (``codecache``)."""
     from relive.cli.codecache import compiled_once
 
     # A command's imports create tens of thousands of objects the cycle collector
@@ -351,7 +374,4 @@ def entry_point() -> None:
     # garbage is collected as before, in larger batches.
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     with compiled_once():
-        code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+        return main(argv)

@@ -1,0 +1,328 @@
+"""The command server (relive.cli.server) and its client (relive.cli.client), for real.
+
+Each test has a private state directory (RELIVE_STATE_DIR), so a private server,
+stopped (and, failing that, killed) when the test ends.  The suite's conftest
+turns the server off (RELIVE_SERVER=0); these tests turn it on for their commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support import (
+    NOBODY,
+    RELIVE,
+    VALUE_PROG,
+    SpawnFactory,
+    Target,
+    assert_untouched,
+    children,
+    compile_c,
+    remember_maps,
+    wait_until,
+)
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+#: VALUE_PROG with 600 more functions: gcc -O2 takes a few seconds, long enough to
+#: interrupt a reload while it compiles.
+SLOW_PROG = VALUE_PROG + "".join(
+    f"__attribute__((noinline)) long f{i}(long x) {{ long s = 0; "
+    f"for (long j = 0; j < x; j++) s += (j * {i}) ^ (s >> 3) + j / (x + {i}); return s; }}\n"
+    for i in range(600)
+)
+
+#: Kinds whose content differs between two runs (times, addresses of a compile).
+VARYING = {"compiled", "timings", "progress"}
+
+
+class Server:
+    """Commands run with the server on, in one private state directory."""
+
+    def __init__(self, state: Path, env: dict[str, str]) -> None:
+        self.state = state
+        self.env = env
+
+    def run(
+        self, *argv: str, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*RELIVE, *argv],
+            env=env or self.env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+        )
+
+    def start(self, *argv: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [*RELIVE, *argv],
+            env=env or self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def info(self) -> dict[str, Any]:
+        done = self.run("--json", "server", "status")
+        assert done.returncode == 0, done.stderr
+        event: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+        assert event["kind"] == "server"
+        return event
+
+    def wait_up(self, other_than: int = 0) -> dict[str, Any]:
+        """The server's state once one (other than pid ``other_than``) listens."""
+        found: dict[str, Any] = {}
+
+        def up() -> bool:
+            if not (self.state / "server.sock").exists():
+                return False
+            found.update(self.info())
+            return found["pid"] not in (0, other_than)
+
+        wait_until(up, timeout=60, what="the command server listens")
+        return found
+
+    def processes(self) -> list[int]:
+        """Servers started for this state directory (found by their environment)."""
+        marker = f"RELIVE_STATE_DIR={self.state}\0".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if b"relive.cli.server" in cmdline and marker in environ:
+                found.append(int(entry.name))
+        return found
+
+
+@pytest.fixture
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    state = tmp_path / "state"
+    # The test process reads the same journals (assert_untouched) as the commands.
+    monkeypatch.setenv("RELIVE_STATE_DIR", str(state))
+    env = {**os.environ, "RELIVE_SERVER": "1", "RELIVE_SERVER_IDLE": "120"}
+    env.pop("COVERAGE_PROCESS_START", None)  # a server outlives the coverage run
+    handle = Server(state, env)
+    yield handle
+    handle.run("server", "stop", timeout=60)
+    for pid in handle.processes():
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not handle.processes(), what="every server of the test exited")
+
+
+def _events(stdout: str) -> list[tuple[str, str | None]]:
+    events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    return [(e["kind"], e.get("name")) for e in events if e["kind"] not in VARYING]
+
+
+def _edited(tmp_path: Path, source: str) -> Path:
+    path = tmp_path / "prog.c"
+    path.write_text(source.replace("return table[0];", "return table[0] + 1;"))
+    return path
+
+
+def _value_prog(tmp_path: Path, source: str = VALUE_PROG) -> Path:
+    return compile_c(tmp_path, source, flags=("-g", "-O2" if source is SLOW_PROG else "-O0"))
+
+
+def _running(spawn: SpawnFactory, exe: Path) -> Target:
+    target = spawn([exe])
+    target.wait_for(r"^value 1$")
+    return remember_maps(target)
+
+
+def test_second_command_is_served_like_in_process(
+    tmp_path: Path, spawn: SpawnFactory, server: Server
+) -> None:
+    exe = _value_prog(tmp_path)
+    here, served = _running(spawn, exe), _running(spawn, exe)
+    first = server.run("status", "-p", str(served.pid))  # no server yet: runs here, starts one
+    assert first.returncode == 0, first.stderr
+    assert "nothing patched" in first.stdout
+    up = server.wait_up()
+    assert up["served"] == 0
+    source = _edited(tmp_path, VALUE_PROG)
+
+    direct = server.run(
+        "--json",
+        "reload",
+        "-p",
+        str(here.pid),
+        str(source),
+        env={**server.env, "RELIVE_SERVER": "0"},
+    )
+    through = server.run("--json", "reload", "-p", str(served.pid), str(source))
+
+    assert (through.returncode, direct.returncode) == (0, 0), through.stderr + direct.stderr
+    assert _events(through.stdout) == _events(direct.stdout)
+    assert ("redirected", "value") in _events(through.stdout)
+    served.wait_for(r"^value 2$")
+    here.wait_for(r"^value 2$")
+    after = server.info()
+    assert (after["pid"], after["served"]) == (up["pid"], 1)  # the reload was served
+    assert after["running"] == []
+
+
+def test_argument_errors_and_exit_codes_pass_through(tmp_path: Path, server: Server) -> None:
+    assert server.run("status", "-p", str(os.getpid())).returncode in (0, 3)
+    server.wait_up()
+    missing = server.run("reload", "-p", "999999999", str(tmp_path / "none.c"))
+    assert missing.returncode == 5, missing.stderr
+    assert missing.stderr.startswith("relive: error"), missing.stderr
+    usage = server.run("reload", "--no-such-option")
+    assert usage.returncode == 2
+    assert "usage: relive" in usage.stderr
+    assert server.info()["served"] == 2
+
+
+def _wait_compiling(server: Server) -> int:
+    """The pid of the server's child running a command, once it runs gcc."""
+    found: list[int] = []
+
+    def compiling() -> bool:
+        running = server.info()["running"]
+        if running and children(running[0]):
+            found.append(running[0])
+            return True
+        return False
+
+    wait_until(compiling, timeout=60, what="the served reload runs gcc")
+    return found[0]
+
+
+def test_ctrl_c_reaches_the_child(tmp_path: Path, spawn: SpawnFactory, server: Server) -> None:
+    exe = _value_prog(tmp_path, SLOW_PROG)
+    target = _running(spawn, exe)
+    server.run("status", "-p", str(target.pid))
+    server.wait_up()
+    source = _edited(tmp_path, SLOW_PROG)
+    command = server.start("reload", "-p", str(target.pid), str(source))
+    child = _wait_compiling(server)
+    command.send_signal(signal.SIGINT)
+    _, err = command.communicate(timeout=60)
+    assert command.returncode == 130, err
+    wait_until(lambda: not Path(f"/proc/{child}").exists(), what="the child exited")
+    assert_untouched(target)
+    assert server.info()["running"] == []
+
+
+def test_killed_child_is_one_line_and_exit_10(
+    tmp_path: Path, spawn: SpawnFactory, server: Server
+) -> None:
+    exe = _value_prog(tmp_path, SLOW_PROG)
+    target = _running(spawn, exe)
+    server.run("status", "-p", str(target.pid))
+    server.wait_up()
+    command = server.start("reload", "-p", str(target.pid), str(_edited(tmp_path, SLOW_PROG)))
+    os.kill(_wait_compiling(server), signal.SIGKILL)
+    _, err = command.communicate(timeout=60)
+    assert command.returncode == 10, err
+    [line] = err.splitlines()
+    assert line.startswith("relive: error: the command server's process running this command")
+    assert "killed by signal 9" in line
+    assert_untouched(target)
+
+
+def test_another_uid_is_refused(server: Server) -> None:
+    server.run("status", "-p", str(os.getpid()))
+    up = server.wait_up()
+    # Passes the file-system checks (file-system uid 0) but connects as nobody
+    # (effective uid, what SO_PEERCRED reports): only the server's own check is left.
+    script = textwrap.dedent(
+        f"""
+        import ctypes, os, socket
+        from relive.cli.client import OP_STATUS, frame, pack
+        os.setresuid({NOBODY}, {NOBODY}, 0)
+        ctypes.CDLL(None, use_errno=True).setfsuid(0)
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect({str(server.state / "server.sock")!r})
+        try:
+            sock.sendall(frame(OP_STATUS, pack([b""])))
+            print("closed" if sock.recv(100) == b"" else "answered")
+        except (BrokenPipeError, ConnectionResetError):
+            print("closed")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.stdout.strip() == "closed", done.stderr
+    after = server.info()
+    assert (after["pid"], after["served"]) == (up["pid"], 0)
+
+
+def test_changed_code_makes_the_server_exit(
+    tmp_path: Path, spawn: SpawnFactory, server: Server
+) -> None:
+    copy = tmp_path / "pkg"
+    shutil.copytree(SRC / "relive", copy / "relive", ignore=shutil.ignore_patterns("__pycache__"))
+    server.env["PYTHONPATH"] = str(copy)
+    target = _running(spawn, _value_prog(tmp_path))
+    server.run("status", "-p", str(target.pid))
+    old = server.wait_up()
+    edited = copy / "relive" / "cli" / "render.py"
+    st = edited.stat()
+    os.utime(edited, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+    done = server.run("reload", "-p", str(target.pid), str(_edited(tmp_path, VALUE_PROG)))
+
+    assert done.returncode == 0, done.stderr
+    target.wait_for(r"^value 2$")
+    wait_until(lambda: not Path(f"/proc/{old['pid']}").exists(), what="the stale server exited")
+    new = server.wait_up(other_than=old["pid"])  # the command started a new one
+    assert new["served"] == 0 and new["current"]
+
+
+def test_idle_server_exits(tmp_path: Path, server: Server) -> None:
+    server.env["RELIVE_SERVER_IDLE"] = "1"
+    server.run("status", "-p", str(os.getpid()))
+    pid = server.wait_up()["pid"]
+    wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout=30, what="the server exited")
+    assert not (server.state / "server.sock").exists()
+
+
+@pytest.mark.parametrize("how", ["RELIVE_SERVER=0", "--no-server"])
+def test_turned_off_starts_none(
+    tmp_path: Path, spawn: SpawnFactory, server: Server, how: str
+) -> None:
+    target = _running(spawn, _value_prog(tmp_path))
+    env = {**server.env, "RELIVE_SERVER": "0"} if how == "RELIVE_SERVER=0" else server.env
+    options = ["--no-server"] if how == "--no-server" else []
+    done = server.run(
+        *options, "reload", "-p", str(target.pid), str(_edited(tmp_path, VALUE_PROG)), env=env
+    )
+    assert done.returncode == 0, done.stderr
+    target.wait_for(r"^value 2$")
+    # A server would have been started before the command exited: none was.
+    assert server.processes() == []
+    assert not (server.state / "server.sock").exists()
+
+
+def test_client_imports_little() -> None:
+    script = (
+        "import sys; before = set(sys.modules); import relive.cli.client; "
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    allowed = {"__future__", "_signal", "_socket", "relive", "relive.cli", "relive.cli.client"}
+    allowed |= {"relive.statedir", "relive.errors"}
+    assert set(done.stdout.split()) <= allowed, done.stdout
