@@ -324,5 +324,5 @@ def test_client_imports_little() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
     )
     allowed = {"__future__", "_signal", "_socket", "relive", "relive.cli", "relive.cli.client"}
-    allowed |= {"relive.statedir", "relive.errors"}
+    allowed |= {"relive.statedir", "relive.errors", "errno"}
     assert set(done.stdout.split()) <= allowed, done.stdout
