@@ -441,6 +441,23 @@ int main(void) {
 }
 """
 
+#: Prints "frames=N" every 20 ms: how many frames backtrace() finds from depth3(), three
+#: calls below main (each of them must have unwind information where it runs).
+BACKTRACE_PROG = r"""
+#include <execinfo.h>
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((noinline)) int depth3(void) { void *f[64]; return backtrace(f, 64); }
+__attribute__((noinline)) int depth2(void) { return depth3() + 0; }
+__attribute__((noinline)) int depth1(void) { return depth2() + 0; }
+int main(void) {
+    void *f[4];
+    backtrace(f, 4);  /* glibc loads libgcc_s, the unwinder, on the first call */
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { printf("frames=%d\n", depth1()); usleep(20000); }
+}
+"""
+
 _MAPS_SEEN: dict[int, str] = {}
 
 

@@ -18,7 +18,7 @@ import relive
 from relive.events import Event, FunctionAdded, FunctionRedirected
 from relive.patch.debugfiles import list_debug_objects
 from relive.process.procfs import get_start_time
-from support import RELIVE, SpawnFactory, Target, compile_c, wait_until
+from support import BACKTRACE_PROG, RELIVE, SpawnFactory, Target, compile_c, wait_until
 
 needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
 
@@ -114,37 +114,28 @@ def test_debug_object_has_code_symbols_and_lines_at_runtime_addresses(
     assert f"{new_middle:#x}" in decoded
 
 
+def _relive_gdb(target: list[str], *commands: str) -> str:
+    """What ``relive gdb TARGET -- -batch -ex COMMAND...`` printed (stdout, then stderr)."""
+    batch = [arg for command in commands for arg in ("-ex", command)]
+    gdb = subprocess.run(
+        [*RELIVE, "gdb", *target, "--", "-batch", *batch],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return gdb.stdout + gdb.stderr
+
+
 @needs_gdb
 def test_relive_gdb_breaks_in_new_code_and_unwinds_through_it(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
     target, new_middle = _reload_new_middle(tmp_path, spawn)
 
-    gdb = subprocess.run(
-        [
-            *RELIVE,
-            "gdb",
-            "-p",
-            str(target.pid),
-            "--",
-            "-batch",
-            "-ex",
-            "break leaf",
-            "-ex",
-            "continue",
-            "-ex",
-            "bt",
-            "-ex",
-            "frame 1",
-            "-ex",
-            "info locals",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    out = _relive_gdb(
+        ["-p", str(target.pid)], "break leaf", "continue", "bt", "frame 1", "info locals"
     )
-    out = gdb.stdout + gdb.stderr
     assert "relive: loaded 1 reload(s)" in out, out
     frames = re.findall(
         r"^#(\d)\s+(?:(0x[0-9a-f]+) in )?(\w+) \(.*\) at .*prog\.c:(\d+)", out, re.M
@@ -164,15 +155,7 @@ def test_relive_gdb_stops_lists_and_finishes_in_a_new_function(
 ) -> None:
     target, _ = _reload_new_middle(tmp_path, spawn)
     commands = ["break prog.c:9", "continue", "info locals", "list 9,9", "finish"]
-    gdb = subprocess.run(
-        [*RELIVE, "gdb", "-p", str(target.pid), "--", "-batch"]
-        + [arg for command in commands for arg in ("-ex", command)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    out = gdb.stdout + gdb.stderr
+    out = _relive_gdb(["-p", str(target.pid)], *commands)
     assert re.search(r"Breakpoint 1(\.\d)?, middle \(v=\d+\) at .*prog\.c:9", out), out
     assert re.search(r"^local = \d+", out, re.M), out  # set by line 8 of the new body
     assert re.search(r"^9\s+int extra = local \+ 7;", out, re.M), out  # list: the new source
@@ -207,22 +190,6 @@ def test_perf_map_lists_each_new_function(tmp_path: Path, spawn: SpawnFactory) -
             assert length > 0
     finally:
         perf_map.unlink(missing_ok=True)
-
-
-BACKTRACE_PROG = r"""
-#include <execinfo.h>
-#include <stdio.h>
-#include <unistd.h>
-__attribute__((noinline)) int depth3(void) { void *f[64]; return backtrace(f, 64); }
-__attribute__((noinline)) int depth2(void) { return depth3() + 0; }
-__attribute__((noinline)) int depth1(void) { return depth2() + 0; }
-int main(void) {
-    void *f[4];
-    backtrace(f, 4);  /* glibc loads libgcc_s, the unwinder, on the first call */
-    setvbuf(stdout, NULL, _IONBF, 0);
-    for (;;) { printf("frames=%d\n", depth1()); usleep(20000); }
-}
-"""
 
 
 def test_backtrace_walks_through_new_frames(tmp_path: Path, spawn: SpawnFactory) -> None:
@@ -273,14 +240,7 @@ def test_relive_gdb_reads_a_core_dumped_by_new_code(tmp_path: Path, spawn: Spawn
             proc.stdout.close()
     cores = list(env_dir.glob("core*"))
     assert cores, "no core was written"
-    gdb = subprocess.run(
-        [*RELIVE, "gdb", "--core", str(cores[0]), str(exe), "--", "-batch", "-ex", "bt"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    out = gdb.stdout + gdb.stderr
+    out = _relive_gdb(["--core", str(cores[0]), str(exe)], "bt")
     assert re.search(r"#0 .*middle \(v=\d+\) at .*prog\.c:9", out), out
     assert re.search(r"#1 .*main \(\) at .*prog\.c:\d+", out), out
 
@@ -309,27 +269,7 @@ def test_hot_deoptimize_shows_optimised_out_locals(tmp_path: Path, spawn: SpawnF
     target.wait_for(r"c=\d+")
 
     def locals_after_the_call() -> str:
-        run = subprocess.run(
-            [
-                *RELIVE,
-                "gdb",
-                "-p",
-                str(target.pid),
-                "--",
-                "-batch",
-                "-ex",
-                "break prog.c:9",
-                "-ex",
-                "continue",
-                "-ex",
-                "info locals",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        return run.stdout + run.stderr
+        return _relive_gdb(["-p", str(target.pid)], "break prog.c:9", "continue", "info locals")
 
     assert "local = <optimized out>" in locals_after_the_call()
     events = _reload(target.pid, tmp_path / "prog.c", debug=True)

@@ -26,7 +26,7 @@ from relive.elf.objfile import ObjectFile
 from relive.link import Bound, LinkedImage, LinkRequest, link, plan_layout
 from relive.link.debuginfo import build_debug_object
 from relive.patch.debugfiles import list_debug_objects
-from support import SpawnFactory, compile_c, reload
+from support import BACKTRACE_PROG, SpawnFactory, compile_c, reload
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is needed")
 
@@ -195,20 +195,9 @@ def _records_in_memory(pid: int, address: int) -> list[bytes]:
             address += 4 + length
 
 
-BACKTRACE = r"""
-#include <execinfo.h>
-#include <stdio.h>
-#include <unistd.h>
-__attribute__((noinline)) int depth3(void) { void *f[64]; return backtrace(f, 64); }
-__attribute__((noinline)) int depth2(void) { return depth3() + 0; }
-__attribute__((noinline)) int depth1(void) { return depth2() + 0; }
-int main(void) {
-    void *f[4];
-    backtrace(f, 4);  /* glibc loads libgcc_s, the unwinder, on the first call */
-    setvbuf(stdout, NULL, _IONBF, 0);
-    for (;;) { printf("frames=%d sink=%d\n", depth1(), f7(1)); usleep(20000); }
-}
-"""
+BACKTRACE = BACKTRACE_PROG.replace(
+    'printf("frames=%d\\n", depth1())', 'printf("frames=%d sink=%d\\n", depth1(), f7(1))'
+)
 
 
 def test_one_function_reload_registers_one_fde_and_backtrace_walks_it(
