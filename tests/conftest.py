@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from support import VALUE_PROG, SpawnFactory, Target, cannot_run, compile_c, remember_maps
+from support import VALUE_PROG, SpawnFactory, Target, cannot_run, start_remembered
 
 # The suite runs every `relive` command in its own process: no test leaves a command
 # server behind (tests/test_server.py turns it on for its own private state dirs).
@@ -53,10 +53,7 @@ def spawn() -> Iterator[SpawnFactory]:
 @pytest.fixture
 def running(tmp_path: Path, spawn: SpawnFactory) -> Target:
     """A running ``VALUE_PROG`` (built as ``tmp_path/prog``), its memory map remembered."""
-    exe = compile_c(tmp_path, VALUE_PROG)
-    target = spawn([exe])
-    target.wait_for(r"^value 1$")
-    return remember_maps(target)
+    return start_remembered(tmp_path, spawn, VALUE_PROG)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -559,6 +559,14 @@ def start_value_program(
     return target, tmp_path / "prog.c"
 
 
+def start_remembered(tmp_path: Path, spawn: SpawnFactory, program: str, **build: Any) -> Target:
+    """``start_value_program``, its memory map remembered for ``assert_untouched`` once it
+    printed "value 1": its loader is done (it changes protections at start) and its
+    first printf has mapped the heap."""
+    target, _ = start_value_program(tmp_path, spawn, program, **build)
+    return remember_maps(target)
+
+
 def set_value(source: Path, n: int) -> None:
     """Make ``value(x)`` in ``source`` return ``x + n``."""
     text = source.read_text()

@@ -24,12 +24,11 @@ from support import (
     SpawnFactory,
     Target,
     assert_untouched,
-    compile_c,
     edit,
     kinds,
     reload,
-    remember_maps,
     run_cli,
+    start_remembered,
 )
 
 
@@ -37,16 +36,10 @@ def _notices(events: list[Event]) -> list[str]:
     return [str(e) for e in events if isinstance(e, Notice)]
 
 
-def _start(spawn: SpawnFactory, exe: Path) -> Target:
-    target = spawn([exe])
-    target.wait_for(r"^value 1$")
-    return remember_maps(target)
-
-
 def test_a_dry_run_reroutes_a_too_small_function_as_the_reload_does(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
-    target = _start(spawn, compile_c(tmp_path, TINY_WITH_CALLER, flags=TINY_FLAGS))
+    target = start_remembered(tmp_path, spawn, TINY_WITH_CALLER, flags=TINY_FLAGS)
     edit(tmp_path / "prog.c", "return x;", "return x + 1;")
     rerouted = "value is too small for an entry jump: reloading its callers tick"
 
@@ -64,8 +57,9 @@ def test_a_dry_run_reroutes_a_too_small_function_as_the_reload_does(
 def test_a_dry_run_refuses_a_too_small_function_without_callers(
     tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    exe = compile_c(tmp_path, TINY_MAIN, flags=TINY_FLAGS, extra_sources={"tiny.c": TINY})
-    target = _start(spawn, exe)
+    target = start_remembered(
+        tmp_path, spawn, TINY_MAIN, flags=TINY_FLAGS, extra_sources={"tiny.c": TINY}
+    )
     edit(tmp_path / "tiny.c", "return x;", "return x + 1;")
     argv = ["reload", "-p", str(target.pid), str(tmp_path / "tiny.c")]
     dry_code, dry_err = run_cli(capsys, *argv[:1], "--dry-run", *argv[1:])
@@ -80,7 +74,7 @@ def test_a_dry_run_refuses_a_too_small_function_without_callers(
 def test_a_dry_run_refuses_a_running_loop_head_under_no_move(
     tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    target = _start(spawn, compile_c(tmp_path, LOOP_OVER_ENTRY_MAIN))
+    target = start_remembered(tmp_path, spawn, LOOP_OVER_ENTRY_MAIN)
     edit(tmp_path / "prog.c", "usleep(20000)", "usleep(10000)")
     argv = ["reload", "--no-move", "-p", str(target.pid), str(tmp_path / "prog.c")]
     dry_code, dry_err = run_cli(capsys, *argv[:1], "--dry-run", *argv[1:])
@@ -96,7 +90,7 @@ def test_a_dry_run_refuses_a_running_loop_head_under_no_move(
 def test_a_dry_run_says_a_running_loop_head_is_left_to_the_frame_move(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
-    target = _start(spawn, compile_c(tmp_path, LOOP_OVER_ENTRY_MAIN))
+    target = start_remembered(tmp_path, spawn, LOOP_OVER_ENTRY_MAIN)
     edit(tmp_path / "prog.c", "usleep(20000)", "usleep(10000)")
     planned = reload(target.pid, tmp_path / "prog.c", dry_run=True)
     assert kinds(planned)["redirected"] == ["main"]

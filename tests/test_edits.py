@@ -23,6 +23,7 @@ from support import (
     reload,
     remember_maps,
     run_cli,
+    start_remembered,
 )
 
 IDENTITY = r"""
@@ -154,10 +155,7 @@ def test_weak_definition_never_replaces_the_strong_one(tmp_path: Path, spawn: Sp
 def test_new_constructor_is_refused(
     tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    exe = compile_c(tmp_path, VALUE_PROG)
-    target = spawn([exe])
-    target.wait_for(r"^value 1$")  # its first printf maps the heap: remember after
-    remember_maps(target)
+    target = start_remembered(tmp_path, spawn, VALUE_PROG)
     edit(
         tmp_path / "prog.c",
         "int table[4] = {1, 2, 3, 4};",

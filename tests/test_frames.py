@@ -30,8 +30,8 @@ from support import (
     compile_c,
     edit,
     reload,
-    remember_maps,
     run_cli,
+    start_remembered,
 )
 
 MAIN_LOOP = r"""
@@ -521,10 +521,7 @@ def test_moving_the_frame_is_the_way_past_a_loop_over_the_entry(
 def test_a_loop_over_the_entry_whose_shape_changed_is_refused_untouched(
     tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    exe = compile_c(tmp_path, LOOP_OVER_ENTRY_MAIN, flags=("-g", "-O0"))
-    target = spawn([exe])
-    target.wait_for(r"^value 1$")
-    remember_maps(target)  # once the loader is done (it changes protections at start)
+    target = start_remembered(tmp_path, spawn, LOOP_OVER_ENTRY_MAIN, flags=("-g", "-O0"))
     # A local array: the frame grows, so it cannot move at the call either.
     edit(
         tmp_path / "prog.c",

@@ -18,10 +18,9 @@ from support import (
     LOOP_OVER_ENTRY_WORKER,
     SpawnFactory,
     assert_untouched,
-    compile_c,
     edit,
-    remember_maps,
     run_cli,
+    start_remembered,
 )
 
 
@@ -53,10 +52,7 @@ def test_running_loop_over_the_entry_is_refused(
     flags: tuple[str, ...],
     function: str,
 ) -> None:
-    exe = compile_c(tmp_path, source, flags=flags)
-    target = spawn([exe])
-    target.wait_for(r"^value 1$")
-    remember_maps(target)
+    target = start_remembered(tmp_path, spawn, source, flags=flags)
     # Change the looping function itself (its usleep), nothing else; without
     # moving its frame (test_frames: moving it is the way out of this refusal).
     edit(tmp_path / "prog.c", "usleep(20000)", "usleep(10000)")
@@ -106,10 +102,7 @@ def test_branch_scan_never_misses_a_candidate() -> None:
 def test_a_refused_reload_copies_no_reinit_value_in(
     tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    exe = compile_c(tmp_path, LOOP_OVER_ENTRY_MAIN, flags=("-g", "-O0"))
-    target = spawn([exe])
-    target.wait_for(r"^value 1$")
-    remember_maps(target)
+    target = start_remembered(tmp_path, spawn, LOOP_OVER_ENTRY_MAIN, flags=("-g", "-O0"))
     # main's frame grows, so it can neither move nor let the entry jump be written
     # (refused while the threads are held); table's new initial value must stay out.
     edit(tmp_path / "prog.c", "{1, 2, 3, 4}", "{7, 2, 3, 4}")

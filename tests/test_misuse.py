@@ -104,6 +104,15 @@ def _give_away(folder: Path) -> None:
         os.chown(path, NOBODY, NOBODY)
 
 
+def _reload_as_nobody(
+    folder: Path, target: Target, source: str
+) -> subprocess.CompletedProcess[str]:
+    """``relive reload -p PID SOURCE`` as nobody in ``folder``, once everything in it is
+    nobody's (the files the test wrote since the last time included)."""
+    _give_away(folder)
+    return relive_as_nobody("reload", "-p", str(target.pid), source, cwd=folder)
+
+
 # --- a thread id names its process -----------------------------------------------
 
 THREADED = r"""
@@ -179,8 +188,7 @@ def test_non_root_reloads_a_program_rebuilt_on_disk(shared_folder: Path) -> None
         rebuilt = compile_c(shared_folder, VALUE_PROG.replace("value %d", "v=%d"), name="next")
         os.replace(rebuilt, exe)  # a rebuild: a new file at the old path
         edit(shared_folder / "prog.c", "return table[0];", "return table[2];")
-        _give_away(shared_folder)
-        done = relive_as_nobody("reload", "-p", str(target.pid), "prog.c", cwd=shared_folder)
+        done = _reload_as_nobody(shared_folder, target, "prog.c")
         assert done.returncode == 0, done.stderr
         assert "redirected value" in done.stdout
         target.wait_for(r"^value 3$")
@@ -230,8 +238,7 @@ def test_non_root_and_a_rebuilt_library(shared_folder: Path) -> None:
         edit(shared_folder / "lib.c", "return 1;", "return 2;")
         # Rebuilt from the edited source: another build than the one that runs.
         _build_library(shared_folder, (shared_folder / "lib.c").read_text())
-        _give_away(shared_folder)
-        done = relive_as_nobody("reload", "-p", str(target.pid), "lib.c", cwd=shared_folder)
+        done = _reload_as_nobody(shared_folder, target, "lib.c")
         assert done.returncode == 3, done.stdout + done.stderr
         assert "libvalue.so was replaced on disk (rebuilt?)" in done.stderr
         assert "restart the program" in done.stderr
@@ -241,8 +248,7 @@ def test_non_root_and_a_rebuilt_library(shared_folder: Path) -> None:
         # the build that runs and relive may read it.
         _build_library(shared_folder, LIB)
         edit(shared_folder / "lib.c", "return 1;", "return 2;")
-        _give_away(shared_folder)
-        done = relive_as_nobody("reload", "-p", str(target.pid), "lib.c", cwd=shared_folder)
+        done = _reload_as_nobody(shared_folder, target, "lib.c")
         assert done.returncode == 0, done.stderr
         assert "redirected value" in done.stdout
         target.wait_for(r"^value 2$")

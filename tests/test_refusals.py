@@ -21,10 +21,9 @@ from support import (
     SpawnFactory,
     Target,
     assert_untouched,
-    compile_c,
     edit,
-    remember_maps,
     run_cli,
+    start_remembered,
 )
 
 
@@ -142,10 +141,9 @@ def test_function_too_small(
     tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # value(x) compiles to `mov %edi,%eax; ret`: 3 bytes, and no caller in its file
-    exe = compile_c(tmp_path, TINY_MAIN, flags=TINY_FLAGS, extra_sources={"tiny.c": TINY})
-    target = spawn([exe])
-    target.wait_for(r"^value 1$")
-    remember_maps(target)
+    target = start_remembered(
+        tmp_path, spawn, TINY_MAIN, flags=TINY_FLAGS, extra_sources={"tiny.c": TINY}
+    )
     edit(tmp_path / "tiny.c", "return x;", "return x + 1;")
     code, err = run_cli(capsys, "reload", "-p", str(target.pid), str(tmp_path / "tiny.c"))
     assert code == 9
@@ -156,10 +154,7 @@ def test_function_too_small(
 def test_too_small_function_is_replaced_through_its_callers(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
-    exe = compile_c(tmp_path, TINY_WITH_CALLER, flags=TINY_FLAGS)
-    target = spawn([exe])
-    target.wait_for(r"^value 1$")
-    remember_maps(target)
+    target = start_remembered(tmp_path, spawn, TINY_WITH_CALLER, flags=TINY_FLAGS)
     edit(tmp_path / "prog.c", "return x;", "return x + 1;")
     events: list[object] = []
     relive.attach(target.pid, on_event=events.append).reload([tmp_path / "prog.c"])
@@ -172,10 +167,7 @@ def test_too_small_function_is_replaced_through_its_callers(
 def test_stripped_executable(
     tmp_path: Path, spawn: SpawnFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    exe = compile_c(tmp_path, VALUE_PROG, flags=("-O0", "-s"))
-    target = spawn([exe])
-    target.wait_for(r"^value 1$")
-    remember_maps(target)
+    target = start_remembered(tmp_path, spawn, VALUE_PROG, flags=("-O0", "-s"))
     edit(tmp_path / "prog.c", "return table[0];", "return table[1];")
     code, err = run_cli(capsys, "reload", "-p", str(target.pid), str(tmp_path / "prog.c"))
     assert code == 6
