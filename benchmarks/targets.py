@@ -110,41 +110,46 @@ def _compile_new(source: Path, text: str, out: Path) -> float:
     return time.monotonic() - started
 
 
-def build_one(root: Path, name: str = "one", extra: tuple[str, ...] = ()) -> Target:
-    """The stall meter with ``compute()`` in its own file (plus ``extra`` sources)."""
+def _stall_meter_with(
+    root: Path, name: str, filename: str, first: str, second: str, extra: tuple[str, ...] = ()
+) -> tuple[Path, Path, Path, float]:
+    """The stall meter linked in ``root/name`` with ``filename`` (text ``first``, and
+    ``extra`` sources there), and the edited unit (``second``) compiled ahead in
+    ``root/name/new``; the source then holds ``second``, as after an edit.  Returns the
+    executable, the source, the new object and its compile time (seconds)."""
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
-    source = folder / "func.c"
-    source.write_text(func_source(1))
+    source = folder / filename
+    source.write_text(first)
     shutil.copy(STALL_METER, folder / "stall_meter.c")
     exe = folder / f"stall_{name}"
     _run(
-        ["gcc", *CFLAGS, "-pthread", "-o", exe.name, "stall_meter.c", "func.c", *extra],
+        ["gcc", *CFLAGS, "-pthread", "-o", exe.name, "stall_meter.c", filename, *extra],
         folder,
     )
     spare = folder / "new"
     spare.mkdir(exist_ok=True)
-    compile_s = _compile_new(spare / "func.c", func_source(2), spare / "func.o")
-    source.write_text(func_source(2))
-    return Target(name, exe, source, spare / "func.o", ["compute"], _nm(exe), compile_s)
+    new_object = spare / Path(filename).with_suffix(".o")
+    compile_s = _compile_new(spare / filename, second, new_object)
+    source.write_text(second)
+    return exe, source, new_object, compile_s
+
+
+def build_one(root: Path, name: str = "one", extra: tuple[str, ...] = ()) -> Target:
+    """The stall meter with ``compute()`` in its own file (plus ``extra`` sources)."""
+    exe, source, new, compile_s = _stall_meter_with(
+        root, name, "func.c", func_source(1), func_source(2), extra
+    )
+    return Target(name, exe, source, new, ["compute"], _nm(exe), compile_s)
 
 
 def build_many(root: Path, count: int = 3000) -> Target:
     """The stall meter with a generated translation unit of ``count`` functions."""
-    folder = root / "many"
-    folder.mkdir(parents=True, exist_ok=True)
-    source = folder / "gen.c"
-    source.write_text(many_source(count, 1))
-    shutil.copy(STALL_METER, folder / "stall_meter.c")
-    exe = folder / "stall_many"
-    _run(["gcc", *CFLAGS, "-pthread", "-o", exe.name, "stall_meter.c", "gen.c"], folder)
-    spare = folder / "new"
-    spare.mkdir(exist_ok=True)
-    text = many_source(count, 2)
-    compile_s = _compile_new(spare / "gen.c", text, spare / "gen.o")
-    source.write_text(text)
+    exe, source, new, compile_s = _stall_meter_with(
+        root, "many", "gen.c", many_source(count, 1), many_source(count, 2)
+    )
     changed = ["compute", *(f"f{i:04d}" for i in range(1, count))]
-    return Target("many", exe, source, spare / "gen.o", changed, _nm(exe), compile_s)
+    return Target("many", exe, source, new, changed, _nm(exe), compile_s)
 
 
 def build_big(root: Path, count: int = 100_000) -> Target:
@@ -223,23 +228,15 @@ class HugeTarget:
 
 def build_huge(root: Path, count: int = 10_000) -> HugeTarget:
     """The stall meter linked with a 250k-line, ``count``-function unit."""
-    folder = root / "huge"
-    folder.mkdir(parents=True, exist_ok=True)
-    source = folder / "huge.c"
-    source.write_text(huge_source(count, 1))
-    shutil.copy(STALL_METER, folder / "stall_meter.c")
-    exe = folder / "stall_huge"
-    _run(["gcc", *CFLAGS, "-pthread", "-o", exe.name, "stall_meter.c", "huge.c"], folder)
-    spare = folder / "new"
-    spare.mkdir(exist_ok=True)
     text = huge_source(count, 2)
-    compile_s = _compile_new(spare / "huge.c", text, spare / "huge.o")
-    later = folder / "later"
+    exe, source, new, compile_s = _stall_meter_with(
+        root, "huge", "huge.c", huge_source(count, 1), text
+    )
+    later = source.parent / "later"
     later.mkdir(exist_ok=True)
     edited = count // 2
     _compile_new(later / "huge.c", huge_source(count, 3, edited), later / "huge.o")
-    source.write_text(text)
-    target = Target("huge", exe, source, spare / "huge.o", ["compute"], _nm(exe), compile_s)
+    target = Target("huge", exe, source, new, ["compute"], _nm(exe), compile_s)
     return HugeTarget(
         target, later / "huge.o", ["compute", f"huge_fn_{edited:05d}"], text.count("\n")
     )
