@@ -29,6 +29,14 @@ What is measured, and how:
 * threads stopped: relive's ``stopped_us`` (the stop that writes the entry jumps); the
   floor's seize-to-detach time.
 * exit: from the new code running to the command's exit.
+* command CPU time: of the command and its children (gcc); a served command's work
+  is done in the server's child, so only the client's own CPU time is counted.
+
+``relive`` runs through its command server (``relive/cli/server.py``: a warm process
+forks a child per command) as a user's command does: the warm-up run starts it, in
+a private state directory.  ``one.o`` and ``one.c`` are also measured in-process
+(``RELIVE_SERVER=0``: the command imports relive itself), as ``one.o in-process`` and
+``one.c in-process``.
 
 Results go to ``benchmarks/results/<timestamp>.json``.
 """
@@ -73,11 +81,20 @@ class Scenario:
     target: str  # key into the built targets
     use_object: bool  # reload the prebuilt .o instead of the .c
     what: str
+    #: Run relive without its command server (RELIVE_SERVER=0).
+    in_process: bool = False
 
+
+#: Suffix of a scenario's in-process twin (chosen with it).
+IN_PROCESS = " in-process"
 
 SCENARIOS = [
-    Scenario("one.c", "one", False, "1 function from .c (gcc included)"),
-    Scenario("one.o", "one", True, "1 function from a prebuilt .o"),
+    Scenario("one.c", "one", False, "1 function from .c (gcc included), through the server"),
+    Scenario(
+        "one.c" + IN_PROCESS, "one", False, "1 function from .c (gcc included), in-process", True
+    ),
+    Scenario("one.o", "one", True, "1 function from a prebuilt .o, through the server"),
+    Scenario("one.o" + IN_PROCESS, "one", True, "1 function from a prebuilt .o, in-process", True),
     Scenario("many.o", "many", True, "3,000 changed functions from a prebuilt .o"),
     Scenario("big.c", "big", False, "1 function from .c, 100,000-symbol executable"),
     Scenario("big.o", "big", True, "1 function from .o, 100,000-symbol executable"),
@@ -180,19 +197,23 @@ class Meter:
 # -- one measurement --------------------------------------------------------------------
 
 
-def _child_env() -> dict[str, str]:
+def _child_env(in_process: bool = False) -> dict[str, str]:
     # A user's Python writes bytecode caches; measure that, not a cache-less start-up.
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["RELIVE_SERVER"] = "0" if in_process else "1"
     return env
 
 
-def _measure(meter: Meter, argv: Sequence[str]) -> tuple[dict[str, float], str]:
+def _measure(
+    meter: Meter, argv: Sequence[str], in_process: bool = False
+) -> tuple[dict[str, float], str]:
     """Run ``argv`` against the meter; the common figures and the command's stdout."""
     meter.send("reset", "RESET")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, text=True, env=_child_env(), check=False)
+    env = _child_env(in_process)
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     ended = time.monotonic()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -243,14 +264,16 @@ def run_floor(target: targets.Target) -> dict[str, float]:
     return figures
 
 
-def run_relive(relive: str, target: targets.Target, use_object: bool) -> dict[str, float]:
+def run_relive(
+    relive: str, target: targets.Target, use_object: bool, in_process: bool = False
+) -> dict[str, float]:
     """One ``relive reload`` on a fresh target process."""
     meter = Meter(target.exe)
     try:
         time.sleep(0.05)
         path = target.prebuilt if use_object else target.source
         argv = [relive, "--json", "reload", "--timings", "-p", str(meter.pid), str(path)]
-        figures, out = _measure(meter, argv)
+        figures, out = _measure(meter, argv, in_process)
     finally:
         meter.close()
     figures.pop("_t0")
@@ -328,6 +351,11 @@ def targets_report(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
         x, y = med(a, key), med(b, key)
         return None if x is None or y is None else x - y
 
+    def to_floor(name: str) -> float | None:
+        value = med(name, "latency_ms")
+        floor = scenarios.get(name, {}).get("floor_summary", {}).get("latency_ms", {})
+        return None if value is None or not floor.get("median") else value / floor["median"]
+
     rows = [
         ("stall, 1 function (one.o)", med("one.o", "stall_ms"), 1.0),
         ("stall, 1 function (one.c)", med("one.c", "stall_ms"), 1.0),
@@ -348,11 +376,42 @@ def targets_report(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
             20.0,
         ),
     ]
+    ratios = [
+        (f"command -> new code / floor ({name})", to_floor(name), 2.5)
+        for name in ("one.o", "one.o" + IN_PROCESS, "one.c", "one.c" + IN_PROCESS)
+    ]
     return [
         {"target": label, "value": value, "goal": goal, "unit": "ms"}
         for label, value, goal in rows
         if value is not None
+    ] + [
+        {"target": label, "value": value, "goal": goal, "unit": "x"}
+        for label, value, goal in ratios
+        if value is not None
     ]
+
+
+def _server(relive: str, action: str) -> dict[str, Any]:
+    """``relive server status`` (or ``stop``) as JSON."""
+    done = subprocess.run(
+        [relive, "--json", "server", action], capture_output=True, text=True, check=False
+    )
+    try:
+        answer: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"pid": 0}
+    return answer
+
+
+def wait_for_server(relive: str, timeout: float = 60.0) -> dict[str, Any]:
+    """The command server's state once it listens (the warm-up run started it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = _server(relive, "status")
+        if state.get("pid") and state.get("current"):
+            return state
+        time.sleep(0.1)
+    raise RuntimeError("the command server did not start (see relive server status)")
 
 
 def print_targets(rows: list[dict[str, Any]], out: IO[str]) -> None:
@@ -497,6 +556,43 @@ def extra_goals(
     ]
 
 
+def run_scenarios(
+    args: argparse.Namespace,
+    chosen: list[Scenario],
+    built: dict[str, targets.Target],
+    log: Callable[[str], None],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A warm-up run of each scenario (bytecode caches, page cache, the command
+    server), then ``--runs`` rounds, each scenario's floor first; and how many runs
+    the server served (all those not in-process, else the figures are wrong)."""
+    results: dict[str, Any] = {
+        s.name: {"what": s.what, "runs": [], "floor_runs": []} for s in chosen
+    }
+    if not chosen:
+        return results, {}
+    for scenario in chosen:
+        run_relive(args.relive, built[scenario.target], scenario.use_object, scenario.in_process)
+    server = wait_for_server(args.relive)
+    for run in range(args.runs):
+        log(f"run {run + 1}/{args.runs}")
+        for scenario in chosen:
+            target = built[scenario.target]
+            entry = results[scenario.name]
+            entry["floor_runs"].append(run_floor(target))
+            entry["runs"].append(
+                run_relive(args.relive, target, scenario.use_object, scenario.in_process)
+            )
+    after = _server(args.relive, "status")
+    record = {
+        "pid": server["pid"],
+        "served": after.get("served", 0) - server["served"],
+        "expected": args.runs * sum(not s.in_process for s in chosen),
+    }
+    if after.get("pid") != server["pid"] or record["served"] != record["expected"]:
+        log(f"not every run went through one command server: {record}, now {after}")
+    return results, record
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark (or compare two result files)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -530,7 +626,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         compare(args.compare[0], args.compare[1], sys.stdout)
         return 0
 
-    chosen = [s for s in SCENARIOS if s.name in args.scenarios.split(",")]
+    names = args.scenarios.split(",")
+    names += [name + IN_PROCESS for name in names]  # one.o brings one.o in-process
+    chosen = [s for s in SCENARIOS if s.name in names]
     with_huge = HUGE in args.scenarios.split(",")
     with_workers = WORKERS in args.scenarios.split(",")
     long_names = [name for name in LONG_SESSION if name in args.scenarios.split(",")]
@@ -544,20 +642,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = _meta(args.relive, args.runs)
     meta["realtime_target"] = args.rt
     with tempfile.TemporaryDirectory(prefix="relive-bench-") as scratch:
+        # A private state directory: a private command server, which no other
+        # relive's commands (another checkout's code) make exit.
+        os.environ["RELIVE_STATE_DIR"] = str(Path(scratch) / "state")
         built = build_all(Path(scratch), {s.target for s in chosen}, log)
         meta["compile_new_version_s"] = {k: t.compile_s for k, t in built.items()}
-        for scenario in chosen:  # warm-up: bytecode caches, page cache
-            run_relive(args.relive, built[scenario.target], scenario.use_object)
-        results: dict[str, Any] = {
-            s.name: {"what": s.what, "runs": [], "floor_runs": []} for s in chosen
-        }
-        for run in range(args.runs if chosen else 0):
-            log(f"run {run + 1}/{args.runs}")
-            for scenario in chosen:
-                target = built[scenario.target]
-                entry = results[scenario.name]
-                entry["floor_runs"].append(run_floor(target))
-                entry["runs"].append(run_relive(args.relive, target, scenario.use_object))
+        results, meta["server"] = run_scenarios(args, chosen, built, log)
+        # huge.o measures the command's own CPU time and peak memory (its rusage),
+        # which a served command's client does not have: the rest runs in-process.
+        os.environ["RELIVE_SERVER"] = "0"
         huge = run_huge(args, Path(scratch), log) if with_huge else None
         forked = run_workers(args, Path(scratch), log) if with_workers else None
         if long_names:
@@ -566,6 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sessions = longsession.run_all(
             Path(scratch), long_names, str(python) if python.exists() else None
         )
+        _server(args.relive, "stop")  # before its state directory goes
     for entry in results.values():
         entry["summary"] = summarise(entry["runs"])
         entry["floor_summary"] = summarise(entry["floor_runs"])
