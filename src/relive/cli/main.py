@@ -203,6 +203,18 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PARSERS: list[argparse.ArgumentParser] = []
+
+
+def command_parser() -> argparse.ArgumentParser:
+    """The command line's parser, built once per process: the command server builds
+    it before it forks, so that its children only parse (parsing changes nothing in
+    the parser)."""
+    if not _PARSERS:
+        _PARSERS.append(_build_parser())
+    return _PARSERS[0]
+
+
 def _add_reinit(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reinit",
@@ -327,7 +339,7 @@ def _cmd_server(args: argparse.Namespace, out: Renderer) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 done, see README for the others)."""
-    parser = _build_parser()
+    parser = command_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:

@@ -473,6 +473,9 @@ def preload() -> None:
         for module in pkgutil.walk_packages(package.__path__, "relive."):
             if module.name not in NOT_PRELOADED:
                 importlib.import_module(module.name)
+    from relive.cli.main import command_parser
+
+    command_parser()  # argparse's parser: some 100 actions, built once
 
 
 def _stop(_signum: int, _frame: object) -> None:
@@ -493,7 +496,9 @@ def main() -> None:
     if lock_fd is None:
         sys.exit(0)
     preload()
-    gc.set_threshold(50_000, *gc.get_threshold()[1:])
+    from relive.cli.main import GC_YOUNG_THRESHOLD
+
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     gc.freeze()  # the children share the imported objects' pages: nothing walks them
     for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(signum, _stop)
