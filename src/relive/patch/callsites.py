@@ -25,7 +25,10 @@ from relive.elf.cfi import CfiError
 from relive.elf.dwarf_types import (
     AT_ABSTRACT_ORIGIN,
     AT_BYTE_SIZE,
+    AT_FRAME_BASE,
+    AT_LOCATION,
     AT_TYPE,
+    TAG_INLINED_SUBROUTINE,
     TAG_LEXICAL_BLOCK,
     TAG_PARAMETER,
     TAG_VARIABLE,
@@ -37,8 +40,6 @@ from relive.elf.leb128 import Leb128Error, read_sleb
 from relive.errors import ReliveError
 
 HOW_CALL_SITE = "matching call site"
-_AT_LOCATION = 0x02
-_AT_FRAME_BASE = 0x40
 _OP_FBREG = 0x91
 _OP_CALL_FRAME_CFA = 0x9C
 _OP_REG6 = 0x56  # the frame pointer register of x86-64 (as DWARF numbers it)
@@ -147,9 +148,6 @@ def _check_slots(
     return ""
 
 
-_TAG_INLINED_SUBROUTINE = 0x1D
-
-
 def inlined_functions(path: str, source: str, function: str) -> list[str]:
     """Names of the functions DWARF says were inlined into ``function`` (for messages)."""
     try:
@@ -169,7 +167,7 @@ def _inlined(unit: TypeUnit, die: Any, found: list[str], depth: int) -> None:
     if depth > _MAX_TYPE_CHAIN:
         return
     for child in unit.children(die):
-        if child.tag == _TAG_INLINED_SUBROUTINE:
+        if child.tag == TAG_INLINED_SUBROUTINE:
             origin = child.ref(AT_ABSTRACT_ORIGIN)
             name = unit.die(origin).name() if origin is not None else None
             if name and name not in found:
@@ -189,7 +187,7 @@ def _variable_homes(path: str, source: str, function: str) -> dict[str, _Home] |
     die = unit.find_function(function)
     if die is None:
         return None
-    base = die.attrs.get(_AT_FRAME_BASE)
+    base = die.attrs.get(AT_FRAME_BASE)
     if base != bytes([_OP_CALL_FRAME_CFA]) and base != bytes([_OP_REG6]):
         return None
     homes: dict[str, _Home] = {}
@@ -206,7 +204,7 @@ def _collect(unit: TypeUnit, die: Any, scope: str, from_rbp: bool, homes: dict[s
             continue
         if child.tag not in (TAG_VARIABLE, TAG_PARAMETER) or child.name() is None:
             continue
-        location = child.attrs.get(_AT_LOCATION)
+        location = child.attrs.get(AT_LOCATION)
         if not isinstance(location, bytes) or not location or location[0] != _OP_FBREG:
             return False  # in a register, a location list, or optimised out
         homes[scope + str(child.name())] = _Home(

@@ -31,6 +31,7 @@ from relive.elf.dwarf_types import (
     AT_LOCATION,
     TAG_ARRAY,
     TAG_ENUM,
+    TAG_INLINED_SUBROUTINE,
     TAG_LEXICAL_BLOCK,
     TAG_MEMBER,
     TAG_PARAMETER,
@@ -58,14 +59,13 @@ from relive.patch.type_compare import (
     type_of,
 )
 
-_TAG_INLINED = 0x1D
 #: DW_OP_addr, DW_OP_addrx, DW_OP_GNU_addr_index: a variable with a fixed address.
 _STATIC_LOCATION_OPS = frozenset({0x03, 0xA1, 0xFB})
 _CLONE_SUFFIX = re.compile(r"\.(constprop|isra|part|cold|lto_priv)(\.\d+)*$|\.cold$")
 _PF_X = 1
-_LOCAL_TAGS = frozenset({TAG_LEXICAL_BLOCK, _TAG_INLINED, TAG_PARAMETER, TAG_VARIABLE})
+_LOCAL_TAGS = frozenset({TAG_LEXICAL_BLOCK, TAG_INLINED_SUBROUTINE, TAG_PARAMETER, TAG_VARIABLE})
 _MEMBER_TAGS = frozenset({TAG_MEMBER})
-_BLOCK_TAGS = frozenset({TAG_LEXICAL_BLOCK, _TAG_INLINED})
+_BLOCK_TAGS = frozenset({TAG_LEXICAL_BLOCK, TAG_INLINED_SUBROUTINE})
 HINT = (
     "objects already in the program keep the old layout; restart to change it, or reload "
     "with --allow-layout-change if you convert them yourself"
@@ -272,7 +272,7 @@ def _iter_locals(
     its parameters and variables have their types), however often it was inlined.
     """
     for child in unit.children(function, _LOCAL_TAGS):
-        if child.tag == _TAG_INLINED:
+        if child.tag == TAG_INLINED_SUBROUTINE:
             origin = child.ref(AT_ABSTRACT_ORIGIN)
             if inlined is not None and origin is not None and origin not in inlined:
                 inlined.add(origin)
