@@ -35,6 +35,14 @@ def hold_lock(pid: int, seconds: float) -> subprocess.Popen[str]:
     return holder
 
 
+def end(holder: subprocess.Popen[str]) -> None:
+    """Kill the lock holder (SIGKILL) and reap it."""
+    holder.kill()
+    holder.wait()
+    assert holder.stdout is not None
+    holder.stdout.close()
+
+
 def test_second_relive_names_the_holder(
     running: Target,
     tmp_path: Path,
@@ -53,10 +61,7 @@ def test_second_relive_names_the_holder(
         code, err = run_cli(capsys, "undo", "-p", str(running.pid))
         assert code == 1 and f"pid {holder.pid}" in err
     finally:
-        holder.kill()
-        holder.wait()
-        assert holder.stdout is not None
-        holder.stdout.close()
+        end(holder)
     assert_untouched(running)
 
 
@@ -73,10 +78,7 @@ def test_second_relive_waits_for_the_first(
         assert holder.poll() is not None  # it had to finish first
         running.wait_for(r"^value 2$")
     finally:
-        holder.kill()
-        holder.wait()
-        assert holder.stdout is not None
-        holder.stdout.close()
+        end(holder)
 
 
 def test_killed_holder_leaves_no_lock(
@@ -87,10 +89,7 @@ def test_killed_holder_leaves_no_lock(
 ) -> None:
     monkeypatch.setattr(relive.patch.lock, "WAIT_SECONDS", 2.0)
     holder = hold_lock(running.pid, 60)
-    holder.kill()  # SIGKILL: the kernel drops its flock
-    holder.wait()
-    assert holder.stdout is not None
-    holder.stdout.close()
+    end(holder)  # SIGKILL: the kernel drops its flock
     edit(tmp_path / "prog.c", "return table[0];", "return table[1];")
     code, err = run_cli(capsys, "reload", "-p", str(running.pid), str(tmp_path / "prog.c"))
     assert code == 0, err
