@@ -89,8 +89,11 @@ def _name(die: Any, hops: int = 3) -> str | None:
     return None
 
 
-def _oracle(path: Path) -> list[tuple[str, str, int, int]]:
-    """(function, name, location length, operand position) by pyelftools."""
+def _oracle(
+    path: Path, forms: tuple[str, ...] = tuple(_BLOCK_LENGTHS)
+) -> list[tuple[str, str, int, int]]:
+    """(function, name, location length, operand position) by pyelftools, for the
+    locations given in one of ``forms``."""
     found: list[tuple[str, str, int, int]] = []
     with path.open("rb") as f:
         dwarf = ELFFile(f).get_dwarf_info()
@@ -98,20 +101,22 @@ def _oracle(path: Path) -> list[tuple[str, str, int, int]]:
             for function in cu.get_top_DIE().iter_children():
                 if function.tag != "DW_TAG_subprogram":
                     continue
-                found.extend(_oracle_statics(function, _name(function)))
+                found.extend(_oracle_statics(function, _name(function), forms))
     return found
 
 
-def _oracle_statics(block: Any, function: str | None) -> list[tuple[str, str, int, int]]:
+def _oracle_statics(
+    block: Any, function: str | None, forms: tuple[str, ...]
+) -> list[tuple[str, str, int, int]]:
     found: list[tuple[str, str, int, int]] = []
     for child in block.iter_children():
         if child.tag in _LOCAL_BLOCKS:
-            found.extend(_oracle_statics(child, function))
+            found.extend(_oracle_statics(child, function, forms))
             continue
         location = child.attributes.get("DW_AT_location")
         if child.tag != "DW_TAG_variable" or location is None:
             continue
-        if location.form not in _BLOCK_LENGTHS:
+        if location.form not in forms:
             continue
         value = location.value
         if len(value) != 9 or value[0] != 0x03:
@@ -168,3 +173,66 @@ def test_statics_match_pyelftools(tmp_path: Path, compiler: str, version: int, l
         operand = data[static.operand : static.operand + 8]
         assert static.location[1:] == operand
         assert int.from_bytes(operand, "little") != 0
+
+
+#: A unit written by hand: forms no compiler emits for C (DW_FORM_indirect for a
+#: name, a location and an attribute before one; block1 locations, as DWARF 2
+#: and 3 give them), in a function, a lexical block and at the top level.
+INDIRECT = r"""
+    .text
+    .globl main
+main:
+    xorl %eax, %eax
+    ret
+    .bss
+file_level: .zero 8
+count_a: .zero 8
+count_b: .zero 8
+tail: .zero 8
+    .section .note.GNU-stack,"",@progbits
+    .section .debug_abbrev,"",@progbits
+abbrevs:
+    .uleb128 1, 0x11; .byte 1; .uleb128 0x03, 0x08, 0x1b, 0x08, 0, 0
+    .uleb128 2, 0x2e; .byte 1; .uleb128 0x03, 0x08, 0x3f, 0x19, 0, 0
+    .uleb128 3, 0x34; .byte 0; .uleb128 0x03, 0x16, 0x02, 0x16, 0, 0
+    .uleb128 4, 0x0b; .byte 1; .uleb128 0, 0
+    .uleb128 5, 0x34; .byte 0; .uleb128 0x3b, 0x16, 0x03, 0x08, 0x02, 0x18, 0, 0
+    .uleb128 6, 0x34; .byte 0; .uleb128 0x03, 0x08, 0x02, 0x0a, 0, 0
+    .uleb128 7, 0x05; .byte 0; .uleb128 0x03, 0x16, 0x02, 0x18, 0, 0
+    .byte 0
+    .section .debug_info,"",@progbits
+    .long end - start
+start:
+    .short 4
+    .long abbrevs
+    .byte 8
+    .uleb128 1; .asciz "statics.c"; .asciz "COMP_DIR"
+    .uleb128 6; .asciz "file_level"; .byte 9, 0x03; .quad file_level
+    .uleb128 2; .asciz "f"
+    .uleb128 7; .uleb128 0x08; .asciz "n"; .uleb128 2; .byte 0x91, 0x6c
+    .uleb128 3; .uleb128 0x08; .asciz "count"; .uleb128 0x18, 9; .byte 0x03; .quad count_a
+    .uleb128 4
+    .uleb128 5; .uleb128 0x0b; .byte 7; .asciz "count"; .uleb128 9; .byte 0x03; .quad count_b
+    .byte 0
+    .uleb128 6; .asciz "tail"; .byte 9, 0x03; .quad tail
+    .byte 0
+    .byte 0
+end:
+"""
+
+
+def test_indirect_forms_and_blocks_match_pyelftools(tmp_path: Path) -> None:
+    need_program("gcc")
+    (tmp_path / "statics.s").write_text(INDIRECT.replace("COMP_DIR", str(tmp_path)))
+    obj, exe = tmp_path / "statics.o", tmp_path / "statics"
+    subprocess.run(["gcc", "-c", "statics.s", "-o", obj.name], cwd=tmp_path, check=True)
+    subprocess.run(["gcc", "statics.o", "-o", exe.name], cwd=tmp_path, check=True)
+    for path in (obj, exe):
+        ours = _ours(path)
+        expected = _oracle(path, forms=("DW_FORM_exprloc", "DW_FORM_block1"))
+        assert [(s.function, s.name) for s in ours] == [("f", "count")] * 2 + [("f", "tail")]
+        # A location given through DW_FORM_indirect has no operand position (as the
+        # general reader gives none); the others are where pyelftools finds them.
+        assert ours[0].operand is None
+        assert [(s.function, s.name, len(s.location)) for s in ours] == [e[:3] for e in expected]
+        assert [s.operand for s in ours[1:]] == [e[3] for e in expected[1:]]

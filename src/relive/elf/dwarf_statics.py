@@ -47,6 +47,8 @@ __all__ = ["FunctionStatic", "iter_function_statics"]
 
 #: DW_OP_addr: a variable at a fixed address (the operand is the address).
 _DW_OP_ADDR = 0x03
+#: Not named yet (a function's name is read at its first static).
+_UNNAMED = "\0"
 #: How many references a name is followed through (origin of an origin...).
 _NAME_HOPS = 3
 
@@ -64,6 +66,8 @@ class FunctionStatic(NamedTuple):
     operand: int | None
 
 
+#: A DIE the walk found: its offset, abbreviation and where its attributes start.
+_Found = tuple[int, _Abbrev, int]
 #: What the walk does with a DIE of one abbreviation.
 _SKIP, _FUNCTION, _BLOCK, _VARIABLE, _VARIABLE_INDIRECT = range(5)
 #: The walk's ``ignored`` depth while it looks into every DIE it meets.
@@ -126,11 +130,10 @@ def _plan(unit: TypeUnit, code: int) -> _Plan:
     )
 
 
-def _name(unit: TypeUnit, pos: int) -> str | None:
-    """The name of the DIE at ``pos``, or its origin's (decoded as the general
+def _name(unit: TypeUnit, die: _Found) -> str | None:
+    """The name of a DIE the walk found, or its origin's (decoded as the general
     reader does when the DIE has no plain name)."""
-    code, at = unit.file.reader.info.uleb(pos)
-    abbrev = unit._abbrevs.get(code) or unit._abbrev(code)
+    pos, abbrev, at = die
     if abbrev.name >= 0 and abbrev.specs[abbrev.name][1] in _STRING_FORMS:
         found = unit._name_at(abbrev, at)
         if found is not None:
@@ -158,8 +161,13 @@ def iter_function_statics(unit: TypeUnit) -> Iterator[FunctionStatic]:
     Functions and variables without a name (even through their origin) are left
     out.  Raises :class:`Malformed` on DWARF it cannot walk."""
     try:
+        named: dict[int, str | None] = {}
         for function, variable, location, operand in _walk(unit):
-            function_name = _name(unit, function)
+            if function is None:
+                continue  # never: a variable is looked at inside a function only
+            function_name = named.get(function[0], _UNNAMED)
+            if function_name is _UNNAMED:
+                function_name = named[function[0]] = _name(unit, function)
             name = _name(unit, variable) if function_name is not None else None
             if function_name is not None and name is not None:
                 yield FunctionStatic(function_name, name, location, operand)
@@ -167,8 +175,8 @@ def iter_function_statics(unit: TypeUnit) -> Iterator[FunctionStatic]:
         raise Malformed("a DIE runs past the end of its section") from None
 
 
-def _walk(unit: TypeUnit) -> Iterator[tuple[int, int, bytes, int | None]]:  # noqa: C901
-    """(function DIE, variable DIE, location, operand position) of each static.
+def _walk(unit: TypeUnit) -> Iterator[tuple[_Found | None, _Found, bytes, int | None]]:  # noqa: C901
+    """(function, variable, location, operand position) of each static.
 
     The hot loop: one pass, attributes skipped by precomputed operations (fixed
     sizes, inline strings, LEB128 numbers and expressions without a call), a
@@ -206,7 +214,7 @@ def _walk(unit: TypeUnit) -> Iterator[tuple[int, int, bytes, int | None]]:  # no
     depth = 0  # 0: the unit's children; 1: a function's; more: blocks' and others'
     #: While depth > ignored, the walk is inside a subtree it does not look into.
     ignored = _NOTHING_IGNORED
-    function = -1
+    function: _Found | None = None
     while True:
         if pos >= limit:
             if depth == 0:
@@ -236,7 +244,7 @@ def _walk(unit: TypeUnit) -> Iterator[tuple[int, int, bytes, int | None]]:  # no
         ops = plan.ops
         if kind != _SKIP and kind <= _BLOCK:  # a function, or a block in one
             if depth == 0:
-                function = pos
+                function = (pos, plan.abbrev, at)
             depth += 1
             if ops is None:
                 pos = unit._attribute_position(plan.abbrev, at, len(plan.abbrev.specs))
@@ -264,17 +272,14 @@ def _walk(unit: TypeUnit) -> Iterator[tuple[int, int, bytes, int | None]]:  # no
             if where + length > limit:
                 raise Malformed("a block runs past the end of .debug_info")
             if length == wanted_length and buf[base + where] == _DW_OP_ADDR:
-                yield function, pos, bytes(buf[base + where : base + where + length]), where + 1
+                location = bytes(buf[base + where : base + where + length])
+                yield function, (pos, plan.abbrev, at), location, where + 1
             if plan.after_location is not None:
                 after = advance(where + length, plan.after_location)
         elif kind == _VARIABLE_INDIRECT:
-            location = unit._decode(pos)[0].attrs.get(AT_LOCATION)
-            if (
-                isinstance(location, bytes)
-                and len(location) == wanted_length
-                and location[0] == _DW_OP_ADDR
-            ):
-                yield function, pos, location, None
+            value = unit._decode(pos)[0].attrs.get(AT_LOCATION)
+            if isinstance(value, bytes) and len(value) == wanted_length and value[0] == _DW_OP_ADDR:
+                yield function, (pos, plan.abbrev, at), value, None
         jump = plan.jump
         if jump is not None:  # over the children, through DW_AT_sibling
             if jump[1]:

@@ -954,12 +954,20 @@ _STR_BASES: dict[tuple[int, int], int] = {}
 class _FastReader(_Reader):
     """The shared reader; relocations of a large object looked up, not all decoded."""
 
+    #: The RELA tables of each debug section, found in one pass over the section
+    #: headers (an object built with -ffunction-sections has tens of thousands).
+    _debug_tables: dict[int, list[SectionHeader]] | None = None
+
     def _relocations(self, target: int) -> dict[int, int]:
-        tables = [
-            shdr
-            for shdr in self.shdrs
-            if shdr.type == SHT_RELA and shdr.info == target and shdr.link < len(self.shdrs)
-        ]
+        if self._debug_tables is None:
+            debug = {i for name, i in self.index.items() if name.startswith((".debug", ".zdebug"))}
+            found: dict[int, list[SectionHeader]] = {}
+            count = len(self.shdrs)
+            for shdr in self.shdrs:
+                if shdr.type == SHT_RELA and shdr.info in debug and shdr.link < count:
+                    found.setdefault(shdr.info, []).append(shdr)
+            self._debug_tables = found
+        tables = self._debug_tables.get(target, [])
         if len(tables) != 1:
             return super()._relocations(target) if tables else {}
         return _SortedRelocations(self, tables[0])
