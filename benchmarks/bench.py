@@ -65,7 +65,8 @@ REPO = HERE.parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 
-import hugeunit  # noqa: E402  (sibling modules, found through sys.path)
+import figures as figures_of  # noqa: E402  (sibling modules, found through sys.path)
+import hugeunit  # noqa: E402
 import longsession  # noqa: E402
 import targets  # noqa: E402
 import workers  # noqa: E402
@@ -277,14 +278,12 @@ def run_relive(
     finally:
         meter.close()
     figures.pop("_t0")
-    for line in out.splitlines():
-        event = json.loads(line)
-        if event.get("kind") == "timings":
-            for phase, ms in event["phases_ms"].items():
-                figures[f"{phase}_ms"] = ms
-            figures["stopped_ms"] = event["stopped_us"] / 1e3
-        elif event.get("kind") == "reloaded":
-            figures["redirected"] = event["redirected"]
+    report = figures_of.read_reload(out)
+    figures.update({f"{phase}_ms": ms for phase, ms in report.phases_ms.items()})
+    if report.stopped_ms is not None:
+        figures["stopped_ms"] = report.stopped_ms
+    if report.redirected is not None:
+        figures["redirected"] = report.redirected
     if figures.get("redirected") != len(target.changed):
         raise RuntimeError(f"expected {len(target.changed)} redirected functions: {out[-2000:]}")
     phases = sum(figures.get(f"{p}_ms", 0.0) for p in ("attach", "compile", "link", "patch"))

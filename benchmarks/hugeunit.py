@@ -11,7 +11,7 @@ command's CPU time (on a loaded machine the wall time is mostly a wait for a CPU
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import shutil
 import subprocess
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import targets
+from figures import median, read_reload
 
 #: The phases of ``--timings`` that are relive's own work (compile excluded).
 OWN_PHASES = ("attach", "link", "types", "patch")
@@ -49,17 +50,12 @@ def _reload(relive: str, pid: int, path: Path, expected: int) -> dict[str, float
         [relive, "--json", "reload", "--timings", "-p", str(pid), str(path)]
     )
     figures: dict[str, float] = {"wall_ms": wall_ms, "peak_mb": peak_mb, "cpu_ms": cpu_ms}
-    redirected = None
-    for line in text.splitlines():
-        event = json.loads(line)
-        if event.get("kind") == "timings":
-            for phase, ms in event["phases_ms"].items():
-                figures[f"{phase}_ms"] = ms
-            figures["held_ms"] = event["stopped_us"] / 1e3
-        elif event.get("kind") == "reloaded":
-            redirected = event["redirected"]
-    if redirected != expected:
-        raise RuntimeError(f"expected {expected} redirected functions, got {redirected}")
+    report = read_reload(text)
+    figures.update({f"{phase}_ms": ms for phase, ms in report.phases_ms.items()})
+    if report.stopped_ms is not None:
+        figures["held_ms"] = report.stopped_ms
+    if report.redirected != expected:
+        raise RuntimeError(f"expected {expected} redirected functions, got {report.redirected}")
     figures["own_ms"] = sum(figures.get(f"{p}_ms", 0.0) for p in OWN_PHASES)
     return figures
 
@@ -86,11 +82,7 @@ def run_once(
 
 def report_rows(summary: dict[str, Any]) -> list[tuple[str, float | None, float, str]]:
     """(label, median, goal, unit) rows for the targets table."""
-
-    def med(key: str) -> float | None:
-        value = summary.get(key, {}).get("median")
-        return None if value is None else float(value)
-
+    med = functools.partial(median, summary)
     return [
         ("huge unit, first reload: relive's phases (huge.o)", med("first_own_ms"), 1000.0, "ms"),
         ("huge unit, next reload: relive's phases (huge.o)", med("next_own_ms"), 500.0, "ms"),

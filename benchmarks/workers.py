@@ -16,12 +16,15 @@ Measured per run:
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from figures import median
 
 WORKERS = 8
 TIMEOUT_S = 30.0
@@ -151,11 +154,7 @@ def run_once(relive: str, exe: Path, src: Path) -> dict[str, float]:
 
 def report_rows(summary: dict[str, Any]) -> list[tuple[str, float | None, float, str]]:
     """(label, median, goal, unit) rows for the targets table."""
-
-    def med(key: str) -> float | None:
-        value = summary.get(key, {}).get("median")
-        return None if value is None else float(value)
-
+    med = functools.partial(median, summary)
     return [
         ("--all, 8 workers: first-to-last entry write", med("switch_spread_ms"), 20.0, "ms"),
         (
