@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,46 +30,38 @@ sys.path.insert(0, str(HERE))
 
 import targets  # noqa: E402
 from bench import Meter  # noqa: E402
+from reader import LineReader  # noqa: E402
 
 GOAL_OVERHEAD_MS = 10.0
 
 
-class WatchProcess:
+class WatchProcess(LineReader[dict[str, Any]]):
     """``relive --json watch``, its JSON events read in the background."""
 
     def __init__(self, relive: str, pid: int, source: Path) -> None:
-        self.proc = subprocess.Popen(
+        proc = subprocess.Popen(
             [relive, "--json", "watch", "-p", str(pid), str(source)],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
         )
-        self.events: list[dict[str, Any]] = []
+        super().__init__(proc, json.loads)
         self._seen = 0
-        self._cond = threading.Condition()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._cond:
-                self.events.append(json.loads(line))
-                self._cond.notify_all()
 
     def next(self, kinds: tuple[str, ...], timeout: float = 20.0) -> dict[str, Any]:
         """The next unseen event of one of ``kinds``."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                while self._seen < len(self.events):
-                    event = self.events[self._seen]
-                    self._seen += 1
-                    if event["kind"] in kinds:
-                        return event
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise RuntimeError(f"watch: no {kinds} event; saw {self.events[-5:]}")
-                self._cond.wait(left)
+
+        def unseen(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+            while self._seen < len(events):
+                event = events[self._seen]
+                self._seen += 1
+                if event["kind"] in kinds:
+                    return event
+            return None
+
+        return self.wait(
+            unseen, timeout, lambda events: f"watch: no {kinds} event; saw {events[-5:]}"
+        )
 
     def close(self) -> None:
         self.proc.terminate()

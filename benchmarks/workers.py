@@ -19,12 +19,12 @@ from __future__ import annotations
 import functools
 import json
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from figures import median
+from reader import LineReader
 
 WORKERS = 8
 TIMEOUT_S = 30.0
@@ -88,33 +88,23 @@ def build(root: Path) -> tuple[Path, Path]:
     return exe, src
 
 
-class _Program:
-    """The running program, its lines read by a thread."""
+class _Program(LineReader[list[str]]):
+    """The running program, its lines read by a thread (split into words)."""
 
     def __init__(self, exe: Path) -> None:
-        self.proc = subprocess.Popen([str(exe)], stdout=subprocess.PIPE, text=True, bufsize=1)
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._cond:
-                self.lines.append(line.split())
-                self._cond.notify_all()
+        proc = subprocess.Popen([str(exe)], stdout=subprocess.PIPE, text=True, bufsize=1)
+        super().__init__(proc, str.split)
 
     def wait_count(self, word: str, count: int) -> list[list[str]]:
-        deadline = time.monotonic() + TIMEOUT_S
-        with self._cond:
-            while True:
-                found = [line for line in self.lines if line and line[0] == word]
-                if len(found) >= count:
-                    return found
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise RuntimeError(f"workers: {len(found)}/{count} {word} lines")
-                self._cond.wait(left)
+        def enough(lines: list[list[str]]) -> list[list[str]] | None:
+            found = [line for line in lines if line and line[0] == word]
+            return found if len(found) >= count else None
+
+        def short(lines: list[list[str]]) -> str:
+            seen = sum(1 for line in lines if line and line[0] == word)
+            return f"workers: {seen}/{count} {word} lines"
+
+        return self.wait(enough, TIMEOUT_S, short)
 
     def close(self) -> None:
         self.proc.kill()  # the workers die with it (PR_SET_PDEATHSIG)
