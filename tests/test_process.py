@@ -573,6 +573,23 @@ def test_read_errors_name_the_address(tmp_path: Path, spawn: SpawnFactory) -> No
         ProcessMemory(target.pid)
 
 
+def test_read_spans_reads_every_span_at_once_or_names_the_one_unmapped(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    """The copy a reclaim check makes at its stop: several spans in one call
+    (process_vm_readv), the same bytes as span by span; an unmapped span falls
+    back to the span-by-span read, whose error names its address."""
+    target = spawn([build(tmp_path, TEXT_AND_DATA)])
+    value, x = parse_addresses(target)
+    spans = [(value, value + 32), (x & ~7, (x & ~7) + 16), (value + 64, value + 72)]
+    with stop_all(target.pid), ProcessMemory(target.pid) as mem:
+        together = mem.read_spans(spans)
+        assert together == b"".join(mem.read(lo, hi - lo) for lo, hi in spans)
+        assert together[:32].find(MOV_EAX_1) >= 0
+        with pytest.raises(ReliveError, match="0x1000"):
+            mem.read_spans([*spans, (0x1000, 0x1010)])
+
+
 # -- (6) permission diagnosis -------------------------------------------------------
 
 

@@ -557,6 +557,81 @@ def test_a_pointer_below_a_stack_in_the_programs_own_data_keeps_its_code(
     target.wait_for(r"^intact$")
 
 
+RED_ZONE = r"""
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+volatile char armed, released, go;
+/* A leaf function that keeps where it goes on (in rax on entry) only in its red
+   zone, below the stack pointer, while it waits. */
+__asm__(".text\n.globl park\n.type park, @function\npark:\n"
+        "  mov %rax, -64(%rsp)\n"
+        "  xor %eax, %eax\n"
+        "  movb $1, armed(%rip)\n"
+        "1: pause\n"
+        "  cmpb $0, released(%rip)\n"
+        "  je 1b\n"
+        "  jmp *-64(%rsp)\n"
+        ".size park, .-park\n");
+__attribute__((noinline)) int value(int x) {
+    /* Goes to park() with its own address to come back to, taken from a call's
+       return address (popped: below the stack pointer from then on); below its
+       own red zone, which keeps x. */
+    if (x)
+        __asm__ volatile("sub $128, %%rsp\n\tcall 1f\n\tadd $128, %%rsp\n\tjmp 2f\n"
+                         "1:\tpop %%rax\n\tjmp park\n2:" ::: "rax", "memory", "cc");
+    return x + 1;
+}
+static void *worker(void *arg) {
+    while (!go) usleep(1000);
+    printf("worker %d\n", value(1));
+    return arg;
+}
+static int input(void) {
+    struct pollfd in = {.fd = 0, .events = POLLIN};
+    char c;
+    return poll(&in, 1, 0) == 1 && read(0, &c, 1) == 1 ? c : 0;
+}
+int main(void) {
+    pthread_t thread;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    pthread_create(&thread, NULL, worker, NULL);
+    for (int told = 0;;) {
+        printf("value %d\n", value(0));
+        if (armed && !told++) printf("parked\n");
+        switch (input()) {
+        case 'g': go = 1; break;
+        case 'r': released = 1; break;
+        }
+        usleep(2000);
+    }
+}
+"""
+
+
+def test_a_code_pointer_kept_only_in_a_red_zone_keeps_its_code(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    """The thread is stopped in park() (original code), which keeps the address
+    in value() v2 it goes on at only in its red zone (as does the stale word of
+    the call it came from): the 128 bytes below the stack pointer are searched,
+    so v2 stays until park() has jumped back."""
+    target, source = start_value_program(
+        tmp_path, spawn, RED_ZONE, stdin_pipe=True, link_flags=("-pthread",)
+    )
+    reload_value(target, source, 2)
+    held = newest_code(target)
+    target.write(b"g")  # the worker enters value() v2, which goes to park()
+    target.wait_for(r"^parked$")
+    supersede(target, source, 3, 6)  # v2 would be reused by v4 and v6
+    assert intact(target, held)
+    target.write(b"r")  # park() jumps back into v2, which returns 1 + 2
+    target.wait_for(r"^worker 3$")
+    target.wait_for(r"^value 6$", after=target.mark())
+    assert target.alive()
+
+
 CALLBACKS = (
     r"""
 #include <poll.h>

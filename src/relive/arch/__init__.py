@@ -26,13 +26,19 @@ def get_arch(machine: int) -> Arch:
 
 
 @functools.cache
-def host_registers() -> Registers:
-    """The registers of the machine relive runs on: ptrace hands them over in its
-    layout, whatever the target (relive traces processes of its own machine)."""
+def host_arch() -> Arch:
+    """The instruction set of the machine relive runs on (that of every process it
+    traces: ptrace hands their registers over in its layout)."""
     machine = os.uname().machine  # what platform.machine() says, without importing it
     if machine not in _HOST_MACHINES:
         raise ReliveError(
             f"relive runs on x86-64 Linux; this machine is {machine}",
             hint="run relive on an x86-64 machine",
         )
-    return get_arch(_HOST_MACHINES[machine]).registers
+    return get_arch(_HOST_MACHINES[machine])
+
+
+def host_registers() -> Registers:
+    """The registers of the machine relive runs on: ptrace hands them over in its
+    layout, whatever the target (relive traces processes of its own machine)."""
+    return host_arch().registers

@@ -148,6 +148,9 @@ class Registers:
     #: ... or from a block stopped in it; and how to set the timeout of its restart.
     epoll_wait_of: Callable[[RegisterBlock], tuple[int, int] | None]
     set_epoll_timeout: Callable[[RegisterBlock, int], None]
+    #: Bytes below the stack pointer a function may use without moving it (the
+    #: ABI's red zone): a leaf function may keep any value there.
+    red_zone: int
 
 
 @dataclass(frozen=True)

@@ -28,14 +28,17 @@ calls that returned: that part is scanned only if something scanned points into
 it (a coroutine suspended there, a frame under a handler running on an
 alternate stack, a context saved there).  A candidate's own data (jump tables
 of absolute addresses, without PIE) counts only if its code or a pointer into it
-is found.  The leaf function a thread is stopped in may
-keep a value in its red zone, below its stack pointer: a pointer into
-superseded code kept only there, and nowhere else, is not seen.
+is found.  The red zone below the stack pointer of a thread stopped outside a
+system call (128 bytes on x86-64, ``Registers.red_zone``), where the function
+it is stopped in may keep values without moving the pointer, is never taken for
+stale: it is always searched (see :meth:`MemoryScan._stale_part`).
 
-The copy holds the threads about 1 ms per MiB, so a reload does not always pay
-it: a program with at most :data:`CHECK_EVERY_RELOAD_BELOW` of anonymous
-resident memory is checked at every reload (well under a millisecond more); a
-bigger one only once :data:`RECLAIM_BATCH` of superseded code has gathered (see
+The copy (one ``process_vm_readv`` of every populated page of the mappings
+searched; which parts of it are searched is worked out after the stop) holds
+the threads about 1 ms per MiB, so a reload does not always pay it: a program
+with at most :data:`CHECK_EVERY_RELOAD_BELOW` of anonymous resident memory is
+checked at every reload (well under a millisecond more); a bigger one only once
+:data:`RECLAIM_BATCH` of superseded code has gathered (see
 :func:`worth_checking`).  Code waiting for the next check stays where it was,
 in arena space already mapped: the mapping count does not grow, and memory by
 at most that batch.
@@ -46,7 +49,8 @@ either: pointers the program keeps mangled (glibc's ``setjmp`` buffers and
 ``atexit`` lists hold them XORed with a secret: a ``jmp_buf`` is only valid
 while its frame is live, so the frame's own return address keeps the code),
 outside its memory (in a file, a pipe, another process, the kernel: a signal
-handler installed from a pointer that is no longer in memory), or in vector
+handler installed from a pointer that is no longer in memory), only in the red
+zone of a function blocked in a system call (across the call), or in vector
 registers of a thread whose vector state cannot be read.
 
 ``undo`` frees a block's data too, under a stronger check: no variable relive
@@ -58,15 +62,21 @@ brought).
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from relive.arch import host_registers
+from relive.arch import host_arch, host_registers
 from relive.errors import ReliveError
 from relive.patch.journal import ArenaKind, Journal, LoadedBlock
 from relive.process.memory import ProcessMemory
 from relive.process.pagemap import PopulatedPages
-from relive.process.procfs import Mapping, find_anonymous_resident, read_maps
+from relive.process.procfs import (
+    Mapping,
+    find_anonymous_resident,
+    parse_maps_line,
+    read_maps_text,
+)
 from relive.process.threads import StoppedProcess
 
 #: Most memory (resident or swapped pages of readable, writable mappings) copied
@@ -153,6 +163,8 @@ class DeadCodeCheck:
         candidates = find_candidates(journal)
         if not worth_checking(pid, candidates):
             candidates = []
+        else:
+            parse_maps(read_maps_text(pid))  # parsed now: the stop only compares the text
         return cls(candidates, (), *_arena_facts(journal, candidates))
 
     @classmethod
@@ -183,8 +195,14 @@ class DeadCodeCheck:
         data = [(b.data[0], b.data[0] + _program_part(b)) for b in self._data_blocks()]
         scan = MemoryScan(code, data, self.unscanned, self.arenas, self.gates)
         sps = [host_registers().get_sp(regs) for regs in registers]
+        in_syscall = host_arch().in_syscall
+        leaves = [
+            sp
+            for sp, regs in zip(sps, registers, strict=True)
+            if in_syscall is None or not in_syscall(regs)
+        ]
         words = b"".join([*map(bytes, registers), *_vector_registers(stopped)])
-        if scan.capture(stopped.pid, memory, words, sps):
+        if scan.capture(stopped.pid, memory, words, sps, leaves):
             self._scan = scan
 
     @property
@@ -281,6 +299,20 @@ class _Piece:
     region: int | None
 
 
+@dataclass(frozen=True)
+class _Taken:
+    """What a stop saw of the program's memory: the mappings, per mapping the
+    populated runs copied (none for a mapping not searched), the copy (the runs
+    one after the other), and the held threads' stack pointers."""
+
+    maps: Sequence[Mapping]
+    runs: list[list[Range]]
+    copy: bytearray
+    sps: list[int]
+    #: The stack pointers whose red zone is searched (see :meth:`MemoryScan._stale_part`).
+    leaves: list[int]
+
+
 @dataclass
 class MemoryScan:
     """Which ``code`` and ``data`` ranges (``[lo, hi)``) some word of the program's
@@ -314,30 +346,60 @@ class MemoryScan:
     unscanned: Sequence[Range]
     arenas: Sequence[Range] = ()
     gates: Sequence[Range] = ()
-    #: What ``capture`` copied: the registers, the regions, and each piece with its bytes.
+    #: What ``capture`` copied: the registers, and the rest as seen at the stop.
     registers: bytes = b""
+    _taken: _Taken | None = None
+    #: The regions, and each piece of the copy to search with its bytes (``_lay_out``).
     regions: list[Range] = field(default_factory=list)
-    copied: list[tuple[_Piece, bytes]] = field(default_factory=list)
+    copied: list[tuple[_Piece, memoryview]] = field(default_factory=list)
     #: ``unscanned`` in address order (disjoint ranges), and their ends.
     _holes: list[Range] = field(default_factory=list)
     _hole_ends: list[int] = field(default_factory=list)
 
-    def capture(self, pid: int, memory: ProcessMemory, registers: bytes, sps: list[int]) -> bool:
+    def capture(
+        self,
+        pid: int,
+        memory: ProcessMemory,
+        registers: bytes,
+        sps: list[int],
+        leaves: Sequence[int] = (),
+    ) -> bool:
         """Copy the memory to search (threads held); False when it is over
-        :data:`SCAN_LIMIT` or cannot all be read (then nothing may be freed)."""
-        pieces = self._plan(pid, sps)
-        if sum(p.end - p.start for p in pieces) > SCAN_LIMIT:
+        :data:`SCAN_LIMIT` or cannot all be read (then nothing may be freed).
+        ``sps`` are the held threads' stack pointers, ``leaves`` those of the
+        threads stopped outside a system call (their red zone is searched).
+
+        The stop pays only for what must be seen at that moment: the mappings,
+        which of their pages are populated, and those pages, copied in one read
+        (``ProcessMemory.read_spans``).  Which parts of the copy are searched, and
+        how (:meth:`_lay_out`), is worked out from what was seen then, once the
+        threads run again.
+        """
+        maps = parse_maps(read_maps_text(pid))
+        runs: list[list[Range]] = []
+        with PopulatedPages(pid) as populated:
+            for mapping in maps:
+                if not _may_hold_pointers(mapping):
+                    runs.append([])
+                elif mapping.perms.endswith("p"):
+                    runs.append(populated.runs(mapping.start, mapping.end))
+                else:
+                    runs.append([(mapping.start, mapping.end)])
+        spans = [run for each in runs for run in each]
+        if sum(end - start for start, end in spans) > SCAN_LIMIT:
             return False
         try:
-            self.copied = [(p, memory.read(p.start, p.end - p.start)) for p in pieces]
+            copy = memory.read_spans(spans)
         except ReliveError:
             return False
         self.registers = registers
+        self._taken = _Taken(maps, runs, copy, sps, list(leaves))
         return True
 
     def search(self, running: set[int]) -> tuple[set[int], set[int]]:
         """``(code indices, data indices)`` the copy points into, or (code) some
         thread runs (``running``)."""
+        self._lay_out()
         registers, regions = self.registers, self.regions
         code_busy = find_words(registers, self.code) | running
         data_busy = find_words(registers, self.data)
@@ -359,18 +421,26 @@ class MemoryScan:
             todo = [c for c in self.copied if c[0].region in reached]
         return code_busy, data_busy
 
-    def _plan(self, pid: int, sps: list[int]) -> list[_Piece]:
-        """The pieces of memory to scan; sets ``regions`` (the gates first)."""
-        pieces: list[_Piece] = []
+    def _lay_out(self) -> None:
+        """Cut the copy into the pieces to search (``copied``), each with its region
+        (or None); sets ``regions`` (the gates first)."""
+        taken, self._taken = self._taken, None
+        if taken is None:
+            return  # laid out already, or nothing was copied
+        view = memoryview(taken.copy)
         self.regions = list(self.gates) + [(0, 0)] * (len(self.code) - len(self.gates))
         previous: Mapping | None = None
-        with PopulatedPages(pid) as populated:
-            for mapping in read_maps(pid):
-                if _may_hold_pointers(mapping):
-                    stale = self._stale_part(mapping, previous, sps)
-                    pieces += self._plan_mapping(mapping, populated, stale)
-                previous = mapping
-        return pieces
+        offset = 0
+        for mapping, runs in zip(taken.maps, taken.runs, strict=True):
+            if runs:
+                placed = []
+                for start, end in runs:
+                    placed.append(((start, end), offset))
+                    offset += end - start
+                stale = self._stale_part(mapping, previous, taken.sps, taken.leaves)
+                for piece, at in self._plan_mapping(mapping, placed, stale):
+                    self.copied.append((piece, view[at : at + piece.end - piece.start]))
+            previous = mapping
 
     def _unscanned_in(self, mapping: Mapping) -> list[Range]:
         """The parts of relive's arenas left out that overlap ``mapping`` (found by
@@ -385,21 +455,37 @@ class MemoryScan:
             at += 1
         return found
 
-    def _stale_part(self, mapping: Mapping, previous: Mapping | None, sps: list[int]) -> Range:
+    def _stale_part(
+        self, mapping: Mapping, previous: Mapping | None, sps: list[int], leaves: list[int]
+    ) -> Range:
         """The part of ``mapping`` below the lowest stack pointer in it, if only
-        stored pointers lead into that mapping's memory."""
-        lowest = min((sp for sp in sps if mapping.start <= sp < mapping.end), default=0)
+        stored pointers lead into that mapping's memory.
+
+        The red zone below the stack pointer of a thread stopped outside a
+        system call (``leaves``) is not stale: the function it is stopped in may
+        keep values there without moving the pointer.  That of a thread blocked
+        in a system call is taken for stale: it holds the stale words of the
+        calls that led there (a return address into the code that ran last, as
+        a rule), which would keep that code, and the last version an ``undo``
+        leaves, for no reason; a pointer into superseded code the function
+        making the call keeps only there, across the call, is not seen.
+        """
+        inside = range(mapping.start, mapping.end)
+        lowest = min((sp for sp in sps if sp in inside), default=0)
         after_module = previous is not None and previous.end == mapping.start and previous.inode
         if not lowest or mapping.inode or after_module:
             return (0, 0)
         if any(lo < mapping.end and hi > mapping.start for lo, hi in self.arenas):
             return (0, 0)
-        return (mapping.start, lowest)
+        red_zone = host_registers().red_zone
+        end = min((sp - red_zone for sp in leaves if sp in inside), default=lowest)
+        return (mapping.start, max(mapping.start, min(end, lowest)))
 
     def _plan_mapping(
-        self, mapping: Mapping, populated: PopulatedPages, stale: Range
-    ) -> list[_Piece]:
-        """The pieces of ``mapping``, each with its region (or None)."""
+        self, mapping: Mapping, runs: list[tuple[Range, int]], stale: Range
+    ) -> list[tuple[_Piece, int]]:
+        """The pieces of ``mapping``'s populated ``runs`` (each with its offset in
+        the copy), each with its region (or None) and its offset in the copy."""
         unscanned = self._unscanned_in(mapping)
         held = [r for r in self.data if r[0] < r[1]]
         inside = [
@@ -410,20 +496,26 @@ class MemoryScan:
         if stale[0] < stale[1]:
             inside.append((len(self.regions), stale))
             self.regions.append(stale)
-        runs = (
-            populated.runs(mapping.start, mapping.end)
-            if mapping.perms.endswith("p")
-            else [(mapping.start, mapping.end)]
-        )
-        pieces: list[_Piece] = []
-        for run in runs:
+        pieces: list[tuple[_Piece, int]] = []
+        for run, offset in runs:
+            found: list[_Piece] = []
             for piece in _subtract(run, unscanned):
                 for part in _subtract(piece, [r for _, r in inside]):
-                    pieces += _split(part, held, None)
+                    found += _split(part, held, None)
                 for k, region in inside:
                     for part in _intersect(piece, [region]):
-                        pieces += _split(part, held, k)
+                        found += _split(part, held, k)
+            # Pieces are widened to whole words, never past their page-aligned run.
+            pieces += [(p, offset + p.start - run[0]) for p in found]
         return pieces
+
+
+@functools.lru_cache(maxsize=1)
+def parse_maps(text: str) -> tuple[Mapping, ...]:
+    """/proc/PID/maps's ``text`` parsed, the last text kept: a stop reads the maps
+    again and finds them parsed when they have not changed since they were read
+    while the program ran (each line parsed costs a microsecond of held threads)."""
+    return tuple(parse_maps_line(line) for line in text.splitlines() if line)
 
 
 def _may_hold_pointers(mapping: Mapping) -> bool:

@@ -10,7 +10,6 @@ still holds the file's bytes.
 from __future__ import annotations
 
 import os
-import re
 
 from relive.elf.constants import PAGE_SIZE
 
@@ -47,12 +46,19 @@ class PopulatedPages:
         entries = None if self._fd is None else _read_entries(self._fd, start // PAGE_SIZE, pages)
         if entries is None:
             return [(start, end)]
-        # The top byte of each little-endian entry holds both flags: runs found in C.
+        # The top byte of each little-endian entry holds both flags: one byte per
+        # page, 1 where populated, whose runs memchr finds (``bytes.find``: a
+        # regular expression walks them byte by byte, and this runs in a stop).
         populated = entries[_ENTRY - 1 :: _ENTRY].translate(_POPULATED)
-        return [
-            (start + run.start() * PAGE_SIZE, start + run.end() * PAGE_SIZE)
-            for run in re.finditer(b"\x01+", populated)
-        ]
+        runs = []
+        first = populated.find(1)
+        while first != -1:
+            last = populated.find(0, first)
+            if last == -1:
+                last = pages
+            runs.append((start + first * PAGE_SIZE, start + last * PAGE_SIZE))
+            first = populated.find(1, last)
+        return runs
 
 
 _POPULATED = bytes(int(bool((b << 56) & (_PRESENT | _SWAPPED))) for b in range(256))

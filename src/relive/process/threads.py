@@ -73,9 +73,13 @@ class _Thread:
     in_syscall_stop: bool = False
     #: The current stop is an event-stop (PTRACE_INTERRUPT).
     in_event_stop: bool = False
+    #: Its registers in the current stop, once read (they change only when relive
+    #: sets them or resumes it: read once, not once per look at the held threads).
+    regs: RegisterBlock | None = None
 
     def record_stop(self, status: ptrace.WaitStatus) -> None:
         """Note a ptrace-stop reported by waitpid."""
+        self.regs = None
         self.stopped = True
         self.in_signal_stop = status.is_signal_stop
         self.in_syscall_stop = status.is_syscall_stop
@@ -152,20 +156,24 @@ class StoppedProcess:
         return self._stopped_total + current
 
     def get_regs(self, tid: int) -> RegisterBlock:
-        """The registers of held thread ``tid``."""
-        self._get_thread(tid)
-        try:
-            return ptrace.get_regs(tid)
-        except OSError as exc:
-            raise self._thread_error(tid, exc) from exc
+        """The registers of held thread ``tid`` (a copy: the caller may change it)."""
+        thread = self._get_thread(tid)
+        if thread.regs is None:
+            try:
+                thread.regs = ptrace.get_regs(tid)
+            except OSError as exc:
+                raise self._thread_error(tid, exc) from exc
+        return type(thread.regs).from_buffer_copy(thread.regs)
 
     def set_regs(self, tid: int, regs: RegisterBlock) -> None:
         """Replace the registers of held thread ``tid``."""
-        self._get_thread(tid)
+        thread = self._get_thread(tid)
+        thread.regs = None
         try:
             ptrace.set_regs(tid, regs)
         except OSError as exc:
             raise self._thread_error(tid, exc) from exc
+        thread.regs = type(regs).from_buffer_copy(regs)
 
     def get_sigmask(self, tid: int) -> int:
         """The blocked-signal mask of held thread ``tid``."""
@@ -230,6 +238,7 @@ class StoppedProcess:
             try:
                 regs = ptrace.get_regs(tid)
                 if cancel:
+                    thread.regs = None
                     ptrace.set_regs(tid, host_registers().cancel_syscall(regs))
             except OSError as exc:
                 raise self._thread_error(tid, exc) from exc

@@ -98,6 +98,7 @@ ARCH = Arch(
         frame_size=sigframe.frame_size,
         frame_address=sigframe.frame_address,
         build_frame=sigframe.build_frame,
+        red_zone=sigframe.RED_ZONE,
         epoll_wait_call=registers.epoll_wait_call,
         epoll_wait_of=registers.epoll_wait_of,
         set_epoll_timeout=registers.set_epoll_timeout,
