@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import mmap
 import os
+import re
 import stat
 import struct
 from collections.abc import Iterator
@@ -336,6 +337,18 @@ class ElfImage:
         for _, start, end in table.group_ranges(file):
             for index in range(start, end):
                 yield table.symbol(index)
+
+    def find_file_locals_matching(self, file: str, pattern: re.Pattern[str]) -> list[ImageSymbol]:
+        """The symbols of :meth:`iter_file_locals` whose name ``pattern`` finds: names
+        are read first, and only the symbols found are built (a big unit's group has
+        tens of thousands)."""
+        table = self._table()
+        found: list[ImageSymbol] = []
+        for _, start, end in table.group_ranges(file):
+            names = table.strings.many(table.st_name[start:end])
+            search = pattern.search
+            found.extend(table.symbol(i) for i, n in enumerate(names, start) if search(n))
+        return found
 
     def find_file_local(self, name: str, file: str) -> list[ImageSymbol]:
         """Every local symbol called ``name`` in the groups :meth:`iter_file_locals` picks."""

@@ -396,8 +396,8 @@ def find_orphan_clones(plan: ReloadPlan) -> list[str]:
     new = {s.name for s in plan.obj.iter_functions()}
     return sorted(
         s.name
-        for s in plan.module.image.iter_file_locals(file)
-        if s.is_function and _CLONE.search(s.name) and s.name not in new
+        for s in plan.module.image.find_file_locals_matching(file, _CLONE)
+        if s.is_function and s.name not in new
     )
 
 
