@@ -223,6 +223,35 @@ def test_ctrl_c_reaches_the_child(tmp_path: Path, spawn: SpawnFactory, server: S
     assert server.info()["running"] == []
 
 
+def test_ctrl_c_before_the_server_answers(
+    tmp_path: Path, spawn: SpawnFactory, server: Server
+) -> None:
+    """A server that does not answer (stopped) cannot keep Ctrl+C from working, and
+    runs nothing for the client once it goes on."""
+    target = _running(spawn, _value_prog(tmp_path))
+    server.run("status", "-p", str(target.pid))
+    pid = server.wait_up()["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        command = server.start("reload", "-p", str(target.pid), str(_edited(tmp_path, VALUE_PROG)))
+        waiting = f"/proc/{command.pid}/syscall"
+        # Blocked in recvmsg (47 on x86-64): the request is sent, no answer came.
+        wait_until(lambda: Path(waiting).read_text().split()[0] == "47", what="the client waits")
+        command.send_signal(signal.SIGINT)
+        # (Its stdout and stderr stay open until the server takes the request: the
+        # descriptors travel in it.)
+        assert command.wait(timeout=60) == 130
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    _, err = command.communicate(timeout=60)
+    assert err == ""
+    # The server answers in turn: the request came first.  Its client is gone, so it
+    # runs nothing (it declines a peer it cannot check; a child it forked would find
+    # no client to tell its pid and give up).
+    wait_until(lambda: server.info()["running"] == [], what="no child runs")
+    assert_untouched(target)
+
+
 def test_killed_child_is_one_line_and_exit_10(
     tmp_path: Path, spawn: SpawnFactory, server: Server
 ) -> None:

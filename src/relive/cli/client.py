@@ -37,6 +37,7 @@ import os
 import stat
 import sys
 
+from relive.errors import ReliveError
 from relive.statedir import open_state_dir_fd
 
 TYPE_CHECKING = False
@@ -77,15 +78,15 @@ SWITCH = "RELIVE_SERVER"
 def entry_point() -> None:
     """Console-script entry of ``relive``."""
     argv = sys.argv[1:]
-    wanted = _command(argv) in SERVED and server_enabled(argv)
-    if wanted:
-        served = run_through_server(argv)
+    start = False
+    if _command(argv) in SERVED and server_enabled(argv):
+        served, start = run_through_server(argv)
         if served is not None:
             _exit(served)
     from relive.cli.main import run_command
 
     code = run_command(argv)
-    if wanted:
+    if start:
         _flush()
         start_server()
     _exit(code)
@@ -217,7 +218,7 @@ def connect() -> _socket.socket | None:
     runs as this user."""
     try:
         _, dir_fd = open_state_dir_fd()
-    except Exception:  # noqa: BLE001 (a ReliveError: the in-process command reports it)
+    except ReliveError:  # the command, run in-process, reports it
         return None
     try:
         try:
@@ -274,19 +275,29 @@ def _receive_reply(sock: _socket.socket) -> tuple[bytes, int, int]:
 # -- running a command through the server ----------------------------------------------
 
 
+class _Interrupted(Exception):
+    """A signal came before the server said which child runs the command."""
+
+
 class _Forwarder:
-    """Passes the signals the client gets on to the child, once its pidfd is known."""
+    """Passes the signals the client gets on to the child, once its pidfd is known;
+    before that, a signal ends the wait (a server that does not answer cannot
+    keep Ctrl+C from working)."""
 
     def __init__(self) -> None:
         self.pidfd = -1
         self.pending: list[int] = []
         self.sent: set[int] = set()
+        #: The wait is over: a signal is only noted (then delivered by ``_redeliver``).
+        self.done = False
 
     def __call__(self, signum: int, _frame: object) -> None:
         if self.pidfd < 0:
             self.pending.append(signum)
-        else:
-            self._send(signum)
+            if not self.done:
+                raise _Interrupted
+            return
+        self._send(signum)
 
     def attach(self, pidfd: int) -> None:
         self.pidfd = pidfd
@@ -302,24 +313,29 @@ class _Forwarder:
             pass
 
 
-def run_through_server(argv: Sequence[str]) -> int | None:
+def run_through_server(argv: Sequence[str]) -> tuple[int | None, bool]:
     """The exit code of ``argv`` run by the command server, or None when no
-    server took the command (it has not started to run: run it here)."""
+    server took the command (it has not started to run: run it here); and
+    whether starting a server would help the next command (none answered, or a
+    stale one that now exits; not when one runs that may not serve this client)."""
     try:
         descriptors = [0, 1, 2, os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)]
         for fd in descriptors[:3]:
             os.fstat(fd)
     except OSError:  # a closed standard stream, a working directory gone
-        return None
+        return None, False
     sock = connect()
     if sock is None:
         os.close(descriptors[3])
-        return None
+        return None, True
     forwarder = _Forwarder()
     previous = {signum: _signal.signal(signum, forwarder) for signum in FORWARDED}
     try:
         return _serve(sock, argv, descriptors, forwarder)
+    except _Interrupted:
+        return _after_interrupt(sock, forwarder), False
     finally:
+        forwarder.done = True
         sock.close()
         for signum, handler in previous.items():
             _signal.signal(signum, handler)
@@ -328,7 +344,7 @@ def run_through_server(argv: Sequence[str]) -> int | None:
 
 def _serve(
     sock: _socket.socket, argv: Sequence[str], descriptors: list[int], forwarder: _Forwarder
-) -> int | None:
+) -> tuple[int | None, bool]:
     mask = os.umask(0o077)
     os.umask(mask)
     environment = [b"%s=%s" % item for item in os.environb.items()]
@@ -346,17 +362,35 @@ def _serve(
         sent = sock.sendmsg([request], rights)
         sock.sendall(request[sent:])
     except OSError:
-        return None
+        return None, True
     finally:
         os.close(descriptors[3])
     return _await_exit(sock, forwarder)
+
+
+def _after_interrupt(sock: _socket.socket, forwarder: _Forwarder) -> int | None:
+    """A signal came before the child's pid: a child that started meanwhile (its
+    pid is waiting in the socket) gets it; else nothing runs (a child that starts
+    later cannot tell the client, and gives up) and the caller delivers it here."""
+    sock.setblocking(False)
+    try:
+        tag, _, fd = _receive_reply(sock)
+    except OSError:
+        tag, fd = b"", -1
+    sock.setblocking(True)
+    if tag == PID and fd >= 0:
+        forwarder.attach(fd)  # passes the signal on
+        return _await_exit(sock, forwarder)[0]
+    if fd >= 0:
+        os.close(fd)
+    return None
 
 
 def _fds_bytes(fds: Sequence[int]) -> bytes:
     return b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
 
 
-def _await_exit(sock: _socket.socket, forwarder: _Forwarder) -> int | None:
+def _await_exit(sock: _socket.socket, forwarder: _Forwarder) -> tuple[int | None, bool]:
     started = False
     while True:
         try:
@@ -370,11 +404,13 @@ def _await_exit(sock: _socket.socket, forwarder: _Forwarder) -> int | None:
         elif fd >= 0:
             os.close(fd)
         if tag == EXITED:
-            return value
-        if tag in (STALE, DECLINED) or (not tag and not started):
-            return None  # the command has not started: the caller runs it here
+            return value, False
+        if tag == DECLINED:
+            return None, False  # the command has not started: the caller runs it here
+        if tag == STALE or (not tag and not started):
+            return None, True
         if tag == KILLED or not tag:
-            return _killed(value if tag else 0, forwarder)
+            return _killed(value if tag else 0, forwarder), False
 
 
 def _killed(signum: int, forwarder: _Forwarder) -> int:

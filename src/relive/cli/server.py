@@ -279,13 +279,8 @@ class Server:
         try:
             self._drop_parent_state()
             _take_client_context(fds, umask, environment)
-            own = os.pidfd_open(os.getpid())
-            conn.settimeout(None)
-            conn.sendmsg(
-                [reply(PID, os.getpid())],
-                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, own.to_bytes(4, sys.byteorder))],
-            )
-            os.close(own)
+            if not _tell_pid(conn):
+                os._exit(1)  # the client is gone (interrupted): nobody wants the command
             code = _run_command(argv)
         except BaseException:  # noqa: BLE001 (a child never returns into the server's loop)
             _print_exception()
@@ -319,6 +314,23 @@ class Server:
             child.conn.sendall(ended)
         child.conn.close()
         self.last_active = time.monotonic()
+
+
+def _tell_pid(conn: socket.socket) -> bool:
+    """Send the client this child's pid and a pidfd for its signals; False when
+    the client has gone."""
+    own = os.pidfd_open(os.getpid())
+    try:
+        conn.settimeout(None)
+        conn.sendmsg(
+            [reply(PID, os.getpid())],
+            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, own.to_bytes(4, sys.byteorder))],
+        )
+    except OSError:
+        return False
+    finally:
+        os.close(own)
+    return True
 
 
 def _peer(conn: socket.socket) -> tuple[int, int]:
