@@ -234,7 +234,13 @@ int main(void) {
 def test_a_return_address_the_program_stored_keeps_its_code(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
-    target, source = start_value_program(tmp_path, spawn, RETURN_ADDRESS, stdin_pipe=True)
+    run_noted_return_address(tmp_path, spawn, RETURN_ADDRESS)
+
+
+def run_noted_return_address(tmp_path: Path, spawn: SpawnFactory, program: str) -> None:
+    """``program`` stores a return address into value() v2 (its "n" command), which
+    later reloads supersede: v2 stays, and the bytes there are intact ("c")."""
+    target, source = start_value_program(tmp_path, spawn, program, stdin_pipe=True)
     reload_value(target, source, 2)
     held = newest_code(target)
     target.write(b"n")  # value() v2 has note() store a return address into it
@@ -546,15 +552,7 @@ def test_a_pointer_below_a_stack_in_the_programs_own_data_keeps_its_code(
 ) -> None:
     """Memory below a stack pointer is not taken for stale in a module's data: the
     program's code reaches its variables there without a stored pointer."""
-    target, source = start_value_program(tmp_path, spawn, STATIC_STACK, stdin_pipe=True)
-    reload_value(target, source, 2)
-    held = newest_code(target)
-    target.write(b"n")
-    target.wait_for(r"^noted 3$")
-    supersede(target, source, 3, 6)
-    assert intact(target, held)
-    target.write(b"c")
-    target.wait_for(r"^intact$")
+    run_noted_return_address(tmp_path, spawn, STATIC_STACK)
 
 
 RED_ZONE = r"""
