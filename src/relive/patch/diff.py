@@ -153,9 +153,16 @@ class FunctionComparer:
         """
         new_code = function_bytes(self.obj, symbol)
         old_code = self.read_memory(old_address, old_size)
-        if self._same_bytes_and_targets(symbol, new_code, old_code, old_address):
+        decoded: list[list[Instruction]] = []  # the new side, decoded at most once
+
+        def new_instructions() -> list[Instruction]:
+            if not decoded:
+                decoded.append(self.decode(new_code, symbol.value))
+            return decoded[0]
+
+        if self._same_bytes_and_targets(symbol, new_code, old_code, old_address, new_instructions):
             return True
-        new = _Listing(self.decode(new_code, symbol.value), new_code, symbol.value)
+        new = _Listing(new_instructions(), new_code, symbol.value)
         old = _Listing(self.decode(old_code, old_address), old_code, old_address)
         if not (new.complete and old.complete) or len(new.real) != len(old.real):
             return False
@@ -177,7 +184,12 @@ class FunctionComparer:
             self._current = None
 
     def _same_bytes_and_targets(
-        self, symbol: ObjSymbol, new_code: bytes, old_code: bytes, old_address: int
+        self,
+        symbol: ObjSymbol,
+        new_code: bytes,
+        old_code: bytes,
+        old_address: int,
+        new_instructions: Callable[[], list[Instruction]],
     ) -> bool:
         """The common case without decoding: equally long, the same bytes outside
         relocated fields, each field referring to the same thing.
@@ -186,20 +198,59 @@ class FunctionComparer:
         about 1 ms a function (10 s for sqlite3.c).  Equal bytes mean equal
         instruction boundaries, so nothing the decoder would tell matters, except
         where a PC-relative field points relative to its instruction's end into
-        new memory; :meth:`_same_target` then answers False and the caller decodes.
+        new memory (a string, a constant table): then the new side alone is decoded
+        for where those instructions end (equal bytes, equal ends), as the caller
+        would, which decodes both sides.
         """
         if len(new_code) != len(old_code):
             return False
         relocs = function_relocations(self.obj, symbol)
         base = symbol.value
-        if _masked(new_code, base, relocs, self.widths) != _masked(
-            old_code, base, relocs, self.widths
-        ):
+        widths = self.widths
+        relaxed = self._undo_relaxations(new_code, old_code, base, relocs)
+        if relaxed is not None:
+            old_code = bytes(relaxed[0])
+        if _masked(new_code, base, relocs, widths) != _masked(old_code, base, relocs, widths):
             return False
-        return all(
-            self._same_target(r, old_code, old_address + r.offset - base, r.offset - base)
-            for r in relocs
-        )
+        direct = relaxed[1] if relaxed is not None else set()
+        tails: dict[int, int] | None = None
+        for r in relocs:
+            tail = None
+            if self._needs_tail(r):
+                if tails is None:
+                    tails = _instruction_tails(new_instructions(), len(new_code), relocs)
+                tail = tails.get(r.offset)
+            place, offset = old_address + r.offset - base, r.offset - base
+            if not self._same_target(
+                r, old_code, place, offset, tail=tail, direct=r.offset in direct
+            ):
+                return False
+        return True
+
+    def _needs_tail(self, reloc: Relocation) -> bool:
+        """A PC-relative field into new memory: what it refers to depends on where
+        its instruction ends."""
+        rtype = self.types.get(reloc.type)
+        return rtype is not None and rtype.pc_relative and self.address_of(reloc.symbol) is None
+
+    def _undo_relaxations(
+        self, new_code: bytes, old_code: bytes, base: int, relocs: list[Relocation]
+    ) -> tuple[bytearray, set[int]] | None:
+        """The running code with the GOT loads the linker relaxed into direct
+        references given their GOT form back (as the decoding comparison does per
+        instruction: the opcode bytes just before the field), and the offsets of
+        those fields; None when there are none (a shared library's code has many:
+        without this its functions were all decoded)."""
+        old: bytearray | None = None
+        direct: set[int] = set()
+        for r in relocs:
+            if not self._needs(r, Need.GOT_SLOT):
+                continue
+            if old is None:
+                old = bytearray(old_code)
+            if self.undo_got_relaxation(new_code, old, r.offset - base):
+                direct.add(r.offset)
+        return None if not direct or old is None else (old, direct)
 
     def _same_instruction(
         self,
@@ -335,17 +386,30 @@ class FunctionComparer:
             return True
         return need is Need.CALL and self._is_plt_entry_for(old_target, reloc.symbol.name)
 
-    def _referred_offsets(self, shndx: int) -> list[int]:
-        """Offsets into section ``shndx`` that the object's relocations point at."""
+    def _next_referred(self, shndx: int, start: int) -> int | None:
+        """The first offset past ``start`` in section ``shndx`` that a relocation of
+        the loaded sections (code and data) points at: where the next table begins.
+
+        Built once, sorted: a big unit's tables are looked up thousands of times.
+        Debug sections' relocations are left out (a hundred thousand in sqlite3.c,
+        decoded for nothing): with -fdata-sections, which relive compiles with,
+        what they point at starts a section of its own."""
         if self._referred is None:
-            self._referred = {}
-            for relocs in self.obj.relocations.values():
-                for r in relocs:
+            found: dict[int, list[int]] = {}
+            sections = self.obj.sections
+            for index in self.obj.relocations:
+                if index >= len(sections) or not sections[index].is_alloc:
+                    continue
+                for r in self.obj.relocations[index]:
                     rtype = self.types.get(r.type)
                     bias = rtype.width if rtype is not None and rtype.pc_relative else 0
-                    offsets = self._referred.setdefault(r.symbol.shndx, [])
-                    offsets.append(r.symbol.value + r.addend + bias)
-        return self._referred.get(shndx, [])
+                    found.setdefault(r.symbol.shndx, []).append(r.symbol.value + r.addend + bias)
+            for offsets in found.values():
+                offsets.sort()
+            self._referred = found
+        offsets = self._referred.get(shndx, [])
+        at = bisect.bisect_right(offsets, start)
+        return offsets[at] if at < len(offsets) else None
 
     def _same_code_position(
         self,
@@ -390,7 +454,9 @@ class FunctionComparer:
         if symbol.is_section and not section.entsize:
             # Several tables in one section: this one ends where the next one
             # another reference points at begins.
-            end = min([end, *(o for o in self._referred_offsets(symbol.shndx) if o > start)])
+            following = self._next_referred(symbol.shndx, start)
+            if following is not None:
+                end = min(end, following)
         address = old_referred + start - referred
         try:
             old = self.read_memory(address, end - start)
@@ -431,6 +497,28 @@ class _Compared:
     shndx: int
     new: _Listing
     old: _Listing
+
+
+def _instruction_tails(
+    instructions: list[Instruction], size: int, relocs: list[Relocation]
+) -> dict[int, int]:
+    """Field offset -> bytes from the field to the end of its instruction, for the
+    fields in instructions the decoding comparison compares by bytes and targets:
+    not padding (nothing to compare) and not direct branches (compared by where
+    they go).  Others are left out: their comparison needs both sides decoded, as
+    does a function not decoded to its end."""
+    if sum(i.size for i in instructions) != size:
+        return {}
+    starts = [i.address for i in instructions]
+    tails: dict[int, int] = {}
+    for r in relocs:
+        at = bisect.bisect_right(starts, r.offset) - 1
+        if at < 0:
+            continue
+        found = instructions[at]
+        if r.offset < found.end and not found.is_padding and found.branch_target is None:
+            tails[r.offset] = found.end - r.offset
+    return tails
 
 
 class _Listing:
