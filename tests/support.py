@@ -25,7 +25,7 @@ import pytest
 
 import relive
 from relive.cli.main import main
-from relive.events import Event
+from relive.events import Event, Notice
 from relive.patch.journal import load_journal
 
 DEFAULT_TIMEOUT = 10.0
@@ -334,7 +334,7 @@ def save_by_rename(path: Path, text: str) -> None:
 
 def read_memory(pid: int, address: int, size: int) -> bytes:
     """``size`` bytes of process ``pid``'s memory at ``address`` (through /proc/PID/mem)."""
-    with open(f"/proc/{pid}/mem", "rb") as mem:
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:  # no read-ahead past it
         mem.seek(address)
         return mem.read(size)
 
@@ -361,6 +361,11 @@ def kinds(events: Sequence[Event]) -> dict[str, list[str]]:
         if name is not None:
             out.setdefault(event.kind, []).append(name)
     return out
+
+
+def notices(events: Sequence[Event]) -> list[str]:
+    """The text of every ``Notice`` among ``events``."""
+    return [e.message for e in events if isinstance(e, Notice)]
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:

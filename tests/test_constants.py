@@ -14,8 +14,8 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from relive.events import Event, Notice
-from support import SpawnFactory, compile_c, edit, kinds, reload
+from relive.events import Event
+from support import SpawnFactory, compile_c, edit, kinds, notices, reload
 
 SWITCHES = r"""
 #include <stdio.h>
@@ -132,10 +132,6 @@ ZEROTH_NAMES = r"""__attribute__((noinline)) const char *zeroth(int k) {
 __attribute__((noinline)) const char *first(int k) {"""
 
 
-def _notices(events: list[Event]) -> list[str]:
-    return [e.message for e in events if isinstance(e, Notice)]
-
-
 def test_const_pointer_tables_are_constants_without_relro(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
@@ -149,7 +145,7 @@ def test_const_pointer_tables_are_constants_without_relro(
     edit(source, '"a2"', '"A2"')
     events = reload(target.pid, source)
     assert _redirected(events) == ["first"]
-    assert not any("initial value" in n for n in _notices(events)), _notices(events)
+    assert not any("initial value" in n for n in notices(events)), notices(events)
     target.wait_for(r"^first A2 second b2$", after=target.mark())
     edit(source, '"A2"', '"AA2"')  # the table relive loaded is a constant too
     assert _redirected(reload(target.pid, source)) == ["first"]

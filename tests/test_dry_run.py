@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 import relive
-from relive.events import Event, Notice
 from relive.patch.dryrun import NOT_CHECKED
 from support import (
     LOOP_OVER_ENTRY_MAIN,
@@ -26,14 +25,11 @@ from support import (
     assert_untouched,
     edit,
     kinds,
+    notices,
     reload,
     run_cli,
     start_remembered,
 )
-
-
-def _notices(events: list[Event]) -> list[str]:
-    return [str(e) for e in events if isinstance(e, Notice)]
 
 
 def test_a_dry_run_reroutes_a_too_small_function_as_the_reload_does(
@@ -45,8 +41,8 @@ def test_a_dry_run_reroutes_a_too_small_function_as_the_reload_does(
 
     planned = reload(target.pid, tmp_path / "prog.c", dry_run=True)
     assert kinds(planned)["redirected"] == ["tick"]
-    assert any(rerouted in line for line in _notices(planned))
-    assert NOT_CHECKED in _notices(planned)
+    assert any(rerouted in line for line in notices(planned))
+    assert NOT_CHECKED in notices(planned)
     assert_untouched(target)
 
     done = reload(target.pid, tmp_path / "prog.c")
@@ -94,7 +90,7 @@ def test_a_dry_run_says_a_running_loop_head_is_left_to_the_frame_move(
     edit(tmp_path / "prog.c", "usleep(20000)", "usleep(10000)")
     planned = reload(target.pid, tmp_path / "prog.c", dry_run=True)
     assert kinds(planned)["redirected"] == ["main"]
-    [said] = [line for line in _notices(planned) if line.startswith("main is running")]
+    [said] = [line for line in notices(planned) if line.startswith("main is running")]
     assert f"main is running on thread {target.pid} " in said
     assert "a dry run does not try" in said
     assert_untouched(target)
@@ -105,7 +101,7 @@ def test_a_dry_run_says_a_running_loop_head_is_left_to_the_frame_move(
 def test_a_dry_run_of_an_unchanged_file_has_nothing_left_unchecked(running: Target) -> None:
     planned = reload(running.pid, Path(running.argv[0] + ".c"), dry_run=True)
     assert "redirected" not in kinds(planned)
-    assert NOT_CHECKED not in _notices(planned)
+    assert NOT_CHECKED not in notices(planned)
     assert_untouched(running)
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from relive.events import Compiled, Event, Notice
+from relive.events import Compiled, Event
 from relive.patch.inference import cached_flags, with_flags
 from relive.patch.journal import Journal, load_journal
 from relive.toolchain.command import ORIGIN_DWARF, CompileCommand
-from support import SpawnFactory, Target, compile_c, edit, kinds, reload
+from support import SpawnFactory, Target, compile_c, edit, kinds, notices, reload
 
 PROG = textwrap.dedent(
     """
@@ -55,10 +55,6 @@ def clang_o2(tmp_path: Path, spawn: SpawnFactory) -> tuple[Target, Path]:
     return target, tmp_path / "prog.c"
 
 
-def _notices(events: Sequence[Event]) -> list[str]:
-    return [e.message for e in events if isinstance(e, Notice)]
-
-
 def _compiles(events: Sequence[Event]) -> int:
     return sum(isinstance(e, Compiled) for e in events)
 
@@ -69,7 +65,7 @@ def test_unchanged_clang_o2_program_redirects_nothing(clang_o2: tuple[Target, Pa
     found = kinds(events)
     assert "redirected" not in found, found
     assert {"main", "scale", "mix", "total", "clamp"} <= set(found["unchanged"])
-    inferred = [n for n in _notices(events) if n.startswith("flags of prog.c inferred:")]
+    inferred = [n for n in notices(events) if n.startswith("flags of prog.c inferred:")]
     assert inferred and inferred[0].startswith("flags of prog.c inferred: -O2 ("), inferred
     assert _compiles(events) == 5  # one per candidate level
     assert load_journal(target.pid).inferred_flags[str(source.resolve())] == ["-O2"]
@@ -83,7 +79,7 @@ def test_edit_redirects_only_the_edited_function_then_the_answer_is_cached(
     edit(source, "return x * 3 +", "return x * 5 +")
     events = reload(target.pid, source)
     assert kinds(events).get("redirected") == ["scale"]
-    assert any(n.startswith("flags of prog.c inferred: -O2 (") for n in _notices(events))
+    assert any(n.startswith("flags of prog.c inferred: -O2 (") for n in notices(events))
     target.wait_for(r"^value 46 ")
 
     # The next reload compiles once, with the inferred flags, and says where they came from.
@@ -92,7 +88,7 @@ def test_edit_redirects_only_the_edited_function_then_the_answer_is_cached(
     assert _compiles(events) == 1
     compiled = next(e for e in events if isinstance(e, Compiled))
     assert "-O2" in compiled.command
-    assert "flags of prog.c: -O2 (inferred at an earlier reload)" in _notices(events)
+    assert "flags of prog.c: -O2 (inferred at an earlier reload)" in notices(events)
     assert kinds(events).get("redirected") == ["mix"]
     target.wait_for(r"^value 62 ")
 
@@ -104,7 +100,7 @@ def test_known_flags_compile_once(tmp_path: Path, spawn: SpawnFactory) -> None:
     target.wait_for(r"^value 42 ")
     events = reload(target.pid, tmp_path / "prog.c")
     assert _compiles(events) == 1
-    assert not any(n.startswith("flags of") for n in _notices(events))
+    assert not any(n.startswith("flags of") for n in notices(events))
     assert "redirected" not in kinds(events)
 
 
@@ -131,8 +127,8 @@ def test_landing_pads_in_the_running_code_add_cf_protection(
     events = reload(target.pid, tmp_path / "prog.c")
     assert "redirected" not in kinds(events)
     assert any(
-        n.startswith("flags of prog.c inferred: -O2 -fcf-protection (") for n in _notices(events)
-    ), _notices(events)
+        n.startswith("flags of prog.c inferred: -O2 -fcf-protection (") for n in notices(events)
+    ), notices(events)
     assert _compiles(events) == 6  # the five levels, then the best one with -fcf-protection
 
 
@@ -179,8 +175,8 @@ def test_a_shared_library_file_is_inferred_position_independent(
     events = reload(target.pid, source)
     assert "redirected" not in kinds(events), kinds(events)
     assert any(
-        n.startswith("flags of libx.so.c inferred: -O2 -fPIC (2 of 2") for n in _notices(events)
-    ), _notices(events)
+        n.startswith("flags of libx.so.c inferred: -O2 -fPIC (2 of 2") for n in notices(events)
+    ), notices(events)
     edit(source, "x * 3 +", "x * 100 +")
     events = reload(target.pid, source)
     assert kinds(events).get("redirected") == ["lib_scale"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import relive
-from relive.events import Event, Notice
-from support import SpawnFactory, compile_c, kinds
+from relive.events import Event
+from support import SpawnFactory, compile_c, kinds, notices
 
 PROG = r"""
 #include <stdio.h>
@@ -21,10 +21,6 @@ int main(void) {
 """
 
 
-def _notices(events: list[Event]) -> list[str]:
-    return [e.message for e in events if isinstance(e, Notice)]
-
-
 def test_selecting_an_inlined_function_names_the_callers_that_show_it(
     tmp_path: Path, spawn: SpawnFactory
 ) -> None:
@@ -36,7 +32,7 @@ def test_selecting_an_inlined_function_names_the_callers_that_show_it(
     events: list[Event] = []
     relive.attach(target.pid, on_event=events.append).reload([source], functions=["pick"])
     assert kinds(events)["redirected"] == ["pick"]
-    [notice] = [n for n in _notices(events) if "not selected" in n]
+    [notice] = [n for n in notices(events) if "not selected" in n]
     assert notice.startswith("report changed too but was not selected")
     assert "--function report" in notice
 
@@ -47,7 +43,7 @@ def test_selecting_an_inlined_function_names_the_callers_that_show_it(
 
     events.clear()
     assert relive.attach(target.pid, on_event=events.append).undo(["pick"]) == ["pick"]
-    [kept] = [n for n in _notices(events) if "keeps its new code" in n]
+    [kept] = [n for n in notices(events) if "keeps its new code" in n]
     assert kept.startswith("report, redirected by the same reload, keeps its new code")
     assert "`relive undo report`" in kept
     target.wait_for(r"^picked 15$")  # what the notice says: report's copy of pick stays

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import relive
 from relive.patch.modules import get_main_module, load_running_modules
-from support import SpawnFactory, Target, compile_c, edit, kinds, reload
+from support import SpawnFactory, Target, compile_c, edit, kinds, read_memory, reload
 
 THREADS_PROG = r"""
 #include <pthread.h>
@@ -259,7 +259,7 @@ def test_relive_killed_mid_reload_leaves_old_or_new_code(
     compute = main.image.find_global("compute")
     assert compute is not None
     entry = main.runtime(compute.value)
-    original = _read(target.pid, entry, 5)
+    original = read_memory(target.pid, entry, 5)
     source = tmp_path / "prog.c"
     edit(source, "return x + 1;", "return x + 2;")
     for attempt in range(50):
@@ -276,19 +276,13 @@ def test_relive_killed_mid_reload_leaves_old_or_new_code(
         assert state in "RS", f"target left in state {state}"
         rows = relive.attach(target.pid).status()
         assert all(row.active for row in rows)
-        assert (_read(target.pid, entry, 5) != original) == bool(rows)
+        assert (read_memory(target.pid, entry, 5) != original) == bool(rows)
         if rows:
             relive.attach(target.pid).undo()
     mark = target.mark()
     relive.attach(target.pid).reload([source])
     target.wait_for(r"thread \d sees 2", after=mark)
     assert target.alive()
-
-
-def _read(pid: int, address: int, size: int) -> bytes:
-    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
-        mem.seek(address)
-        return mem.read(size)
 
 
 BLOCKED_PROG = r"""
