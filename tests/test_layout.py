@@ -48,7 +48,7 @@ int main(void) {
 LIB = "__attribute__((noinline)) long scale(int x) { return x * 2; }\n"
 
 
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+def run_cli_printed(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     """Run the CLI; its exit code and everything it printed (stdout, then stderr)."""
     code = main(list(argv))
     captured = capsys.readouterr()
@@ -79,7 +79,7 @@ def refused(target: Target, capsys: pytest.CaptureFixture[str], source: Path, me
     """Reload ``source``: exit 8 with exactly ``message``; the target is untouched."""
     maps = Path(f"/proc/{target.pid}/maps").read_text()
     before = int(target.wait_for(TICK.pattern)[1])
-    code, err = run_cli(capsys, "reload", "-p", str(target.pid), str(source))
+    code, err = run_cli_printed(capsys, "reload", "-p", str(target.pid), str(source))
     assert code == 8, err
     errors = [line for line in err.splitlines() if line.startswith("relive: error:")]
     assert errors == [f"relive: error: {message}"]
@@ -203,7 +203,7 @@ def test_signature_changed_with_its_callers_reloaded(
     )
     edit(tmp_path / "prog.c", "long scale(int x);", "long scale(long y, int x);")
     edit(tmp_path / "prog.c", "scale(2)", "scale(100, 2)")
-    code, err = run_cli(
+    code, err = run_cli_printed(
         capsys, "reload", "-p", str(target.pid), str(tmp_path / "lib.c"), str(tmp_path / "prog.c")
     )
     assert code == 0, err
@@ -228,7 +228,7 @@ def test_types_of_new_code_and_frames_are_free(
         "static struct stats *stats;\nstruct fresh { double weight; int n; } fresh = {0.5, 40};",
     )
     edit(tmp_path / "prog.c", "here.x + here.y", "here.x + here.y + (int)here.z + fresh.n")
-    code, err = run_cli(capsys, "reload", "-p", str(target.pid), str(tmp_path / "prog.c"))
+    code, err = run_cli_printed(capsys, "reload", "-p", str(target.pid), str(tmp_path / "prog.c"))
     assert code == 0, err
     assert "redirected tick" in err
     target.wait_for(r"^tick \d+ hits \d+ mode 1 level 2 scale 4 at 50$")
@@ -240,7 +240,7 @@ def test_allow_layout_change(
     target = start(tmp_path, spawn, "gcc")
     edit(tmp_path / "prog.c", "long counter;", "double counter;")
     edit(tmp_path / "prog.c", '"tick %ld', '"TICK %ld')
-    code, err = run_cli(
+    code, err = run_cli_printed(
         capsys, "reload", "-p", str(target.pid), "--allow-layout-change", str(tmp_path / "prog.c")
     )
     assert code == 0, err
@@ -273,7 +273,7 @@ def test_no_dwarf_in_the_program(
     target = spawn([exe])
     target.wait_for(r"^tick 2 ")
     edit(tmp_path / "prog.c", '"tick %ld', '"TICK %ld')
-    code, err = run_cli(
+    code, err = run_cli_printed(
         capsys, "reload", "-p", str(target.pid), "--cflags=-O0", str(tmp_path / "prog.c")
     )
     assert code == 0, err
