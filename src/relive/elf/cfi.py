@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from relive.elf.filecache import FileIdentity, file_identity
 from relive.elf.leb128 import Leb128Error, read_uleb, signed
 from relive.elf.objfile import parse_elf_header, parse_section_headers, section_names
 from relive.errors import ReliveError
@@ -468,7 +469,7 @@ def evaluate(
 
 
 @lru_cache(maxsize=32)
-def _load_file_table(path: str, identity: tuple[int, int, int]) -> FrameTable | None:
+def _load_file_table(path: str, identity: FileIdentity) -> FrameTable | None:
     del identity  # part of the cache key only
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
         header = parse_elf_header(path, data, "executable or shared library")
@@ -501,6 +502,6 @@ def load_frame_table(path: str) -> FrameTable | None:
     """The indexed ``.eh_frame`` of an executable or library (None if it has none)."""
     try:
         st = os.stat(path)
-        return _load_file_table(path, (st.st_ino, st.st_mtime_ns, st.st_size))
+        return _load_file_table(path, file_identity(st))
     except (OSError, ValueError, CfiError, ReliveError):  # a malformed file: no table
         return None

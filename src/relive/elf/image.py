@@ -474,7 +474,7 @@ class ElfImage:
         if in_file:
             with open(self.path, "rb") as f:
                 st = os.fstat(f.fileno())
-                if (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size) != self._identity:
+                if file_identity(st) != self._identity:
                     raise BadObject(
                         f"{self.path} changed on disk since relive read it",
                         "retry; if a build is rewriting it, wait for the build to finish",
