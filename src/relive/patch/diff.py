@@ -229,9 +229,15 @@ class FunctionComparer:
 
     def _needs_tail(self, reloc: Relocation) -> bool:
         """A PC-relative field into new memory: what it refers to depends on where
-        its instruction ends."""
+        its instruction ends (not for a string its label names: that string, as
+        :meth:`_same_target` compares it without the instruction)."""
         rtype = self.types.get(reloc.type)
-        return rtype is not None and rtype.pc_relative and self.address_of(reloc.symbol) is None
+        return (
+            rtype is not None
+            and rtype.pc_relative
+            and self.address_of(reloc.symbol) is None
+            and not _names_a_string(self.obj, reloc.symbol)
+        )
 
     def _undo_relaxations(
         self, new_code: bytes, old_code: bytes, base: int, relocs: list[Relocation]
