@@ -215,13 +215,15 @@ class FunctionComparer:
         direct = relaxed[1] if relaxed is not None else set()
         tails: dict[int, int] | None = None
         for r in relocs:
-            tail = None
-            if self._needs_tail(r):
-                if tails is None:
-                    tails = _instruction_tails(new_instructions(), len(new_code), relocs)
-                tail = tails.get(r.offset)
             place, offset = old_address + r.offset - base, r.offset - base
-            if not self._same_target(
+            if self._same_target(r, old_code, place, offset, direct=r.offset in direct):
+                continue
+            if not self._needs_tail(r):
+                return False
+            if tails is None:
+                tails = _instruction_tails(new_instructions(), len(new_code), relocs)
+            tail = tails.get(r.offset)
+            if tail is None or not self._same_target(
                 r, old_code, place, offset, tail=tail, direct=r.offset in direct
             ):
                 return False
