@@ -142,6 +142,11 @@ class _Reader:
         return value & 0xFFFFFFFFFFFFFFFF
 
 
+#: Most rows a table remembers (a bound for a long session whose threads stop
+#: anywhere: a row is a few hundred bytes).
+_MOST_ROWS_KEPT = 4096
+
+
 @dataclass
 class FrameTable:
     """The ``.eh_frame`` of one file, with an index from addresses to FDEs.
@@ -157,6 +162,9 @@ class FrameTable:
     ends: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     _cies: dict[int, _Cie] = field(default_factory=dict)
+    #: Rows worked out, by address: a table is kept per file (``load_frame_table``),
+    #: so a long ``watch`` walking the same stacks at each reload decodes them once.
+    _rows: dict[int, Row | None] = field(default_factory=dict)
 
     @classmethod
     def from_section(cls, data: bytes, address: int) -> FrameTable:
@@ -197,6 +205,15 @@ class FrameTable:
 
     def find_row(self, address: int) -> Row | None:
         """The unwind row that applies at ``address``, or None if no FDE covers it."""
+        if address in self._rows:
+            return self._rows[address]
+        row = self._find_row(address)
+        if len(self._rows) >= _MOST_ROWS_KEPT:
+            self._rows.clear()
+        self._rows[address] = row
+        return row
+
+    def _find_row(self, address: int) -> Row | None:
         i = bisect.bisect_right(self.starts, address) - 1
         if i < 0:
             return None
