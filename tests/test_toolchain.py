@@ -574,3 +574,30 @@ def test_compdb_keeps_the_source_spelling_of_the_build_command(tmp_path: Path) -
     result = compile_object(entry, tmp_path / "out")
     assert b"src.c\0" in result.object_path.read_bytes()
     assert str(tmp_path).encode() + b"/src.c\0" not in result.object_path.read_bytes()
+
+
+@pytest.mark.parametrize("nice", ["", "7"])
+def test_the_compiler_runs_as_background_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nice: str
+) -> None:
+    """SCHED_BATCH always (its share of the CPU unchanged), from the compiler's first
+    instruction on; nice only when RELIVE_COMPILE_NICE asks: a compiler that records
+    its own policy and nice value (/proc/PID/sched, /proc/PID/stat), then runs gcc."""
+    seen = tmp_path / "seen"
+    wrapper = tmp_path / "cc"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"grep '^policy' /proc/$$/sched | tr -s ' ' > {seen}\n"
+        "sleep 0.3\n"  # the nice value comes once the compiler started
+        f"cut -d' ' -f19 /proc/$$/stat >> {seen}\n"
+        'exec gcc "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    source = tmp_path / "unit.c"
+    source.write_text("int unit(void) { return 1; }\n")
+    monkeypatch.setenv("RELIVE_COMPILE_NICE", nice)
+    cmd = CompileCommand(str(wrapper), ("-O2",), tmp_path, source, "command line")
+    assert compile_object(cmd, tmp_path / "out").object_path.is_file()
+    policy, niceness = seen.read_text().splitlines()
+    assert policy == "policy : 3"  # SCHED_BATCH
+    assert int(niceness) == (int(nice) if nice else 0)

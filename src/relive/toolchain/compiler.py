@@ -19,6 +19,12 @@ from pathlib import Path
 from relive.errors import BadObject, CompileError, ReliveError
 from relive.toolchain.command import CompileCommand
 from relive.toolchain.lto import without_lto
+from relive.toolchain.priority import (
+    compile_nice,
+    lower_priority,
+    started_in_background,
+    stop_group,
+)
 
 __all__ = ["CompileResult", "compile_object", "read_dependencies"]
 
@@ -155,23 +161,27 @@ def _run(
     # would hide them.  Only messages change: LC_CTYPE (the input charset) stays.
     env = dict(os.environ, LC_MESSAGES="C")
     env.pop("LANGUAGE", None)
+    nice = compile_nice()
     try:
-        compiler = subprocess.Popen(
-            argv,
-            cwd=cmd.directory,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
-        )
+        with started_in_background():
+            compiler = subprocess.Popen(
+                argv,
+                cwd=cmd.directory,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+                process_group=0 if nice else None,  # see relive.toolchain.priority
+            )
     except FileNotFoundError as e:
         raise ReliveError(f"compiler not found: {cmd.compiler}", NO_COMPILER_HINT) from e
     except PermissionError as e:
         raise ReliveError(
             f"cannot run the compiler {cmd.compiler}: {e.strerror}", NO_COMPILER_HINT
         ) from e
+    lower_priority(compiler.pid, nice)
     with compiler:
         try:
             while True:
@@ -183,6 +193,8 @@ def _run(
                         on_wait()
         except BaseException:
             compiler.kill()  # interrupted (Ctrl+C): no compiler left behind
+            if nice:
+                stop_group(compiler.pid)  # nor what it started (not in relive's group)
             raise
     return subprocess.CompletedProcess(argv, compiler.returncode, stdout, stderr)
 
