@@ -319,6 +319,25 @@ def test_changed_code_makes_the_server_exit(
     assert new["served"] == 0 and new["current"]
 
 
+def test_one_server_per_state_directory(server: Server) -> None:
+    """Servers started together: one serves, the others exit; a dead server's
+    socket is replaced by the next one."""
+    argv = [sys.executable, "-P", "-m", "relive.cli.server"]
+    started = [subprocess.Popen(argv, env=server.env) for _ in range(3)]
+    up = server.wait_up()
+    losers = [proc for proc in started if proc.pid != up["pid"]]
+    assert len(losers) == 2
+    assert [proc.wait(timeout=60) for proc in losers] == [0, 0]
+    assert server.processes() == [up["pid"]]
+    os.kill(up["pid"], signal.SIGKILL)
+    next(proc for proc in started if proc.pid == up["pid"]).wait(timeout=60)
+    assert (server.state / "server.sock").exists()  # left behind: nobody listens
+    done = server.run("status", "-p", str(os.getpid()))
+    assert done.returncode in (0, 3), done.stderr  # ran in-process, started a server
+    new = server.wait_up(other_than=up["pid"])
+    assert new["served"] == 0
+
+
 def test_idle_server_exits(tmp_path: Path, server: Server) -> None:
     server.env["RELIVE_SERVER_IDLE"] = "1"
     server.run("status", "-p", str(os.getpid()))
