@@ -11,14 +11,18 @@ relocatable objects and linked executables.
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from relive.elf.dwarf_statics import FunctionStatic, iter_function_statics
-from relive.elf.dwarf_types import open_dwarf
+from relive.elf import dwarf_statics
+from relive.elf.dwarf_statics import FunctionStatic, function_statics, iter_function_statics
+from relive.elf.dwarf_types import TypeUnit, open_dwarf
 from support import need_program
 
 SOURCE = r"""
@@ -236,3 +240,34 @@ def test_indirect_forms_and_blocks_match_pyelftools(tmp_path: Path) -> None:
         assert ours[0].operand is None
         assert [(s.function, s.name, len(s.location)) for s in ours] == [e[:3] for e in expected]
         assert [s.operand for s in ours[1:]] == [e[3] for e in expected[1:]]
+
+
+def test_running_side_walked_once_for_concurrent_readers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The running program's statics are read while the compiler runs and again
+    when binding: one walk, whoever comes second waits for it."""
+    _, exe = _build(tmp_path, "gcc", 5, "-O2")
+    unit = open_dwarf(exe).find_unit(str(tmp_path / "statics.c"))
+    assert unit is not None
+    walks: list[int] = []
+    walk = dwarf_statics.iter_function_statics
+
+    def counted(unit: TypeUnit) -> Iterator[FunctionStatic]:
+        walks.append(unit.start)
+        time.sleep(0.2)  # the second reader arrives while the first walks
+        return walk(unit)
+
+    monkeypatch.setattr(dwarf_statics, "iter_function_statics", counted)
+    answers: list[tuple[FunctionStatic, ...]] = []
+    readers = [
+        threading.Thread(target=lambda: answers.append(function_statics(unit))) for _ in range(2)
+    ]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    assert walks == [unit.start]
+    assert answers[0] is answers[1]
+    assert answers[0] == tuple(walk(unit))
+    assert function_statics(unit) is answers[0]

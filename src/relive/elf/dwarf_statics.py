@@ -20,6 +20,8 @@ those of a full decode.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -37,13 +39,14 @@ from relive.elf.dwarf_types import (
     TAG_SUBPROGRAM,
     TAG_VARIABLE,
     Die,
+    DwarfFile,
     Malformed,
     TypeUnit,
     _Abbrev,
     _skip_ops,
 )
 
-__all__ = ["FunctionStatic", "iter_function_statics"]
+__all__ = ["FunctionStatic", "function_statics", "iter_function_statics"]
 
 #: DW_OP_addr: a variable at a fixed address (the operand is the address).
 _DW_OP_ADDR = 0x03
@@ -173,6 +176,38 @@ def iter_function_statics(unit: TypeUnit) -> Iterator[FunctionStatic]:
                 yield FunctionStatic(function_name, name, location, operand)
     except IndexError:
         raise Malformed("a DIE runs past the end of its section") from None
+
+
+#: The statics of the running program's units, kept with their file's DWARF (a
+#: reload reads them while the compiler runs, then binds with them).
+_kept: weakref.WeakKeyDictionary[DwarfFile, dict[int, tuple[FunctionStatic, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+_kept_lock = threading.Lock()
+#: One walk per unit at a time: a second reader waits for the first one's answer.
+_walks: weakref.WeakKeyDictionary[DwarfFile, dict[int, threading.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def function_statics(unit: TypeUnit) -> tuple[FunctionStatic, ...]:
+    """:func:`iter_function_statics` of ``unit``, walked once and kept while its
+    file's DWARF is (``open_dwarf`` keeps a few files): the running program's side,
+    read while the compiler runs and used when the new object is bound."""
+    with _kept_lock:
+        kept = _kept.setdefault(unit.file, {})
+        found = kept.get(unit.start)
+        gate = _walks.setdefault(unit.file, {}).setdefault(unit.start, threading.Lock())
+    if found is not None:
+        return found
+    with gate:
+        with _kept_lock:
+            found = kept.get(unit.start)
+        if found is None:
+            found = tuple(iter_function_statics(unit))
+            with _kept_lock:
+                kept[unit.start] = found
+    return found
 
 
 def _walk(unit: TypeUnit) -> Iterator[tuple[_Found | None, _Found, bytes, int | None]]:  # noqa: C901

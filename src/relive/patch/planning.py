@@ -42,6 +42,7 @@ from relive.patch.modules import RunningModule, find_module_defining
 from relive.patch.options import ReloadOptions
 from relive.patch.plan import Decision, FarData, FarDataReference, ReloadPlan, build_plan
 from relive.patch.running import fingerprints_running_now
+from relive.patch.static_scope import prepare_static_scopes
 from relive.process.memory import ProcessMemory
 from relive.process.remote import remote_call
 from relive.process.threads import stop_all
@@ -205,6 +206,7 @@ def _compile_units(paths: Sequence[Path], ctx: PlanContext) -> list[_Unit]:
 
             found_command = deoptimized(found_command)
         prepare_layout_check(found_module, path)
+        prepare_static_scopes(found_module, path)
         found.append((path, index, found_command, found_module))
     # Each file compiles once, or once per candidate when its flags are inferred;
     # all of them at once.

@@ -17,15 +17,19 @@ by name (and refuses when that is ambiguous).
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable, Hashable, Iterator
+import threading
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
-from relive.elf.dwarf_statics import iter_function_statics
-from relive.elf.dwarf_types import Malformed, TypeUnit, open_dwarf
+from relive.elf.dwarf_statics import FunctionStatic, function_statics, iter_function_statics
+from relive.elf.dwarf_types import Malformed, open_dwarf
 from relive.elf.objfile import ObjectFile
-from relive.errors import BadObject
+from relive.errors import BadObject, ReliveError
+from relive.patch.modules import RunningModule
 
 #: gcc names a function-local static ``name.N``.
 GCC_STATIC_SUFFIX = re.compile(r"\.\d+$")
@@ -53,9 +57,26 @@ def running_static_scopes(program: str, source: str) -> dict[StaticScope, int] |
         unit = open_dwarf(program).find_unit(source)
         if unit is None:
             return None
-        return dict(_iter_statics(unit, lambda location, _: int.from_bytes(location[1:], "little")))
+        statics = function_statics(unit)
+        return dict(
+            _iter_statics(statics, lambda location, _: int.from_bytes(location[1:], "little"))
+        )
     except (Malformed, BadObject):
         return None
+
+
+def prepare_static_scopes(module: RunningModule, source: Path) -> None:
+    """Read the running module's statics of ``source`` while the compiler runs
+    (a sqlite3-sized unit takes a tenth of a second or more).
+
+    Only reads the program's file on disk; whatever goes wrong is met (and
+    answered with None) again when the new object is bound."""
+    threading.Thread(target=_read_quietly, args=(module.file, str(source)), daemon=True).start()
+
+
+def _read_quietly(program: str, source: str) -> None:
+    with contextlib.suppress(ReliveError):  # read again when binding, which says why
+        running_static_scopes(program, source)
 
 
 def object_static_scopes(obj: ObjectFile) -> tuple[str, dict[int, StaticScope]] | None:
@@ -79,7 +100,7 @@ def object_static_scopes(obj: ObjectFile) -> tuple[str, dict[int, StaticScope]] 
             return reloc.symbol.shndx, reloc.symbol.value + reloc.addend
 
         found: dict[int, StaticScope] = {}
-        for scope, (shndx, offset) in _iter_statics(unit, place):
+        for scope, (shndx, offset) in _iter_statics(iter_function_statics(unit), place):
             named = [
                 s
                 for s in obj.iter_section_symbols(shndx)
@@ -93,7 +114,7 @@ def object_static_scopes(obj: ObjectFile) -> tuple[str, dict[int, StaticScope]] 
 
 
 def _iter_statics(
-    unit: TypeUnit, place: Callable[[bytes, int | None], _P | None]
+    statics: Iterable[FunctionStatic], place: Callable[[bytes, int | None], _P | None]
 ) -> Iterator[tuple[StaticScope, _P]]:
     """(scope, place) of each function-scope static, ``place`` telling where one is
     from its location expression and the position of its address operand in
@@ -102,7 +123,7 @@ def _iter_statics(
     A static listed twice (in an abstract instance and a concrete one) is one
     static: the ordinal counts distinct places, in the order the DWARF lists them."""
     seen: dict[tuple[str, str], list[_P]] = {}
-    for static in iter_function_statics(unit):
+    for static in statics:
         where = place(static.location, static.operand)
         if where is None:
             continue
