@@ -1,17 +1,22 @@
 """What a reload of a big unit skips, and that skipping it changes no answer: the
-compiler clones the new code no longer has are still named, and a type check
-still finds a changed global when the new code also uses function statics."""
+compiler clones the new code no longer has are still named, a type check still
+finds a changed global when the new code also uses function statics, and the next
+reload takes the fingerprints of functions whose code key is the same
+(``patch.codekey``) while everything a key cannot see is still found."""
 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from relive.elf.objfile import ObjSymbol
 from relive.errors import LayoutChanged
 from relive.events import Notice
-from support import SpawnFactory, compile_c, edit, kinds, reload
+from relive.patch.diff import FunctionComparer
+from support import SpawnFactory, Target, compile_c, edit, kinds, reload
 
 CLONES = r"""
 #include <stdio.h>
@@ -78,3 +83,150 @@ def test_a_changed_global_is_found_next_to_a_function_static(
     with pytest.raises(LayoutChanged, match=r"struct stats: hits moved 0 -> 8"):
         reload(target.pid, tmp_path / "prog.c")
     target.wait_for(r"^calls \d+ hits \d+$")
+
+
+# -- fingerprints reused from code keys (patch.codekey) ---------------------------------
+
+PROG = r"""
+#include <stdio.h>
+#include <unistd.h>
+struct pair { long a; long b; };
+static struct pair kept;
+long limit = 5;
+static inline long helper(long x) { return x + 1; }
+__attribute__((noinline)) long callee(long x) { return x * 2; }
+__attribute__((noinline)) long work_a(void) { static long calls; return ++calls; }
+__attribute__((noinline)) long work_b(void) { return helper(10); }
+__attribute__((noinline)) long work_c(void) { return callee(10); }
+__attribute__((noinline)) long work_d(void) { return limit; }
+__attribute__((noinline)) void touch(struct pair *p) { p->a++; }
+__attribute__((noinline)) long work_e(void) { touch(&kept); return kept.a; }
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) {
+        long a = work_a();
+        printf("a=%ld b=%ld c=%ld d=%ld e=%ld\n", a, work_b(), work_c(), work_d(), work_e());
+        usleep(20000);
+    }
+}
+"""
+
+
+@pytest.fixture
+def fingerprinted(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The names of the functions whose fingerprint was computed, in order."""
+    names: list[str] = []
+    original = FunctionComparer.fingerprint
+
+    def counting(self: FunctionComparer, symbol: ObjSymbol) -> str:
+        names.append(symbol.name)
+        return original(self, symbol)
+
+    monkeypatch.setattr(FunctionComparer, "fingerprint", counting)
+    yield names
+
+
+def _started(tmp_path: Path, spawn: SpawnFactory) -> Target:
+    target = spawn([compile_c(tmp_path, PROG, flags=("-g", "-O2"))])
+    target.wait_for(r"^a=\d+ b=11 c=20 d=5 e=\d+$")
+    return target
+
+
+def _count(target: Target) -> int:
+    """work_a's count in the next line the target prints."""
+    return int(target.wait_for(r"^a=(\d+) ").group(1))
+
+
+def test_next_reload_fingerprints_only_what_changed(
+    tmp_path: Path, spawn: SpawnFactory, fingerprinted: list[str]
+) -> None:
+    target = _started(tmp_path, spawn)
+    source = tmp_path / "prog.c"
+    edit(source, "return x * 2;", "return x * 3;")
+    first = kinds(reload(target.pid, source))
+    assert first["redirected"] == ["callee"]
+    assert {"work_a", "work_b", "work_c", "main"} <= set(fingerprinted)
+    target.wait_for(r"^a=\d+ b=11 c=30 d=5 e=\d+$")
+
+    fingerprinted.clear()
+    edit(source, "return x + 1;", "return x + 2;")  # helper, inlined into work_b
+    second = kinds(reload(target.pid, source))
+    assert second["redirected"] == ["work_b"]
+    assert {"callee", "work_a", "work_c", "main"} <= set(second["unchanged"])
+    # Only work_b's code differs from the last reload's object.
+    assert fingerprinted == ["work_b"]
+    target.wait_for(r"^a=\d+ b=12 c=30 d=5 e=\d+$")
+
+    fingerprinted.clear()
+    edit(source, "return x * 3;", "return x * 4;")  # callee again: work_c calls it
+    third = kinds(reload(target.pid, source))
+    assert third["redirected"] == ["callee"]
+    assert "work_c" in third["unchanged"]
+    assert fingerprinted == ["callee"]
+    target.wait_for(r"^a=\d+ b=12 c=40 d=5 e=\d+$")
+
+
+def test_changed_initial_value_is_still_found(
+    tmp_path: Path, spawn: SpawnFactory, fingerprinted: list[str]
+) -> None:
+    """work_d's bytes stay the same when ``limit``'s initializer changes: the object's
+    data did change, so nothing is reused, and the change is said as always."""
+    target = _started(tmp_path, spawn)
+    source = tmp_path / "prog.c"
+    edit(source, "return x * 2;", "return x * 3;")
+    assert kinds(reload(target.pid, source))["redirected"] == ["callee"]
+    target.wait_for(r"^a=\d+ b=11 c=30 d=5 e=\d+$")
+
+    fingerprinted.clear()
+    edit(source, "long limit = 5;", "long limit = 7;")
+    events = reload(target.pid, source)
+    assert "work_d" in kinds(events)["unchanged"]
+    assert "work_d" in fingerprinted and "main" in fingerprinted
+    notices = [str(e) for e in events if isinstance(e, Notice)]
+    assert any("limit" in n and "initial value" in n for n in notices), notices
+    target.wait_for(r"^a=\d+ b=11 c=30 d=5 e=\d+$")  # the running value is kept
+
+    fingerprinted.clear()
+    events = reload(target.pid, source, reinit=["limit"])
+    assert "work_d" in kinds(events)["unchanged"]
+    target.wait_for(r"^a=\d+ b=11 c=30 d=7 e=\d+$")
+
+
+def test_changed_layout_of_kept_data_is_still_refused(tmp_path: Path, spawn: SpawnFactory) -> None:
+    """work_e's bytes stay the same when ``kept`` grows: refused as at a first reload."""
+    target = _started(tmp_path, spawn)
+    source = tmp_path / "prog.c"
+    edit(source, "return x * 2;", "return x * 3;")
+    assert kinds(reload(target.pid, source))["redirected"] == ["callee"]
+    target.wait_for(r"^a=\d+ b=11 c=30 d=5 e=\d+$")
+
+    edit(source, "struct pair { long a; long b; };", "struct pair { long a; long b; long c; };")
+    with pytest.raises(LayoutChanged, match="kept changed size from 16 to 24 bytes"):
+        reload(target.pid, source)
+    target.wait_for(r"^a=\d+ b=11 c=30 d=5 e=\d+$")
+
+
+def test_renumbered_statics_keep_their_storage(
+    tmp_path: Path, spawn: SpawnFactory, fingerprinted: list[str]
+) -> None:
+    """A function with a static of the same name added before the others: gcc
+    numbers every later ``calls.N`` anew; each still binds to its own storage."""
+    target = _started(tmp_path, spawn)
+    source = tmp_path / "prog.c"
+    edit(source, "return x * 2;", "return x * 3;")
+    assert kinds(reload(target.pid, source))["redirected"] == ["callee"]
+    target.wait_for(r"^a=\d+ b=11 c=30 d=5 e=\d+$")
+
+    before = _count(target)
+    edit(
+        source,
+        "static inline long helper",
+        "__attribute__((noinline)) long early(void) { static long calls; return ++calls; }\n"
+        "static inline long helper",
+    )
+    fingerprinted.clear()
+    found = kinds(reload(target.pid, source))
+    assert found["new"] == ["early"]
+    assert "work_a" in found["unchanged"]
+    assert "work_a" in fingerprinted  # the layout changed: compared, not reused
+    assert _count(target) > before  # work_a's counter goes on

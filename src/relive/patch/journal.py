@@ -131,6 +131,12 @@ class SourceRecord:
     #: context (``patch.matched.binding_context``) is ``matched_context``.
     matched: dict[str, str] = field(default_factory=dict)
     matched_context: str = ""
+    #: The last reload's code keys: name -> ``patch.matched.key_entry``, computed
+    #: in the binding context ``keys_context`` (the one before that reload), from an
+    #: object of layout digest ``keys_layout`` (``patch.codekey``).
+    keys: dict[str, str] = field(default_factory=dict)
+    keys_context: str = ""
+    keys_layout: str = ""
 
 
 @dataclass
@@ -391,6 +397,11 @@ def _load_source(raw: dict[str, Any], key: str) -> SourceRecord:
     context = raw.get("matched_context", "")
     if not all(isinstance(v, str) for v in matched.values()) or not isinstance(context, str):
         raise _Invalid(f"a matched function of {key} is not a string")
+    keys = _expect(raw.get("keys", {}), dict, f"function keys of {key}")
+    keys_context = raw.get("keys_context", "")
+    keys_layout = raw.get("keys_layout", "")
+    if not all(isinstance(v, str) for v in (*keys.values(), keys_context, keys_layout)):
+        raise _Invalid(f"a function key of {key} is not a string")
     generations = raw.get("generations", 0)
     if not _is_int(generations) or generations < 0:
         raise _Invalid(f"generations of {key} is not a count")
@@ -402,6 +413,9 @@ def _load_source(raw: dict[str, Any], key: str) -> SourceRecord:
         fingerprints=dict(fingerprints),
         matched=dict(matched),
         matched_context=context,
+        keys=dict(keys),
+        keys_context=keys_context,
+        keys_layout=keys_layout,
     )
 
 
@@ -554,6 +568,9 @@ def _as_plain(journal: Journal) -> dict[str, Any]:
                 "fingerprints": r.fingerprints,
                 "matched": r.matched,
                 "matched_context": r.matched_context,
+                "keys": r.keys,
+                "keys_context": r.keys_context,
+                "keys_layout": r.keys_layout,
             }
             for k, r in journal.sources.items()
         },

@@ -12,16 +12,30 @@ to it (new functions and variables in the journal) and on where modules are
 loaded, so the remembered matches are kept with a digest of those and trusted
 only while it holds.  A function relive redirected is never looked up here: it
 is compared by the fingerprint of the code it runs now (``patch.running``).
+
+Computing a fingerprint asks where every name a function refers to is bound.  A
+reload also records the new object's layout digest and each function's code key
+(``patch.codekey``: read from the object alone) with the fingerprint it gave; the
+next reload takes that fingerprint for a function whose code key is the same in an
+object of the same layout, provided the binding context is the one the
+fingerprints were computed in (the context before that reload added anything: what
+it added changes where names lead).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from relive.patch.binder import OldDefinition
+from relive.patch.decision import Decision
 from relive.patch.journal import Journal, SourceRecord
 from relive.patch.modules import RunningModule
+
+if TYPE_CHECKING:
+    from relive.patch.plan import ReloadPlan
 
 
 def match_key(fingerprint: str, old: OldDefinition) -> str:
@@ -37,6 +51,8 @@ def binding_context(journal: Journal, modules: Iterable[RunningModule]) -> str:
         digest.update(f"{module.path}@{module.bias:x};".encode())
     for source in sorted(journal.sources):
         record = journal.sources[source]
+        if not record.definitions:
+            continue  # nothing a name could lead to (a reload that only redirected)
         digest.update(f"{source};".encode())
         for name in sorted(record.definitions):
             d = record.definitions[name]
@@ -53,3 +69,58 @@ def usable_matches(
     if peers:
         return None  # other files of this reload define names the process lacks
     return record.matched
+
+
+#: Hex digits of the fingerprint kept with a key: enough to tell that the recorded
+#: fingerprint is still the one the key gave (``patch.wal`` may restore an older one).
+_CHECK = 10
+
+
+def key_entry(key: str, fingerprint: str) -> str:
+    """What is remembered of a function's key: the key and the start of its fingerprint."""
+    return f"{key}:{fingerprint[:_CHECK]}"
+
+
+@dataclass(frozen=True)
+class KnownKeys:
+    """The keys a source's last reload recorded, with the fingerprints they gave."""
+
+    #: The layout digest of that reload's object (``CodeKeys.layout``).
+    layout: str
+    #: name -> ``key_entry``.
+    entries: Mapping[str, str]
+    #: name -> fingerprint (``SourceRecord.fingerprints``).
+    fingerprints: Mapping[str, str]
+
+    def fingerprint(self, name: str, key: str) -> str | None:
+        """The fingerprint of function ``name`` when its key is the one recorded."""
+        entry = self.entries.get(name)
+        if entry is None:
+            return None
+        known, _, check = entry.partition(":")
+        found = self.fingerprints.get(name)
+        if known != key or not check or found is None or not found.startswith(check):
+            return None
+        return found
+
+
+def usable_keys(
+    record: SourceRecord | None, context: str, peers: Mapping[str, int]
+) -> KnownKeys | None:
+    """The keys recorded for a source, when the binding context is the one they were
+    computed in (None: compute every fingerprint)."""
+    if record is None or not record.keys or record.keys_context != context or peers:
+        return None
+    return KnownKeys(record.keys_layout, record.keys, record.fingerprints)
+
+
+def function_keys(plan: ReloadPlan) -> dict[str, str]:
+    """What a reload records of its functions' keys (``SourceRecord.keys``): those
+    whose fingerprint it records too, when their keys were computed."""
+    if plan.code_keys is None:
+        return {}
+    return {
+        d.name: key_entry(d.key, d.fingerprint)
+        for d in plan.decisions
+        if d.key and d.status is not Decision.SKIPPED
+    }

@@ -13,11 +13,12 @@ from relive.errors import LinkError
 from relive.link import Bound, Layout, LinkedImage, LinkRequest, link, plan_layout
 from relive.link.linker import GOT_SYMBOL
 from relive.patch.binder import Binder, OldDefinition, is_skipped_section
+from relive.patch.codekey import CodeKeys
 from relive.patch.constants import bind_constant, is_constant_section
 from relive.patch.decision import Decision as Decision
 from relive.patch.diff import AddressOf, FunctionComparer
 from relive.patch.initial import DataChange, find_initial_changes
-from relive.patch.matched import match_key
+from relive.patch.matched import KnownKeys, match_key
 from relive.patch.modules import RunningModule
 from relive.patch.rules import check_constructors
 from relive.patch.snapshot import ChunkedReader
@@ -57,6 +58,8 @@ class FunctionDecision:
     #: Found equal to the code at its running entry (not by a recorded fingerprint):
     #: what the next reload may trust (``patch.matched.match_key``); "" otherwise.
     matched: str = ""
+    #: Its code key (``patch.codekey``); "" when none was computed.
+    key: str = ""
 
     @property
     def name(self) -> str:
@@ -79,6 +82,10 @@ class ReloadPlan:
     initial_changed: list[DataChange] = field(default_factory=list)
     #: What the user should know about this plan (said before anything is written).
     notices: list[str] = field(default_factory=list)
+    #: The binding context the fingerprints were computed in (``patch.matched``),
+    #: and the object's code keys; None: none were computed, none is recorded.
+    keys_context: str | None = None
+    code_keys: CodeKeys | None = None
 
     def redirect_callers_instead(self, callee: FunctionDecision) -> list[str]:
         """Stop redirecting ``callee``; redirect the functions of this object that
@@ -164,6 +171,8 @@ def build_plan(
     redirect_all: bool = False,
     matches: Mapping[str, str] | None = None,
     on_step: Callable[[], None] = lambda: None,
+    keys_context: str | None = None,
+    known_keys: KnownKeys | None = None,
 ) -> ReloadPlan | FarData:
     """Classify functions, choose what to load and bind, and lay the block out.
 
@@ -173,6 +182,10 @@ def build_plan(
     ``matches``: what the previous reload found equal to the running code
     (``patch.matched``), trusted instead of comparing again.  ``on_step`` is
     called for each function decided (a big unit takes seconds: progress).
+    ``keys_context``: the binding context, when code keys are to be computed (and
+    recorded, ``patch.codekey``); ``known_keys``: what the last reload recorded,
+    whose fingerprints are taken for functions whose key is the same in an object
+    of the same layout.
     """
     bound: dict[int, Bound] = {}
     load: set[int] = set()
@@ -217,8 +230,19 @@ def build_plan(
     comparer.address_of = _memoized(address_of)
     # Thousands of functions' code and strings: read in chunks, each once.
     deciding = comparer.reading(ChunkedReader(binder.read_memory))
+    keys, known_keys = _code_keys(obj, binder, keys_context, known_keys)
     decisions = [
-        _decide(symbol, binder, deciding, previous_fingerprints, only, redirect_all, matches)
+        _decide(
+            symbol,
+            binder,
+            deciding,
+            previous_fingerprints,
+            only,
+            redirect_all,
+            matches,
+            keys,
+            known_keys,
+        )
         for symbol in _functions_in_code(obj, on_step)
     ]
     notices.extend(check_constructors(obj, {d.name: d.status for d in decisions}))
@@ -245,8 +269,39 @@ def build_plan(
     layout = _lay_out(obj, binder, arch, load, bound, externals, _original_entries(decisions))
     initial = find_initial_changes(obj, binder, comparer, bound, arch)
     return ReloadPlan(
-        source, binder.module, obj, decisions, layout, binder, new_data, initial, notices
+        source,
+        binder.module,
+        obj,
+        decisions,
+        layout,
+        binder,
+        new_data,
+        initial,
+        notices,
+        keys_context,
+        keys,
     )
+
+
+def _code_keys(
+    obj: ObjectFile, binder: Binder, context: str | None, known: KnownKeys | None
+) -> tuple[CodeKeys | None, KnownKeys | None]:
+    """The object's code keys (when a context is given), and the known ones when
+    they come from an object of the same layout."""
+    if context is None:
+        return None, None
+    keys = CodeKeys(obj, _scope_label(binder))
+    return keys, known if known is not None and known.layout == keys.layout else None
+
+
+def _scope_label(binder: Binder) -> Callable[[ObjSymbol], str | None]:
+    """The scope label of a function-scope static, for function keys."""
+
+    def label(symbol: ObjSymbol) -> str | None:
+        scope = binder.static_scope(symbol)
+        return None if scope is None else scope.label()
+
+    return label
 
 
 def _functions_in_code(obj: ObjectFile, on_step: Callable[[], None]) -> Iterator[ObjSymbol]:
@@ -318,8 +373,29 @@ def _decide(
     only: Collection[str] | None,
     redirect_all: bool = False,
     matches: Mapping[str, str] | None = None,
+    keys: CodeKeys | None = None,
+    known_keys: KnownKeys | None = None,
 ) -> FunctionDecision:
-    fingerprint = comparer.fingerprint(symbol)
+    key = "" if keys is None else keys.code_key(symbol)
+    known = None if known_keys is None or not key else known_keys.fingerprint(symbol.name, key)
+    fingerprint = known if known is not None else comparer.fingerprint(symbol)
+    decision = _decide_by_fingerprint(
+        symbol, fingerprint, binder, comparer, previous, only, redirect_all, matches
+    )
+    decision.key = key
+    return decision
+
+
+def _decide_by_fingerprint(
+    symbol: ObjSymbol,
+    fingerprint: str,
+    binder: Binder,
+    comparer: FunctionComparer,
+    previous: dict[str, str] | None,
+    only: Collection[str] | None,
+    redirect_all: bool,
+    matches: Mapping[str, str] | None,
+) -> FunctionDecision:
     old = binder.find_old(symbol)
     if old is None:
         return FunctionDecision(symbol, None, Decision.NEW, fingerprint)

@@ -37,7 +37,7 @@ from relive.patch.identify import check_object_belongs, check_source_belongs
 from relive.patch.initial import DataChange, choose_reinit, describe_initial_change
 from relive.patch.journal import Journal
 from relive.patch.layout_check import check_layouts, prepare_layout_check
-from relive.patch.matched import binding_context, usable_matches
+from relive.patch.matched import binding_context, usable_keys, usable_matches
 from relive.patch.modules import RunningModule, find_module_defining
 from relive.patch.options import ReloadOptions
 from relive.patch.plan import Decision, FarData, FarDataReference, ReloadPlan, build_plan
@@ -607,6 +607,8 @@ def _plan_object(
         redirect_all=ctx.options.debug,
         matches=usable_matches(record, context, peers),
         on_step=lambda: ctx.still(path, Phase.LINK),
+        keys_context=context,
+        known_keys=usable_keys(record, context, peers),
     )
     lap(ctx.phases, "link", mark)
     return planned
