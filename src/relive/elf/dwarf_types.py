@@ -486,8 +486,15 @@ class TypeUnit:
             unit = self.unit
             size = unit.address_size if unit.version == 2 else unit.offset_size
             return info.uint(pos, size), pos + size, form
+        # Unit-relative: never relocated (the assembler resolves a difference of two
+        # labels of one section), so read without looking for a relocation there,
+        # as _decode_fixed does.
         size = _FIXED[form]
-        return self.start + info.uint(pos, size), pos + size, form
+        if pos < 0 or pos + size > info.size:
+            raise _Malformed("a value runs past the end of its section")
+        start = info.base + pos
+        value = int.from_bytes(info.buf[start : start + size], "little")
+        return self.start + value, pos + size, form
 
     def _block(self, pos: int, form: int) -> tuple[bytes, int, int]:
         info = self.file.reader.info
