@@ -810,6 +810,14 @@ class DwarfFile:
                 )
         return units
 
+    def info_relocation(self, offset: int) -> tuple[int, int] | None:
+        """(symbol index, addend) of a relocatable object's ``.debug_info`` relocation
+        at ``offset``, from the table the reader already looks values up in; None when
+        it cannot tell (no such relocation, or a table it does not bisect: ask the
+        object's own relocations then)."""
+        relocs = self.reader.info.relocs
+        return relocs.symbol_at(offset) if isinstance(relocs, _SortedRelocations) else None
+
     def debug_string(self, offset: int) -> str:
         """The .debug_str string at ``offset`` (names repeat: decoded once)."""
         found = self._strings.get(offset)
@@ -1017,6 +1025,17 @@ class _SortedRelocations(dict[int, int]):
             value = int.from_bytes(self._data[at : at + 8], "little")
         addend: int = self._signed[3 * i + 2]
         return value + addend
+
+    def symbol_at(self, offset: int) -> tuple[int, int] | None:
+        """(symbol index, addend) of the relocation at ``offset``; None when there is
+        none, or when the table is out of order (only its values were kept)."""
+        if not self._sorted:
+            return None
+        i = self._find(offset)
+        if i < 0:
+            return None
+        addend: int = self._signed[3 * i + 2]
+        return self._words[3 * i + 1] >> 32, addend
 
     def get(self, offset: int, default: int | None = None) -> int | None:  # type: ignore[override]
         if not self._sorted:

@@ -93,8 +93,16 @@ def object_static_scopes(obj: ObjectFile) -> tuple[str, dict[int, StaticScope]] 
         if info is None:
             return None
 
+        symbols = obj.symbols
+
         def place(_: bytes, operand: int | None) -> tuple[int, int] | None:
-            reloc = None if operand is None else obj.relocation_at(info, operand)
+            if operand is None:
+                return None
+            found = unit.file.info_relocation(operand)  # the DWARF reader's index
+            if found is not None and found[0] < len(symbols):
+                symbol = symbols[found[0]]
+                return symbol.shndx, symbol.value + found[1]
+            reloc = obj.relocation_at(info, operand)
             if reloc is None:
                 return None
             return reloc.symbol.shndx, reloc.symbol.value + reloc.addend
