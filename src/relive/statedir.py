@@ -44,6 +44,7 @@ __all__ = [
     "open_state_dir_fd",
     "read_state_file",
     "remove_state_files",
+    "replace_file",
     "scratch_dir",
     "state_file_path",
     "write_state_file",
@@ -266,6 +267,16 @@ def _unlink_quietly(name: str, dir_fd: int | None = None) -> None:
         os.unlink(name, dir_fd=dir_fd)
     except OSError:
         pass
+
+
+def replace_file(tmp: Path, path: Path) -> None:
+    """Make ``tmp`` the file at ``path`` (same folder) atomically, as state files are
+    (see :func:`_move_into_place`); OSError if it cannot."""
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _move_into_place(tmp.name, path.name, dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _move_into_place(tmp: str, name: str, dir_fd: int) -> None:

@@ -39,7 +39,7 @@ from relive.link.debuginfo import (
 )
 from relive.patch.journal import Journal
 from relive.process.procfs import get_start_time
-from relive.statedir import StateDirError, checked_state_dir
+from relive.statedir import StateDirError, checked_state_dir, replace_file
 
 #: How long debug objects of a process that has exited are kept: one week.
 KEEP_SECONDS = 7 * 24 * 3600
@@ -217,8 +217,9 @@ def prune_perf_map(pid: int, ranges: Collection[tuple[int, int]]) -> None:
             lines = f.read().decode(errors="replace").splitlines(keepends=True)
         kept = [line for line in lines if not _in_ranges(line, ranges)]
         if len(kept) != len(lines):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, "".join(kept).encode(), 0)
+            data = "".join(kept).encode()
+            os.pwrite(fd, data, 0)  # then cut: never to nothing (ext4 flushes it then)
+            os.ftruncate(fd, len(data))
     except OSError:
         return
     finally:
@@ -423,7 +424,7 @@ def _write(path: Path, data: bytes) -> None:
             os.unlink(tmp)  # left by a killed relive whose pid came round again
         with os.fdopen(os.open(tmp, flags, 0o600), "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
+        replace_file(tmp, path)  # swapped in: no flush on ext4
     except OSError as error:
         raise StateDirError(
             f"cannot write {path}: {error.strerror}",
