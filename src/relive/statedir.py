@@ -379,16 +379,28 @@ def scratch_dir() -> AbstractContextManager[Path]:
 def _scratch_dir() -> Iterator[Path]:
     import shutil
     import tempfile
+    import time
     from pathlib import Path
 
     path, dir_fd = open_state_dir()
     os.close(dir_fd)
-    _remove_stale_scratch(path)
+    now = time.monotonic()
+    if now - _scratch_swept_at.get(path, -SCRATCH_SWEEP_EVERY) >= SCRATCH_SWEEP_EVERY:
+        _scratch_swept_at[path] = now
+        _remove_stale_scratch(path)
     scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=path))
     try:
         yield scratch
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+#: How often one relive looks for what killed relives left in the state directory,
+#: in seconds: at its first reload, then at most this often (each look lists the
+#: folder: a third of a millisecond of every reload of a long ``watch`` otherwise).
+SCRATCH_SWEEP_EVERY = 60.0
+#: When this relive last looked, per state directory (``time.monotonic()``).
+_scratch_swept_at: dict[Path, float] = {}
 
 
 def _remove_stale_scratch(state: Path) -> None:
