@@ -29,8 +29,9 @@ What is measured, and how:
 * threads stopped: relive's ``stopped_us`` (the stop that writes the entry jumps); the
   floor's seize-to-detach time.
 * exit: from the new code running to the command's exit.
-* command CPU time: of the command and its children (gcc); a served command's work
-  is done in the server's child, so only the client's own CPU time is counted.
+* command CPU time: of the command and its children (gcc); for a served command,
+  the client's and that of the server's child that did the work (``relive server
+  status`` before and after: ``children_cpu_s``).
 
 ``relive`` runs through its command server (``relive/cli/server.py``: a warm process
 forks a child per command) as a user's command does: the warm-up run starts it, in
@@ -274,7 +275,14 @@ def run_relive(
         time.sleep(0.05)
         path = target.prebuilt if use_object else target.source
         argv = [relive, "--json", "reload", "--timings", "-p", str(meter.pid), str(path)]
+        before = None if in_process else _server(relive, "status")
         figures, out = _measure(meter, argv, in_process)
+        if before is not None:
+            after = _server(relive, "status")
+            while after.get("running"):  # the server reaps its child just after the exit
+                after = _server(relive, "status")
+            served_s = after.get("children_cpu_s", 0.0) - before.get("children_cpu_s", 0.0)
+            figures["cpu_ms"] += served_s * 1e3
     finally:
         meter.close()
     figures.pop("_t0")

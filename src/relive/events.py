@@ -664,6 +664,8 @@ class ServerState(Event):
     #: It has removed its socket and exits once its running commands are done.
     stopping: bool = False
     socket: str = ""
+    #: CPU time of the commands it served (their children, gcc, included).
+    children_cpu_s: float = 0.0
 
     def __str__(self) -> str:
         if not self.pid:

@@ -162,6 +162,9 @@ class Server:
         self.identity = identity("self")
         self.children: dict[int, Child] = {}  # by pidfd
         self.served = 0
+        #: CPU time (user + system) of the children that ended, and of what they
+        #: waited for (gcc): a served command's work, for ``make bench``.
+        self.children_cpu_s = 0.0
         self.started = time.time()
         self.last_active = time.monotonic()
         self.listening = True
@@ -241,6 +244,7 @@ class Server:
             "listening": self.listening,
             "current": stamp == self.stamp,
             "socket": self.path,
+            "children_cpu_s": self.children_cpu_s,
         }
 
     def _run(self, conn: socket.socket, peer_pid: int, request: Request) -> bool:
@@ -256,6 +260,8 @@ class Server:
             conn.sendall(reply(DECLINED, 0))
             return False
         umask = int(items[1])
+        if not 0 <= umask <= 0o777:
+            raise ValueError("not a umask")
         argv = [os.fsdecode(arg) for arg in unpack(items[2])]
         environment = unpack(items[3])
         pid = os.fork()
@@ -304,7 +310,8 @@ class Server:
 
     def _reap(self, child: Child) -> None:
         self.poller.unregister(child.pidfd)
-        _, status = os.waitpid(child.pid, 0)
+        _, status, usage = os.wait4(child.pid, 0)
+        self.children_cpu_s += usage.ru_utime + usage.ru_stime
         os.close(child.pidfd)
         if os.WIFSIGNALED(status):
             ended = reply(KILLED, os.WTERMSIG(status))

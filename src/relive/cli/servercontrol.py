@@ -16,10 +16,11 @@ def control(action: str, out: Renderer) -> int:
             pid=_int(answer.get("pid")),
             served=_int(answer.get("served")),
             running=[_int(pid) for pid in running] if isinstance(running, list) else [],
-            idle_s=float(_int(answer.get("idle_s"))),
+            idle_s=_float(answer.get("idle_s")),
             current=answer.get("current") is not False,
             stopping=answer.get("listening") is False,
             socket=str(answer.get("socket", "")),
+            children_cpu_s=_float(answer.get("children_cpu_s")),
         )
     )
     return 0
@@ -27,3 +28,7 @@ def control(action: str, out: Renderer) -> int:
 
 def _int(value: object) -> int:
     return int(value) if isinstance(value, int | float) else 0
+
+
+def _float(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
