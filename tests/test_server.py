@@ -338,6 +338,39 @@ def test_one_server_per_state_directory(server: Server) -> None:
     assert new["served"] == 0
 
 
+def test_by_name_the_client_and_server_are_not_targets(
+    tmp_path: Path, spawn: SpawnFactory, server: Server
+) -> None:
+    """``-n NAME`` finds neither the client nor the server when they have NAME too
+    (as ``relive -n python`` would find them), as in-process it never finds itself."""
+    import site
+
+    name = f"relivepy{os.getpid() % 10000}"
+    (tmp_path / "py").mkdir()
+    (tmp_path / "bin").mkdir()
+    python = tmp_path / "py" / name
+    python.symlink_to(sys.executable)
+    exe = _value_prog(tmp_path)
+    shutil.copy(exe, tmp_path / "bin" / name)
+    target = _running(spawn, tmp_path / "bin" / name)
+    server.env["PYTHONPATH"] = os.pathsep.join([str(SRC), *site.getsitepackages()])
+    argv = [str(python), "-m", "relive", "status", "-n", name]
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv, env=server.env, capture_output=True, text=True, check=False, timeout=120
+        )
+
+    first = run()  # in-process; starts a server named NAME too
+    assert first.returncode == 0, first.stderr
+    up = server.wait_up()
+    assert Path(f"/proc/{up['pid']}/comm").read_text().strip() == name
+    served = run()
+    assert served.returncode == 0, served.stderr
+    assert served.stdout == first.stdout == f"pid {target.pid}: nothing patched\n"
+    assert server.info()["served"] == 1
+
+
 def test_idle_server_exits(tmp_path: Path, server: Server) -> None:
     server.env["RELIVE_SERVER_IDLE"] = "1"
     server.run("status", "-p", str(os.getpid()))

@@ -266,6 +266,9 @@ class Server:
         environment = unpack(items[3])
         pid = os.fork()
         if pid == 0:
+            from relive.cli.targets import COMMAND_PIDS
+
+            COMMAND_PIDS.update((peer_pid, os.getppid()))  # -n python finds neither
             self._child(conn, request.fds, umask, argv, environment)
         pidfd = os.pidfd_open(pid)
         self.children[pidfd] = Child(pid, pidfd, conn)

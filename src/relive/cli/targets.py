@@ -47,11 +47,19 @@ def describe(pid: int) -> str:
     return f"{pid} ({text})" if text else str(pid)
 
 
+#: Other processes that are this command too, never a target found by name or
+#: executable: the command server's child sets its client and the server here.
+COMMAND_PIDS: set[int] = set()
+
+
+def _is_command(pid: int) -> bool:
+    return pid == os.getpid() or pid in COMMAND_PIDS
+
+
 def _iter_same_executable(identity: _Identity) -> Iterator[int]:
-    me = os.getpid()
     for entry in sorted((e for e in os.listdir(PROC) if e.isdigit()), key=int):
         pid = int(entry)
-        if pid != me and _exe_identity(pid) == identity and is_alive(pid):
+        if not _is_command(pid) and _exe_identity(pid) == identity and is_alive(pid):
             yield pid
 
 
@@ -72,8 +80,7 @@ def follow_executable(pid: int) -> Callable[[], list[int]]:
 
 
 def _by_name(name: str) -> list[int]:
-    me = os.getpid()
-    pids = [p for p in iter_pids_by_name(name) if p != me and is_alive(p)]
+    pids = [p for p in iter_pids_by_name(name) if not _is_command(p) and is_alive(p)]
     if not pids:
         raise ProcessGone(
             f"no process named {name}",
