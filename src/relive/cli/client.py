@@ -43,6 +43,7 @@ from relive.statedir import open_state_dir_fd
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import NoReturn
 
 #: Commands that finish in about a reload's time: run by the server.  ``watch``,
 #: ``run`` and ``gdb`` stay in the terminal's own process (long, interactive and
@@ -92,7 +93,7 @@ def entry_point() -> None:
     _exit(code)
 
 
-def _exit(code: int) -> None:
+def _exit(code: int) -> NoReturn:
     _flush()
     os._exit(code)
 
