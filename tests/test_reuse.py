@@ -15,6 +15,8 @@ import pytest
 from relive.elf.objfile import ObjSymbol
 from relive.errors import LayoutChanged
 from relive.events import Notice
+from relive.link import Bound
+from relive.patch.binder import Binder
 from relive.patch.diff import FunctionComparer
 from support import SpawnFactory, Target, compile_c, edit, kinds, reload
 
@@ -230,3 +232,91 @@ def test_renumbered_statics_keep_their_storage(
     assert "work_a" in found["unchanged"]
     assert "work_a" in fingerprinted  # the layout changed: compared, not reused
     assert _count(target) > before  # work_a's counter goes on
+
+
+# -- data sections bound as the last reload bound them -------------------------------
+
+
+@pytest.fixture
+def bound_by_binder(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """The data sections the binder was asked about, in order."""
+    asked: list[int] = []
+    original = Binder.bind_data_section
+
+    def counting(self: Binder, index: int) -> Bound | None:
+        asked.append(index)
+        return original(self, index)
+
+    monkeypatch.setattr(Binder, "bind_data_section", counting)
+    yield asked
+
+
+def test_a_changed_function_links_to_the_storage_the_last_reload_found(
+    tmp_path: Path, spawn: SpawnFactory, bound_by_binder: list[int]
+) -> None:
+    """The object's layout is the same: its data sections bind as last time, without
+    the binder, and work_a's new code counts on in its running static."""
+    target = _started(tmp_path, spawn)
+    source = tmp_path / "prog.c"
+    edit(source, "return x * 2;", "return x * 3;")
+    assert kinds(reload(target.pid, source))["redirected"] == ["callee"]
+    assert bound_by_binder  # the first reload of the file asks
+    target.wait_for(r"^a=\d+ b=11 c=30 d=5 e=\d+$")
+
+    before = _count(target)
+    bound_by_binder.clear()
+    edit(source, "return ++calls; }", "return calls += 1000; }")
+    assert kinds(reload(target.pid, source))["redirected"] == ["work_a"]
+    assert bound_by_binder == []
+    # Once the new code runs, each call adds 1000 to the count so far (not from 0).
+    after = int(target.wait_for(r"^a=(\d{4,}) ").group(1))
+    assert before < 1000 and after % 1000, (before, after)  # from 0 it would be a multiple
+    target.wait_for(r"^a=\d+ b=11 c=30 d=5 e=[1-9]\d*$")  # kept.a goes on too
+
+
+RELRO_TABLE = r"""
+#include <stdio.h>
+#include <unistd.h>
+static void say_a(void) { printf("A\n"); }
+static void say_b(void) { printf("B\n"); }
+struct entry { const char *name; void (*fn)(void); };
+static const struct entry table[] = {{"first", say_a}, {"second", say_b}};
+volatile int which = 0;
+__attribute__((noinline)) int other(void) { return 1; }
+__attribute__((noinline)) void tick(void) {
+    printf("%s:%d:", table[which].name, other());
+    table[which].fn();
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { tick(); usleep(20000); }
+}
+"""
+
+
+def test_a_read_only_table_binds_as_the_last_reload_found(
+    tmp_path: Path, spawn: SpawnFactory, bound_by_binder: list[int]
+) -> None:
+    exe = compile_c(tmp_path, RELRO_TABLE, flags=("-g", "-O0", "-fPIE"))
+    target = spawn([exe])
+    target.wait_for(r"^first:1:A$")
+    source = tmp_path / "prog.c"
+    edit(source, '{"first", say_a}', '{"FIRST", say_b}')
+    said = "table: read-only table changed; the new code uses a new copy"
+    events = reload(target.pid, source)
+    assert "tick" in kinds(events)["redirected"]
+    assert any(str(e).startswith(said) for e in events if isinstance(e, Notice))
+    target.wait_for(r"^FIRST:1:B$")
+
+    # That reload added the new copy to the process: the next one binds afresh (a
+    # name may lead there now) and finds ``table`` equal to that copy; the one after
+    # binds as that one did, without the binder, to the same answer.
+    for value in (2, 3):
+        bound_by_binder.clear()
+        edit(source, f"return {value - 1}; }}", f"return {value}; }}")
+        events = reload(target.pid, source)
+        assert (bound_by_binder == []) is (value == 3)
+        assert kinds(events)["redirected"] == ["other"]
+        assert "tick" in kinds(events)["unchanged"]
+        assert not any(str(e).startswith(said) for e in events if isinstance(e, Notice))
+        target.wait_for(rf"^FIRST:{value}:B$")

@@ -137,6 +137,8 @@ class SourceRecord:
     keys: dict[str, str] = field(default_factory=dict)
     keys_context: str = ""
     keys_layout: str = ""
+    #: How that reload bound the object's data sections (``patch.matched``).
+    bindings: str = ""
 
 
 @dataclass
@@ -400,7 +402,8 @@ def _load_source(raw: dict[str, Any], key: str) -> SourceRecord:
     keys = _expect(raw.get("keys", {}), dict, f"function keys of {key}")
     keys_context = raw.get("keys_context", "")
     keys_layout = raw.get("keys_layout", "")
-    if not all(isinstance(v, str) for v in (*keys.values(), keys_context, keys_layout)):
+    bindings = raw.get("bindings", "")
+    if not all(isinstance(v, str) for v in (*keys.values(), keys_context, keys_layout, bindings)):
         raise _Invalid(f"a function key of {key} is not a string")
     generations = raw.get("generations", 0)
     if not _is_int(generations) or generations < 0:
@@ -416,6 +419,7 @@ def _load_source(raw: dict[str, Any], key: str) -> SourceRecord:
         keys=dict(keys),
         keys_context=keys_context,
         keys_layout=keys_layout,
+        bindings=bindings,
     )
 
 
@@ -571,6 +575,7 @@ def _as_plain(journal: Journal) -> dict[str, Any]:
                 "keys": r.keys,
                 "keys_context": r.keys_context,
                 "keys_layout": r.keys_layout,
+                "bindings": r.bindings,
             }
             for k, r in journal.sources.items()
         },

@@ -24,11 +24,16 @@ it added changes where names lead).
 
 from __future__ import annotations
 
+import array
+import base64
+import enum
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from relive.elf.objfile import ObjectFile
+from relive.link import Bound
 from relive.patch.binder import OldDefinition
 from relive.patch.decision import Decision
 from relive.patch.journal import Journal, SourceRecord
@@ -91,6 +96,8 @@ class KnownKeys:
     entries: Mapping[str, str]
     #: name -> fingerprint (``SourceRecord.fingerprints``).
     fingerprints: Mapping[str, str]
+    #: How that reload bound the object's data sections (``encode_bindings``).
+    bindings: str = ""
 
     def fingerprint(self, name: str, key: str) -> str | None:
         """The fingerprint of function ``name`` when its key is the one recorded."""
@@ -111,7 +118,7 @@ def usable_keys(
     computed in (None: compute every fingerprint)."""
     if record is None or not record.keys or record.keys_context != context or peers:
         return None
-    return KnownKeys(record.keys_layout, record.keys, record.fingerprints)
+    return KnownKeys(record.keys_layout, record.keys, record.fingerprints, record.bindings)
 
 
 def function_keys(plan: ReloadPlan) -> dict[str, str]:
@@ -119,8 +126,68 @@ def function_keys(plan: ReloadPlan) -> dict[str, str]:
     whose fingerprint it records too, when their keys were computed."""
     if plan.code_keys is None:
         return {}
-    return {
-        d.name: key_entry(d.key, d.fingerprint)
+    skipped = Decision.SKIPPED
+    return {  # key_entry, written out: thousands of functions
+        d.name: f"{d.key}:{d.fingerprint[:_CHECK]}"
         for d in plan.decisions
-        if d.key and d.status is not Decision.SKIPPED
+        if d.key and d.status is not skipped
     }
+
+
+class Binding(enum.Enum):
+    """Where a data section of a new object lives (``patch.plan``)."""
+
+    #: Storage the program has: a variable, whose value is kept.
+    BOUND = "B"
+    #: A constant, or data read-only after start-up, not compared yet.
+    CONSTANT = "K"
+    #: A constant equal to the running copy, which the new code uses.
+    EQUAL = "E"
+    #: A constant that differs from the running copy: the new code gets a new copy.
+    COPIED = "C"
+    #: New memory (a new variable).
+    NEW = "N"
+
+
+def encode_bindings(bindings: Mapping[int, tuple[Binding, Bound]]) -> str:
+    """How a reload bound each data section, as the journal keeps it: the next
+    reload of an object of the same layout, in the same binding context, binds
+    them alike without asking the binder ("" when that cannot be said, e.g. thread-
+    local storage).  Three columns (section indices, kinds, addresses), base64."""
+    items = sorted(bindings.items())
+    values = [entry for _, entry in items]
+    if any(
+        kind is Binding.CONSTANT or b.tpoff is not None or b.tls_offset is not None
+        for kind, b in values
+    ):
+        return ""
+    indices = array.array("I", [index for index, _ in items])
+    kinds = "".join([kind.value for kind, _ in values]).encode()
+    addresses = array.array("Q", [b.address or 0 for _, b in values])
+    return base64.b64encode(indices.tobytes() + kinds + addresses.tobytes()).decode()
+
+
+def decode_bindings(obj: ObjectFile, text: str) -> dict[int, tuple[Binding, Bound]] | None:
+    """The bindings ``encode_bindings`` wrote, for ``obj`` (None: none, or not for it)."""
+    if not text:
+        return None
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        return None
+    count, rest = divmod(len(raw), 13)
+    if rest:
+        return None
+    indices = array.array("I", raw[: 4 * count])
+    kinds = raw[4 * count : 5 * count].decode("ascii", "replace")
+    addresses = array.array("Q", raw[5 * count :])
+    sections = obj.sections
+    by_value = {kind.value: kind for kind in Binding if kind is not Binding.CONSTANT}
+    found: dict[int, tuple[Binding, Bound]] = {}
+    for index, letter, address in zip(indices, kinds, addresses, strict=True):
+        kind = by_value.get(letter)
+        if kind is None or not 0 < index < len(sections) or sections[index].is_exec:
+            return None
+        bound = Bound() if kind is Binding.NEW else Bound(address, sections[index].size)
+        found[index] = (kind, bound)
+    return found

@@ -18,7 +18,7 @@ from relive.patch.constants import bind_constant, is_constant_section
 from relive.patch.decision import Decision as Decision
 from relive.patch.diff import AddressOf, FunctionComparer
 from relive.patch.initial import DataChange, find_initial_changes
-from relive.patch.matched import KnownKeys, match_key
+from relive.patch.matched import Binding, KnownKeys, decode_bindings, match_key
 from relive.patch.modules import RunningModule
 from relive.patch.rules import check_constructors
 from relive.patch.snapshot import ChunkedReader
@@ -86,6 +86,8 @@ class ReloadPlan:
     #: and the object's code keys; None: none were computed, none is recorded.
     keys_context: str | None = None
     code_keys: CodeKeys | None = None
+    #: How each data section was bound (``patch.matched.encode_bindings``).
+    bindings: dict[int, tuple[Binding, Bound]] = field(default_factory=dict)
 
     def redirect_callers_instead(self, callee: FunctionDecision) -> list[str]:
         """Stop redirecting ``callee``; redirect the functions of this object that
@@ -187,21 +189,12 @@ def build_plan(
     whose fingerprints are taken for functions whose key is the same in an object
     of the same layout.
     """
-    bound: dict[int, Bound] = {}
-    load: set[int] = set()
-    read_only: dict[int, Bound] = {}
-    for index, section in enumerate(obj.sections):
-        if index == 0 or is_skipped_section(section) or section.is_exec:
-            continue
-        # A constant binds only where the running copy is equal (``patch.constants``).
-        constant = is_constant_section(section)
-        binding = bind_constant(binder, index) if constant else binder.bind_data_section(index)
-        if binding is not None and (constant or binder.is_read_only_after_start(binding)):
-            read_only[index] = binding
-        elif binding is not None:
-            bound[index] = binding
-        elif section.size and not section.is_tls:
-            load.add(index)
+    keys, known_keys = _code_keys(obj, binder, keys_context, known_keys)
+    known = None if known_keys is None else decode_bindings(obj, known_keys.bindings)
+    bindings = known if known is not None else _bind_data_sections(obj, binder)
+    bound = {i: b for i, (kind, b) in bindings.items() if kind is Binding.BOUND}
+    load = {i for i, (kind, _) in bindings.items() if kind is Binding.NEW}
+    read_only = {i: b for i, (kind, b) in bindings.items() if kind is Binding.CONSTANT}
 
     def address_of(symbol: ObjSymbol) -> int | None:
         return _address_in_process(obj, binder, bound, symbol)
@@ -221,8 +214,13 @@ def build_plan(
         # A constant, or read-only after start-up: not state.  Same content: the running table;
         # else a new copy, and the functions using it differ from the running ones.
         if comparer.matches_data(index, binding.address or 0):
-            bound[index] = binding
+            bindings[index] = (Binding.EQUAL, binding)
         else:
+            bindings[index] = (Binding.COPIED, binding)
+    for index, (kind, binding) in bindings.items():
+        if kind is Binding.EQUAL:
+            bound[index] = binding
+        elif kind is Binding.COPIED:
             load.add(index)
             notices.append(_describe_new_table(obj, index))
     # The data sections are bound now: where a symbol lives no longer changes, and
@@ -230,7 +228,6 @@ def build_plan(
     comparer.address_of = _memoized(address_of)
     # Thousands of functions' code and strings: read in chunks, each once.
     deciding = comparer.reading(ChunkedReader(binder.read_memory))
-    keys, known_keys = _code_keys(obj, binder, keys_context, known_keys)
     decisions = [
         _decide(
             symbol,
@@ -280,7 +277,31 @@ def build_plan(
         notices,
         keys_context,
         keys,
+        bindings,
     )
+
+
+def _bind_data_sections(obj: ObjectFile, binder: Binder) -> dict[int, tuple[Binding, Bound]]:
+    """Each data section's storage in the process: bound (a variable the program
+    has), a constant to compare with the running copy, or new memory."""
+    bindings: dict[int, tuple[Binding, Bound]] = {}
+    for index, section in enumerate(obj.sections):
+        if index == 0 or is_skipped_section(section) or section.is_exec:
+            continue
+        # A constant binds only where the running copy is equal (``patch.constants``).
+        constant = is_constant_section(section)
+        binding = bind_constant(binder, index) if constant else binder.bind_data_section(index)
+        if binding is not None and (constant or binder.is_read_only_after_start(binding)):
+            bindings[index] = (Binding.CONSTANT, binding)
+        elif binding is not None:
+            bindings[index] = (Binding.BOUND, binding)
+        elif section.size and not section.is_tls:
+            bindings[index] = (Binding.NEW, _NEW)
+    return bindings
+
+
+#: The binding of a section that gets new memory.
+_NEW = Bound()
 
 
 def _code_keys(

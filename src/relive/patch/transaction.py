@@ -75,7 +75,7 @@ from relive.patch.journal import (
 )
 from relive.patch.jumps import EntryReport, write_entries
 from relive.patch.loops import refuse_running_loop_heads
-from relive.patch.matched import binding_context, function_keys
+from relive.patch.matched import binding_context, encode_bindings, function_keys
 from relive.patch.modules import RunningModule, load_running_modules
 from relive.patch.plan import Decision, ReloadPlan
 from relive.patch.reclaim import DeadCodeCheck, mark_reclaimed
@@ -454,6 +454,7 @@ def _record(journal: Journal, plans: list[ReloadPlan], images: list[LinkedImage]
         record.keys = function_keys(plan)
         record.keys_context = plan.keys_context or ""
         record.keys_layout = "" if plan.code_keys is None else plan.code_keys.layout
+        record.bindings = encode_bindings(plan.bindings) if plan.code_keys else ""
 
 
 def _definitions(plan: ReloadPlan, image: LinkedImage) -> Iterator[Definition]:
