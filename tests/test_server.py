@@ -396,6 +396,16 @@ def test_turned_off_starts_none(
     assert not (server.state / "server.sock").exists()
 
 
+def test_unsafe_state_directory_starts_no_server(server: Server) -> None:
+    server.state.mkdir()
+    server.state.chmod(0o777)
+    done = server.run("status", "-p", str(os.getpid()))
+    assert done.returncode == 1
+    assert "open to other users (mode 777)" in done.stderr
+    assert server.processes() == []
+    assert list(server.state.iterdir()) == []
+
+
 def test_client_imports_little() -> None:
     script = (
         "import sys; before = set(sys.modules); import relive.cli.client; "

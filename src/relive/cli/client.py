@@ -212,15 +212,13 @@ def reply(tag: bytes, value: int) -> bytes:
 
 
 def connect() -> _socket.socket | None:
-    """A connection to this user's command server, or None if none listens.
+    """A connection to this user's command server, or None if none listens
+    (StateDirError when the state directory is not safe to use).
 
     The socket is reached through the descriptor of the checked state directory
     (``/proc/self/fd/N/server.sock``), is a socket this user owns, and its peer
     runs as this user."""
-    try:
-        _, dir_fd = open_state_dir_fd()
-    except ReliveError:  # the command, run in-process, reports it
-        return None
+    _, dir_fd = open_state_dir_fd()
     try:
         try:
             st = os.stat(SOCKET_NAME, dir_fd=dir_fd, follow_symlinks=False)
@@ -325,7 +323,11 @@ def run_through_server(argv: Sequence[str]) -> tuple[int | None, bool]:
             os.fstat(fd)
     except OSError:  # a closed standard stream, a working directory gone
         return None, False
-    sock = connect()
+    try:
+        sock = connect()
+    except ReliveError:  # an unsafe state directory: the command run here reports it
+        os.close(descriptors[3])
+        return None, False
     if sock is None:
         os.close(descriptors[3])
         return None, True
@@ -482,7 +484,10 @@ def ask(op: bytes) -> dict[str, object] | None:
     None when no server runs."""
     import json
 
-    sock = connect()
+    try:
+        sock = connect()
+    except ReliveError:
+        return None
     if sock is None:
         return None
     try:
