@@ -22,7 +22,7 @@ from elftools.elf.elffile import ELFFile
 
 from relive.elf import dwarf_statics
 from relive.elf.dwarf_statics import FunctionStatic, function_statics, iter_function_statics
-from relive.elf.dwarf_types import TypeUnit, open_dwarf
+from relive.elf.dwarf_types import Malformed, TypeUnit, open_dwarf
 from support import need_program
 
 SOURCE = r"""
@@ -271,3 +271,64 @@ def test_running_side_walked_once_for_concurrent_readers(
     assert answers[0] is answers[1]
     assert answers[0] == tuple(walk(unit))
     assert function_statics(unit) is answers[0]
+
+
+#: Units with a DW_AT_sibling that leads backwards: of a function (the index jumps
+#: over it, the statics' walk enters it), or of a struct (both jump over it: the
+#: sibling comes first, at a fixed place).
+BACKWARDS = r"""
+    .section .note.GNU-stack,"",@progbits
+    .section .debug_abbrev,"",@progbits
+abbrevs:
+    .uleb128 1, 0x11; .byte 1; .uleb128 0x03, 0x08, 0, 0
+    .uleb128 2, 0x2e; .byte 1; .uleb128 0x03, 0x08, 0x01, 0x13, 0, 0
+    .uleb128 3, 0x34; .byte 0; .uleb128 0x03, 0x08, 0, 0
+    .uleb128 4, 0x13; .byte 1; .uleb128 0x01, 0x13, 0x03, 0x08, 0, 0
+    .uleb128 5, 0x0d; .byte 0; .uleb128 0x03, 0x08, 0, 0
+    .byte 0
+    .section .debug_info,"",@progbits
+unit:
+    .long end - start
+start:
+    .short 4
+    .long abbrevs
+    .byte 8
+    .uleb128 1; .asciz "statics.c"
+first:
+    BODY
+    .byte 0
+end:
+"""
+FUNCTIONS = """
+    .uleb128 2; .asciz "f"; .long second - unit
+    .uleb128 3; .asciz "x"
+    .byte 0
+second:
+    .uleb128 2; .asciz "g"; .long first - unit
+    .uleb128 3; .asciz "y"
+    .byte 0
+"""
+STRUCT = """
+    .uleb128 4; .long first - unit; .asciz "s"
+    .uleb128 5; .asciz "m"
+    .byte 0
+"""
+
+
+@pytest.mark.parametrize(("body", "walked"), [(FUNCTIONS, True), (STRUCT, False)])
+def test_a_sibling_leading_backwards_is_malformed(tmp_path: Path, body: str, walked: bool) -> None:
+    """A reader that jumps over subtrees must not loop on a DW_AT_sibling that
+    leads back: the index and the statics' walk call the DWARF malformed."""
+    need_program("gcc")
+    (tmp_path / "statics.s").write_text(BACKWARDS.replace("BODY", body))
+    obj = tmp_path / "statics.o"
+    subprocess.run(["gcc", "-c", "statics.s", "-o", obj.name], cwd=tmp_path, check=True)
+    unit = open_dwarf(obj).find_unit()
+    assert unit is not None
+    with pytest.raises(Malformed, match="backwards"):
+        unit.index()
+    if walked:  # entered, not jumped over: nothing there is a static
+        assert list(iter_function_statics(unit)) == []
+    else:
+        with pytest.raises(Malformed, match="backwards"):
+            list(iter_function_statics(unit))

@@ -681,11 +681,25 @@ class TypeUnit:
                     else:
                         self._keep(types, (tag, name), pos, abbrev.declared)
                     found = table is not None and self._has(table, key, any_kind)
-            pos = self._skip(pos)
+            pos = self._next_top(pos, at, abbrev)
             if found:
                 self._next = pos
                 return
         self._next = None
+
+    def _next_top(self, pos: int, at: int, abbrev: _Abbrev) -> int:
+        """The DIE after the top-level one at ``pos`` (attributes from ``at``): its
+        DW_AT_sibling, or just past its attributes when it has no children, read
+        here; ``_skip`` (a walk) otherwise."""
+        if abbrev.jump is not None or abbrev.to_sibling is not None:
+            after = self._sibling(abbrev, at)
+            if after <= pos:
+                raise _Malformed(f"a DW_AT_sibling leads backwards ({pos:#x})")
+            return after
+        ops = abbrev.ops
+        if not abbrev.has_children and ops is not None and len(ops) == 1 and ops[0] >= 0:
+            return at + ops[0]
+        return self._skip(pos)
 
     def _has(self, table: dict[_K, int], key: _K | None, any_kind: bool) -> bool:
         offset = table.get(key) if key is not None else None
