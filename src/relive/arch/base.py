@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 class Need(enum.Enum):
@@ -75,9 +75,11 @@ class RelocationType:
         return (self.compute.__doc__ or "").strip()
 
 
-@dataclass(frozen=True, slots=True)
-class Instruction:
-    """One decoded instruction, as far as comparing two builds of a function needs."""
+class Instruction(NamedTuple):
+    """One decoded instruction, as far as comparing two builds of a function needs.
+
+    A named tuple: a big unit's first reload decodes hundreds of thousands (a frozen
+    dataclass's ``__init__`` set each field through ``object.__setattr__``)."""
 
     address: int
     size: int
