@@ -118,6 +118,9 @@ class Binder:
         #: address; None when either side has no DWARF for the file.
         self._scopes: tuple[dict[int, StaticScope], dict[StaticScope, int]] | None = None
         self._scopes_read = False
+        #: The new object's side of ``_scopes`` (its source and statics), once read.
+        self._object_scopes: tuple[str, dict[int, StaticScope]] | None = None
+        self._object_scopes_read = False
 
     # -- definitions of the reloaded file ---------------------------------------
 
@@ -193,8 +196,18 @@ class Binder:
             self._scopes = self._read_scopes()
         return None if self._scopes is None else self._scopes[0].get(symbol.index)
 
+    def object_scopes(self) -> dict[int, StaticScope]:
+        """The new object's function-scope statics by symbol index, from its own DWARF
+        (empty without it), read once: what :meth:`static_scope` is made of, without
+        the running program's side (``patch.codekey`` digests it)."""
+        if not self._object_scopes_read:
+            self._object_scopes_read = True
+            self._object_scopes = object_static_scopes(self.obj)
+        return {} if self._object_scopes is None else self._object_scopes[1]
+
     def _read_scopes(self) -> tuple[dict[int, StaticScope], dict[StaticScope, int]] | None:
-        new = object_static_scopes(self.obj)
+        self.object_scopes()
+        new = self._object_scopes
         if new is None:
             return None
         running = running_static_scopes(self.module.file, new[0])

@@ -316,10 +316,12 @@ def _code_keys(
 
 
 def _scope_label(binder: Binder) -> Callable[[ObjSymbol], str | None]:
-    """The scope label of a function-scope static, for function keys."""
+    """The scope label of a function-scope static, for code keys: the new object's
+    own (whether or not the running program has DWARF to bind it by)."""
+    scopes = binder.object_scopes()
 
     def label(symbol: ObjSymbol) -> str | None:
-        scope = binder.static_scope(symbol)
+        scope = scopes.get(symbol.index)
         return None if scope is None else scope.label()
 
     return label
