@@ -27,6 +27,9 @@ from relive.patch.constants import is_constant_section
 AddressOf = Callable[[ObjSymbol], int | None]
 
 _MAX_CONTENT = 4096
+#: Bytes decoded past the last field whose instruction's end is needed (more than
+#: any instruction's length; if not, the whole function is decoded).
+_DECODE_BEYOND = 64
 
 
 def function_relocations(obj: ObjectFile, symbol: ObjSymbol) -> list[Relocation]:
@@ -153,16 +156,9 @@ class FunctionComparer:
         """
         new_code = function_bytes(self.obj, symbol)
         old_code = self.read_memory(old_address, old_size)
-        decoded: list[list[Instruction]] = []  # the new side, decoded at most once
-
-        def new_instructions() -> list[Instruction]:
-            if not decoded:
-                decoded.append(self.decode(new_code, symbol.value))
-            return decoded[0]
-
-        if self._same_bytes_and_targets(symbol, new_code, old_code, old_address, new_instructions):
+        if self._same_bytes_and_targets(symbol, new_code, old_code, old_address):
             return True
-        new = _Listing(new_instructions(), new_code, symbol.value)
+        new = _Listing(self.decode(new_code, symbol.value), new_code, symbol.value)
         old = _Listing(self.decode(old_code, old_address), old_code, old_address)
         if not (new.complete and old.complete) or len(new.real) != len(old.real):
             return False
@@ -189,7 +185,6 @@ class FunctionComparer:
         new_code: bytes,
         old_code: bytes,
         old_address: int,
-        new_instructions: Callable[[], list[Instruction]],
     ) -> bool:
         """The common case without decoding: equally long, the same bytes outside
         relocated fields, each field referring to the same thing.
@@ -221,13 +216,30 @@ class FunctionComparer:
             if not self._needs_tail(r):
                 return False
             if tails is None:
-                tails = _instruction_tails(new_instructions(), len(new_code), relocs)
+                tails = self._instruction_tails(new_code, base, relocs)
             tail = tails.get(r.offset)
             if tail is None or not self._same_target(
                 r, old_code, place, offset, tail=tail, direct=r.offset in direct
             ):
                 return False
         return True
+
+    def _instruction_tails(
+        self, code: bytes, base: int, relocs: list[Relocation]
+    ) -> dict[int, int]:
+        """Where the instructions of the fields that need it end (see
+        :func:`_instruction_tails`), decoding the new code only as far as the
+        last of those fields (and a little beyond, for its instruction's end);
+        the whole code if that was not far enough."""
+        needed = [r.offset for r in relocs if self._needs_tail(r)]
+        if not needed:
+            return {}
+        limit = max(needed) - base + _DECODE_BEYOND
+        if limit < len(code):
+            tails = _instruction_tails(self.decode(code[:limit], base), relocs)
+            if all(offset in tails for offset in needed):
+                return tails
+        return _instruction_tails(self.decode(code, base), relocs)
 
     def _needs_tail(self, reloc: Relocation) -> bool:
         """A PC-relative field into new memory: what it refers to depends on where
@@ -507,16 +519,13 @@ class _Compared:
     old: _Listing
 
 
-def _instruction_tails(
-    instructions: list[Instruction], size: int, relocs: list[Relocation]
-) -> dict[int, int]:
+def _instruction_tails(instructions: list[Instruction], relocs: list[Relocation]) -> dict[int, int]:
     """Field offset -> bytes from the field to the end of its instruction, for the
     fields in instructions the decoding comparison compares by bytes and targets:
     not padding (nothing to compare) and not direct branches (compared by where
-    they go).  Others are left out: their comparison needs both sides decoded, as
-    does a function not decoded to its end."""
-    if sum(i.size for i in instructions) != size:
-        return {}
+    they go).  Others are left out (their comparison needs both sides decoded), as
+    are fields the decoded instructions do not reach.  Equal bytes make equal
+    instructions: what follows the last field needed does not change its end."""
     starts = [i.address for i in instructions]
     tails: dict[int, int] = {}
     for r in relocs:
