@@ -18,6 +18,7 @@ calls it is refused always.  Only the units of the reloaded sources are read.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections import Counter
@@ -46,6 +47,7 @@ from relive.elf.dwarf_types import (
     TypeUnit,
     open_dwarf,
 )
+from relive.elf.filecache import FileIdentity, file_identity
 from relive.errors import BadObject, LayoutChanged, ReliveError
 from relive.events import EventSink, Notice
 from relive.patch.modules import RunningModule
@@ -93,26 +95,41 @@ class _Signature:
 
 
 _warming: list[threading.Thread] = []
+#: ``(file, source)`` whose DWARF this process has read, with the file's identity
+#: then: read again, it is found in the caches, sooner than a thread starts.
+_warm: dict[tuple[str, str], FileIdentity] = {}
 
 
 def prepare_layout_check(module: RunningModule, source: Path) -> None:
     """Read the running module's DWARF for ``source`` while the compiler runs.
 
     Only reads the program's file on disk; whatever goes wrong is left for
-    :func:`check_layouts` to meet (and report) again.
+    :func:`check_layouts` to meet (and report) again.  What an earlier reload
+    read already (same file, unchanged) is looked up here: a thread would
+    delay the compile by more (a watch reloads the same unit again and again).
     """
-    thread = threading.Thread(target=_preload, args=(module.file, source), daemon=True)
+    key = (module.file, str(source))
+    try:
+        identity: FileIdentity | None = file_identity(os.stat(module.file))
+    except OSError:
+        identity = None
+    if identity is not None and _warm.get(key) == identity:
+        _preload(module.file, source)
+        return
+    thread = threading.Thread(target=_preload, args=(module.file, source, identity), daemon=True)
     _warming.append(thread)
     thread.start()
 
 
-def _preload(file: str, source: Path) -> None:
+def _preload(file: str, source: Path, identity: FileIdentity | None = None) -> None:
     try:
         unit = open_dwarf(file).find_unit(str(source))
         if unit is not None:
             unit.preload()
     except (ReliveError, Malformed):
-        pass  # check_layouts reads it again and says what is wrong
+        return  # check_layouts reads it again and says what is wrong
+    if identity is not None:
+        _warm[(file, str(source))] = identity
 
 
 def check_layouts(
