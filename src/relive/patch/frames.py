@@ -126,7 +126,7 @@ class FrameMover:
             if pc is None or sp is None:
                 continue
             values = {self.registers.pc: pc, self.registers.stack_pointer: sp}
-            stack = StackWindow(memory.read, sp)
+            stack = StackWindow(memory.read, sp, memory.read_prefix)
             unwind(values, self.registers, stack.word, self.tables.find_row)
 
     def plan(self, stopped: StoppedProcess, memory: ProcessMemory) -> FramePlan:
@@ -135,7 +135,9 @@ class FrameMover:
         for tid in stopped.tids:
             regs = stopped.get_regs(tid)
             values = {name: int(getattr(regs, name)) for name in self.registers.dwarf}
-            stack = StackWindow(memory.read, values[self.registers.stack_pointer])
+            stack = StackWindow(
+                memory.read, values[self.registers.stack_pointer], memory.read_prefix
+            )
             frames, complete = unwind(values, self.registers, stack.word, self.tables.find_row)
             if complete:
                 plan.complete.add(tid)

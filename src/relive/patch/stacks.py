@@ -88,11 +88,19 @@ class Registers:
 class StackWindow:
     """Reads of one stack, served from a single read of its top (while held)."""
 
-    def __init__(self, read: Callable[[int, int], bytes], sp: int) -> None:
+    def __init__(
+        self,
+        read: Callable[[int, int], bytes],
+        sp: int,
+        read_prefix: Callable[[int, int], bytes] | None = None,
+    ) -> None:
         self.read = read
         self.base = sp & ~7
         self.data = b""
         to_page_end = 4096 - (self.base & 4095)
+        if read_prefix is not None:  # one read, however near its end the stack is
+            self.data = read_prefix(self.base, to_page_end + 8192)
+            return
         for size in (to_page_end + 8192, to_page_end):  # a stack may end in a few pages
             try:
                 self.data = read(self.base, size)

@@ -172,6 +172,15 @@ class ProcessMemory:
                 out[k] = span[address - start : address - start + size]
         return out
 
+    def read_prefix(self, addr: int, size: int) -> bytes:
+        """What can be read of ``size`` bytes at ``addr``: one read, which stops
+        where the range runs into memory that is not mapped (b"" if none is),
+        for a read that may run past the end of a mapping (a stack's top)."""
+        try:
+            return os.pread(self._get_fd(), size, addr)
+        except (OSError, OverflowError):
+            return b""
+
     def read_spans(self, spans: Sequence[tuple[int, int]]) -> bytearray:
         """The bytes of every ``[start, end)`` span, one after the other, read in as
         few system calls as possible: ``process_vm_readv`` takes up to 1,024 spans
