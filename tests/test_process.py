@@ -273,6 +273,27 @@ def test_single_step_and_resume_briefly(tmp_path: Path, spawn: SpawnFactory) -> 
     target.wait_for(r"tick \d+", after=mark)
 
 
+def test_a_held_threads_registers_are_read_once_and_handed_out_as_copies(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    """get_regs reads a thread's registers once per stop: a caller's change to the
+    block it got is its own until set_regs, which the next get_regs then shows."""
+    target = spawn([build(tmp_path, BUSY_THREADS)])
+    target.wait_for("started")
+    with stop_all(target.pid) as held:
+        worker = held.tids[-1]
+        regs = held.get_regs(worker)
+        original = int(regs.r15)
+        regs.r15 = original ^ 1
+        assert held.get_regs(worker).r15 == original == ptrace.get_regs(worker).r15
+        held.set_regs(worker, regs)
+        assert held.get_regs(worker).r15 == original ^ 1 == ptrace.get_regs(worker).r15
+        regs.r15 = original
+        held.set_regs(worker, regs)  # as it was, before the thread runs again
+        assert ptrace.get_regs(worker).r15 == original
+    target.wait_for(r"tick \d+", after=target.mark())
+
+
 def test_stop_all_while_threads_come_and_go(tmp_path: Path, spawn: SpawnFactory) -> None:
     target = spawn([build(tmp_path, THREAD_CHURN)])
     target.wait_for("tick 1")
