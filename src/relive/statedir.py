@@ -304,8 +304,8 @@ def _move_into_place(tmp: str, name: str, dir_fd: int) -> None:
 #: ``renameat2``'s flag: swap the two names.
 _RENAME_EXCHANGE = 2
 #: errno values that say the exchange is not available here (old kernel or libc,
-#: a file system without it): fall back to a plain rename.
-_NO_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
+#: a file system without it) or not now (the file went meanwhile): a plain rename.
+_NO_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOENT}
 
 
 def _exchange(first: str, second: str, dir_fd: int) -> bool:
