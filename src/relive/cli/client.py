@@ -78,6 +78,7 @@ SWITCH = "RELIVE_SERVER"
 
 def entry_point() -> None:
     """Console-script entry of ``relive``."""
+    _open_closed_standard_streams()
     argv = sys.argv[1:]
     start = False
     if _command(argv) in SERVED and server_enabled(argv):
@@ -91,6 +92,32 @@ def entry_point() -> None:
         _flush()
         start_server()
     _exit(code)
+
+
+def _open_closed_standard_streams() -> None:
+    """A standard descriptor the caller closed (``relive status >&-``) becomes
+    /dev/null, as the C library does for a set-uid program: else the next file
+    relive opens (the working directory it passes the server, a journal) would
+    become its stdin, stdout or stderr, and Python has no stream there (None)."""
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        # The lower descriptors are open by now: this open returns ``fd`` itself.
+        opened = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+        if opened != fd:
+            os.dup2(opened, fd)
+            os.close(opened)
+        stream = open(  # noqa: SIM115 (the process's standard stream, never closed)
+            fd,
+            "r" if fd == 0 else "w",
+            encoding="utf-8",
+            errors="backslashreplace",
+            closefd=False,
+        )
+        setattr(sys, name, stream)
 
 
 def _exit(code: int) -> NoReturn:

@@ -401,6 +401,7 @@ def _take_client_context(fds: list[int], umask: int, environment: list[bytes]) -
         if equals and name:
             os.environb[name] = value
     tempfile.tempdir = None  # gettempdir() again, from this environment
+    time.tzset()  # local times (``relive status``) in the client's TZ
     _rebind_stdio()
 
 

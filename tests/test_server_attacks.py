@@ -1,0 +1,93 @@
+"""The command server under bad luck and hostile input: what a review found, for real.
+
+Each test runs commands with the server on in a private state directory (the
+``server`` fixture of test_server.py) and compares with the same command run in
+the command's own process where the two must agree.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from support import RELIVE, VALUE_PROG, SpawnFactory
+from test_server import Server, _edited, _running, _value_prog
+from test_server import server as server
+
+
+def _closing(*fds: int) -> Callable[[], None]:
+    def close() -> None:
+        for fd in fds:
+            os.close(fd)
+
+    return close
+
+
+def _run_closed(
+    server: Server, fds: tuple[int, ...], *argv: str, in_process: bool = False
+) -> subprocess.CompletedProcess[bytes]:
+    """``relive ARGV`` with the standard descriptors ``fds`` closed (``>&-``);
+    stderr, when left open, is captured."""
+    env = {**server.env, "RELIVE_SERVER": "0" if in_process else "1"}
+    return subprocess.run(
+        [*RELIVE, *argv],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=_closing(*fds),
+        check=False,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("fds", [(0,), (1,), (0, 1)], ids=["stdin", "stdout", "stdin+stdout"])
+def test_closed_standard_streams(
+    tmp_path: Path, spawn: SpawnFactory, server: Server, fds: tuple[int, ...]
+) -> None:
+    """A closed stdin or stdout is /dev/null, served or not: the directory the
+    client opened for the server once took its place (a traceback in the child),
+    and in-process the renderer found no sys.stdout (a traceback too)."""
+    target = _running(spawn, _value_prog(tmp_path))
+    server.run("status", "-p", str(target.pid))
+    server.wait_up()
+    for in_process in (True, False):
+        done = _run_closed(server, fds, "status", "-p", str(target.pid), in_process=in_process)
+        assert (done.returncode, done.stderr) == (0, b""), (in_process, done.stderr)
+    source = _edited(tmp_path, VALUE_PROG)
+    done = _run_closed(server, fds, "reload", "-p", str(target.pid), str(source))
+    assert (done.returncode, done.stderr) == (0, b""), done.stderr
+    target.wait_for(r"^value 2$")
+    assert server.info()["served"] == 2
+
+
+def test_closed_stderr_keeps_the_exit_code(server: Server) -> None:
+    server.run("status", "-p", str(os.getpid()))
+    server.wait_up()
+    for in_process in (True, False):
+        done = _run_closed(server, (2,), "status", "-p", "999999999", in_process=in_process)
+        assert done.returncode == 5, in_process
+    assert server.info()["served"] == 1
+
+
+def test_local_times_in_the_clients_time_zone(
+    tmp_path: Path, spawn: SpawnFactory, server: Server
+) -> None:
+    """``relive status`` shows when a function was last reloaded in local time:
+    the client's TZ, not the one the server started with."""
+    target = _running(spawn, _value_prog(tmp_path))
+    server.env["TZ"] = "UTC0"
+    server.run("status", "-p", str(target.pid))
+    server.wait_up()
+    done = server.run("reload", "-p", str(target.pid), str(_edited(tmp_path, VALUE_PROG)))
+    assert done.returncode == 0, done.stderr
+    far = {**server.env, "TZ": "XYZ-9"}  # nine hours east of UTC
+    served = server.run("status", "-p", str(target.pid), env=far)
+    here = server.run("status", "-p", str(target.pid), env={**far, "RELIVE_SERVER": "0"})
+    assert (served.returncode, here.returncode) == (0, 0), served.stderr + here.stderr
+    assert served.stdout == here.stdout
+    assert server.info()["served"] == 2
