@@ -18,6 +18,7 @@ by name (and refuses when that is ambiguous).
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator
@@ -27,6 +28,7 @@ from typing import TypeVar
 
 from relive.elf.dwarf_statics import FunctionStatic, function_statics, iter_function_statics
 from relive.elf.dwarf_types import Malformed, open_dwarf
+from relive.elf.filecache import FileIdentity, file_identity
 from relive.elf.objfile import ObjectFile
 from relive.errors import BadObject, ReliveError
 from relive.patch.modules import RunningModule
@@ -70,13 +72,28 @@ def prepare_static_scopes(module: RunningModule, source: Path) -> None:
     (a sqlite3-sized unit takes a tenth of a second or more).
 
     Only reads the program's file on disk; whatever goes wrong is met (and
-    answered with None) again when the new object is bound."""
-    threading.Thread(target=_read_quietly, args=(module.file, str(source)), daemon=True).start()
+    answered with None) again when the new object is bound.  Nothing is started
+    when an earlier reload read them (same file, unchanged): they are kept, and a
+    thread would delay the compile (a watch reloads the same unit again and again)."""
+    key = (module.file, str(source))
+    try:
+        identity: FileIdentity | None = file_identity(os.stat(module.file))
+    except OSError:
+        identity = None
+    if identity is not None and _read.get(key) == identity:
+        return
+    thread = threading.Thread(target=_read_quietly, args=(*key, identity), daemon=True)
+    thread.start()
 
 
-def _read_quietly(program: str, source: str) -> None:
+#: ``(file, source)`` whose statics this process has read, with the file's identity then.
+_read: dict[tuple[str, str], FileIdentity] = {}
+
+
+def _read_quietly(program: str, source: str, identity: FileIdentity | None) -> None:
     with contextlib.suppress(ReliveError):  # read again when binding, which says why
-        running_static_scopes(program, source)
+        if running_static_scopes(program, source) is not None and identity is not None:
+            _read[(program, source)] = identity
 
 
 def object_static_scopes(obj: ObjectFile) -> tuple[str, dict[int, StaticScope]] | None:
