@@ -6,6 +6,7 @@ reload takes the fingerprints of functions whose code key is the same
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,9 @@ from relive.patch import binder as binder_module
 from relive.patch import static_scope
 from relive.patch.binder import Binder
 from relive.patch.diff import FunctionComparer
+from relive.patch.journal import journal_name, state_dir
 from relive.patch.static_scope import StaticScope
+from relive.process.procfs import get_start_time
 from support import SpawnFactory, Target, compile_c, edit, kinds, reload
 
 CLONES = r"""
@@ -330,3 +333,29 @@ def test_a_read_only_table_binds_as_the_last_reload_found(
         assert "tick" in kinds(events)["unchanged"]
         assert not any(str(e).startswith(said) for e in events if isinstance(e, Notice))
         target.wait_for(rf"^FIRST:{value}:B$")
+
+
+def test_damaged_bindings_are_bound_again(
+    tmp_path: Path, spawn: SpawnFactory, bound_by_binder: list[int]
+) -> None:
+    """What the journal keeps of the last binding is read whole or not at all: a
+    damaged record makes the binder bind again, with the same result."""
+    target = _started(tmp_path, spawn)
+    source = tmp_path / "prog.c"
+    edit(source, "return x * 2;", "return x * 3;")
+    assert kinds(reload(target.pid, source))["redirected"] == ["callee"]
+    target.wait_for(r"^a=\d+ b=11 c=30 d=5 e=\d+$")
+    path = state_dir() / journal_name(target.pid, get_start_time(target.pid))
+    journal = json.loads(path.read_text())
+    [record] = journal["sources"].values()
+    assert record["bindings"]
+    record["bindings"] = record["bindings"][:-8] + "!!garbage"
+    path.write_text(json.dumps(journal))
+
+    before = _count(target)
+    bound_by_binder.clear()
+    edit(source, "return ++calls; }", "return calls += 1000; }")
+    assert kinds(reload(target.pid, source))["redirected"] == ["work_a"]
+    assert bound_by_binder  # bound afresh
+    after = int(target.wait_for(r"^a=(\d{4,}) ").group(1))
+    assert before < 1000 and after % 1000, (before, after)
