@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 from typing import IO, Any
 
+from relive.cli.lines import write_line
 from relive.errors import ReliveError
 from relive.events import (
     BlockNotReleased,
@@ -173,7 +174,7 @@ class Renderer:
             self._show_progress(event)
             return
         if self.json_lines:
-            print(event.to_json(), file=self.stream, flush=True)  # editors read as it comes
+            write_line(self.stream, event.to_json())  # whole, at once: editors read as it comes
             return
         if isinstance(event, _PROGRESS_ENDS):
             self._end_progress()
@@ -197,7 +198,7 @@ class Renderer:
 
             self._console.print(f"[{style}]{escape(text)}[/]" if style else escape(text))
         else:
-            print(text, file=self.stream, flush=True)
+            write_line(self.stream, text)
 
     # -- progress of a long reload --------------------------------------------------
 
@@ -210,7 +211,7 @@ class Renderer:
                 now - self._last_json_progress >= JSON_PROGRESS_EVERY
             ):
                 self._last_json_progress = now
-                print(event.to_json(), file=self.stream, flush=True)
+                write_line(self.stream, event.to_json())
             return
         if self._console is None:
             return
@@ -276,5 +277,5 @@ class Renderer:
             return
         self.close()
         if error.details:
-            print(error.details.rstrip(), file=sys.stderr)
-        print(reported, file=sys.stderr, flush=True)
+            write_line(sys.stderr, error.details.rstrip())
+        write_line(sys.stderr, str(reported))

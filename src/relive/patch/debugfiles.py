@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import stat
+import sys
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -120,19 +121,41 @@ def _in_background(work: Callable[[], object]) -> None:
 
     The double fork leaves no zombie behind a long-lived relive (``watch``), and
     the grandchild closes every inherited descriptor (the process lock among them)
-    before it starts, so it holds nothing a later reload waits for.
+    before it starts, so it holds nothing a later reload waits for.  Its stdin,
+    stdout and stderr become /dev/null: it has nothing to say, a reader of
+    relive's output sees its end when relive ends, and nothing the grandchild
+    might write (a warning, text a stream inherited unwritten) can land inside
+    relive's lines.  The streams are flushed before the fork, so no child holds a
+    copy of unwritten output to write it a second time; the children leave
+    through ``os._exit``, which writes nothing.
     """
+    _flush_stdio()
     child = os.fork()
     if child:
         os.waitpid(child, 0)
         return
     try:
         if os.fork() == 0:
+            _stdio_to_devnull()
             os.closerange(3, os.sysconf("SC_OPEN_MAX"))
             with contextlib.suppress(ReliveError, OSError):
                 work()
     finally:
         os._exit(0)
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # closed, or None
+            stream.flush()
+
+
+def _stdio_to_devnull() -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
 
 
 def refresh_liveness(journal: Journal) -> list[int]:
