@@ -111,7 +111,7 @@ def test_object_sections_symbols_relocations(tmp_path: Path, cc: str) -> None:
     assert rodata.name.startswith(".rodata") and rodata.is_alloc
     # PC32 addend is -4 past the field: the literal sits at value + addend + 4.
     start = string.symbol.value + string.addend + 4
-    assert rodata.data[start:].startswith(b"count=%d\n")
+    assert rodata.content()[start:].startswith(b"count=%d\n")
 
     # .rela.debug_* are parsed too.
     debug_info = section_named(obj, ".debug_info")

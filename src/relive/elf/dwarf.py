@@ -240,6 +240,25 @@ class _Unit(NamedTuple):
     version: int
 
 
+#: The sections this reader reads: DWARF, and its old zlib-compressed form.
+_DEBUG_PREFIXES = (".debug", ".zdebug")
+#: Stands for every section header the reader does not keep.
+_NOT_KEPT = SectionHeader(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+
+def _debug_headers(shdrs: list[SectionHeader], debug: set[int]) -> list[SectionHeader]:
+    """The headers of the ``debug`` sections, of the relocation tables that apply to
+    them and of those tables' symbol tables, at their index; :data:`_NOT_KEPT`
+    (``SHT_NULL``) for the others.  An object built with -ffunction-sections has tens
+    of thousands of sections, whose headers (some 10 MB of tuples) the reader, which
+    lives as long as its file's DWARF is needed, would keep for nothing."""
+    keep = set(debug)
+    for index, shdr in enumerate(shdrs):
+        if shdr.type == SHT_RELA and shdr.info in debug:
+            keep.update((index, shdr.link))
+    return [shdr if index in keep else _NOT_KEPT for index, shdr in enumerate(shdrs)]
+
+
 class _Reader:
     """The debug sections of one file and the unit-level walk over them."""
 
@@ -249,8 +268,8 @@ class _Reader:
         shdrs = parse_section_headers(path, data, header)
         names = section_names(path, data, header, shdrs)
         self.data = data
-        self.shdrs = shdrs
-        self.index = {name: i for i, name in enumerate(names) if name}
+        self.index = {name: i for i, name in enumerate(names) if name.startswith(_DEBUG_PREFIXES)}
+        self.shdrs = _debug_headers(shdrs, set(self.index.values()))
         self.relocatable = header.e_type == ET_REL
         self.info = self.section(".debug_info")
         self.abbrev = self.section(".debug_abbrev")

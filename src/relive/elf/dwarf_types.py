@@ -14,13 +14,9 @@ to 5, 32- and 64-bit, relocatable objects and linked files alike.
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import mmap
-import operator
 import os
 import struct
-from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +42,7 @@ from relive.elf.dwarf import (
 )
 from relive.elf.filecache import FileCache
 from relive.elf.objfile import SectionHeader
+from relive.elf.rela import RelaTable
 from relive.errors import BadObject
 
 __all__ = ["Die", "DwarfFile", "TypeUnit", "open_dwarf"]
@@ -1003,7 +1000,8 @@ class _FastReader(_Reader):
 
 
 class _SortedRelocations(dict[int, int]):
-    """The relocated values of one debug section, found by binary search.
+    """The relocated values of one debug section, found by binary search
+    (:class:`relive.elf.rela.RelaTable`, over the file's bytes: nothing copied).
 
     gcc writes ``.rela.debug_info`` in offset order, a hundred thousand entries for
     a large unit, of which a check reads a few hundred: decoding them all would
@@ -1012,32 +1010,21 @@ class _SortedRelocations(dict[int, int]):
 
     def __init__(self, reader: _Reader, rela: SectionHeader) -> None:
         super().__init__()
-        data = bytes(reader.data[rela.offset : rela.offset + rela.size])
-        data = data[: len(data) - len(data) % 24]
-        self._words = memoryview(data).cast("Q")
-        self._signed = memoryview(data).cast("q")
-        # An array, not a list: 8 bytes an offset instead of about 40.
-        self._offsets = array("Q", self._words[0::3])
+        self._table = RelaTable(memoryview(reader.data)[rela.offset : rela.offset + rela.size])
         self._symtab = reader.shdrs[rela.link]
         self._data = reader.data
-        offsets = self._offsets
-        # Compared pairwise in C (map over two views): a big unit has 100,000s.
-        self._sorted = all(map(operator.le, offsets, itertools.islice(offsets, 1, None)))
+        self._sorted = self._table.in_order()
         if not self._sorted:
-            for i in range(len(offsets)):
-                dict.__setitem__(self, offsets[i], self._value(i))
-
-    def _find(self, offset: int) -> int:
-        i = bisect.bisect_left(self._offsets, offset)
-        return i if i < len(self._offsets) and self._offsets[i] == offset else -1
+            for i in range(self._table.count):
+                dict.__setitem__(self, self._table.entry(i)[0], self._value(i))
 
     def _value(self, i: int) -> int:
-        symbol = self._words[3 * i + 1] >> 32
+        _, info, addend = self._table.entry(i)
+        symbol = info >> 32
         value = 0
         at = self._symtab.offset + symbol * 24 + 8
         if symbol and at + 8 <= self._symtab.offset + self._symtab.size:
             value = int.from_bytes(self._data[at : at + 8], "little")
-        addend: int = self._signed[3 * i + 2]
         return value + addend
 
     def symbol_at(self, offset: int) -> tuple[int, int] | None:
@@ -1045,27 +1032,27 @@ class _SortedRelocations(dict[int, int]):
         none, or when the table is out of order (only its values were kept)."""
         if not self._sorted:
             return None
-        i = self._find(offset)
+        i = self._table.find(offset)
         if i < 0:
             return None
-        addend: int = self._signed[3 * i + 2]
-        return self._words[3 * i + 1] >> 32, addend
+        _, info, addend = self._table.entry(i)
+        return info >> 32, addend
 
     def get(self, offset: int, default: int | None = None) -> int | None:  # type: ignore[override]
         if not self._sorted:
             return dict.get(self, offset, default)
-        i = self._find(offset)
+        i = self._table.find(offset)
         return default if i < 0 else self._value(i)
 
     def __contains__(self, offset: object) -> bool:
         if not self._sorted:
             return dict.__contains__(self, offset)
-        return isinstance(offset, int) and self._find(offset) >= 0
+        return isinstance(offset, int) and self._table.find(offset) >= 0
 
     def __getitem__(self, offset: int) -> int:
         if not self._sorted:
             return dict.__getitem__(self, offset)
-        i = self._find(offset)
+        i = self._table.find(offset)
         if i < 0:
             raise KeyError(offset)
         return self._value(i)

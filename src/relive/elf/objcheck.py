@@ -188,7 +188,7 @@ def check_symbol(
 
 
 def check_relocation_table(
-    path: str, where: str, data: bytes, symbol_count: int, target: _Target
+    path: str, where: str, data: bytes | memoryview, symbol_count: int, target: _Target
 ) -> None:
     """Every relocation names a symbol that exists and a place inside its section."""
     entries = list(_RELA.iter_unpack(data))

@@ -11,15 +11,12 @@ The low-level helpers (:func:`parse_elf_header`, :func:`parse_section_headers`,
 
 from __future__ import annotations
 
-import array
-import bisect
-import itertools
 import mmap
 import os
 import stat
 import struct
 from collections.abc import Collection, Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from relive.elf.constants import (
     EM_X86_64,
@@ -57,7 +54,11 @@ from relive.elf.objcheck import (
     check_symbol,
     target_of,
 )
+from relive.elf.rela import RelaTable
 from relive.errors import BadObject
+
+if TYPE_CHECKING:
+    from relive.elf.dwarf_types import DwarfFile
 
 #: What the header helpers read from: a whole file in memory, or a mapping of it.
 Buffer = bytes | mmap.mmap
@@ -228,7 +229,7 @@ def _cstrs(table: bytes, offsets: list[int]) -> list[str]:
     return [text[o : find("\0", o)] if o < size else "" for o in offsets]
 
 
-def resolve_xindex(shndx_table: bytes, shndx: int, symbol_index: int) -> int:
+def resolve_xindex(shndx_table: bytes | memoryview, shndx: int, symbol_index: int) -> int:
     """The real section index of a symbol whose ``st_shndx`` may be ``SHN_XINDEX``."""
     if shndx != SHN_XINDEX or not shndx_table:
         return shndx
@@ -251,10 +252,19 @@ class Section(NamedTuple):
     size: int
     align: int
     #: The contents; ``b""`` for ``SHT_NOBITS`` (``.bss``), whose ``size`` still counts.
-    data: bytes
+    #: A section the program never maps (DWARF, symbols, relocations: most of a
+    #: ``-g`` object) is a read-only view of the object's one buffer, not a copy
+    #: (see :func:`_build_sections`).
+    data: bytes | memoryview
     link: int
     info: int
     entsize: int
+
+    def content(self) -> bytes:
+        """The contents as bytes: no copy for a section the program maps (the code and
+        data the linker and the diff read), a copy of a view."""
+        data = self.data
+        return data if isinstance(data, bytes) else bytes(data)
 
     @property
     def is_alloc(self) -> bool:
@@ -361,8 +371,12 @@ class ObjectFile:
         sections: list[Section],
         symbols: list[ObjSymbol],
         relocations: Mapping[int, list[Relocation]],
+        contents: bytes | None = None,
     ) -> None:
         self.path = path
+        #: The whole file as read (None for an object built in memory): the sections
+        #: the program never maps are views of it, and its DWARF is read from it.
+        self.contents = contents
         self.machine = machine
         #: Indexed by section index (index 0 is the null section).
         self.sections = sections
@@ -376,6 +390,7 @@ class ObjectFile:
         self._by_section: dict[int, list[ObjSymbol]] | None = None
         self._by_name: dict[str, ObjSymbol] | None = None
         self._functions: list[ObjSymbol] | None = None
+        self._dwarf: DwarfFile | None = None
 
     @classmethod
     def open(
@@ -423,7 +438,20 @@ class ObjectFile:
         sections = _build_sections(path, data, header, shdrs)
         symbols = _read_symbols(path, sections)
         relocations = _LazyRelocations(path, sections, symbols)
-        return cls(path, header.machine, sections, symbols, relocations)
+        return cls(path, header.machine, sections, symbols, relocations, data)
+
+    def dwarf(self) -> DwarfFile:
+        """The object's DWARF, read from the bytes already read (not mapped again: one
+        copy of ``.debug_info`` and its relocations in memory, and no second read of a
+        file the next compile may be rewriting)."""
+        from relive.elf.dwarf_types import DwarfFile, open_dwarf
+
+        if self._dwarf is None:
+            if self.contents is None:
+                self._dwarf = open_dwarf(self.path)
+            else:
+                self._dwarf = DwarfFile(self.path, self.contents)
+        return self._dwarf
 
     def iter_functions(self) -> Iterator[ObjSymbol]:
         """Functions defined in this object (``STT_FUNC`` and ``STT_GNU_IFUNC``)."""
@@ -483,14 +511,19 @@ def _build_sections(
     check_section_headers(path, shdrs, names, len(data))
     sections = []
     end_of_file = len(data)
+    view = memoryview(data)
     make = tuple.__new__  # Section(...) without its generated __new__: 40,000 sections
     for index, (sh, name) in enumerate(zip(shdrs, names, strict=True)):
+        contents: bytes | memoryview
         if sh.type in (SHT_NOBITS, SHT_NULL):
             contents = b""
-        elif sh.offset + sh.size <= end_of_file:  # sizes are unsigned: no negatives
-            contents = bytes(data[sh.offset : sh.offset + sh.size])
-        else:
+        elif sh.offset + sh.size > end_of_file:  # sizes are unsigned: no negatives
             raise _truncated(path)
+        elif sh.flags & SHF_ALLOC:
+            # What the linker loads and the diff compares: bytes, as they expect.
+            contents = data[sh.offset : sh.offset + sh.size]
+        else:
+            contents = view[sh.offset : sh.offset + sh.size]
         fields = (index, name, sh.type, sh.flags, sh.size, sh.addralign, contents)
         sections.append(make(Section, (*fields, sh.link, sh.info, sh.entsize)))
     return sections
@@ -505,7 +538,7 @@ def _read_symbols(path: str, sections: list[Section]) -> list[ObjSymbol]:
         )
     if not 0 < symtab.link < len(sections):
         raise _truncated(path)
-    strtab = sections[symtab.link].data
+    strtab = bytes(sections[symtab.link].data)
     shndx_table = next(
         (s.data for s in sections if s.type == SHT_SYMTAB_SHNDX and s.link == symtab.index), b""
     )
@@ -564,10 +597,8 @@ class _LazyRelocations(Mapping[int, list[Relocation]]):
                     )
                 self._sources.setdefault(sec.info, []).append(sec)
         self._decoded: dict[int, list[Relocation]] = {}
-        #: Per section looked up by ``find_at``: its relocations' offsets, and whether
-        #: they are in order.
-        self._offsets: dict[int, array.array[int]] = {}
-        self._ordered: dict[int, bool] = {}
+        #: Per section looked up by ``find_at``: its one table, read in place.
+        self._tables: dict[int, RelaTable] = {}
         self._offset_index: dict[int, dict[int, Relocation]] = {}
 
     def __getitem__(self, section_index: int) -> list[Relocation]:
@@ -603,17 +634,15 @@ class _LazyRelocations(Mapping[int, list[Relocation]]):
         if section_index in self._decoded or len(self._sources.get(section_index, ())) != 1:
             return self._by_offset(section_index).get(offset)
         sec = self._sources[section_index][0]
-        offsets = self._offsets.get(section_index)
-        if offsets is None:
-            usable = len(sec.data) - len(sec.data) % _RELA_SIZE
-            offsets = array.array("Q", memoryview(sec.data[:usable]).cast("Q")[0::3])
-            self._offsets[section_index] = offsets
-        if offsets and not self._in_order(section_index, offsets):
+        table = self._tables.get(section_index)
+        if table is None:
+            table = self._tables[section_index] = RelaTable(sec.data)
+        if not table.in_order():
             return self._by_offset(section_index).get(offset)
-        at = bisect.bisect_left(offsets, offset)
-        if at == len(offsets) or offsets[at] != offset:
+        found = table.find(offset)
+        if found < 0:
             return None
-        _, info, addend = struct.unpack_from(_RELA_FORMAT, sec.data, at * _RELA_SIZE)
+        _, info, addend = table.entry(found)
         if info >> 32 >= len(self._symbols):
             where = f"a relocation of section {sec.index} ({sec.name})"
             raise bad_field(self._path, where, "r_info", info, "no such symbol")
@@ -627,13 +656,6 @@ class _LazyRelocations(Mapping[int, list[Relocation]]):
             found = {r.offset: r for r in self.get(section_index, ())}
             self._offset_index[section_index] = found
         return found
-
-    def _in_order(self, section_index: int, offsets: array.array[int]) -> bool:
-        known = self._ordered.get(section_index)
-        if known is None:
-            known = all(a <= b for a, b in itertools.pairwise(offsets))
-            self._ordered[section_index] = known
-        return known
 
     def count(self, section_index: int) -> int:
         """How many relocations apply to section ``section_index``, without decoding them."""

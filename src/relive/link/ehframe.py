@@ -73,7 +73,7 @@ def trim_eh_frame(obj: ObjectFile, section: Section, loaded: Iterable[int]) -> T
         for reloc in obj.relocations.get(section.index, ())
         if reloc.symbol.is_defined and reloc.symbol.shndx in loaded
     }
-    every = list(_records(obj.path, section.data))
+    every = list(_records(obj.path, section.content()))
     fdes: list[tuple[int, int, int]] = []  # (start, size, CIE start) of each kept FDE
     for start, size, cie_id in every:
         if cie_id and start in starts:

@@ -163,7 +163,7 @@ class _Linker:
                 return True
             start = self._at(offset)
             relocated = {r.offset for r in self.obj.relocations.get(index, ())}
-            for field, target in find(section.data, start):
+            for field, target in find(section.content(), start):
                 if field not in relocated and start <= target < start + section.size:
                     return True
         return False
@@ -176,7 +176,7 @@ class _Linker:
         return (
             section.is_exec
             and rtype.pc_relative
-            and self.request.arch.is_branch_field(section.data, reloc.offset)
+            and self.request.arch.is_branch_field(section.content(), reloc.offset)
         )
 
     def _identity_address(self, rtype: RelocationType, reloc: Relocation, target: int) -> int:
@@ -343,7 +343,7 @@ def relocate_eh_frame(
         return b""
     obj = layout.request.obj
     section = obj.sections[table.section]
-    data = build_table(section.data, table)
+    data = build_table(section.content(), table)
     relocations = move_relocations(obj.relocations.get(table.section, ()), table)
     linker = _DetachedLinker(layout, base, data_base, own_base)
     return linker.relocate_contents(

@@ -135,7 +135,7 @@ class CodeKeys:
         return digest.hexdigest()
 
 
-def _names_and_kinds(symtab: bytes) -> bytes:
+def _names_and_kinds(symtab: bytes | memoryview) -> bytes:
     """Of each ``Elf64_Sym``, its first eight bytes: name, type and binding,
     visibility, section (not its value and size)."""
     usable = len(symtab) - len(symtab) % _SYM_SIZE

@@ -43,7 +43,7 @@ def function_relocations(obj: ObjectFile, symbol: ObjSymbol) -> list[Relocation]
 
 def function_bytes(obj: ObjectFile, symbol: ObjSymbol) -> bytes:
     """The function's bytes in the object."""
-    return obj.sections[symbol.shndx].data[symbol.value : symbol.value + symbol.size]
+    return obj.sections[symbol.shndx].content()[symbol.value : symbol.value + symbol.size]
 
 
 def _masked(code: bytes, start: int, relocs: list[Relocation], widths: dict[int, int]) -> bytes:
@@ -319,7 +319,7 @@ class FunctionComparer:
         """Whether data section ``index`` holds what ``address`` holds (as this
         comparer reads it), its relocated fields pointing at the same things."""
         section = self.obj.sections[index]
-        new = bytes(section.size) if section.is_nobits else section.data
+        new = bytes(section.size) if section.is_nobits else section.content()
         try:
             old = self.read_memory(address, len(new))
         except ReliveError:
@@ -483,7 +483,7 @@ class FunctionComparer:
         except ReliveError:
             return False
         inner = [r for r in self.obj.relocations.get(symbol.shndx, ()) if start <= r.offset < end]
-        new = section.data[start:end]
+        new = section.content()[start:end]
         if _masked(new, start, inner, self.widths) != _masked(old, start, inner, self.widths):
             return False
         return all(
@@ -580,7 +580,7 @@ def _in_string_section(obj: ObjectFile, symbol: ObjSymbol) -> bool:
 
 def _string_identity(section: Section, offset: int) -> str:
     """The string at ``offset`` of a string section, to its terminator, as an identity."""
-    data = section.data
+    data = section.content()
     end = _find_terminator(data, offset, max(section.entsize, 1)) if offset >= 0 else 0
     return f"str:{hashlib.sha1(data[max(offset, 0) : end]).hexdigest()}"
 
@@ -605,7 +605,7 @@ def _extent(
     is its symbol's extent; anything else runs to the end of its section.
     ``exact``: ``referred`` is the string's own offset (a pointer held in data).
     """
-    data = section.data
+    data = section.content()
     size = len(data)
     if section.flags & SHF_STRINGS:
         step = max(section.entsize, 1)

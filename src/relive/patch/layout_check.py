@@ -180,7 +180,7 @@ def _name(plan: ReloadPlan) -> str:
 
 def _find_units(plan: ReloadPlan, emit: EventSink) -> _Units | None:
     try:
-        new = open_dwarf(plan.obj.path).find_unit()
+        new = plan.obj.dwarf().find_unit()
         if new is None:
             emit(Notice(f"{_name(plan)}: the new object has no DWARF: types were not checked"))
             return None

@@ -103,7 +103,7 @@ def object_static_scopes(obj: ObjectFile) -> tuple[str, dict[int, StaticScope]] 
     The address operands of a relocatable object are zero: where a static is comes
     from the relocation of ``.debug_info`` at its operand (section and offset)."""
     try:
-        unit = open_dwarf(obj.path).find_unit()
+        unit = obj.dwarf().find_unit()
         if unit is None:
             return None
         info = next((s.index for s in obj.sections if s.name == ".debug_info"), None)
