@@ -11,6 +11,8 @@ The low-level helpers (:func:`parse_elf_header`, :func:`parse_section_headers`,
 
 from __future__ import annotations
 
+import array
+import bisect
 import mmap
 import os
 import stat
@@ -387,7 +389,7 @@ class ObjectFile:
         #: Read-only: each list is decoded when first looked up.
         self.relocations = relocations
         self.source_name: str | None = next((s.name for s in symbols if s.type == STT_FILE), None)
-        self._by_section: dict[int, list[ObjSymbol]] | None = None
+        self._by_section: _SectionIndex | None = None
         self._by_name: dict[str, ObjSymbol] | None = None
         self._functions: list[ObjSymbol] | None = None
         self._dwarf: DwarfFile | None = None
@@ -487,21 +489,56 @@ class ObjectFile:
             return self.relocations.count(section_index)
         return len(self.relocations.get(section_index, ()))
 
+    def forget_relocations_of(self, function: ObjSymbol) -> None:
+        """Drop the decoded relocations of ``function``'s section when the function is
+        the whole section (-ffunction-sections): a big unit's comparison with the
+        running code decodes every function's, tens of thousands of tuples, of which
+        the link needs only the loaded ones'.  Asked for again, they are decoded again
+        (a section of several functions is kept: it would be decoded per function)."""
+        index = function.shndx
+        if (
+            isinstance(self.relocations, _LazyRelocations)
+            and 0 < index < len(self.sections)
+            and function.value == 0
+            and function.size == self.sections[index].size
+        ):
+            self.relocations.forget(index)
+
     def iter_section_symbols(self, section_index: int) -> Iterator[ObjSymbol]:
         """Symbols defined in section ``section_index``, excluding ``STT_SECTION``."""
         if self._by_section is None:
-            by_section: dict[int, list[ObjSymbol]] = {}
-            for sym in self.symbols:
-                if sym.shndx != SHN_UNDEF and sym.type != STT_SECTION:
-                    by_section.setdefault(sym.shndx, []).append(sym)
-            self._by_section = by_section
-        return iter(self._by_section.get(section_index, ()))
+            self._by_section = _SectionIndex(self.symbols)
+        return map(self.symbols.__getitem__, self._by_section.symbols_in(section_index))
 
     def __repr__(self) -> str:
         return (
             f"<ObjectFile {self.path!r} {machine_name(self.machine)} "
             f"{len(self.sections)} sections {len(self.symbols)} symbols>"
         )
+
+
+class _SectionIndex:
+    """Which symbols each section defines (``STT_SECTION`` left out), in symbol order.
+
+    Two arrays, the symbols' numbers sorted by section and their sections, searched
+    by bisection: a dict of lists would hold a list per section, some 4 MB of them
+    for the 40,000 sections of a -ffunction-sections unit, for the whole reload.
+    """
+
+    def __init__(self, symbols: list[ObjSymbol]) -> None:
+        shndx = [sym.shndx for sym in symbols]
+        chosen = [
+            k for k, sym in enumerate(symbols) if sym.shndx != SHN_UNDEF and sym.type != STT_SECTION
+        ]
+        # sorted() is stable: symbol order within a section is kept.
+        self._order = array.array("I", sorted(chosen, key=shndx.__getitem__))
+        self._sections = array.array("I", map(shndx.__getitem__, self._order))
+
+    def symbols_in(self, section_index: int) -> array.array[int]:
+        """The numbers of the symbols defined in ``section_index``."""
+        first = bisect.bisect_left(self._sections, section_index)
+        end = bisect.bisect_right(self._sections, section_index, first)
+        return self._order[first:end]
 
 
 def _build_sections(
@@ -656,6 +693,11 @@ class _LazyRelocations(Mapping[int, list[Relocation]]):
             found = {r.offset: r for r in self.get(section_index, ())}
             self._offset_index[section_index] = found
         return found
+
+    def forget(self, section_index: int) -> None:
+        """Drop what was decoded for section ``section_index``."""
+        self._decoded.pop(section_index, None)
+        self._offset_index.pop(section_index, None)
 
     def count(self, section_index: int) -> int:
         """How many relocations apply to section ``section_index``, without decoding them."""

@@ -198,7 +198,7 @@ class SymbolTable:
         self._found: dict[str, int | None] = {}
         self._starts: list[int] | None = None
         self._next_queries = 0
-        self._group_indexes: dict[int, dict[str, list[int]]] = {}
+        self._group_indexes: dict[int, dict[str, int | list[int]]] = {}
         self._groups_of_file: dict[str, list[tuple[str, int, int]]] = {}
 
     # -- columns, decoded on first use -----------------------------------------------
@@ -468,12 +468,21 @@ class SymbolTable:
         """
         index = self._group_indexes.get(first)
         if index is None:
+            # A name's one symbol as an int (the usual case), a list only for a name
+            # several locals share: no list per name (sqlite3.c: thousands of names).
             index = {}
             names = self.strings.many(self.st_name[first:end])
-            for k, found in enumerate(names, first):
-                index.setdefault(found, []).append(k)
+            for k, named in enumerate(names, first):
+                seen = index.setdefault(named, k)
+                if isinstance(seen, list):
+                    seen.append(k)
+                elif seen != k:
+                    index[named] = [seen, k]
             self._group_indexes[first] = index
-        return index.get(name, [])
+        found = index.get(name)
+        if found is None:
+            return []
+        return [found] if isinstance(found, int) else found
 
     def group_ranges(self, file: str) -> Iterator[tuple[str, int, int]]:
         """(name, first, end) index ranges of the STT_FILE groups that match ``file``."""

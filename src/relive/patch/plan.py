@@ -226,10 +226,13 @@ def build_plan(
     # The data sections are bound now: where a symbol lives no longer changes, and
     # a big unit asks for the same callees and variables thousands of times.
     comparer.address_of = _memoized(address_of)
-    # Thousands of functions' code and strings: read in chunks, each once.
-    deciding = comparer.reading(ChunkedReader(binder.read_memory))
-    decisions = [
-        _decide(
+    # Thousands of functions' code and strings: read in chunks, each once (kept
+    # only while the functions are decided).
+    decisions = _decide_all(
+        obj,
+        on_step,
+        comparer.reading(ChunkedReader(binder.read_memory)),
+        lambda symbol, deciding: _decide(
             symbol,
             binder,
             deciding,
@@ -239,9 +242,8 @@ def build_plan(
             matches,
             keys,
             known_keys,
-        )
-        for symbol in _functions_in_code(obj, on_step)
-    ]
+        ),
+    )
     notices.extend(check_constructors(obj, {d.name: d.status for d in decisions}))
     _promote_parents_of_changed_parts(decisions)
     for decision in decisions:
@@ -325,6 +327,24 @@ def _scope_label(binder: Binder) -> Callable[[ObjSymbol], str | None]:
         return None if scope is None else scope.label()
 
     return label
+
+
+def _decide_all(
+    obj: ObjectFile,
+    on_step: Callable[[], None],
+    comparer: FunctionComparer,
+    decide: Callable[[ObjSymbol, FunctionComparer], FunctionDecision],
+) -> list[FunctionDecision]:
+    """``decide`` for each function, comparing with ``comparer``; the relocations of
+    one found unchanged are dropped once compared (the link will not need them: a
+    big unit's add up)."""
+    decisions = []
+    for symbol in _functions_in_code(obj, on_step):
+        decision = decide(symbol, comparer)
+        decisions.append(decision)
+        if decision.status not in (Decision.CHANGED, Decision.NEW):
+            obj.forget_relocations_of(symbol)
+    return decisions
 
 
 def _functions_in_code(obj: ObjectFile, on_step: Callable[[], None]) -> Iterator[ObjSymbol]:
