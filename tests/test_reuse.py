@@ -10,17 +10,21 @@ import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from relive.elf.objfile import ObjSymbol
 from relive.errors import LayoutChanged
-from relive.events import Notice
+from relive.events import Event, Notice
 from relive.link import Bound
 from relive.patch import binder as binder_module
+from relive.patch import initial as initial_module
+from relive.patch import plan as plan_module
 from relive.patch import static_scope
 from relive.patch.binder import Binder
 from relive.patch.diff import FunctionComparer
+from relive.patch.initial import DataChange
 from relive.patch.journal import journal_name, state_dir
 from relive.patch.static_scope import StaticScope
 from relive.process.procfs import get_start_time
@@ -359,3 +363,81 @@ def test_damaged_bindings_are_bound_again(
     assert bound_by_binder  # bound afresh
     after = int(target.wait_for(r"^a=(\d{4,}) ").group(1))
     assert before < 1000 and after % 1000, (before, after)
+
+
+@pytest.fixture
+def compared_initial(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """One entry per reload that compared its bound data with the program's file
+    (``patch.initial.find_initial_changes``), the number of changes it found."""
+    compared: list[int] = []
+    original = initial_module.find_initial_changes
+
+    def counting(*args: Any) -> list[DataChange]:
+        found = original(*args)
+        compared.append(len(found))
+        return found
+
+    monkeypatch.setattr(plan_module, "find_initial_changes", counting)
+    yield compared
+
+
+def _initial_notices(events: list[Event]) -> list[str]:
+    return [str(e) for e in events if isinstance(e, Notice) and "initial value" in str(e)]
+
+
+def test_a_changed_initial_value_is_said_as_the_last_reload_found(
+    tmp_path: Path, spawn: SpawnFactory, compared_initial: list[int]
+) -> None:
+    """A reload that binds as the last one did (same layout, same binding context)
+    takes which initial values differ from the journal, says them as before, and
+    ``--reinit`` copies the new one in; a damaged record is compared again."""
+    target = _started(tmp_path, spawn)
+    source = tmp_path / "prog.c"
+    edit(source, "long limit = 5;", "long limit = 7;")
+    edit(source, "return x * 2;", "return x * 3;")
+    first = reload(target.pid, source)
+    assert kinds(first)["redirected"] == ["callee"]
+    [said] = _initial_notices(first)
+    assert said.startswith("limit: initial value changed")
+    assert compared_initial == [1]
+    target.wait_for(r"^a=\d+ b=11 c=30 d=5 e=\d+$")
+
+    compared_initial.clear()
+    edit(source, "return x * 3;", "return x * 4;")
+    second = reload(target.pid, source)
+    assert kinds(second)["redirected"] == ["callee"]
+    assert _initial_notices(second) == [said]
+    assert compared_initial == []  # taken from the journal
+    target.wait_for(r"^a=\d+ b=11 c=40 d=5 e=\d+$")
+
+    path = state_dir() / journal_name(target.pid, get_start_time(target.pid))
+    journal = json.loads(path.read_text())
+    [record] = journal["sources"].values()
+    assert record["initial"].startswith("=")
+    record["initial"] = "=x,"
+    path.write_text(json.dumps(journal))
+    edit(source, "return x * 4;", "return x * 5;")
+    third = reload(target.pid, source, reinit=["limit"])
+    assert kinds(third)["redirected"] == ["callee"]
+    assert compared_initial == [1]  # compared again, to the same answer
+    assert any(
+        n.startswith("limit: initial value changed; --reinit") for n in _initial_notices(third)
+    )
+    target.wait_for(r"^a=\d+ b=11 c=50 d=7 e=\d+$")
+
+
+def test_no_changed_initial_value_is_recorded_as_none(
+    tmp_path: Path, spawn: SpawnFactory, compared_initial: list[int]
+) -> None:
+    """An empty answer is an answer: the next reload takes it and says nothing."""
+    target = _started(tmp_path, spawn)
+    source = tmp_path / "prog.c"
+    edit(source, "return x * 2;", "return x * 3;")
+    assert _initial_notices(reload(target.pid, source)) == []
+    assert compared_initial == [0]
+    target.wait_for(r"^a=\d+ b=11 c=30 d=5 e=\d+$")
+    compared_initial.clear()
+    edit(source, "return x * 3;", "return x * 4;")
+    assert _initial_notices(reload(target.pid, source)) == []
+    assert compared_initial == []
+    target.wait_for(r"^a=\d+ b=11 c=40 d=5 e=\d+$")

@@ -74,21 +74,65 @@ def find_initial_changes(
 
     from_file = comparer.reading(read_initial)
     changes = []
-    for index, binding in sorted(bound.items()):
-        section = obj.sections[index]
-        address = binding.address
-        if section.is_exec or section.is_tls or not section.is_write or address is None:
-            continue
-        if not module.start <= address < module.end:
-            continue
+    for index, binding, address in _compared(obj, binder, bound):
         try:
             same = from_file.matches_data(index, address)
         except ReliveError:
             same = False
         if not same:
-            names = tuple(display_name(s.name) for s in obj.iter_section_symbols(index) if s.name)
-            changes.append(DataChange(index, names, binding))
+            changes.append(_change(obj, index, binding))
     return changes
+
+
+def _compared(
+    obj: ObjectFile, binder: Binder, bound: dict[int, Bound]
+) -> Iterator[tuple[int, Bound, int]]:
+    """(index, binding, address) of each bound section whose initial value is
+    compared: writable data in the module's own file, in index order."""
+    module = binder.module
+    for index, binding in sorted(bound.items()):
+        section = obj.sections[index]
+        address = binding.address
+        if section.is_exec or section.is_tls or not section.is_write or address is None:
+            continue
+        if module.start <= address < module.end:
+            yield index, binding, address
+
+
+def _change(obj: ObjectFile, index: int, binding: Bound) -> DataChange:
+    names = tuple(display_name(s.name) for s in obj.iter_section_symbols(index) if s.name)
+    return DataChange(index, names, binding)
+
+
+#: What ``encode_initial_changes`` writes before the indices (a record without it
+#: is not one: the answer is computed).
+_RECORDED = "="
+
+
+def encode_initial_changes(changes: Collection[DataChange]) -> str:
+    """The sections whose initial value differed, as the journal keeps them: the
+    next reload of an object of the same layout, bound alike in the same binding
+    context, compares the same bytes with the same file, so it takes the answer
+    instead of reading every bound table again (``patch.matched``)."""
+    return _RECORDED + ",".join(str(change.index) for change in changes)
+
+
+def known_initial_changes(
+    obj: ObjectFile, binder: Binder, bound: dict[int, Bound], text: str
+) -> list[DataChange] | None:
+    """The changes ``encode_initial_changes`` recorded, for ``bound`` (None: none
+    recorded, or not for these sections: compare)."""
+    if not text.startswith(_RECORDED):
+        return None
+    listed = text[len(_RECORDED) :]
+    try:
+        changed = {int(index) for index in listed.split(",")} if listed else set()
+    except ValueError:
+        return None
+    compared = {index: binding for index, binding, _ in _compared(obj, binder, bound)}
+    if not changed <= compared.keys():
+        return None
+    return [_change(obj, index, compared[index]) for index in sorted(changed)]
 
 
 @dataclass(frozen=True)

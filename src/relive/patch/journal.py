@@ -139,6 +139,9 @@ class SourceRecord:
     keys_layout: str = ""
     #: How that reload bound the object's data sections (``patch.matched``).
     bindings: str = ""
+    #: Which of them held another initial value than the program's file
+    #: (``patch.initial.encode_initial_changes``; "": not recorded).
+    initial: str = ""
 
 
 @dataclass
@@ -403,7 +406,10 @@ def _load_source(raw: dict[str, Any], key: str) -> SourceRecord:
     keys_context = raw.get("keys_context", "")
     keys_layout = raw.get("keys_layout", "")
     bindings = raw.get("bindings", "")
-    if not all(isinstance(v, str) for v in (*keys.values(), keys_context, keys_layout, bindings)):
+    initial = raw.get("initial", "")
+    if not all(
+        isinstance(v, str) for v in (*keys.values(), keys_context, keys_layout, bindings, initial)
+    ):
         raise _Invalid(f"a function key of {key} is not a string")
     generations = raw.get("generations", 0)
     if not _is_int(generations) or generations < 0:
@@ -420,6 +426,7 @@ def _load_source(raw: dict[str, Any], key: str) -> SourceRecord:
         keys_context=keys_context,
         keys_layout=keys_layout,
         bindings=bindings,
+        initial=initial,
     )
 
 
@@ -576,6 +583,7 @@ def _as_plain(journal: Journal) -> dict[str, Any]:
                 "keys_context": r.keys_context,
                 "keys_layout": r.keys_layout,
                 "bindings": r.bindings,
+                "initial": r.initial,
             }
             for k, r in journal.sources.items()
         },

@@ -98,6 +98,8 @@ class KnownKeys:
     fingerprints: Mapping[str, str]
     #: How that reload bound the object's data sections (``encode_bindings``).
     bindings: str = ""
+    #: Which bound sections' initial values differed (``patch.initial``).
+    initial: str = ""
 
     def fingerprint(self, name: str, key: str) -> str | None:
         """The fingerprint of function ``name`` when its key is the one recorded."""
@@ -118,7 +120,9 @@ def usable_keys(
     computed in (None: compute every fingerprint)."""
     if record is None or not record.keys or record.keys_context != context or peers:
         return None
-    return KnownKeys(record.keys_layout, record.keys, record.fingerprints, record.bindings)
+    return KnownKeys(
+        record.keys_layout, record.keys, record.fingerprints, record.bindings, record.initial
+    )
 
 
 def function_keys(plan: ReloadPlan) -> dict[str, str]:

@@ -17,7 +17,7 @@ from relive.patch.codekey import CodeKeys
 from relive.patch.constants import bind_constant, is_constant_section
 from relive.patch.decision import Decision as Decision
 from relive.patch.diff import AddressOf, FunctionComparer
-from relive.patch.initial import DataChange, find_initial_changes
+from relive.patch.initial import DataChange, find_initial_changes, known_initial_changes
 from relive.patch.matched import Binding, KnownKeys, decode_bindings, match_key
 from relive.patch.modules import RunningModule
 from relive.patch.rules import check_constructors
@@ -266,7 +266,13 @@ def build_plan(
     if far:
         return FarData(far)
     layout = _lay_out(obj, binder, arch, load, bound, externals, _original_entries(decisions))
-    initial = find_initial_changes(obj, binder, comparer, bound, arch)
+    # Bound as the last reload found, for an object of the same layout: the same
+    # bytes compared with the same file, so the same answer (``patch.initial``).
+    initial = None
+    if known is not None and known_keys is not None:
+        initial = known_initial_changes(obj, binder, bound, known_keys.initial)
+    if initial is None:
+        initial = find_initial_changes(obj, binder, comparer, bound, arch)
     return ReloadPlan(
         source,
         binder.module,

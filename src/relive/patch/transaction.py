@@ -63,7 +63,7 @@ from relive.patch.frames import (
     prepare_frame_mover,
     record_code_sizes,
 )
-from relive.patch.initial import DataChange, write_initial_values
+from relive.patch.initial import DataChange, encode_initial_changes, write_initial_values
 from relive.patch.journal import (
     Definition,
     DefinitionKind,
@@ -455,6 +455,7 @@ def _record(journal: Journal, plans: list[ReloadPlan], images: list[LinkedImage]
         record.keys_context = plan.keys_context or ""
         record.keys_layout = "" if plan.code_keys is None else plan.code_keys.layout
         record.bindings = encode_bindings(plan.bindings) if plan.code_keys else ""
+        record.initial = encode_initial_changes(plan.initial_changed) if record.bindings else ""
 
 
 def _definitions(plan: ReloadPlan, image: LinkedImage) -> Iterator[Definition]:
