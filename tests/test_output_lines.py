@@ -11,6 +11,7 @@ with no load or timing needed.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -31,6 +32,7 @@ from relive.events import (
     Event,
     FunctionRedirected,
     Notice,
+    PatchStatus,
     Phase,
     Progress,
     WatchStarted,
@@ -42,6 +44,7 @@ from support import (
     compile_c,
     set_value,
     start_value_program,
+    wait_until,
 )
 
 
@@ -197,11 +200,12 @@ VALUE_PROGRAM = (
 )
 
 
-def test_reload_json_lines_are_one_write_each_and_no_child_keeps_stdout(
+def test_reload_json_lines_and_the_status_table_are_one_write_each(
     tmp_path: Path, spawn: SpawnFactory, writes: Writes
 ) -> None:
     """The reader of ``reload --json`` sees each event whole, and the end of the output
-    when relive ends (the child writing debug objects does not hold it open)."""
+    when relive ends (the child writing debug objects does not hold it open); the
+    reader of ``status`` its whole table."""
     target, source = start_value_program(tmp_path, spawn, VALUE_PROGRAM)
     set_value(source, 2)
     done = subprocess.run(
@@ -218,6 +222,19 @@ def test_reload_json_lines_are_one_write_each_and_no_child_keeps_stdout(
     events = [json.loads(line) for line in assert_whole_lines(writes.finish())]
     assert [e["name"] for e in events if e["kind"] == "redirected"] == ["value"]
     target.wait_for(r"^value 2$", after=target.mark())
+
+    table = Writes()  # and `status` writes its table (header and rows) at once
+    subprocess.run(
+        [*RELIVE, "status", "-p", str(target.pid)],
+        env=unbuffered_environment(),
+        stdout=table.fileno(),
+        timeout=60,
+        check=True,
+    )
+    [message] = table.finish()
+    header, row = message.decode().splitlines()
+    assert header.split() == PatchStatus.HEADER.split()
+    assert "value" in row and message.endswith(b"\n")
 
 
 # --- the background child writing debug objects --------------------------------------
@@ -260,3 +277,34 @@ def test_the_background_child_never_writes_relives_output_again(tmp_path: Path) 
         check=True,
     ).stdout
     assert out == "written once\n/dev/null /dev/null /dev/null\n"
+
+
+def test_a_descriptor_another_process_made_non_blocking_gets_every_line_whole() -> None:
+    """A full non-blocking pipe refuses writes (EAGAIN): relive waits for room."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    stream = STREAMS["unbuffered"](write_end)
+    filler = b"x" * 4095 + b"\n"
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, filler)
+    received = bytearray()
+    writer = threading.get_native_id()
+
+    def drain() -> None:
+        # Only once the writer waits for room (select or pselect6): it was refused.
+        syscall = Path(f"/proc/self/task/{writer}/syscall")
+        wait_until(lambda: syscall.read_text().split()[0] in ("23", "270"), what="waiting")
+        while chunk := os.read(read_end, 1 << 16):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    render = Renderer(json_lines=True, stream=stream)
+    for event in EVENTS:  # the pipe is full: the first waits until the reader makes room
+        render(event)
+    os.close(write_end)
+    reader.join(timeout=30)
+    os.close(read_end)
+    lines = [line for line in received.decode().splitlines() if not line.startswith("x")]
+    assert [json.loads(line)["kind"] for line in lines] == [e.kind for e in EVENTS]

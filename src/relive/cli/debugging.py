@@ -15,6 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from relive.cli.lines import write_line
 from relive.cli.render import Renderer
 from relive.cli.targets import resolve_pids
 from relive.errors import ReliveError, UsageError
@@ -96,7 +97,7 @@ def _list_objects(args: argparse.Namespace) -> int:
         start = None  # gone: the debug objects of its last run (a core)
     for obj in list_debug_objects(args.pid, start):
         if obj.live and obj.path.exists():  # a big one may still be being written
-            print(obj.path)
+            write_line(sys.stdout, str(obj.path))
     return 0
 
 
@@ -105,5 +106,5 @@ def cmd_clean(args: argparse.Namespace, out: Renderer) -> int:
     from relive.patch.debugfiles import clean
 
     removed = clean()
-    print(f"removed the debug files of {len(removed)} exited process(es)")
+    write_line(sys.stdout, f"removed the debug files of {len(removed)} exited process(es)")
     return 0

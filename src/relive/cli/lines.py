@@ -50,7 +50,18 @@ def write_line(stream: IO[str], text: str) -> None:
 
 def _write_all(fd: int, data: bytes) -> None:
     """``data`` to ``fd``: one ``write()``, and more only if the kernel took part of it
-    (a line longer than a pipe has room for)."""
+    (a line longer than a pipe has room for).
+
+    A descriptor made non-blocking by another process sharing it (the program
+    ``relive run`` started may set O_NONBLOCK on its stdout or stderr, which are
+    relive's) refuses a write while its pipe or terminal is full: relive then
+    waits until it can write, as it would on a blocking one, instead of failing.
+    """
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            import select  # only ever needed here
+
+            select.select([], [fd], [])

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from relive.cli.lines import write_line
 from relive.cli.render import Renderer
 from relive.cli.targets import resolve_pids
 from relive.errors import ReliveError
@@ -308,7 +309,7 @@ def _cmd_undo(args: argparse.Namespace, out: Renderer) -> int:
     def undo(pid: int) -> None:
         restored = relive.attach(pid, on_event=out).undo(args.functions or None)
         if not restored and not out.json_lines:
-            print(f"pid {pid}: nothing to undo")
+            write_line(sys.stdout, f"pid {pid}: nothing to undo")
 
     return _each_process(resolve_pids(args.pid, args.name, args.every), undo, out)
 
@@ -322,11 +323,9 @@ def _cmd_status(args: argparse.Namespace, out: Renderer) -> int:
             for row in rows:
                 out(row)
         elif not rows:
-            print(f"pid {pid}: nothing patched")
+            write_line(sys.stdout, f"pid {pid}: nothing patched")
         else:
-            print(PatchStatus.HEADER)
-            for row in rows:
-                print(row)
+            write_line(sys.stdout, "\n".join(map(str, [PatchStatus.HEADER, *rows])))
 
     return _each_process(resolve_pids(args.pid, args.name, args.every), status, out)
 
