@@ -8,13 +8,16 @@ the command's own process where the two must agree.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from support import RELIVE, VALUE_PROG, SpawnFactory
+from relive.cli.client import OP_STATUS, ask
+from support import RELIVE, VALUE_PROG, SpawnFactory, wait_until
 from test_server import Server, _edited, _running, _value_prog
 from test_server import server as server
 
@@ -91,3 +94,29 @@ def test_local_times_in_the_clients_time_zone(
     assert (served.returncode, here.returncode) == (0, 0), served.stderr + here.stderr
     assert served.stdout == here.stdout
     assert server.info()["served"] == 2
+
+
+#: Arguments argparse takes seconds to go through (positionals and options in
+#: turn: it matches the rest of the line again at each option), all of them valid
+#: until the end: a window to press Ctrl+C in before the command's own handling.
+SLOW_TO_PARSE = [arg for _ in range(8000) for arg in ("x.c", "-Id")]
+
+
+@pytest.mark.parametrize("in_process", [False, True], ids=["served", "in-process"])
+def test_ctrl_c_while_arguments_are_parsed(server: Server, in_process: bool) -> None:
+    """Ctrl+C before ``main`` handles it (while argparse runs) exits 130 quietly:
+    the served child printed a traceback and exited 1 (as did the command
+    in-process): a Ctrl+C that came before the child's pid arrives is passed on
+    as soon as it does, that is, while the child parses."""
+    server.run("status", "-p", str(os.getpid()))
+    server.wait_up()
+    env = {**server.env, "RELIVE_SERVER": "0" if in_process else "1"}
+    command = server.start("reload", "-p", "1", *SLOW_TO_PARSE, env=env)
+    if in_process:
+        time.sleep(1.0)  # imported relive (a tenth of that), now parsing
+    else:
+        wait_until(lambda: bool((ask(OP_STATUS) or {}).get("running")), what="a child runs")
+    command.send_signal(signal.SIGINT)
+    out, err = command.communicate(timeout=60)
+    assert (command.returncode, out, err) == (130, "", "")
+    assert server.info()["running"] == []

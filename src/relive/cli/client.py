@@ -85,9 +85,12 @@ def entry_point() -> None:
         served, start = run_through_server(argv)
         if served is not None:
             _exit(served)
-    from relive.cli.main import run_command
+    try:
+        from relive.cli.main import run_command
 
-    code = run_command(argv)
+        code = run_command(argv)
+    except KeyboardInterrupt:  # Ctrl+C before the command's own handling (imports, argparse)
+        _exit(130)
     if start:
         _flush()
         start_server()

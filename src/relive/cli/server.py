@@ -266,10 +266,7 @@ class Server:
         environment = unpack(items[3])
         pid = os.fork()
         if pid == 0:
-            from relive.cli.targets import COMMAND_PIDS
-
-            COMMAND_PIDS.update((peer_pid, os.getppid()))  # -n python finds neither
-            self._child(conn, request.fds, umask, argv, environment)
+            self._child(conn, peer_pid, request.fds, umask, argv, environment)
         pidfd = os.pidfd_open(pid)
         self.children[pidfd] = Child(pid, pidfd, conn)
         self.poller.register(pidfd, select.POLLIN)
@@ -279,6 +276,7 @@ class Server:
     def _child(
         self,
         conn: socket.socket,
+        peer_pid: int,
         fds: list[int],
         umask: int,
         argv: list[str],
@@ -286,18 +284,40 @@ class Server:
     ) -> NoReturn:
         code = 1
         try:
-            self._drop_parent_state()
-            _take_client_context(fds, umask, environment)
-            if not _tell_pid(conn):
-                os._exit(1)  # the client is gone (interrupted): nobody wants the command
-            code = _run_command(argv)
-        except BaseException:  # noqa: BLE001 (a child never returns into the server's loop)
-            _print_exception()
-        finally:
+            code = self._command(conn, peer_pid, fds, umask, argv, environment)
+            # The command is over: a Ctrl+C now changes nothing (the client tells
+            # its exit code, which the server sends again once it reaped this child).
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
             client._flush()
             with contextlib.suppress(OSError):
                 conn.sendall(reply(EXITED, code))
-            os._exit(code)
+        finally:
+            os._exit(code)  # never back into the server's loop, whatever was raised
+
+    def _command(
+        self,
+        conn: socket.socket,
+        peer_pid: int,
+        fds: list[int],
+        umask: int,
+        argv: list[str],
+        environment: list[bytes],
+    ) -> int:
+        """Run the command in the client's context; its exit code."""
+        try:
+            self._drop_parent_state()
+            from relive.cli.targets import COMMAND_PIDS
+
+            COMMAND_PIDS.update((peer_pid, os.getppid()))  # -n python finds neither
+            _take_client_context(fds, umask, environment)
+            if not _tell_pid(conn):
+                return 1  # the client is gone (interrupted): nobody wants the command
+            return _run_command(argv)
+        except KeyboardInterrupt:  # Ctrl+C before the command's own handling (argparse)
+            return 130
+        except BaseException:  # noqa: BLE001 (a child never returns into the server's loop)
+            _print_exception()
+            return 1
 
     def _drop_parent_state(self) -> None:
         """The child keeps nothing of the server's: not the listening socket, the
