@@ -78,23 +78,27 @@ SWITCH = "RELIVE_SERVER"
 
 def entry_point() -> None:
     """Console-script entry of ``relive``."""
+    try:
+        _exit(_run(sys.argv[1:]))
+    except KeyboardInterrupt:  # Ctrl+C before the command's own handling (imports, argparse)
+        _exit(130)
+
+
+def _run(argv: list[str]) -> int:
+    """The command's exit code: run by the server, else here."""
     _open_closed_standard_streams()
-    argv = sys.argv[1:]
     start = False
     if _command(argv) in SERVED and server_enabled(argv):
         served, start = run_through_server(argv)
         if served is not None:
-            _exit(served)
-    try:
-        from relive.cli.main import run_command
+            return served
+    from relive.cli.main import run_command
 
-        code = run_command(argv)
-    except KeyboardInterrupt:  # Ctrl+C before the command's own handling (imports, argparse)
-        _exit(130)
+    code = run_command(argv)
     if start:
         _flush()
         start_server()
-    _exit(code)
+    return code
 
 
 def _open_closed_standard_streams() -> None:
