@@ -10,13 +10,17 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+import relive
 from relive.cli.client import OP_STATUS, ask
+from relive.events import Event, FunctionRedirected, ReloadFinished
+from relive.patch.transaction import StagedReload
 from support import RELIVE, VALUE_PROG, SpawnFactory, wait_until
 from test_server import Server, _edited, _running, _value_prog
 from test_server import server as server
@@ -120,3 +124,69 @@ def test_ctrl_c_while_arguments_are_parsed(server: Server, in_process: bool) -> 
     out, err = command.communicate(timeout=60)
     assert (command.returncode, out, err) == (130, "", "")
     assert server.info()["running"] == []
+
+
+def test_ctrl_c_during_the_switch_is_reported(
+    tmp_path: Path, spawn: SpawnFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl+C while the entry jumps are written waits until the reload is
+    committed, and then until it is reported: it ended the command before the
+    report (exit 130, the new code running, not a line saying so)."""
+    target = _running(spawn, _value_prog(tmp_path))
+    switch = StagedReload.switch
+
+    def interrupted_switch(staged: StagedReload) -> float | None:
+        import threading
+
+        print("THREADS", threading.enumerate(), os.listdir(f"/proc/{os.getpid()}/task"))
+        os.kill(os.getpid(), signal.SIGINT)  # held until the reload is over
+        return switch(staged)
+
+    monkeypatch.setattr(StagedReload, "switch", interrupted_switch)
+    events: list[Event] = []
+    session = relive.attach(target.pid, on_event=events.append)
+    with pytest.raises(KeyboardInterrupt):
+        session.reload([_edited(tmp_path, VALUE_PROG)])
+    assert "value" in [e.name for e in events if isinstance(e, FunctionRedirected)]
+    assert any(isinstance(e, ReloadFinished) for e in events)
+    target.wait_for(r"^value 2$")
+
+
+#: ``relive reload`` in a process with a second thread (as rich's refresh of the
+#: progress line on a terminal is), sent SIGTERM as its entry jumps are written.
+TERM_IN_THE_SWITCH = """
+import os, signal, sys, threading
+from relive.cli.main import run_command
+from relive.patch.transaction import StagedReload
+threading.Thread(target=threading.Event().wait, daemon=True).start()
+switch = StagedReload.switch
+def interrupted_switch(staged):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return switch(staged)
+StagedReload.switch = interrupted_switch
+run_command(sys.argv[1:])
+print("survived SIGTERM")
+"""
+
+
+def test_sigterm_during_the_switch_waits_for_the_reload(
+    tmp_path: Path, spawn: SpawnFactory
+) -> None:
+    """A signal held during the switch is held in every thread: the kernel gave
+    a SIGTERM the writing thread blocked to the other one, which ended relive
+    there and then (its default action ends the whole process)."""
+    target = _running(spawn, _value_prog(tmp_path))
+    source = _edited(tmp_path, VALUE_PROG)
+    done = subprocess.run(
+        [sys.executable, "-c", TERM_IN_THE_SWITCH, "reload", "-p", str(target.pid), str(source)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert "redirected value" in done.stdout  # reported, then ended by the signal
+    assert "survived" not in done.stdout
+    target.wait_for(r"^value 2$")
+    [row] = relive.attach(target.pid).status()
+    assert (row.name, row.active) == ("value", True)

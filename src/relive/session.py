@@ -161,9 +161,11 @@ class Session:
         with cyclic_gc_paused():
             steps = self.reload_steps(paths, replace(chosen, **choices) if choices else chosen)
             if steps.advance(Step.STAGED):  # planned (not a dry run): load ... commit
-                with held_signals():  # relive's SIGINT/SIGTERM/SIGHUP wait meanwhile
+                # relive's SIGINT/SIGTERM/SIGHUP wait meanwhile, and until the
+                # committed reload is reported (a Ctrl+C then would say nothing of it)
+                with held_signals():
                     steps.advance(Step.COMMITTED)
-                steps.advance(None)
+                    steps.advance(None)
         return steps.result
 
     def reload_steps(
@@ -373,7 +375,7 @@ def reload_together(
                 advance(Step.SWITCHED)
                 switched = {i: s.switched_at for i, s in live.items() if s.switched_at}
                 advance(Step.COMMITTED)
-            advance(None)
+                advance(None)  # reported before a held Ctrl+C ends the command
         finally:
             for steps in live.values():
                 steps.close()

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import signal
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -63,6 +62,7 @@ from relive.patch.frames import (
     prepare_frame_mover,
     record_code_sizes,
 )
+from relive.patch.held import held_signals as held_signals
 from relive.patch.initial import DataChange, encode_initial_changes, write_initial_values
 from relive.patch.journal import (
     Definition,
@@ -112,17 +112,6 @@ class AttachedProcess:
     arch: Arch
     #: Every ELF file the process maps, with its load bias (``patch.modules``).
     modules: Sequence[RunningModule]
-
-
-@contextmanager
-def held_signals() -> Iterator[None]:
-    """Defer SIGINT/SIGTERM/SIGHUP to relive until the transaction is over."""
-    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def apply_reload(
