@@ -527,3 +527,69 @@ def test_a_relocation_found_by_offset_is_the_decoded_one(tmp_path: Path, cc: str
     free = next(o for o in range(1, max(relocated)) if o not in relocated)
     assert looked_up.relocation_at(info, free) is None
     assert looked_up.relocation_at(info, max(relocated) + 1) is None
+
+
+def _rela_of(data: bytes, target: int) -> tuple[int, int]:
+    """(file offset, size) of the SHT_RELA section that applies to section ``target``."""
+    shoff, shnum = struct.unpack_from("<Q", data, 0x28)[0], struct.unpack_from("<H", data, 0x3C)[0]
+    for i in range(shnum):
+        at = shoff + 64 * i
+        kind, info = (
+            struct.unpack_from("<I", data, at + 4)[0],
+            struct.unpack_from("<I", data, at + 44)[0],
+        )
+        if kind == SHT_RELA and info == target:
+            offset, size = struct.unpack_from("<QQ", data, at + 24)
+            return offset, size
+    raise AssertionError(f"no relocation table for section {target}")
+
+
+def test_a_relocation_table_out_of_order_is_looked_up_whole(tmp_path: Path) -> None:
+    """The bisection over a RELA table's offsets holds only for a table in offset
+    order, as gcc writes it: the same object with its ``.rela.debug_info`` reversed
+    gives the same relocations by offset, and the same DWARF."""
+    path = build(tmp_path, {"demo.c": DEMO_C}, *OBJ_FLAGS, out="demo.o")
+    data = path.read_bytes()
+    ordered = ObjectFile.open(path)
+    info = section_named(ordered, ".debug_info")
+    offset, size = _rela_of(data, info)
+    entries = [data[offset + k : offset + k + 24] for k in range(0, size, 24)]
+    assert len(entries) >= 3
+    reversed_path = tmp_path / "reversed.o"
+    reversed_path.write_bytes(data[:offset] + b"".join(reversed(entries)) + data[offset + size :])
+    shuffled = ObjectFile.open(reversed_path)
+    decoded = ordered.relocations[info]
+    for reloc in decoded:
+        assert shuffled.relocation_at(info, reloc.offset) == reloc
+    assert shuffled.relocation_at(info, max(r.offset for r in decoded) + 1) is None
+    unit, same_unit = ordered.dwarf().find_unit(), shuffled.dwarf().find_unit()
+    assert unit is not None and same_unit is not None
+    assert (same_unit.name, same_unit.comp_dir) == (unit.name, unit.comp_dir)
+
+
+def test_debug_sections_are_views_of_the_one_read(tmp_path: Path) -> None:
+    """What the program never maps (DWARF, symbols, relocations) is not copied out of
+    the bytes read from the file, and the object's DWARF reads those same bytes."""
+    obj = ObjectFile.open(build(tmp_path, {"demo.c": DEMO_C}, *OBJ_FLAGS, out="demo.o"))
+    assert obj.contents is not None
+    info = obj.sections[section_named(obj, ".debug_info")]
+    assert isinstance(info.data, memoryview) and info.data.obj is obj.contents
+    code = obj.sections[section_named(obj, ".text.bump")]
+    assert isinstance(code.data, bytes) and code.content() is code.data
+    assert obj.dwarf().data is obj.contents
+    assert obj.dwarf() is obj.dwarf()
+
+
+def test_symbols_by_section_agree_with_a_scan(tmp_path: Path) -> None:
+    """The index of symbols by section (two arrays) gives what a walk over the
+    symbols gives, in symbol order, for every section and the special indices."""
+    source = (
+        DEMO_C
+        + "int tentative;\nstatic int two(void) { return 2; }\nint use(void) { return two(); }\n"
+    )
+    obj = ObjectFile.open(build(tmp_path, {"demo.c": source}, *OBJ_FLAGS, "-fcommon", out="demo.o"))
+    wanted = {s.shndx for s in obj.symbols} | set(range(len(obj.sections))) | {0xFFF1, 0xFFF2}
+    assert 0xFFF2 in {s.shndx for s in obj.symbols}  # a tentative definition: SHN_COMMON
+    for index in sorted(wanted):
+        expected = [s for s in obj.symbols if s.shndx == index and s.shndx and not s.is_section]
+        assert list(obj.iter_section_symbols(index)) == expected, index
