@@ -37,6 +37,7 @@ from relive.elf.dwarf_types import (
     open_dwarf,
 )
 from relive.elf.leb128 import Leb128Error, read_sleb
+from relive.elf.objfile import ObjectFile
 from relive.errors import ReliveError
 
 HOW_CALL_SITE = "matching call site"
@@ -78,15 +79,17 @@ class CallSiteMap:
 
 def match_call_sites(
     arch_match: Any,
-    old: tuple[bytes, int, str, str],
-    new: tuple[bytes, int, str, str],
+    old: tuple[bytes, int, str | ObjectFile, str],
+    new: tuple[bytes, int, str | ObjectFile, str],
     name: str,
     equivalent: Equivalent,
     callee_name: Any,
 ) -> CallSiteMap | str:
     """The call-site map of ``name`` between two versions, or why there is none.
 
-    ``old`` and ``new`` are (code, address, ELF file with its DWARF, source path).
+    ``old`` and ``new`` are (code, address, ELF file with its DWARF, source path);
+    the new side's file is its object, whose DWARF the plan has read (and indexed)
+    already: opened again by path, a big unit would be indexed a second time.
     """
     sites = arch_match(old[0], old[1], new[0], new[1], equivalent)
     if isinstance(sites, str):
@@ -176,11 +179,11 @@ def _inlined(unit: TypeUnit, die: Any, found: list[str], depth: int) -> None:
             _inlined(unit, child, found, depth + 1)
 
 
-def _variable_homes(path: str, source: str, function: str) -> dict[str, _Home] | None:
+def _variable_homes(file: str | ObjectFile, source: str, function: str) -> dict[str, _Home] | None:
     """Each variable and parameter of ``function`` (by scope-qualified name) and its home.
 
     None when a variable's place is not a fixed frame slot (then nothing is known)."""
-    dwarf = open_dwarf(path)
+    dwarf = file.dwarf() if isinstance(file, ObjectFile) else open_dwarf(file)
     unit = dwarf.find_unit(str(Path(source))) or dwarf.find_unit(None)
     if unit is None:
         return None

@@ -259,7 +259,7 @@ def prepare_frame_mover(
             sites = match_call_sites(
                 arch.match_call_sites,
                 (old_code, start, module.file, plan.source),
-                (new_code, new_address, plan.obj.path, plan.source),
+                (new_code, new_address, plan.obj, plan.source),
                 name,
                 equivalent,
                 _CalleeNames(module, memory, arch),
