@@ -21,8 +21,8 @@ import relive
 from relive.cli.client import OP_STATUS, ask
 from relive.events import Event, FunctionRedirected, ReloadFinished
 from relive.patch.transaction import StagedReload
-from support import RELIVE, VALUE_PROG, SpawnFactory, wait_until
-from test_server import Server, _edited, _running, _value_prog
+from support import RELIVE, VALUE_PROG, SpawnFactory, assert_untouched, wait_until
+from test_server import SLOW_PROG, Server, _edited, _running, _value_prog
 from test_server import server as server
 
 
@@ -190,3 +190,44 @@ def test_sigterm_during_the_switch_waits_for_the_reload(
     target.wait_for(r"^value 2$")
     [row] = relive.attach(target.pid).status()
     assert (row.name, row.active) == ("value", True)
+
+
+#: The client, with a SIGINT arriving just as the child's pid is received (the
+#: moment after recvmsg returned it and before the client knows it).
+CTRL_C_AS_THE_PID_ARRIVES = """
+import os, signal, sys
+from relive.cli import client
+receive = client._receive_reply
+def receive_then_ctrl_c(sock):
+    reply = receive(sock)
+    if reply[0] == client.PID:
+        os.kill(os.getpid(), signal.SIGINT)
+    return reply
+client._receive_reply = receive_then_ctrl_c
+client.entry_point()
+"""
+
+
+def test_ctrl_c_as_the_pid_arrives_reaches_the_child(
+    tmp_path: Path, spawn: SpawnFactory, server: Server
+) -> None:
+    """A Ctrl+C the moment the child's pid arrives is passed on to the child: it
+    ended the client's wait with the pid thrown away, and the child reloaded the
+    program after the command had exited 130."""
+    target = _running(spawn, _value_prog(tmp_path, SLOW_PROG))
+    server.run("status", "-p", str(target.pid))
+    server.wait_up()
+    source = _edited(tmp_path, SLOW_PROG)
+    argv = ["reload", "-p", str(target.pid), str(source)]
+    done = subprocess.run(
+        [sys.executable, "-c", CTRL_C_AS_THE_PID_ARRIVES, *argv],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 130, done.stderr
+    wait_until(lambda: server.info()["running"] == [], what="the child ended")
+    assert_untouched(target)
+    assert server.info()["served"] == 1

@@ -323,14 +323,22 @@ class _Forwarder:
         self.sent: set[int] = set()
         #: The wait is over: a signal is only noted (then delivered by ``_redeliver``).
         self.done = False
+        #: A reply was taken from the socket and is being handled: a signal is only
+        #: noted (raised, it would throw away a child's pid just received).
+        self.holding = False
 
     def __call__(self, signum: int, _frame: object) -> None:
         if self.pidfd < 0:
             self.pending.append(signum)
-            if not self.done:
+            if not self.done and not self.holding:
                 raise _Interrupted
             return
         self._send(signum)
+
+    def interrupt_if_noted(self) -> None:
+        """What ``__call__`` would have done for a signal noted while holding."""
+        if self.pending and self.pidfd < 0 and not self.done:
+            raise _Interrupted
 
     def attach(self, pidfd: int) -> None:
         self.pidfd = pidfd
@@ -409,6 +417,7 @@ def _after_interrupt(sock: _socket.socket, forwarder: _Forwarder) -> int | None:
     """A signal came before the child's pid: a child that started meanwhile (its
     pid is waiting in the socket) gets it; else nothing runs (a child that starts
     later cannot tell the client, and gives up) and the caller delivers it here."""
+    forwarder.holding = True  # from now on, a signal waits for the pid, if any
     sock.setblocking(False)
     try:
         tag, _, fd = _receive_reply(sock)
@@ -430,6 +439,8 @@ def _fds_bytes(fds: Sequence[int]) -> bytes:
 def _await_exit(sock: _socket.socket, forwarder: _Forwarder) -> tuple[int | None, bool]:
     started = False
     while True:
+        _wait_readable(sock)  # a signal here leaves the reply in the socket
+        forwarder.holding = True
         try:
             tag, value, fd = _receive_reply(sock)
         except OSError:
@@ -440,6 +451,8 @@ def _await_exit(sock: _socket.socket, forwarder: _Forwarder) -> tuple[int | None
                 forwarder.attach(fd)
         elif fd >= 0:
             os.close(fd)
+        forwarder.holding = False
+        forwarder.interrupt_if_noted()
         if tag == EXITED:
             return value, False
         if tag == DECLINED:
@@ -448,6 +461,14 @@ def _await_exit(sock: _socket.socket, forwarder: _Forwarder) -> tuple[int | None
             return None, True
         if tag == KILLED or not tag:
             return _killed(value if tag else 0, forwarder), False
+
+
+def _wait_readable(sock: _socket.socket) -> None:
+    """Until a reply (or the end) is there to read, without taking it."""
+    try:  # noqa: SIM105 (no contextlib: the client imports little)
+        sock.recv(1, _socket.MSG_PEEK)
+    except OSError:  # the reply's read says what happened
+        pass
 
 
 def _killed(signum: int, forwarder: _Forwarder) -> int:
