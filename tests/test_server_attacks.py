@@ -231,3 +231,51 @@ def test_ctrl_c_as_the_pid_arrives_reaches_the_child(
     wait_until(lambda: server.info()["running"] == [], what="the child ended")
     assert_untouched(target)
     assert server.info()["served"] == 1
+
+
+#: The client, slow to close its connection after a Ctrl+C that came before the
+#: child's pid (the moment a child may still send it).
+SLOW_AFTER_CTRL_C = """
+import sys, time
+from relive.cli import client
+after = client._after_interrupt
+def slow_after(sock, forwarder):
+    answer = after(sock, forwarder)
+    print("interrupted", flush=True)
+    time.sleep(3)  # the child sends its pid meanwhile
+    return answer
+client._after_interrupt = slow_after
+client.entry_point()
+"""
+
+
+def test_child_runs_only_once_the_client_took_its_pid(
+    tmp_path: Path, spawn: SpawnFactory, server: Server
+) -> None:
+    """A child whose pid reached a client that had given up (Ctrl+C before the
+    pid, the socket not yet closed) does not run the command: it waits for the
+    client's go, which comes only once the client passes its signals on."""
+    target = _running(spawn, _value_prog(tmp_path))
+    server.run("status", "-p", str(target.pid))
+    pid = server.wait_up()["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        argv = ["reload", "-p", str(target.pid), str(_edited(tmp_path, VALUE_PROG))]
+        command = subprocess.Popen(
+            [sys.executable, "-c", SLOW_AFTER_CTRL_C, *argv],
+            env=server.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        waiting = Path(f"/proc/{command.pid}/syscall")
+        wait_until(lambda: waiting.read_text().split()[0] == "45", what="the client waits")
+        command.send_signal(signal.SIGINT)
+        assert command.stdout is not None
+        assert command.stdout.readline() == "interrupted\n"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    _, err = command.communicate(timeout=60)
+    assert command.returncode == 130, err
+    wait_until(lambda: server.info()["running"] == [], what="no child runs")
+    assert_untouched(target)

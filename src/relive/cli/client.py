@@ -69,6 +69,10 @@ DECLINED = b"N"  # the server may not act for this client (credentials, namespac
 INFO = b"I"  # status or stop: a JSON object of this many bytes follows
 REPLY_SIZE = 5
 
+#: The client's answer to PID: it passes its signals on, the child may run the
+#: command (a child whose client gave up before reads the end instead, and exits).
+GO = b"G"
+
 #: Signals the client passes on to the child running the command.
 FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT)
 
@@ -425,7 +429,7 @@ def _after_interrupt(sock: _socket.socket, forwarder: _Forwarder) -> int | None:
         tag, fd = b"", -1
     sock.setblocking(True)
     if tag == PID and fd >= 0:
-        forwarder.attach(fd)  # passes the signal on
+        _go(sock, forwarder, fd)  # passes the signal on
         return _await_exit(sock, forwarder)[0]
     if fd >= 0:
         os.close(fd)
@@ -448,7 +452,7 @@ def _await_exit(sock: _socket.socket, forwarder: _Forwarder) -> tuple[int | None
         if tag == PID:
             started = True
             if fd >= 0:
-                forwarder.attach(fd)
+                _go(sock, forwarder, fd)
         elif fd >= 0:
             os.close(fd)
         forwarder.holding = False
@@ -461,6 +465,15 @@ def _await_exit(sock: _socket.socket, forwarder: _Forwarder) -> tuple[int | None
             return None, True
         if tag == KILLED or not tag:
             return _killed(value if tag else 0, forwarder), False
+
+
+def _go(sock: _socket.socket, forwarder: _Forwarder, pidfd: int) -> None:
+    """Signals go to the child from now on (those noted so far at once): let it run."""
+    forwarder.attach(pidfd)
+    try:  # noqa: SIM105 (no contextlib: the client imports little)
+        sock.sendall(GO)
+    except OSError:  # the child is gone: how it ended is on its way
+        pass
 
 
 def _wait_readable(sock: _socket.socket) -> None:

@@ -16,8 +16,9 @@ a new server.
 The parent never runs a command: per request it forks, and the child takes the
 client's descriptors as 0, 1, 2 and working directory, its environment and
 umask, the default signal dispositions, sends its pid (and a pidfd, for the
-client's signals), runs ``relive.cli.main.main`` with the argv (the same
-argparse as in-process: nothing received runs as code), sends the exit code and
+client's signals), waits for the client's go (a client that gave up closes
+instead), runs ``relive.cli.main.main`` with the argv (the same argparse as
+in-process: nothing received runs as code), sends the exit code and
 ``os._exit``s.  The parent reaps the child and tells the client how it ended
 (killed by a signal, or its exit code again), and exits after
 ``RELIVE_SERVER_IDLE`` seconds (default 600) without a request or a running
@@ -50,6 +51,7 @@ from relive.cli import client
 from relive.cli.client import (
     DECLINED,
     EXITED,
+    GO,
     INFO,
     KILLED,
     LOCK_NAME,
@@ -347,8 +349,9 @@ class Server:
 
 
 def _tell_pid(conn: socket.socket) -> bool:
-    """Send the client this child's pid and a pidfd for its signals; False when
-    the client has gone."""
+    """Send the client this child's pid and a pidfd for its signals, and wait for
+    its go (GO: it passes its signals on); False when the client has gone (it gave
+    up, say on a Ctrl+C, before it had the pid: nobody wants the command)."""
     own = os.pidfd_open(os.getpid())
     try:
         conn.settimeout(None)
@@ -356,11 +359,11 @@ def _tell_pid(conn: socket.socket) -> bool:
             [reply(PID, os.getpid())],
             [(socket.SOL_SOCKET, socket.SCM_RIGHTS, own.to_bytes(4, sys.byteorder))],
         )
+        return conn.recv(1) == GO
     except OSError:
         return False
     finally:
         os.close(own)
-    return True
 
 
 def _peer(conn: socket.socket) -> tuple[int, int]:
