@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import relive
-from relive.cli.client import OP_STATUS, ask
+from relive.cli import client
+from relive.cli.client import OP_RUN, OP_STATUS, ask, frame, pack
 from relive.events import Event, FunctionRedirected, ReloadFinished
 from relive.patch.transaction import StagedReload
 from support import RELIVE, VALUE_PROG, SpawnFactory, assert_untouched, wait_until
@@ -279,3 +282,75 @@ def test_child_runs_only_once_the_client_took_its_pid(
     assert command.returncode == 130, err
     wait_until(lambda: server.info()["running"] == [], what="no child runs")
     assert_untouched(target)
+
+
+#: The code stamp of a command run with the server's environment.
+STAMP = (
+    "import sys; from relive.cli.client import code_stamp; sys.stdout.buffer.write(code_stamp())"
+)
+
+#: Connects to the server with a smaller bounding set of capabilities than the
+#: server's (CAP_SYS_ADMIN dropped), hands the connection to its parent (over
+#: the socket whose descriptor is its second argument)
+#: and exits.
+WEAKER_PEER = """
+import ctypes, socket, sys
+ctypes.CDLL(None, use_errno=True).prctl(24, 21)  # PR_CAPBSET_DROP, CAP_SYS_ADMIN
+conn = socket.socket(socket.AF_UNIX)
+conn.connect(sys.argv[1])
+socket.send_fds(socket.socket(fileno=int(sys.argv[2])), [b"c"], [conn.fileno()])
+"""
+
+
+def _process_at(pid: int) -> subprocess.Popen[bytes] | None:
+    """A process of the test's own rights at ``pid`` (the kernel's next pid set
+    with ns_last_pid), or None if another process took it first."""
+    Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+    process = subprocess.Popen(["sleep", "60"])
+    if process.pid == pid:
+        return process
+    process.kill()
+    process.wait()
+    return None
+
+
+@pytest.mark.needs_root
+def test_a_peer_whose_pid_was_reused_is_declined(server: Server) -> None:
+    """The server checks a client's rights at /proc/PID of the pid that connected:
+    a client that connected, passed the connection on and exited, its pid then
+    taken by a process with more rights, got those rights.  The peer is now held
+    by a pidfd (SO_PEERPIDFD), and a peer gone is declined."""
+    server.run("status", "-p", str(os.getpid()))
+    server.wait_up()
+    stamp = subprocess.run(
+        [sys.executable, "-P", "-c", STAMP],
+        env=server.env,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        argv = [sys.executable, "-c", WEAKER_PEER, str(server.state / "server.sock")]
+        weak = subprocess.Popen([*argv, str(theirs.fileno())], pass_fds=[theirs.fileno()])
+        assert weak.wait(timeout=60) == 0  # and reaped: its pid is free
+        _, [conn_fd], _, _ = socket.recv_fds(ours, 1, 1)
+        conn = socket.socket(fileno=conn_fd)
+        weak_pid = weak.pid
+    strong = next(filter(None, (_process_at(weak_pid) for _ in range(50))), None)
+    if strong is None:
+        conn.close()
+        pytest.skip(f"pid {weak_pid} was taken by another process 50 times")
+    try:
+        cwd = os.open(".", os.O_PATH | os.O_DIRECTORY)
+        body = pack([stamp, b"18", pack([b"status", b"-p", b"1"]), pack([])])
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [0, 1, 2, cwd]).tobytes())]
+        conn.sendmsg([frame(OP_RUN, body)], rights)
+        os.close(cwd)
+        answer = client.receive_exactly(conn, 5)
+    finally:
+        strong.kill()
+        strong.wait()
+        conn.close()
+    assert answer[:1] == client.DECLINED
+    assert server.info()["served"] == 0

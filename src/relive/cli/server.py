@@ -28,6 +28,7 @@ child.  Run it as ``python -m relive.cli.server`` (the client does, detached).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import gc
 import importlib
@@ -118,6 +119,34 @@ def identity(pid: int | str) -> tuple[str, ...]:
     except OSError as e:
         found.append(f"label: {e.errno}")
     return tuple(found)
+
+
+#: getsockopt: a pidfd of the peer that connected (Linux 6.5; not in Python 3.11's
+#: socket module).
+SO_PEERPIDFD = 77
+
+
+def peer_identity(conn: socket.socket, pid: int) -> tuple[str, ...] | None:
+    """``identity`` of the process that connected, or None if it is gone.
+
+    /proc/PID is read while a pidfd holds that process (SO_PEERPIDFD): else a
+    client that connected, passed the connection on and exited would be judged
+    by whatever process took its pid next, which may have more rights.  (A
+    kernel without SO_PEERPIDFD: judged by its pid only.)"""
+    try:
+        pidfd = conn.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+    except OSError as e:
+        if e.errno in (errno.ENOPROTOOPT, errno.EINVAL):
+            return identity(pid)
+        return None  # the peer has exited (ESRCH)
+    try:
+        found = identity(pid)
+        signal.pidfd_send_signal(pidfd, 0)  # still there (a zombie keeps its pid too)
+    except ProcessLookupError:
+        return None
+    finally:
+        os.close(pidfd)
+    return found
 
 
 @dataclass
@@ -258,7 +287,7 @@ class Server:
             self.stop_listening()  # before the answer: the client starts the next one
             conn.sendall(reply(STALE, 0))
             return False
-        if identity(peer_pid) != self.identity:
+        if peer_identity(conn, peer_pid) != self.identity:
             conn.sendall(reply(DECLINED, 0))
             return False
         umask = int(items[1])
