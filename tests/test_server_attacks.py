@@ -354,3 +354,34 @@ def test_a_peer_whose_pid_was_reused_is_declined(server: Server) -> None:
         conn.close()
     assert answer[:1] == client.DECLINED
     assert server.info()["served"] == 0
+
+
+def test_output_in_the_clients_encoding(tmp_path: Path, server: Server) -> None:
+    """The served command writes in the client's encoding (PYTHONIOENCODING, its
+    locale), not the server's: the same bytes as in-process."""
+    server.run("status", "-p", str(os.getpid()))
+    server.wait_up()
+    missing = str(tmp_path / "r\u00e9sum\u00e9.c")
+    ascii_env = {**server.env, "PYTHONIOENCODING": "ascii"}
+    argv = [*RELIVE, "reload", "-p", str(os.getpid()), missing]
+    served = subprocess.run(argv, env=ascii_env, capture_output=True, check=False, timeout=120)
+    here = subprocess.run(
+        argv, env={**ascii_env, "RELIVE_SERVER": "0"}, capture_output=True, check=False, timeout=120
+    )
+    assert b"r\\xe9sum\\xe9.c" in here.stderr
+    assert (served.returncode, served.stdout, served.stderr) == (
+        here.returncode,
+        here.stdout,
+        here.stderr,
+    )
+    assert server.info()["served"] == 1
+
+
+def test_unknown_codec_is_declined_and_the_server_lives(server: Server) -> None:
+    server.run("status", "-p", str(os.getpid()))
+    pid = server.wait_up()["pid"]
+    done = server.run(
+        "status", "-p", str(os.getpid()), env={**server.env, "PYTHONIOENCODING": "utf-8:nosuch"}
+    )
+    assert done.returncode in (0, 3), done.stderr  # run in-process
+    assert server.info()["pid"] == pid

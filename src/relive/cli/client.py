@@ -403,6 +403,7 @@ def _serve(
             str(mask).encode(),
             pack([os.fsencode(arg) for arg in argv]),
             pack(environment),
+            f"{sys.stdout.encoding}\0{sys.stdout.errors}".encode("ascii", "replace"),
         ]
     )
     request = frame(OP_RUN, body)

@@ -27,6 +27,7 @@ child.  Run it as ``python -m relive.cli.server`` (the client does, detached).
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import fcntl
@@ -280,7 +281,7 @@ class Server:
 
     def _run(self, conn: socket.socket, peer_pid: int, request: Request) -> bool:
         items = request.items
-        if len(items) != 4 or len(request.fds) != PASSED_FDS:
+        if len(items) != 5 or len(request.fds) != PASSED_FDS:
             conn.sendall(reply(DECLINED, 0))
             return False
         if items[0] != self.stamp:
@@ -295,9 +296,10 @@ class Server:
             raise ValueError("not a umask")
         argv = [os.fsdecode(arg) for arg in unpack(items[2])]
         environment = unpack(items[3])
+        stdio = _stdio_codec(items[4])
         pid = os.fork()
         if pid == 0:
-            self._child(conn, peer_pid, request.fds, umask, argv, environment)
+            self._child(conn, peer_pid, request.fds, umask, argv, (environment, stdio))
         pidfd = os.pidfd_open(pid)
         self.children[pidfd] = Child(pid, pidfd, conn)
         self.poller.register(pidfd, select.POLLIN)
@@ -311,7 +313,7 @@ class Server:
         fds: list[int],
         umask: int,
         argv: list[str],
-        environment: list[bytes],
+        environment: tuple[list[bytes], tuple[str, str]],
     ) -> NoReturn:
         code = 1
         try:
@@ -332,7 +334,7 @@ class Server:
         fds: list[int],
         umask: int,
         argv: list[str],
-        environment: list[bytes],
+        environment: tuple[list[bytes], tuple[str, str]],
     ) -> int:
         """Run the command in the client's context; its exit code."""
         try:
@@ -340,7 +342,7 @@ class Server:
             from relive.cli.targets import COMMAND_PIDS
 
             COMMAND_PIDS.update((peer_pid, os.getppid()))  # -n python finds neither
-            _take_client_context(fds, umask, environment)
+            _take_client_context(fds, umask, *environment)
             if not _tell_pid(conn):
                 return 1  # the client is gone (interrupted): nobody wants the command
             return _run_command(argv)
@@ -439,8 +441,11 @@ def _default_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
-def _take_client_context(fds: list[int], umask: int, environment: list[bytes]) -> None:
-    """The client's stdio, working directory, umask and environment."""
+def _take_client_context(
+    fds: list[int], umask: int, environment: list[bytes], stdio: tuple[str, str]
+) -> None:
+    """The client's stdio (``stdio``: its encoding and errors), working
+    directory, umask and environment."""
     for target, fd in enumerate(fds[:3]):
         os.dup2(fd, target)
     os.fchdir(fds[3])
@@ -454,22 +459,33 @@ def _take_client_context(fds: list[int], umask: int, environment: list[bytes]) -
             os.environb[name] = value
     tempfile.tempdir = None  # gettempdir() again, from this environment
     time.tzset()  # local times (``relive status``) in the client's TZ
-    _rebind_stdio()
+    _rebind_stdio(*stdio)
 
 
-def _rebind_stdio() -> None:
-    """New text streams on 0, 1, 2, buffered as Python's own: stdout line by
-    line on a terminal, stderr always."""
-    encoding = sys.stdout.encoding
+def _stdio_codec(item: bytes) -> tuple[str, str]:
+    """The client's stdout encoding and errors (``PYTHONIOENCODING``, its locale,
+    UTF-8 mode: they may differ from the server's), if this Python knows them."""
+    encoding, _, errors = item.decode("ascii").partition("\0")
+    try:
+        codecs.lookup(encoding)
+        codecs.lookup_error(errors)
+    except LookupError as e:
+        raise ValueError("not a codec") from e  # the request is refused
+    return encoding, errors
+
+
+def _rebind_stdio(encoding: str, errors: str) -> None:
+    """New text streams on 0, 1, 2, as the client's own: its encoding, buffered
+    as Python does (stdout line by line on a terminal, stderr always)."""
     sys.stdin = io.TextIOWrapper(
         io.BufferedReader(io.FileIO(0, "rb", closefd=False)),
         encoding=encoding,
-        errors=sys.stdin.errors,
+        errors=errors,
     )
     sys.stdout = io.TextIOWrapper(
         io.BufferedWriter(io.FileIO(1, "wb", closefd=False)),
         encoding=encoding,
-        errors=sys.stdout.errors,
+        errors=errors,
         line_buffering=os.isatty(1),
     )
     sys.stderr = io.TextIOWrapper(
