@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from support import VALUE_PROG, SpawnFactory, Target, cannot_run, start_remembered
+from server_support import Server
+from support import VALUE_PROG, SpawnFactory, Target, cannot_run, start_remembered, wait_until
 
 # The suite runs every `relive` command in its own process: no test leaves a command
 # server behind (tests/test_server.py turns it on for its own private state dirs).
@@ -64,3 +65,20 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             "only root can chown files away",
             "`sudo make test`",
         )
+
+
+@pytest.fixture
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    """Commands run with the command server on, in a private state directory; every
+    server started there is stopped (or killed) at the end (test_server*.py)."""
+    state = tmp_path / "state"
+    # The test process reads the same journals (assert_untouched) as the commands.
+    monkeypatch.setenv("RELIVE_STATE_DIR", str(state))
+    env = {**os.environ, "RELIVE_SERVER": "1", "RELIVE_SERVER_IDLE": "120"}
+    env.pop("COVERAGE_PROCESS_START", None)  # a server outlives the coverage run
+    handle = Server(state, env)
+    yield handle
+    handle.run("server", "stop", timeout=60)
+    for pid in handle.processes():
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not handle.processes(), what="every server of the test exited")

@@ -14,118 +14,25 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from relive.cli.client import OP_STATUS, ask
+from server_support import SLOW_PROG, Server, edited, running_value, value_prog
 from support import (
     NOBODY,
-    RELIVE,
     VALUE_PROG,
     SpawnFactory,
-    Target,
     assert_untouched,
     children,
-    compile_c,
-    remember_maps,
     wait_until,
 )
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
-#: VALUE_PROG with 600 more functions: gcc -O2 takes a few seconds, long enough to
-#: interrupt a reload while it compiles.
-SLOW_PROG = VALUE_PROG + "".join(
-    f"__attribute__((noinline)) long f{i}(long x) {{ long s = 0; "
-    f"for (long j = 0; j < x; j++) s += (j * {i}) ^ (s >> 3) + j / (x + {i}); return s; }}\n"
-    for i in range(600)
-)
-
 #: Kinds whose content differs between two runs (times, addresses of a compile).
 VARYING = {"compiled", "timings", "progress"}
-
-
-class Server:
-    """Commands run with the server on, in one private state directory."""
-
-    def __init__(self, state: Path, env: dict[str, str]) -> None:
-        self.state = state
-        self.env = env
-
-    def run(
-        self, *argv: str, env: dict[str, str] | None = None, timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*RELIVE, *argv],
-            env=env or self.env,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=timeout,
-        )
-
-    def start(self, *argv: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [*RELIVE, *argv],
-            env=env or self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    def info(self) -> dict[str, Any]:
-        done = self.run("--json", "server", "status")
-        assert done.returncode == 0, done.stderr
-        event: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
-        assert event["kind"] == "server"
-        return event
-
-    def wait_up(self, other_than: int = 0) -> dict[str, Any]:
-        """The server's state once one (other than pid ``other_than``) listens."""
-        found: dict[str, Any] = {}
-
-        def up() -> bool:
-            if not (self.state / "server.sock").exists():
-                return False
-            found.update(self.info())
-            return found["pid"] not in (0, other_than)
-
-        wait_until(up, timeout=60, what="the command server listens")
-        return found
-
-    def processes(self) -> list[int]:
-        """Servers started for this state directory (found by their environment)."""
-        marker = f"RELIVE_STATE_DIR={self.state}\0".encode()
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-                environ = (entry / "environ").read_bytes()
-            except OSError:
-                continue
-            if b"relive.cli.server" in cmdline and marker in environ:
-                found.append(int(entry.name))
-        return found
-
-
-@pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
-    state = tmp_path / "state"
-    # The test process reads the same journals (assert_untouched) as the commands.
-    monkeypatch.setenv("RELIVE_STATE_DIR", str(state))
-    env = {**os.environ, "RELIVE_SERVER": "1", "RELIVE_SERVER_IDLE": "120"}
-    env.pop("COVERAGE_PROCESS_START", None)  # a server outlives the coverage run
-    handle = Server(state, env)
-    yield handle
-    handle.run("server", "stop", timeout=60)
-    for pid in handle.processes():
-        os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not handle.processes(), what="every server of the test exited")
 
 
 def _events(stdout: str) -> list[tuple[str, str | None]]:
@@ -133,33 +40,17 @@ def _events(stdout: str) -> list[tuple[str, str | None]]:
     return [(e["kind"], e.get("name")) for e in events if e["kind"] not in VARYING]
 
 
-def _edited(tmp_path: Path, source: str) -> Path:
-    path = tmp_path / "prog.c"
-    path.write_text(source.replace("return table[0];", "return table[0] + 1;"))
-    return path
-
-
-def _value_prog(tmp_path: Path, source: str = VALUE_PROG) -> Path:
-    return compile_c(tmp_path, source, flags=("-g", "-O2" if source is SLOW_PROG else "-O0"))
-
-
-def _running(spawn: SpawnFactory, exe: Path) -> Target:
-    target = spawn([exe])
-    target.wait_for(r"^value 1$")
-    return remember_maps(target)
-
-
 def test_second_command_is_served_like_in_process(
     tmp_path: Path, spawn: SpawnFactory, server: Server
 ) -> None:
-    exe = _value_prog(tmp_path)
-    here, served = _running(spawn, exe), _running(spawn, exe)
+    exe = value_prog(tmp_path)
+    here, served = running_value(spawn, exe), running_value(spawn, exe)
     first = server.run("status", "-p", str(served.pid))  # no server yet: runs here, starts one
     assert first.returncode == 0, first.stderr
     assert "nothing patched" in first.stdout
     up = server.wait_up()
     assert up["served"] == 0
-    source = _edited(tmp_path, VALUE_PROG)
+    source = edited(tmp_path, VALUE_PROG)
 
     direct = server.run(
         "--json",
@@ -213,11 +104,11 @@ def _wait_compiling() -> int:
 
 
 def test_ctrl_c_reaches_the_child(tmp_path: Path, spawn: SpawnFactory, server: Server) -> None:
-    exe = _value_prog(tmp_path, SLOW_PROG)
-    target = _running(spawn, exe)
+    exe = value_prog(tmp_path, SLOW_PROG)
+    target = running_value(spawn, exe)
     server.run("status", "-p", str(target.pid))
     server.wait_up()
-    source = _edited(tmp_path, SLOW_PROG)
+    source = edited(tmp_path, SLOW_PROG)
     command = server.start("reload", "-p", str(target.pid), str(source))
     child = _wait_compiling()
     command.send_signal(signal.SIGINT)
@@ -233,12 +124,12 @@ def test_ctrl_c_before_the_server_answers(
 ) -> None:
     """A server that does not answer (stopped) cannot keep Ctrl+C from working, and
     runs nothing for the client once it goes on."""
-    target = _running(spawn, _value_prog(tmp_path))
+    target = running_value(spawn, value_prog(tmp_path))
     server.run("status", "-p", str(target.pid))
     pid = server.wait_up()["pid"]
     os.kill(pid, signal.SIGSTOP)
     try:
-        command = server.start("reload", "-p", str(target.pid), str(_edited(tmp_path, VALUE_PROG)))
+        command = server.start("reload", "-p", str(target.pid), str(edited(tmp_path, VALUE_PROG)))
         waiting = f"/proc/{command.pid}/syscall"
         # Blocked in recvfrom (45 on x86-64: a peek at the socket): the request is
         # sent, no answer came.
@@ -261,11 +152,11 @@ def test_ctrl_c_before_the_server_answers(
 def test_killed_child_is_one_line_and_exit_10(
     tmp_path: Path, spawn: SpawnFactory, server: Server
 ) -> None:
-    exe = _value_prog(tmp_path, SLOW_PROG)
-    target = _running(spawn, exe)
+    exe = value_prog(tmp_path, SLOW_PROG)
+    target = running_value(spawn, exe)
     server.run("status", "-p", str(target.pid))
     server.wait_up()
-    command = server.start("reload", "-p", str(target.pid), str(_edited(tmp_path, SLOW_PROG)))
+    command = server.start("reload", "-p", str(target.pid), str(edited(tmp_path, SLOW_PROG)))
     os.kill(_wait_compiling(), signal.SIGKILL)
     _, err = command.communicate(timeout=60)
     assert command.returncode == 10, err
@@ -309,14 +200,14 @@ def test_changed_code_makes_the_server_exit(
     copy = tmp_path / "pkg"
     shutil.copytree(SRC / "relive", copy / "relive", ignore=shutil.ignore_patterns("__pycache__"))
     server.env["PYTHONPATH"] = str(copy)
-    target = _running(spawn, _value_prog(tmp_path))
+    target = running_value(spawn, value_prog(tmp_path))
     server.run("status", "-p", str(target.pid))
     old = server.wait_up()
-    edited = copy / "relive" / "cli" / "render.py"
-    st = edited.stat()
-    os.utime(edited, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    render_py = copy / "relive" / "cli" / "render.py"
+    st = render_py.stat()
+    os.utime(render_py, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
 
-    done = server.run("reload", "-p", str(target.pid), str(_edited(tmp_path, VALUE_PROG)))
+    done = server.run("reload", "-p", str(target.pid), str(edited(tmp_path, VALUE_PROG)))
 
     assert done.returncode == 0, done.stderr
     target.wait_for(r"^value 2$")
@@ -356,9 +247,9 @@ def test_by_name_the_client_and_server_are_not_targets(
     (tmp_path / "bin").mkdir()
     python = tmp_path / "py" / name
     python.symlink_to(sys.executable)
-    exe = _value_prog(tmp_path)
+    exe = value_prog(tmp_path)
     shutil.copy(exe, tmp_path / "bin" / name)
-    target = _running(spawn, tmp_path / "bin" / name)
+    target = running_value(spawn, tmp_path / "bin" / name)
     server.env["PYTHONPATH"] = os.pathsep.join([str(SRC), *site.getsitepackages()])
     argv = [str(python), "-m", "relive", "status", "-n", name]
 
@@ -389,11 +280,11 @@ def test_idle_server_exits(tmp_path: Path, server: Server) -> None:
 def test_turned_off_starts_none(
     tmp_path: Path, spawn: SpawnFactory, server: Server, how: str
 ) -> None:
-    target = _running(spawn, _value_prog(tmp_path))
+    target = running_value(spawn, value_prog(tmp_path))
     env = {**server.env, "RELIVE_SERVER": "0"} if how == "RELIVE_SERVER=0" else server.env
     options = ["--no-server"] if how == "--no-server" else []
     done = server.run(
-        *options, "reload", "-p", str(target.pid), str(_edited(tmp_path, VALUE_PROG)), env=env
+        *options, "reload", "-p", str(target.pid), str(edited(tmp_path, VALUE_PROG)), env=env
     )
     assert done.returncode == 0, done.stderr
     target.wait_for(r"^value 2$")

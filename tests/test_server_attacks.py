@@ -24,9 +24,8 @@ from relive.cli import client
 from relive.cli.client import OP_RUN, OP_STATUS, ask, frame, pack
 from relive.events import Event, FunctionRedirected, ReloadFinished
 from relive.patch.transaction import StagedReload
+from server_support import SLOW_PROG, Server, edited, running_value, value_prog
 from support import RELIVE, VALUE_PROG, SpawnFactory, assert_untouched, wait_until
-from test_server import SLOW_PROG, Server, _edited, _running, _value_prog
-from test_server import server as server
 
 
 def _closing(*fds: int) -> Callable[[], None]:
@@ -62,13 +61,13 @@ def test_closed_standard_streams(
     """A closed stdin or stdout is /dev/null, served or not: the directory the
     client opened for the server once took its place (a traceback in the child),
     and in-process the renderer found no sys.stdout (a traceback too)."""
-    target = _running(spawn, _value_prog(tmp_path))
+    target = running_value(spawn, value_prog(tmp_path))
     server.run("status", "-p", str(target.pid))
     server.wait_up()
     for in_process in (True, False):
         done = _run_closed(server, fds, "status", "-p", str(target.pid), in_process=in_process)
         assert (done.returncode, done.stderr) == (0, b""), (in_process, done.stderr)
-    source = _edited(tmp_path, VALUE_PROG)
+    source = edited(tmp_path, VALUE_PROG)
     done = _run_closed(server, fds, "reload", "-p", str(target.pid), str(source))
     assert (done.returncode, done.stderr) == (0, b""), done.stderr
     target.wait_for(r"^value 2$")
@@ -89,11 +88,11 @@ def test_local_times_in_the_clients_time_zone(
 ) -> None:
     """``relive status`` shows when a function was last reloaded in local time:
     the client's TZ, not the one the server started with."""
-    target = _running(spawn, _value_prog(tmp_path))
+    target = running_value(spawn, value_prog(tmp_path))
     server.env["TZ"] = "UTC0"
     server.run("status", "-p", str(target.pid))
     server.wait_up()
-    done = server.run("reload", "-p", str(target.pid), str(_edited(tmp_path, VALUE_PROG)))
+    done = server.run("reload", "-p", str(target.pid), str(edited(tmp_path, VALUE_PROG)))
     assert done.returncode == 0, done.stderr
     far = {**server.env, "TZ": "XYZ-9"}  # nine hours east of UTC
     served = server.run("status", "-p", str(target.pid), env=far)
@@ -135,7 +134,7 @@ def test_ctrl_c_during_the_switch_is_reported(
     """A Ctrl+C while the entry jumps are written waits until the reload is
     committed, and then until it is reported: it ended the command before the
     report (exit 130, the new code running, not a line saying so)."""
-    target = _running(spawn, _value_prog(tmp_path))
+    target = running_value(spawn, value_prog(tmp_path))
     switch = StagedReload.switch
 
     def interrupted_switch(staged: StagedReload) -> float | None:
@@ -149,7 +148,7 @@ def test_ctrl_c_during_the_switch_is_reported(
     events: list[Event] = []
     session = relive.attach(target.pid, on_event=events.append)
     with pytest.raises(KeyboardInterrupt):
-        session.reload([_edited(tmp_path, VALUE_PROG)])
+        session.reload([edited(tmp_path, VALUE_PROG)])
     assert "value" in [e.name for e in events if isinstance(e, FunctionRedirected)]
     assert any(isinstance(e, ReloadFinished) for e in events)
     target.wait_for(r"^value 2$")
@@ -178,8 +177,8 @@ def test_sigterm_during_the_switch_waits_for_the_reload(
     """A signal held during the switch is held in every thread: the kernel gave
     a SIGTERM the writing thread blocked to the other one, which ended relive
     there and then (its default action ends the whole process)."""
-    target = _running(spawn, _value_prog(tmp_path))
-    source = _edited(tmp_path, VALUE_PROG)
+    target = running_value(spawn, value_prog(tmp_path))
+    source = edited(tmp_path, VALUE_PROG)
     done = subprocess.run(
         [sys.executable, "-c", TERM_IN_THE_SWITCH, "reload", "-p", str(target.pid), str(source)],
         capture_output=True,
@@ -217,10 +216,10 @@ def test_ctrl_c_as_the_pid_arrives_reaches_the_child(
     """A Ctrl+C the moment the child's pid arrives is passed on to the child: it
     ended the client's wait with the pid thrown away, and the child reloaded the
     program after the command had exited 130."""
-    target = _running(spawn, _value_prog(tmp_path, SLOW_PROG))
+    target = running_value(spawn, value_prog(tmp_path, SLOW_PROG))
     server.run("status", "-p", str(target.pid))
     server.wait_up()
-    source = _edited(tmp_path, SLOW_PROG)
+    source = edited(tmp_path, SLOW_PROG)
     argv = ["reload", "-p", str(target.pid), str(source)]
     done = subprocess.run(
         [sys.executable, "-c", CTRL_C_AS_THE_PID_ARRIVES, *argv],
@@ -258,12 +257,12 @@ def test_child_runs_only_once_the_client_took_its_pid(
     """A child whose pid reached a client that had given up (Ctrl+C before the
     pid, the socket not yet closed) does not run the command: it waits for the
     client's go, which comes only once the client passes its signals on."""
-    target = _running(spawn, _value_prog(tmp_path))
+    target = running_value(spawn, value_prog(tmp_path))
     server.run("status", "-p", str(target.pid))
     pid = server.wait_up()["pid"]
     os.kill(pid, signal.SIGSTOP)
     try:
-        argv = ["reload", "-p", str(target.pid), str(_edited(tmp_path, VALUE_PROG))]
+        argv = ["reload", "-p", str(target.pid), str(edited(tmp_path, VALUE_PROG))]
         command = subprocess.Popen(
             [sys.executable, "-c", SLOW_AFTER_CTRL_C, *argv],
             env=server.env,
