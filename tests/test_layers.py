@@ -13,6 +13,7 @@ RANK = {
     "errors": 0,
     "events": 0,
     "statedir": 0,
+    "digests": 0,
     "elf": 1,
     "arch": 1,
     "link": 2,

@@ -27,9 +27,9 @@ function sharing its section) gets no reuse: its fingerprint is computed.
 from __future__ import annotations
 
 import array
-import hashlib
 from collections.abc import Callable
 
+from relive import digests
 from relive.elf.constants import (
     SHF_ALLOC,
     SHF_EXECINSTR,
@@ -84,7 +84,7 @@ class CodeKeys:
         tables = self._tables.get(symbol.shndx, ())
         if symbol.value or symbol.size != section.size or len(tables) > 1:
             return ""
-        digest = hashlib.blake2b(section.data, digest_size=10)
+        digest = digests.blake2b(section.data, digest_size=10)
         digest.update(b"|")
         for table in tables:
             digest.update(table.data)
@@ -94,7 +94,7 @@ class CodeKeys:
         obj = self.obj
         sections = obj.sections
         # Which section each index is (symbols name sections by index).
-        digest = hashlib.blake2b("\0".join([s.name for s in sections]).encode(), digest_size=16)
+        digest = digests.blake2b("\0".join([s.name for s in sections]).encode(), digest_size=16)
         update = digest.update
         for section in sections:
             flags = section.flags

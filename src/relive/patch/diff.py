@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import bisect
 import copy
-import hashlib
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from relive import digests
 from relive.arch.base import Instruction, Need, Range, RelocationType
 from relive.elf.constants import SHF_STRINGS
 from relive.elf.objfile import ObjectFile, ObjSymbol, Relocation, Section
@@ -94,7 +94,7 @@ class FunctionComparer:
         """A digest of the code and of what every relocated field refers to."""
         relocs = function_relocations(self.obj, symbol)
         base = symbol.value
-        digest = hashlib.sha1(_masked(function_bytes(self.obj, symbol), base, relocs, self.widths))
+        digest = digests.sha1(_masked(function_bytes(self.obj, symbol), base, relocs, self.widths))
         identity = self._identity
         digest.update(
             "".join(
@@ -129,7 +129,7 @@ class FunctionComparer:
         # section: a string added elsewhere changes no other function's fingerprint.
         if _names_a_string(self.obj, symbol):
             return _string_identity(section, symbol.value)
-        content = hashlib.sha1(section.data)
+        content = digests.sha1(section.data)
         for r in self.obj.relocations.get(symbol.shndx, ()):
             # What a table's entries point at counts too (e.g. strings of a CSWTCH);
             # a pointer to a string by its place in the string section is that string.
@@ -582,7 +582,7 @@ def _string_identity(section: Section, offset: int) -> str:
     """The string at ``offset`` of a string section, to its terminator, as an identity."""
     data = section.content()
     end = _find_terminator(data, offset, max(section.entsize, 1)) if offset >= 0 else 0
-    return f"str:{hashlib.sha1(data[max(offset, 0) : end]).hexdigest()}"
+    return f"str:{digests.sha1(data[max(offset, 0) : end]).hexdigest()}"
 
 
 def _names_a_string(obj: ObjectFile, symbol: ObjSymbol) -> bool:

@@ -27,11 +27,11 @@ from __future__ import annotations
 import array
 import base64
 import enum
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from relive import digests
 from relive.elf.objfile import ObjectFile
 from relive.link import Bound
 from relive.patch.binder import OldDefinition
@@ -51,7 +51,7 @@ def match_key(fingerprint: str, old: OldDefinition) -> str:
 def binding_context(journal: Journal, modules: Iterable[RunningModule]) -> str:
     """A digest of what decides where a name leads: every definition relive added
     to the process, and where each module is loaded."""
-    digest = hashlib.sha1()
+    digest = digests.sha1()
     for module in modules:
         digest.update(f"{module.path}@{module.bias:x};".encode())
     for source in sorted(journal.sources):

@@ -10,10 +10,10 @@ change only if the file's bytes differ from the last ones relive saw.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
+from relive import digests
 from relive.watch.paths import real_path
 
 __all__ = ["ContentTracker", "saved_paths"]
@@ -42,7 +42,7 @@ def _digest(path: Path) -> str | None:
         # An in-place save caught between truncate and write: the write's own
         # event follows.  (An empty C file is no edit worth reloading.)
         return None
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+    return digests.blake2b(data, digest_size=16).hexdigest()
 
 
 class ContentTracker:
