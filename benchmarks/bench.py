@@ -281,8 +281,11 @@ def run_relive(
             after = _server(relive, "status")
             while after.get("running"):  # the server reaps its child just after the exit
                 after = _server(relive, "status")
-            served_s = after.get("children_cpu_s", 0.0) - before.get("children_cpu_s", 0.0)
-            figures["cpu_ms"] += served_s * 1e3
+            if after.get("pid") and after.get("pid") == before.get("pid"):
+                served_s = after.get("children_cpu_s", 0.0) - before.get("children_cpu_s", 0.0)
+                figures["cpu_ms"] += served_s * 1e3
+            else:  # another server (or none) ran it: its CPU time is not known
+                del figures["cpu_ms"]
     finally:
         meter.close()
     figures.pop("_t0")
