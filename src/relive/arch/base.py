@@ -34,7 +34,7 @@ class Need(enum.Enum):
     DTPOFF = "dtpoff"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Operands:
     """The named values of the psABI formulas for one relocation."""
 

@@ -10,7 +10,7 @@ from relive.elf.objfile import ObjectFile, ObjSymbol
 from relive.link.ehframe import TrimmedTable
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Bound:
     """Where an existing definition lives in the running process.
 

@@ -55,7 +55,7 @@ _SKIPPED_SECTIONS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OldDefinition:
     """A definition that exists in the running process."""
 

@@ -44,7 +44,7 @@ class FarDataReference(LinkError):
         self.names = names
 
 
-@dataclass
+@dataclass(slots=True)
 class FunctionDecision:
     """What a reload does with one function of the new object."""
 

@@ -38,7 +38,7 @@ GCC_STATIC_SUFFIX = re.compile(r"\.\d+$")
 _P = TypeVar("_P", bound=Hashable)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StaticScope:
     """Where a function-scope static is declared: which function, which name."""
 
