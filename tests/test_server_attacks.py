@@ -155,38 +155,43 @@ def test_ctrl_c_during_the_switch_is_reported(
 
 
 #: ``relive reload`` in a process with a second thread (as rich's refresh of the
-#: progress line on a terminal is), sent SIGTERM as its entry jumps are written.
-TERM_IN_THE_SWITCH = """
-import os, signal, sys, threading
+#: progress line on a terminal is), sent a signal (its number the first argument)
+#: as its entry jumps are written.
+SIGNAL_IN_THE_SWITCH = """
+import os, resource, signal, sys, threading
 from relive.cli.main import run_command
 from relive.patch.transaction import StagedReload
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGQUIT: no core file
 threading.Thread(target=threading.Event().wait, daemon=True).start()
 switch = StagedReload.switch
 def interrupted_switch(staged):
-    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), int(sys.argv[1]))
     return switch(staged)
 StagedReload.switch = interrupted_switch
-run_command(sys.argv[1:])
-print("survived SIGTERM")
+run_command(sys.argv[2:])
+print("survived the signal")
 """
 
 
-def test_sigterm_during_the_switch_waits_for_the_reload(
-    tmp_path: Path, spawn: SpawnFactory
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGQUIT], ids=["TERM", "QUIT"])
+def test_a_signal_during_the_switch_waits_for_the_reload(
+    tmp_path: Path, spawn: SpawnFactory, signum: int
 ) -> None:
     """A signal held during the switch is held in every thread: the kernel gave
     a SIGTERM the writing thread blocked to the other one, which ended relive
-    there and then (its default action ends the whole process)."""
+    there and then (its default action ends the whole process); SIGQUIT (Ctrl+\\)
+    was not held at all."""
     target = running_value(spawn, value_prog(tmp_path))
     source = edited(tmp_path, VALUE_PROG)
+    argv = [str(int(signum)), "reload", "-p", str(target.pid), str(source)]
     done = subprocess.run(
-        [sys.executable, "-c", TERM_IN_THE_SWITCH, "reload", "-p", str(target.pid), str(source)],
+        [sys.executable, "-c", SIGNAL_IN_THE_SWITCH, *argv],
         capture_output=True,
         text=True,
         check=False,
         timeout=120,
     )
-    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert done.returncode == -signum, done.stderr
     assert "redirected value" in done.stdout  # reported, then ended by the signal
     assert "survived" not in done.stdout
     target.wait_for(r"^value 2$")

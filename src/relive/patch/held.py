@@ -1,15 +1,16 @@
 """Signals to relive held while a reload or undo writes a process.
 
-Ctrl+C, ``kill`` or a closed terminal while entry jumps are written would leave
-the process half patched and the journal behind it: so SIGINT, SIGTERM and
-SIGHUP wait until the transaction is over, then act as they would have.
+Ctrl+C, Ctrl+\\, ``kill`` or a closed terminal while entry jumps are written
+would leave the process half patched and the journal behind it: so SIGINT,
+SIGQUIT, SIGTERM and SIGHUP wait until the transaction is over, then act as
+they would have.
 
 Blocking them in the thread that writes is not enough: the kernel gives a
 signal sent to the process to any thread that does not block it, and relive has
 others at times (rich's refresh of the progress line on a terminal, the
 compiler's helpers).  Python then runs its handler in the main thread at once
 (a KeyboardInterrupt in the middle of the switch), and a default action (SIGTERM,
-SIGHUP) ends the whole process.  So, in the main thread, each held signal's
+SIGHUP, SIGQUIT) ends the whole process.  So, in the main thread, each held signal's
 handler is also replaced by one that only notes it, whichever thread the kernel
 chose; afterwards the handlers are put back and each noted signal raised again.
 """
@@ -25,13 +26,13 @@ from typing import Any
 
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
-#: What relive holds: Ctrl+C, ``kill``, a closed terminal.
-HELD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: What relive holds: Ctrl+C, Ctrl+\ (SIGQUIT), ``kill``, a closed terminal.
+HELD = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextmanager
 def held_signals() -> Iterator[None]:
-    """Defer SIGINT/SIGTERM/SIGHUP to relive until the block is over."""
+    """Defer SIGINT/SIGQUIT/SIGTERM/SIGHUP to relive until the block is over."""
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
     if threading.current_thread() is not threading.main_thread():
         try:  # (handlers can be set only from the main thread)
