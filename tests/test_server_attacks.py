@@ -389,3 +389,27 @@ def test_unknown_codec_is_declined_and_the_server_lives(server: Server) -> None:
     )
     assert done.returncode in (0, 3), done.stderr  # run in-process
     assert server.info()["pid"] == pid
+
+
+@pytest.mark.parametrize("action", ["status", "stop"])
+def test_a_stopped_server_does_not_hang_its_own_controls(server: Server, action: str) -> None:
+    """``relive server status``/``stop`` on a SIGSTOPped server: one line naming its
+    pid and what to do, exit 1, within the answer's timeout (they waited for ever)."""
+    assert server.run("status", "-p", str(os.getpid())).returncode in (0, 3)
+    pid = server.wait_up()["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        done = server.run("server", action, timeout=client.ASK_TIMEOUT_S + 30)
+        waited = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"pid {pid}" in lines[0] and "did not answer" in lines[0], lines
+    assert f"kill -CONT {pid}" in lines[0] and "Traceback" not in done.stderr
+    assert waited >= client.ASK_TIMEOUT_S
+    if action == "status":
+        assert server.info()["pid"] == pid  # it serves again once it runs
+    else:  # the stop was delivered: the server takes it once it runs
+        wait_until(lambda: server.info()["pid"] == 0, what="the continued server stops")

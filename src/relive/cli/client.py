@@ -76,6 +76,10 @@ GO = b"G"
 #: Signals the client passes on to the child running the command.
 FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT)
 
+#: How long ``relive server status``/``stop`` wait for the server's answer (it
+#: answers at once unless it is stopped or stuck).
+ASK_TIMEOUT_S = 5.0
+
 #: The environment variable that turns the server off (``0``).
 SWITCH = "RELIVE_SERVER"
 
@@ -275,6 +279,17 @@ def connect() -> _socket.socket | None:
         return sock
     finally:
         os.close(dir_fd)
+
+
+def _not_answering(sock: _socket.socket) -> ReliveError:
+    pid = int.from_bytes(
+        sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)[:4], sys.byteorder
+    )
+    return ReliveError(
+        f"the command server (pid {pid}) did not answer within {ASK_TIMEOUT_S:g} s",
+        f"it may be stopped (`kill -CONT {pid}`) or stuck (`kill {pid}` ends it); "
+        "commands run without it meanwhile with RELIVE_SERVER=0",
+    )
 
 
 def peer_uid(sock: _socket.socket) -> int:
@@ -550,7 +565,9 @@ def _python_flags() -> list[str]:
 
 def ask(op: bytes) -> dict[str, object] | None:
     """The server's answer to a status (OP_STATUS) or stop (OP_STOP) request, or
-    None when no server runs."""
+    None when no server runs; a ReliveError when one listens but does not
+    answer within :data:`ASK_TIMEOUT_S` (stopped or stuck: waiting for ever would
+    hang ``relive server stop``, the command meant to deal with it)."""
     import json
 
     try:
@@ -559,6 +576,7 @@ def ask(op: bytes) -> dict[str, object] | None:
         return None
     if sock is None:
         return None
+    sock.settimeout(ASK_TIMEOUT_S)
     try:
         sock.sendall(frame(op, pack([code_stamp()])))
         tag, size, fd = _receive_reply(sock)
@@ -567,6 +585,8 @@ def ask(op: bytes) -> dict[str, object] | None:
         if tag != INFO:
             return None
         answer = json.loads(receive_exactly(sock, size))
+    except TimeoutError:
+        raise _not_answering(sock) from None
     except (OSError, ValueError):
         return None
     finally:
