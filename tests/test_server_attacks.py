@@ -347,7 +347,7 @@ def test_a_peer_whose_pid_was_reused_is_declined(server: Server) -> None:
         pytest.skip(f"pid {weak_pid} was taken by another process 50 times")
     try:
         cwd = os.open(".", os.O_PATH | os.O_DIRECTORY)
-        body = pack([stamp, b"18", pack([b"status", b"-p", b"1"]), pack([])])
+        body = pack([stamp, b"18", pack([b"status", b"-p", b"1"]), pack([]), b"utf-8\0strict"])
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [0, 1, 2, cwd]).tobytes())]
         conn.sendmsg([frame(OP_RUN, body)], rights)
         os.close(cwd)
@@ -413,3 +413,38 @@ def test_a_stopped_server_does_not_hang_its_own_controls(server: Server, action:
         assert server.info()["pid"] == pid  # it serves again once it runs
     else:  # the stop was delivered: the server takes it once it runs
         wait_until(lambda: server.info()["pid"] == 0, what="the continued server stops")
+
+
+@pytest.mark.parametrize("odd", ["socket as working directory", "directory as stdout"])
+def test_descriptors_that_are_not_what_they_claim_are_declined(
+    tmp_path: Path, server: Server, odd: str
+) -> None:
+    """A request (from this user: no other may connect) whose working directory is
+    not a directory, or whose stdout is one, is declined before any child runs:
+    the child printed a traceback."""
+    server.run("status", "-p", str(os.getpid()))
+    pid = server.wait_up()["pid"]
+    stamp = subprocess.run(
+        [sys.executable, "-P", "-c", STAMP],
+        env=server.env,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    a, b = socket.socketpair()
+    folder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    fds = [0, a.fileno(), 2, b.fileno()] if odd.startswith("socket") else [0, folder, 2, folder]
+    conn = socket.socket(socket.AF_UNIX)
+    try:
+        conn.connect(str(server.state / "server.sock"))
+        body = pack([stamp, b"18", pack([b"status", b"-p", b"1"]), pack([]), b"utf-8\0strict"])
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds).tobytes())]
+        conn.sendmsg([frame(OP_RUN, body)], rights)
+        answer = client.receive_exactly(conn, 5)
+    finally:
+        conn.close()
+        a.close()
+        b.close()
+        os.close(folder)
+    assert answer[:1] == client.DECLINED
+    assert server.info()["pid"] == pid and server.info()["served"] == 0

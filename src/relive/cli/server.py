@@ -281,7 +281,7 @@ class Server:
 
     def _run(self, conn: socket.socket, peer_pid: int, request: Request) -> bool:
         items = request.items
-        if len(items) != 5 or len(request.fds) != PASSED_FDS:
+        if len(items) != 5 or not _descriptors_fit(request.fds):
             conn.sendall(reply(DECLINED, 0))
             return False
         if items[0] != self.stamp:
@@ -429,6 +429,16 @@ def _receive_request(conn: socket.socket) -> Request:
         request.close_fds()
         raise
     return request
+
+
+def _descriptors_fit(fds: list[int]) -> bool:
+    """What the client passes: stdin, stdout and stderr that are not
+    directories, then the directory to work in (a socket given as the working
+    directory or a directory as stdout gave the child a traceback)."""
+    if len(fds) != PASSED_FDS:
+        return False
+    directories = [stat.S_ISDIR(os.fstat(fd).st_mode) for fd in fds]
+    return directories == [False, False, False, True]
 
 
 def _default_signals() -> None:
