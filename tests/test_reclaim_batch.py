@@ -20,8 +20,10 @@ PROGRAM = rf"""
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-__attribute__((noinline)) int value(int x) {{ return x + 1; }}
+/* Strings: each block holds data, so a reclaimed one stays in the journal. */
+__attribute__((noinline)) int value(int x) {{ if (x < 0) puts("never"); return x + 1; }}
 __attribute__((noinline)) int big(int x) {{
+    if (x < 0) puts("nor this");
     __asm__ volatile("jmp 1f\n.fill {RECLAIM_BATCH + 4096}, 1, 0xcc\n1:");
     return x + 100;
 }}

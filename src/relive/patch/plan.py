@@ -12,6 +12,7 @@ from relive.elf.objfile import ObjectFile, ObjSymbol
 from relive.errors import LinkError
 from relive.link import Bound, Layout, LinkedImage, LinkRequest, link, plan_layout
 from relive.link.linker import GOT_SYMBOL
+from relive.link.reach import reachable_sections, unwind_data_roots
 from relive.patch.binder import Binder, OldDefinition, is_skipped_section
 from relive.patch.codekey import CodeKeys
 from relive.patch.constants import bind_constant, is_constant_section
@@ -111,7 +112,9 @@ class ReloadPlan:
         for caller in callers:
             caller.status = Decision.CHANGED
         request = self.layout.request
-        load = set(request.load) | {d.symbol.shndx for d in callers}
+        code = {i for i in request.load if self.obj.sections[i].is_exec}
+        code |= {d.symbol.shndx for d in callers}
+        load = _reachable_load(self.obj, self.decisions, self.bindings, code, self.initial_changed)
         bound = {k: v for k, v in request.bound_sections.items() if k not in load}
         externals = _resolve_externals(self.obj, self.binder, load)
         far = _find_far_data(self.obj, request.arch, self.module, load, externals)
@@ -193,7 +196,6 @@ def build_plan(
     known = None if known_keys is None else decode_bindings(obj, known_keys.bindings)
     bindings = known if known is not None else _bind_data_sections(obj, binder)
     bound = {i: b for i, (kind, b) in bindings.items() if kind is Binding.BOUND}
-    load = {i for i, (kind, _) in bindings.items() if kind is Binding.NEW}
     read_only = {i: b for i, (kind, b) in bindings.items() if kind is Binding.CONSTANT}
 
     def address_of(symbol: ObjSymbol) -> int | None:
@@ -220,9 +222,6 @@ def build_plan(
     for index, (kind, binding) in bindings.items():
         if kind is Binding.EQUAL:
             bound[index] = binding
-        elif kind is Binding.COPIED:
-            load.add(index)
-            notices.append(_describe_new_table(obj, index))
     # The data sections are bound now: where a symbol lives no longer changes, and
     # a big unit asks for the same callees and variables thousands of times.
     comparer.address_of = _memoized(address_of)
@@ -246,10 +245,20 @@ def build_plan(
     )
     notices.extend(check_constructors(obj, {d.name: d.status for d in decisions}))
     _promote_parents_of_changed_parts(decisions)
-    for decision in decisions:
-        if decision.status in (Decision.CHANGED, Decision.NEW):
-            load.add(decision.symbol.shndx)
-    _load_cold_parts(obj, decisions, load)
+    code = {d.symbol.shndx for d in decisions if d.status in (Decision.CHANGED, Decision.NEW)}
+    # Bound as the last reload found, for an object of the same layout: the same
+    # bytes compared with the same file, so the same answer (``patch.initial``).
+    initial = None
+    if known is not None and known_keys is not None:
+        initial = known_initial_changes(obj, binder, bound, known_keys.initial)
+    if initial is None:
+        initial = find_initial_changes(obj, binder, comparer, bound, arch)
+    load = _reachable_load(obj, decisions, bindings, code, initial)
+    notices.extend(
+        _describe_new_table(obj, i)
+        for i, (kind, _) in bindings.items()
+        if kind is Binding.COPIED and i in load
+    )
     for decision in decisions:
         index = decision.symbol.shndx
         if index not in load and decision.old is not None:
@@ -266,13 +275,6 @@ def build_plan(
     if far:
         return FarData(far)
     layout = _lay_out(obj, binder, arch, load, bound, externals, _original_entries(decisions))
-    # Bound as the last reload found, for an object of the same layout: the same
-    # bytes compared with the same file, so the same answer (``patch.initial``).
-    initial = None
-    if known is not None and known_keys is not None:
-        initial = known_initial_changes(obj, binder, bound, known_keys.initial)
-    if initial is None:
-        initial = find_initial_changes(obj, binder, comparer, bound, arch)
     return ReloadPlan(
         source,
         binder.module,
@@ -499,16 +501,25 @@ def _promote_parents_of_changed_parts(decisions: list[FunctionDecision]) -> None
                 parent.status = Decision.CHANGED
 
 
-def _load_cold_parts(obj: ObjectFile, decisions: list[FunctionDecision], load: set[int]) -> None:
-    """Load every cold part that loaded code jumps to (never the old one)."""
-    parts = {d.symbol.shndx for d in decisions if d.status is Decision.PART}
-    pending = list(load)
-    while pending and parts:
-        for reloc in obj.relocations.get(pending.pop(), ()):
-            target = reloc.symbol.shndx
-            if target in parts and target not in load:
-                load.add(target)
-                pending.append(target)
+def _reachable_load(
+    obj: ObjectFile,
+    decisions: list[FunctionDecision],
+    bindings: Mapping[int, tuple[Binding, Bound]],
+    code: Collection[int],
+    initial: Collection[DataChange],
+) -> set[int]:
+    """The sections to load: the code sections ``code``, and of the sections that
+    would get new memory (new variables, constants, copied tables) and the cold
+    parts, those reached from that code (a cold part is never the old one), from
+    the loaded code's unwind records, or from a bound variable whose new initial
+    value may be copied in (it may point at them): ``patch``'s ``--gc-sections``."""
+    candidates = {
+        i for i, (kind, _) in bindings.items() if kind in (Binding.NEW, Binding.COPIED)
+    } | {d.symbol.shndx for d in decisions if d.status is Decision.PART}
+    roots = [*code, *(change.index for change in initial)]
+    if code:
+        roots.extend(unwind_data_roots(obj))
+    return set(code) | reachable_sections(obj, roots, candidates)
 
 
 def find_orphan_clones(plan: ReloadPlan) -> list[str]:

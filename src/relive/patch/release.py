@@ -17,7 +17,9 @@ def free_undone_blocks(pid: int, journal: Journal, check: DeadCodeCheck) -> list
     notices = reclaim_code(pid, journal, check.dead)
     free_data = [id(b) for b in check.dead_data]
     gone = [b for b in journal.blocks if b.reclaimed and (not b.data[1] or id(b) in free_data)]
-    if not gone:
+    # Freeing the code already forgot the blocks that hold no data: arenas may be
+    # empty then too.
+    if not gone and not check.dead:
         return notices
     drop_blocks(journal, gone)
     try:
