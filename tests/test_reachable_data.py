@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from relive.patch.journal import load_journal
 from support import SpawnFactory, compile_c, edit, kinds, read_memory, reload
 
@@ -107,3 +109,39 @@ def test_loaded_code_reads_tables_it_reaches_through_pointers_and_jump_tables(
     events = reload(target.pid, source)
     assert sorted(kinds(events).get("redirected", [])) == ["jump", "name"]
     target.wait_for(r"^name trois jump -5$", after=target.mark())
+
+
+MAIN = r"""
+#include <stdio.h>
+#include <unistd.h>
+int base(void);
+__attribute__((noinline)) void tick(void) { printf("value=%d\n", base()); }
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (;;) { tick(); usleep(20000); }
+}
+"""
+
+BASE = "int base(void) { return 1; }\n"
+#: A new global no code of its own file uses.
+BASE_WITH_GLOBAL = "int added_global = 41;\nint base(void) { return 1; }\n"
+
+
+@pytest.mark.parametrize("together", [False, True])
+def test_a_new_global_is_loaded_for_other_files_even_when_its_own_file_does_not_use_it(
+    tmp_path: Path, spawn: SpawnFactory, together: bool
+) -> None:
+    exe = compile_c(tmp_path, MAIN, extra_sources={"base.c": BASE})
+    target = spawn([exe])
+    target.wait_for(r"^value=1$")
+    (tmp_path / "base.c").write_text(BASE_WITH_GLOBAL)
+    main = tmp_path / "prog.c"
+    edit(main, "int base(void);", "int base(void);\nextern int added_global;")
+    edit(main, "base())", "base() + added_global)")
+    if together:
+        events = reload(target.pid, tmp_path / "base.c", main)
+    else:
+        reload(target.pid, tmp_path / "base.c")
+        events = reload(target.pid, main)
+    assert "tick" in kinds(events)["redirected"]
+    target.wait_for(r"^value=42$", after=target.mark())

@@ -511,15 +511,23 @@ def _reachable_load(
     """The sections to load: the code sections ``code``, and of the sections that
     would get new memory (new variables, constants, copied tables) and the cold
     parts, those reached from that code (a cold part is never the old one), from
-    the loaded code's unwind records, or from a bound variable whose new initial
-    value may be copied in (it may point at them): ``patch``'s ``--gc-sections``."""
-    candidates = {
-        i for i, (kind, _) in bindings.items() if kind in (Binding.NEW, Binding.COPIED)
-    } | {d.symbol.shndx for d in decisions if d.status is Decision.PART}
-    roots = [*code, *(change.index for change in initial)]
+    the loaded code's unwind records, from a bound variable whose new initial
+    value may be copied in (it may point at them), or from a global definition
+    (another file may use it): ``patch``'s ``--gc-sections``."""
+    data = {i for i, (kind, _) in bindings.items() if kind in (Binding.NEW, Binding.COPIED)}
+    candidates = data | {d.symbol.shndx for d in decisions if d.status is Decision.PART}
+    visible = _visible_data(obj, data)
+    roots = [*code, *(change.index for change in initial), *visible]
     if code:
         roots.extend(unwind_data_roots(obj))
-    return set(code) | reachable_sections(obj, roots, candidates)
+    return {*code, *visible} | reachable_sections(obj, roots, candidates)
+
+
+def _visible_data(obj: ObjectFile, sections: Collection[int]) -> list[int]:
+    """The ``sections`` that define a global or weak symbol: another file may use it
+    (one reloaded with this one, or later, binding to what this reload recorded),
+    so it is loaded whether or not this file's new code uses it."""
+    return [i for i in sections if any(not s.is_local for s in obj.iter_section_symbols(i))]
 
 
 def find_orphan_clones(plan: ReloadPlan) -> list[str]:
