@@ -306,7 +306,8 @@ def test_repeated_reloads_keep_memory_bounded(tmp_path: Path, spawn: SpawnFactor
     assert seen[0][0] == 2 and seen[0][1] > 0
     assert seen == [seen[0]] * 10, seen
     blocks = load_journal(target.pid).blocks
-    assert len(blocks) == 10 and all(0 < b.code[1] <= 16384 for b in blocks)
+    # Superseded blocks with no data left (step() loads none) are forgotten once freed.
+    assert 1 <= len(blocks) <= 10 and all(0 < b.code[1] <= 16384 for b in blocks)
     assert relive.attach(target.pid).status()[0].count == 10
 
 

@@ -7,12 +7,15 @@ which it reads correctly while the program runs, and no copy of the big table.
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from relive.patch.journal import load_journal
-from support import SpawnFactory, compile_c, edit, kinds, read_memory, reload
+from support import RELIVE, SpawnFactory, compile_c, edit, kinds, read_memory, reload
 
 #: Entries of the unrelated table (4 bytes each: 256 KiB), as SOURCE defines them.
 BIG_ENTRIES = 65536
@@ -70,7 +73,17 @@ def test_one_function_reload_loads_its_own_table_not_the_units_big_one(
     mine = b"".join(v.to_bytes(4, "little") for v in (11, 22, 33, 47, 55, 66, 77, 88))
     assert mine in loaded
     # ...and no part of the unit's big table, which nothing loaded refers to.
-    assert (11).to_bytes(4, "little") + (12).to_bytes(4, "little") not in loaded
+    assert (111).to_bytes(4, "little") + (112).to_bytes(4, "little") not in loaded
+    if shutil.which("gdb") is not None:
+        # The reload's debug object does not claim the table: gdb reads the program's.
+        gdb = subprocess.run(
+            [*RELIVE, "gdb", "-p", str(target.pid), "--", "-batch", "-ex", "print big[1]"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert re.search(r"^\$1 = 112$", gdb.stdout, re.M), gdb.stdout + gdb.stderr
 
 
 CHAINED = r"""
