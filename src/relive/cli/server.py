@@ -160,6 +160,22 @@ class Child:
 
 
 @dataclass
+class ClientCommand:
+    """A command request the server accepted: what its child needs to run it
+    as the client would have in its own process."""
+
+    conn: socket.socket
+    peer_pid: int
+    #: stdin, stdout, stderr and the working directory, as passed.
+    fds: list[int]
+    umask: int
+    argv: list[str]
+    environment: list[bytes]
+    #: The client's stdout encoding and errors.
+    stdio: tuple[str, str]
+
+
+@dataclass
 class Request:
     """One request as received: its operation, packed items and passed descriptors."""
 
@@ -297,55 +313,40 @@ class Server:
         argv = [os.fsdecode(arg) for arg in unpack(items[2])]
         environment = unpack(items[3])
         stdio = _stdio_codec(items[4])
+        command = ClientCommand(conn, peer_pid, request.fds, umask, argv, environment, stdio)
         pid = os.fork()
         if pid == 0:
-            self._child(conn, peer_pid, request.fds, umask, argv, (environment, stdio))
+            self._child(command)
         pidfd = os.pidfd_open(pid)
         self.children[pidfd] = Child(pid, pidfd, conn)
         self.poller.register(pidfd, select.POLLIN)
         self.served += 1
         return True
 
-    def _child(
-        self,
-        conn: socket.socket,
-        peer_pid: int,
-        fds: list[int],
-        umask: int,
-        argv: list[str],
-        environment: tuple[list[bytes], tuple[str, str]],
-    ) -> NoReturn:
+    def _child(self, command: ClientCommand) -> NoReturn:
         code = 1
         try:
-            code = self._command(conn, peer_pid, fds, umask, argv, environment)
+            code = self._command(command)
             # The command is over: a Ctrl+C now changes nothing (the client tells
             # its exit code, which the server sends again once it reaped this child).
             signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
             client._flush()
             with contextlib.suppress(OSError):
-                conn.sendall(reply(EXITED, code))
+                command.conn.sendall(reply(EXITED, code))
         finally:
             os._exit(code)  # never back into the server's loop, whatever was raised
 
-    def _command(
-        self,
-        conn: socket.socket,
-        peer_pid: int,
-        fds: list[int],
-        umask: int,
-        argv: list[str],
-        environment: tuple[list[bytes], tuple[str, str]],
-    ) -> int:
+    def _command(self, command: ClientCommand) -> int:
         """Run the command in the client's context; its exit code."""
         try:
             self._drop_parent_state()
             from relive.cli.targets import COMMAND_PIDS
 
-            COMMAND_PIDS.update((peer_pid, os.getppid()))  # -n python finds neither
-            _take_client_context(fds, umask, *environment)
-            if not _tell_pid(conn):
+            COMMAND_PIDS.update((command.peer_pid, os.getppid()))  # -n python finds neither
+            _take_client_context(command.fds, command.umask, command.environment, command.stdio)
+            if not _tell_pid(command.conn):
                 return 1  # the client is gone (interrupted): nobody wants the command
-            return _run_command(argv)
+            return _run_command(command.argv)
         except KeyboardInterrupt:  # Ctrl+C before the command's own handling (argparse)
             return 130
         except BaseException:  # noqa: BLE001 (a child never returns into the server's loop)
