@@ -7,7 +7,7 @@ compiles it (the build's command from its compile_commands.json, plus relive's
 ``-ffunction-sections -fdata-sections``, paths mapped to the build tree), into an
 object kept next to the build: gcc's minute is paid once, not per run.  Each run
 starts the shell, reloads that object twice in-process (``RELIVE_SERVER=0``: the
-figure is the command's own ``ru_maxrss``, no server) and undoes.  The second
+figure is the command's own ``ru_maxrss`` and CPU time, no server) and undoes.  The second
 reload is the next one (same object: nothing left to redirect).
 
     .venv/bin/python benchmarks/sqlite_memory.py [--runs N]
@@ -64,8 +64,9 @@ def edited_object(tree: Path) -> Path:
     return obj
 
 
-def reload_peak(pid: int, obj: Path) -> tuple[float, str]:
-    """One in-process ``relive reload`` of ``obj``: its ru_maxrss (MB) and summary."""
+def reload_peak(pid: int, obj: Path) -> tuple[float, float, str]:
+    """One in-process ``relive reload`` of ``obj``: its ru_maxrss (MB), its CPU
+    time (user + system, s: start-up and imports included) and summary."""
     env = dict(os.environ, RELIVE_SERVER="0")
     argv = [sys.executable, "-m", "relive", "reload", "-p", str(pid), str(obj)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
@@ -74,7 +75,8 @@ def reload_peak(pid: int, obj: Path) -> tuple[float, str]:
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"relive reload failed:\n{output[-2000:]}")
-    return usage.ru_maxrss / 1024, output.strip().splitlines()[-1]
+    cpu_s = usage.ru_utime + usage.ru_stime
+    return usage.ru_maxrss / 1024, cpu_s, output.strip().splitlines()[-1]
 
 
 def one_run(tree: Path, obj: Path) -> tuple[float, float]:
@@ -91,10 +93,10 @@ def one_run(tree: Path, obj: Path) -> tuple[float, float]:
         shell.stdin.write(b"SELECT upper('a b');\n")
         shell.stdin.flush()
         shell.stdout.readline()
-        first, summary = reload_peak(shell.pid, obj)
-        print(f"  first {first:6.1f} MB  {summary}")
-        later, summary = reload_peak(shell.pid, obj)
-        print(f"  next  {later:6.1f} MB  {summary}")
+        first, cpu_s, summary = reload_peak(shell.pid, obj)
+        print(f"  first {first:6.1f} MB  {cpu_s:5.2f} s CPU  {summary}")
+        later, cpu_s, summary = reload_peak(shell.pid, obj)
+        print(f"  next  {later:6.1f} MB  {cpu_s:5.2f} s CPU  {summary}")
         shell.stdin.write(b"SELECT upper('a b');\n")
         shell.stdin.flush()
         assert shell.stdout.readline() == b"A_B\n", "the new upper() does not run"
