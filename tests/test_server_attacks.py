@@ -448,3 +448,21 @@ def test_descriptors_that_are_not_what_they_claim_are_declined(
         os.close(folder)
     assert answer[:1] == client.DECLINED
     assert server.info()["pid"] == pid and server.info()["served"] == 0
+
+
+def test_a_client_under_other_bounds_runs_its_command_itself(server: Server) -> None:
+    """A client at another nice value (or under other limits or control groups)
+    is not served: the child would run with the server's, and gcc under them."""
+    server.run("status", "-p", str(os.getpid()))
+    pid = server.wait_up()["pid"]
+    done = subprocess.run(
+        ["nice", "-n", "5", *RELIVE, "status", "-p", str(os.getpid())],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode in (0, 3), done.stderr  # run in-process
+    info = server.info()
+    assert info["pid"] == pid and info["served"] == 0

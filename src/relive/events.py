@@ -669,7 +669,10 @@ class ServerState(Event):
 
     def __str__(self) -> str:
         if not self.pid:
-            return "no command server runs (the next reload, undo or status starts one)"
+            return (
+                "no command server runs (the next reload, undo or status starts one,"
+                " unless RELIVE_SERVER=0 or --no-server)"
+            )
         if self.stopping:
             return f"command server pid {self.pid} stops ({len(self.running)} command(s) running)"
         stale = "" if self.current else "; runs older code than on disk: exits at its next command"

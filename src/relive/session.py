@@ -161,7 +161,7 @@ class Session:
         with cyclic_gc_paused():
             steps = self.reload_steps(paths, replace(chosen, **choices) if choices else chosen)
             if steps.advance(Step.STAGED):  # planned (not a dry run): load ... commit
-                # relive's SIGINT/SIGTERM/SIGHUP wait meanwhile, and until the
+                # relive's SIGINT/SIGQUIT/SIGTERM/SIGHUP wait meanwhile, and until the
                 # committed reload is reported (a Ctrl+C then would say nothing of it)
                 with held_signals():
                     steps.advance(Step.COMMITTED)

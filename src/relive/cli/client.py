@@ -271,7 +271,7 @@ def connect() -> _socket.socket | None:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         try:
             sock.connect(f"/proc/self/fd/{dir_fd}/{SOCKET_NAME}")
-            if peer_uid(sock) != os.geteuid():
+            if peer_cred(sock)[1] != os.geteuid():
                 raise OSError("the server runs as another user")
         except OSError:
             sock.close()
@@ -282,9 +282,7 @@ def connect() -> _socket.socket | None:
 
 
 def _not_answering(sock: _socket.socket) -> ReliveError:
-    pid = int.from_bytes(
-        sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)[:4], sys.byteorder
-    )
+    pid, _ = peer_cred(sock)
     return ReliveError(
         f"the command server (pid {pid}) did not answer within {ASK_TIMEOUT_S:g} s",
         f"it may be stopped (`kill -CONT {pid}`) or stuck (`kill {pid}` ends it); "
@@ -292,10 +290,11 @@ def _not_answering(sock: _socket.socket) -> ReliveError:
     )
 
 
-def peer_uid(sock: _socket.socket) -> int:
-    """The effective uid of the process at the other end (SO_PEERCRED: pid, uid, gid)."""
+def peer_cred(sock: _socket.socket) -> tuple[int, int]:
+    """The pid and effective uid of the process at the other end (SO_PEERCRED:
+    pid, uid, gid)."""
     cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
-    return int.from_bytes(cred[4:8], sys.byteorder)
+    return int.from_bytes(cred[0:4], sys.byteorder), int.from_bytes(cred[4:8], sys.byteorder)
 
 
 def receive_exactly(sock: _socket.socket, size: int) -> bytes:
@@ -393,7 +392,14 @@ def run_through_server(argv: Sequence[str]) -> tuple[int | None, bool]:
         os.close(descriptors[3])
         return None, True
     forwarder = _Forwarder()
-    previous = {signum: _signal.signal(signum, forwarder) for signum in FORWARDED}
+    # A signal the caller ignores (nohup, a background job of a script) stays
+    # ignored, as in-process: the child, outside the terminal's process group,
+    # gets only what is passed on.
+    previous = {
+        signum: _signal.signal(signum, forwarder)
+        for signum in FORWARDED
+        if _signal.getsignal(signum) is not _signal.SIG_IGN
+    }
     try:
         return _serve(sock, argv, descriptors, forwarder)
     except _Interrupted:
@@ -466,9 +472,10 @@ def _await_exit(sock: _socket.socket, forwarder: _Forwarder) -> tuple[int | None
         except OSError:
             tag, value, fd = b"", 0, -1
         if tag == PID:
+            if fd < 0:  # no pidfd (descriptors exhausted): no go, the child runs nothing
+                return None, False
             started = True
-            if fd >= 0:
-                _go(sock, forwarder, fd)
+            _go(sock, forwarder, fd)
         elif fd >= 0:
             os.close(fd)
         forwarder.holding = False
@@ -567,13 +574,11 @@ def ask(op: bytes) -> dict[str, object] | None:
     """The server's answer to a status (OP_STATUS) or stop (OP_STOP) request, or
     None when no server runs; a ReliveError when one listens but does not
     answer within :data:`ASK_TIMEOUT_S` (stopped or stuck: waiting for ever would
-    hang ``relive server stop``, the command meant to deal with it)."""
+    hang ``relive server stop``, the command meant to deal with it), or when the
+    state directory is unsafe (no server would start there either)."""
     import json
 
-    try:
-        sock = connect()
-    except ReliveError:
-        return None
+    sock = connect()
     if sock is None:
         return None
     sock.settimeout(ASK_TIMEOUT_S)

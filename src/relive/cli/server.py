@@ -91,7 +91,11 @@ IDENTITY_LINES = (
     "CapAmb",
     "NoNewPrivs",
     "Seccomp",
+    "Cpus_allowed_list",
 )
+#: Files of /proc/PID that also bound what a command may do: its resource limits
+#: and control groups (a client under tighter ones must not escape them here).
+LIMIT_FILES = ("limits", "cgroup")
 NAMESPACES = ("pid", "mnt", "user", "net", "ipc", "uts", "cgroup")
 
 #: Modules the server does not preload: the gdb extension (runs inside gdb) and
@@ -101,8 +105,10 @@ NOT_PRELOADED = frozenset({"relive.__main__", "relive.cli.gdb_relive", "relive.c
 
 def identity(pid: int | str) -> tuple[str, ...]:
     """What decides which rights a process has, beyond its uid: its ids,
-    groups, capabilities, seccomp and no-new-privileges state, security label
-    and namespaces.  A line that cannot be read is itself part of the answer."""
+    groups, capabilities, seccomp and no-new-privileges state, security label,
+    namespaces, and what bounds it: resource limits, control groups, nice value
+    and CPUs (the served child runs with the server's).  A line that cannot be
+    read is itself part of the answer."""
     found: list[str] = []
     try:
         with open(f"/proc/{pid}/status") as status:
@@ -119,6 +125,16 @@ def identity(pid: int | str) -> tuple[str, ...]:
             found.append(label.read().decode("utf-8", "replace"))
     except OSError as e:
         found.append(f"label: {e.errno}")
+    for name in LIMIT_FILES:
+        try:
+            with open(f"/proc/{pid}/{name}") as bounds:
+                found.append(bounds.read())
+        except OSError as e:
+            found.append(f"{name}: {e.errno}")
+    try:
+        found.append(f"nice {os.getpriority(os.PRIO_PROCESS, 0 if pid == 'self' else int(pid))}")
+    except OSError as e:
+        found.append(f"nice: {e.errno}")
     return tuple(found)
 
 
@@ -264,7 +280,7 @@ class Server:
 
     def _handle(self, conn: socket.socket) -> bool:
         """Answer one connection; True when a child now owns it."""
-        pid, uid = _peer(conn)
+        pid, uid = client.peer_cred(conn)
         if uid != os.geteuid():
             return False  # another user: not a word
         conn.settimeout(REQUEST_TIMEOUT_S)
@@ -396,11 +412,6 @@ def _tell_pid(conn: socket.socket) -> bool:
         return False
     finally:
         os.close(own)
-
-
-def _peer(conn: socket.socket) -> tuple[int, int]:
-    cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-    return int.from_bytes(cred[0:4], sys.byteorder), int.from_bytes(cred[4:8], sys.byteorder)
 
 
 def _receive_request(conn: socket.socket) -> Request:
@@ -589,7 +600,8 @@ def main() -> None:
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     os.chdir("/")
     os.umask(0o077)
-    stamp = client.code_stamp()  # before importing the code it vouches for
+    # Before preload() imports the rest (the client, statedir and errors are in already).
+    stamp = client.code_stamp()
     try:
         path, dir_fd = open_state_dir_fd()
     except StateDirError:

@@ -19,15 +19,18 @@ from relive.errors import BadObject
 
 __all__ = ["FileCache", "FileIdentity", "file_identity"]
 
-#: (st_dev, st_ino, st_mtime_ns, st_size) of an open file.
-FileIdentity = tuple[int, int, int, int]
+#: (st_dev, st_ino, st_mtime_ns, st_ctime_ns, st_size) of an open file.
+FileIdentity = tuple[int, int, int, int, int]
 
 _T = TypeVar("_T")
 
 
 def file_identity(st: os.stat_result) -> FileIdentity:
-    """What changes when a file's content does (a rebuild writes anew or replaces it)."""
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    """What changes when a file's content does (a rebuild writes anew or replaces it).
+    The ctime too: the file's owner can write it in place at the same size and set
+    its mtime back, but no one can set the ctime back (a root relive would reuse
+    the parse of the old bytes)."""
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
 class FileCache(Generic[_T]):

@@ -59,7 +59,9 @@ def _give_back(
     signal.pthread_sigmask(signal.SIG_BLOCK, [])  # runs the handlers of signals that came
     for signum, handler in handlers.items():
         signal.signal(signum, handler)
-    # Pending (blocked everywhere): delivered to the handlers now back in place.
-    signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+    # Raised while still blocked here, so that all of them are pending when the
+    # mask goes back and are delivered together to the handlers now in place (raised
+    # one by one after it, a KeyboardInterrupt from the first lost the others).
     for again in dict.fromkeys(noted):
         signal.raise_signal(again)
+    signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)

@@ -192,6 +192,8 @@ def decode_bindings(obj: ObjectFile, text: str) -> dict[int, tuple[Binding, Boun
         kind = by_value.get(letter)
         if kind is None or not 0 < index < len(sections) or sections[index].is_exec:
             return None
+        if kind in (Binding.BOUND, Binding.EQUAL) and not address:  # bound to nothing: damaged
+            return None
         bound = Bound() if kind is Binding.NEW else Bound(address, sections[index].size)
         found[index] = (kind, bound)
     return found

@@ -62,6 +62,7 @@ brought).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -176,16 +177,24 @@ class DeadCodeCheck:
         # inherited arena's) may refer to it without storing a pointer.
         freed = [b for b in journal.blocks if b.reclaimed and b.data[1]]
         data = find_data_candidates(journal, [*candidates, *freed])
+        if candidates or data:
+            # Parsed now, as for a reload: the stop only compares the text (a
+            # failure here is met again, and handled, at the stop).
+            with contextlib.suppress(ReliveError):
+                parse_maps(read_maps_text(journal.pid))
         return cls(candidates, data, *_arena_facts(journal, candidates))
 
     def inspect(self, stopped: StoppedProcess, memory: ProcessMemory) -> None:
-        """At the stop: copy the registers and the memory to search."""
+        """At the stop: copy the registers and the memory to search.  It runs
+        after the new jumps are written: whatever cannot be read (a thread's
+        registers, the maps, memory) means nothing is freed, and the reload stands."""
         if not self.candidates and not self.data:
             return
-        try:
-            registers = [stopped.get_regs(tid) for tid in stopped.tids]
-        except ReliveError:  # a thread that cannot be read: nothing is freed, the reload stands
-            return
+        with contextlib.suppress(ReliveError):
+            self._capture(stopped, memory)
+
+    def _capture(self, stopped: StoppedProcess, memory: ProcessMemory) -> None:
+        registers = [stopped.get_regs(tid) for tid in stopped.tids]
         self._pcs = [host_registers().get_pc(regs) for regs in registers]
         # A return address may be the end of the range (a call as last instruction).
         code = [(b.code[0], b.code[0] + b.code[1] + 1) for b in self.candidates]
@@ -256,6 +265,8 @@ def worth_checking(pid: int, candidates: Sequence[LoadedBlock]) -> bool:
     resident = find_anonymous_resident(pid)
     if resident is None or resident <= CHECK_EVERY_RELOAD_BELOW:
         return True
+    if resident > SCAN_LIMIT:  # more than the stop would copy: every try would give up
+        return False
     return sum(block.code[1] for block in candidates) >= RECLAIM_BATCH
 
 

@@ -27,8 +27,8 @@
 
 The journal is saved once before anything else (nothing changes in the target
 unless it can be written), and steps 2-7 run while relive's own
-SIGINT/SIGTERM/SIGHUP are held.  A relive killed (SIGKILL) between 4 and 7
-leaves pending jumps that the next load reconciles with memory, so no kill
+SIGINT/SIGQUIT/SIGTERM/SIGHUP are held (``patch.held``).  A relive killed
+(SIGKILL) between 4 and 7 leaves pending jumps that the next load reconciles with memory, so no kill
 leaves a patch the journal does not know.
 
 :func:`undo_patches` is the reverse transaction: original bytes back, journal
